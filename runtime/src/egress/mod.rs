@@ -1,0 +1,827 @@
+//! Egress: the only code in wrun that opens a socket.
+//!
+//! Every request a guest sends through `wasi:http/outgoing-handler` arrives
+//! in [`Egress::send`] (via the store's `WasiHttpHooks`). In order:
+//!
+//! 1. the per-step request budget;
+//! 2. scheme: HTTPS only;
+//! 3. destination: host and port must match the step's `net` grant (numeric
+//!    hosts in any spelling are normalised first, see [`addr`]);
+//! 4. secrets: every placeholder of the job in the URL, headers and body is
+//!    checked and swapped for its value (see [`crate::secrets`]);
+//! 5. resolution through the pluggable [`Resolver`], and every resolved
+//!    address classified by the [`AddressPolicy`]: one non-public address
+//!    refuses the request, before any connection is attempted;
+//! 6. connection through the pluggable [`Connector`] to the very address that
+//!    was checked (no second resolution: DNS rebinding cannot work), TLS 1.2
+//!    or 1.3 with rustls against the platform roots plus operator CAs;
+//! 7. the response head and body are scrubbed of every secret value of the
+//!    job (raw and encoded) before the guest can read them; redirects are
+//!    not followed, so the guest sees the 3xx.
+//!
+//! Sizes, counts and timeouts are bounded by [`EgressLimits`].
+
+pub mod addr;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error as HttpError, WasiBody};
+
+use self::addr::{AddressPolicy, Host};
+use crate::events::{AuditEvent, AuditKind, Event};
+use crate::mask::{Masker, StreamMasker};
+use crate::policy::NetGrant;
+use crate::secrets::{BodyInjector, Injector, PlaceholderMatcher, Refusal};
+
+/// Resolves host names to addresses. The runtime never resolves a name any
+/// other way.
+#[async_trait::async_trait]
+pub trait Resolver: Send + Sync {
+    /// All addresses of `name`.
+    ///
+    /// # Errors
+    ///
+    /// The name does not resolve.
+    async fn resolve(&self, name: &str) -> io::Result<Vec<IpAddr>>;
+}
+
+/// The operating system's resolver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+#[async_trait::async_trait]
+impl Resolver for SystemResolver {
+    async fn resolve(&self, name: &str) -> io::Result<Vec<IpAddr>> {
+        Ok(tokio::net::lookup_host((name, 0))
+            .await?
+            .map(|a| a.ip())
+            .collect())
+    }
+}
+
+/// A fixed table of names, for tests and for pinning on-premises targets.
+/// Names it does not know fail to resolve.
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver {
+    names: HashMap<String, Vec<IpAddr>>,
+}
+
+impl StaticResolver {
+    /// An empty table.
+    pub fn new() -> StaticResolver {
+        StaticResolver::default()
+    }
+
+    /// Maps a name (case-insensitive) to addresses.
+    pub fn with(mut self, name: &str, addrs: impl IntoIterator<Item = IpAddr>) -> StaticResolver {
+        self.names
+            .insert(name.trim_end_matches('.').to_ascii_lowercase(), addrs.into_iter().collect());
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Resolver for StaticResolver {
+    async fn resolve(&self, name: &str) -> io::Result<Vec<IpAddr>> {
+        self.names.get(name).cloned().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("unknown host `{name}`"))
+        })
+    }
+}
+
+/// A byte stream to an upstream.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Opens connections to addresses the policy has already checked.
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync {
+    /// Connects to exactly this address.
+    ///
+    /// # Errors
+    ///
+    /// The connection failed.
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn Stream>>;
+}
+
+/// Plain TCP connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpConnector;
+
+#[async_trait::async_trait]
+impl Connector for TcpConnector {
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn Stream>> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Box::new(stream))
+    }
+}
+
+/// Bounds on what one step may send and receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressLimits {
+    /// Largest request body a guest may send (default 10 MiB).
+    pub max_request_body: u64,
+    /// Largest response body a guest may receive (default 50 MiB).
+    pub max_response_body: u64,
+    /// Requests one step may send (default 100).
+    pub max_requests_per_step: u32,
+    /// Time to establish TCP and TLS (default 10 s).
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the response head (default 30 s).
+    pub first_byte_timeout: Duration,
+    /// Longest pause between two chunks of a response body (default 30 s).
+    pub between_bytes_timeout: Duration,
+    /// Whole request, from the hook to the end of the response body (default 120 s).
+    pub total_timeout: Duration,
+}
+
+impl Default for EgressLimits {
+    fn default() -> Self {
+        EgressLimits {
+            max_request_body: 10 << 20,
+            max_response_body: 50 << 20,
+            max_requests_per_step: 100,
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(30),
+            between_bytes_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How much of a request body is read and checked before connecting. A body
+/// no larger than this is refused before any byte leaves the host.
+const PREFETCH: usize = 64 << 10;
+/// Idle connections kept per destination.
+const POOL_PER_KEY: usize = 8;
+
+type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    host: String,
+    port: u16,
+    ip: IpAddr,
+}
+
+/// The engine-wide egress: TLS settings, address policy, resolver, connector,
+/// limits and a keep-alive pool. Shared by all steps of an engine.
+pub(crate) struct Egress {
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) policy: AddressPolicy,
+    pub(crate) resolver: Arc<dyn Resolver>,
+    pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) limits: EgressLimits,
+    pool: Mutex<HashMap<PoolKey, Vec<Sender>>>,
+}
+
+impl fmt::Debug for Egress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Egress")
+            .field("policy", &self.policy)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the rustls client configuration: TLS 1.2 and 1.3 only, the webpki
+/// roots (unless disabled) plus the operator's CAs.
+pub(crate) fn client_config(
+    extra_roots: &[CertificateDer<'static>],
+    webpki_roots: bool,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if webpki_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for (i, cert) in extra_roots.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("operator CA #{} is not a usable certificate: {e}", i + 1))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// What one step's requests are checked against. Built per step.
+pub(crate) struct Scope {
+    pub(crate) step: String,
+    pub(crate) job: String,
+    pub(crate) workspace: String,
+    pub(crate) recipe: String,
+    pub(crate) net: NetGrant,
+    /// Connection name -> step alias, for the secrets granted to the step.
+    pub(crate) granted: HashMap<String, String>,
+    pub(crate) placeholders: PlaceholderMatcher,
+    /// Secret values of the job, to scrub responses.
+    pub(crate) scrub: Masker,
+    /// Everything sensitive of the job, to mask what is reported.
+    pub(crate) report_mask: Arc<dyn Fn() -> Masker + Send + Sync>,
+    pub(crate) requests: AtomicU32,
+    pub(crate) observer: Arc<dyn crate::events::Observer>,
+    pub(crate) events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Scope {
+    fn report(&self, event: Event) {
+        self.observer.event(&event);
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+    }
+
+    /// Records a refusal (event and audit) and builds the guest-visible error.
+    fn refuse(&self, url: &str, refusal: Refusal, kind: AuditKind) -> HttpError {
+        let mask = (self.report_mask)();
+        let url = mask.mask_str(url).into_owned();
+        let reason = mask.mask_str(&refusal.reason).into_owned();
+        tracing::warn!(step = %self.step, %url, %reason, "egress refused");
+        self.observer.audit(&AuditEvent {
+            kind: if refusal.connection.is_some() {
+                AuditKind::SecretMisuse
+            } else {
+                kind
+            },
+            job: self.job.clone(),
+            workspace: self.workspace.clone(),
+            recipe: self.recipe.clone(),
+            step: self.step.clone(),
+            connection: refusal.connection,
+            destination: url.clone(),
+            reason: reason.clone(),
+        });
+        self.report(Event::Refused {
+            step: self.step.clone(),
+            url,
+            reason: reason.clone(),
+        });
+        HttpError::InternalError(Some(format!("wrun egress refused: {reason}")))
+    }
+}
+
+/// The URL as it may be reported: scheme, authority and path, no query.
+fn reportable_url(uri: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.authority().map(|a| a.as_str()).unwrap_or(""),
+        uri.path()
+    )
+}
+
+impl Egress {
+    pub(crate) fn new(
+        tls: rustls::ClientConfig,
+        policy: AddressPolicy,
+        resolver: Arc<dyn Resolver>,
+        connector: Arc<dyn Connector>,
+        limits: EgressLimits,
+    ) -> Egress {
+        Egress {
+            tls: Arc::new(tls),
+            policy,
+            resolver,
+            connector,
+            limits,
+            pool: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks, rewrites and sends one guest request; see the module docs.
+    pub(crate) async fn send(
+        self: Arc<Self>,
+        scope: Arc<Scope>,
+        request: Request<WasiBody>,
+    ) -> Result<Response<WasiBody>, HttpError> {
+        let started = Instant::now();
+        let (mut parts, body) = request.into_parts();
+        let url = reportable_url(&parts.uri);
+        let refuse_egress = |reason: String| scope.refuse(&url, Refusal::egress(reason), AuditKind::EgressRefused);
+
+        let n = scope.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.limits.max_requests_per_step {
+            drain_in_background(body);
+            return Err(refuse_egress(format!(
+                "step `{}` has used its {} requests",
+                scope.step, self.limits.max_requests_per_step
+            )));
+        }
+        if parts.uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            drain_in_background(body);
+            return Err(refuse_egress(format!(
+                "only https:// is allowed, not {}://",
+                parts.uri.scheme_str().unwrap_or("")
+            )));
+        }
+        let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
+        let (host, port) = match addr::parse_authority(authority, 443) {
+            Ok(hp) => hp,
+            Err(e) => {
+                drain_in_background(body);
+                return Err(refuse_egress(format!("invalid destination: {e}")));
+            }
+        };
+        if !scope.net.allows(&host, port) {
+            drain_in_background(body);
+            return Err(refuse_egress(format!(
+                "{host}:{port} is not in the `net` grant of step `{}` (granted: {})",
+                scope.step, scope.net
+            )));
+        }
+
+        let injector = Injector {
+            matcher: &scope.placeholders,
+            granted: &scope.granted,
+            host: &host,
+            port,
+        };
+        let mut used = Vec::new();
+        let checked = injector.inject_uri(&parts.uri).and_then(|(uri, u)| {
+            if let Some(uri) = uri {
+                parts.uri = uri;
+            }
+            used.extend(u);
+            injector.inject_headers(&mut parts.headers).map(|u| used.extend(u))
+        });
+        if let Err(refusal) = checked {
+            drain_in_background(body);
+            return Err(scope.refuse(&url, refusal, AuditKind::SecretMisuse));
+        }
+
+        // Bodies: GET and HEAD without a length are sent empty (hyper would
+        // drop the stream anyway); the guest's writes are drained.
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bodiless = matches!(parts.method, http::Method::GET | http::Method::HEAD)
+            && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+        let refusal_slot = Arc::new(Mutex::new(None::<Refusal>));
+        let body = if bodiless {
+            drain_in_background(body);
+            RequestBody::empty()
+        } else {
+            let injector = injector.body(content_type.as_deref());
+            match RequestBody::prefetch(body, injector, self.limits.max_request_body, refusal_slot.clone())
+                .await
+            {
+                Ok(body) => body,
+                Err(PrefetchError::Refused(refusal)) => {
+                    return Err(scope.refuse(&url, refusal, AuditKind::SecretMisuse));
+                }
+                Err(PrefetchError::Http(e)) => return Err(e),
+            }
+        };
+        match body.exact_len() {
+            Some(len) => {
+                parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+            }
+            None => {
+                if body.may_change_length() {
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                }
+            }
+        }
+        used.extend(body.injected_so_far());
+        used.sort();
+        used.dedup();
+
+        // Resolve, classify every address, and connect to a checked one.
+        let addrs = match &host {
+            Host::Ip(ip) => vec![*ip],
+            Host::Name(name) => match tokio::time::timeout(self.limits.connect_timeout, self.resolver.resolve(name)).await {
+                Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
+                Ok(Ok(_)) | Ok(Err(_)) => {
+                    return Err(HttpError::DnsError {
+                        rcode: Some(format!("{name} does not resolve")),
+                        info_code: None,
+                    });
+                }
+                Err(_) => return Err(HttpError::DnsTimeout),
+            },
+        };
+        for ip in &addrs {
+            if let Err(blocked) = self.policy.check(*ip) {
+                return Err(refuse_egress(format!("{host} resolves to a refused address: {blocked}")));
+            }
+        }
+
+        // Origin-form URI; the Host header was set by wasi-http.
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        parts.uri = match http::Uri::builder().path_and_query(path).build() {
+            Ok(uri) => uri,
+            Err(_) => return Err(HttpError::HttpRequestUriInvalid),
+        };
+        let method = parts.method.to_string();
+        let request = Request::from_parts(parts, body);
+
+        let deadline = tokio::time::Instant::now() + self.limits.total_timeout;
+        let response = self
+            .clone()
+            .round_trip(&host, port, &addrs, request, deadline)
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let refused = refusal_slot.lock().ok().and_then(|mut s| s.take());
+                if let Some(refusal) = refused {
+                    return Err(scope.refuse(&url, refusal, AuditKind::SecretMisuse));
+                }
+                return Err(e);
+            }
+        };
+        scope.report(Event::Request {
+            step: scope.step.clone(),
+            method,
+            url: (scope.report_mask)().mask_str(&url).into_owned(),
+            status: Some(response.status().as_u16()),
+            connections: used,
+            elapsed: started.elapsed(),
+        });
+
+        // Scrub the response before the guest sees it.
+        let (mut head, incoming) = response.into_parts();
+        let mut scrubbed = http::HeaderMap::with_capacity(head.headers.len());
+        for (name, value) in head.headers.iter() {
+            let clean = scope.scrub.mask_bytes(value.as_bytes());
+            if let Ok(value) = http::HeaderValue::from_bytes(&clean) {
+                scrubbed.append(name.clone(), value);
+            }
+        }
+        head.headers = scrubbed;
+        if !scope.scrub.is_empty() {
+            head.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        let body = ResponseBody {
+            incoming,
+            masker: (!scope.scrub.is_empty()).then(|| scope.scrub.stream()),
+            limit: self.limits.max_response_body,
+            received: 0,
+            idle: self.limits.between_bytes_timeout,
+            timer: Box::pin(tokio::time::sleep(self.limits.between_bytes_timeout)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            done: false,
+        };
+        Ok(Response::from_parts(head, body.boxed_unsync()))
+    }
+
+    /// Sends over a pooled connection, or a new one to the first checked
+    /// address that accepts.
+    async fn round_trip(
+        self: Arc<Self>,
+        host: &Host,
+        port: u16,
+        addrs: &[IpAddr],
+        request: Request<RequestBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<hyper::body::Incoming>, HttpError> {
+        let host_key = host.to_string();
+        let mut sender = None;
+        for ip in addrs {
+            if let Some(s) = self.checkout(&PoolKey { host: host_key.clone(), port, ip: *ip }) {
+                sender = Some((s, *ip));
+                break;
+            }
+        }
+        let (mut sender, ip) = match sender {
+            Some(s) => s,
+            None => self.connect(host, port, addrs).await?,
+        };
+        let first_byte = tokio::time::Instant::now() + self.limits.first_byte_timeout;
+        let response = tokio::time::timeout_at(first_byte.min(deadline), sender.send_request(request))
+            .await
+            .map_err(|_| HttpError::ConnectionReadTimeout)?
+            .map_err(HttpError::Hyper)?;
+        self.checkin(PoolKey { host: host_key, port, ip }, sender);
+        Ok(response)
+    }
+
+    fn checkout(&self, key: &PoolKey) -> Option<Sender> {
+        let mut pool = self.pool.lock().ok()?;
+        let idle = pool.get_mut(key)?;
+        let mut found = None;
+        idle.retain(|s| !s.is_closed());
+        if let Some(i) = idle.iter().position(|s| s.is_ready()) {
+            found = Some(idle.swap_remove(i));
+        }
+        found
+    }
+
+    fn checkin(&self, key: PoolKey, sender: Sender) {
+        if let Ok(mut pool) = self.pool.lock() {
+            let idle = pool.entry(key).or_default();
+            idle.retain(|s| !s.is_closed());
+            if idle.len() < POOL_PER_KEY {
+                idle.push(sender);
+            }
+        }
+    }
+
+    async fn connect(&self, host: &Host, port: u16, addrs: &[IpAddr]) -> Result<(Sender, IpAddr), HttpError> {
+        let server_name = match host {
+            Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+            Host::Name(name) => ServerName::try_from(name.clone()).map_err(|_| HttpError::HttpRequestUriInvalid)?,
+        };
+        let mut last = HttpError::ConnectionRefused;
+        for ip in addrs {
+            let addr = SocketAddr::new(*ip, port);
+            let attempt = async {
+                let tcp = self.connector.connect(addr).await.map_err(HttpError::Connect)?;
+                let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                    .connect(server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| {
+                        if e.get_ref().is_some_and(|inner| inner.to_string().contains("certificate")) {
+                            HttpError::TlsCertificateError
+                        } else {
+                            HttpError::Tls(e)
+                        }
+                    })?;
+                let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(HttpError::Hyper)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("upstream connection ended: {e}");
+                    }
+                });
+                Ok::<_, HttpError>(sender)
+            };
+            match tokio::time::timeout(self.limits.connect_timeout, attempt).await {
+                Ok(Ok(sender)) => return Ok((sender, *ip)),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = HttpError::ConnectionTimeout,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Reads and drops a guest body in the background, so that a guest writing
+/// it concurrently is not cut off (which it would report as a reset).
+fn drain_in_background(mut body: WasiBody) {
+    tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+}
+
+enum PrefetchError {
+    Refused(Refusal),
+    Http(HttpError),
+}
+
+/// A request body on its way out: the checked prefix read before connecting,
+/// then the rest of the guest's stream through the same [`BodyInjector`].
+pub(crate) struct RequestBody {
+    prefix: Option<Bytes>,
+    rest: Option<(WasiBody, BodyInjector)>,
+    limit: u64,
+    sent: u64,
+    refusal: Arc<Mutex<Option<Refusal>>>,
+    exact: Option<u64>,
+    may_inject: bool,
+    injected: Vec<String>,
+}
+
+impl RequestBody {
+    fn empty() -> RequestBody {
+        RequestBody {
+            prefix: None,
+            rest: None,
+            limit: 0,
+            sent: 0,
+            refusal: Arc::new(Mutex::new(None)),
+            exact: Some(0),
+            may_inject: false,
+            injected: Vec::new(),
+        }
+    }
+
+    async fn prefetch(
+        mut body: WasiBody,
+        mut injector: BodyInjector,
+        limit: u64,
+        refusal: Arc<Mutex<Option<Refusal>>>,
+    ) -> Result<RequestBody, PrefetchError> {
+        let mut prefix = Vec::new();
+        let mut read: u64 = 0;
+        loop {
+            match body.frame().await {
+                None => {
+                    prefix.extend_from_slice(&injector.finish().map_err(PrefetchError::Refused)?);
+                    let injected = injector.used().to_vec();
+                    return Ok(RequestBody {
+                        exact: Some(prefix.len() as u64),
+                        prefix: Some(Bytes::from(prefix)),
+                        rest: None,
+                        limit,
+                        sent: read,
+                        refusal,
+                        may_inject: false,
+                        injected,
+                    });
+                }
+                Some(Err(e)) => return Err(PrefetchError::Http(e)),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    read += data.len() as u64;
+                    if read > limit {
+                        return Err(PrefetchError::Http(HttpError::HttpRequestBodySize(Some(limit))));
+                    }
+                    prefix.extend_from_slice(&injector.push(&data).map_err(PrefetchError::Refused)?);
+                    if prefix.len() >= PREFETCH {
+                        let injected = injector.used().to_vec();
+                        return Ok(RequestBody {
+                            prefix: Some(Bytes::from(prefix)),
+                            may_inject: true,
+                            rest: Some((body, injector)),
+                            limit,
+                            sent: read,
+                            refusal,
+                            exact: None,
+                            injected,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn exact_len(&self) -> Option<u64> {
+        self.exact
+    }
+
+    fn may_change_length(&self) -> bool {
+        self.may_inject
+    }
+
+    fn injected_so_far(&self) -> Vec<String> {
+        self.injected.clone()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            if !prefix.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(prefix))));
+            }
+        }
+        loop {
+            let Some((body, injector)) = this.rest.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) else {
+                return Poll::Pending;
+            };
+            let step = match frame {
+                None => {
+                    let tail = injector.finish();
+                    this.rest = None;
+                    tail
+                }
+                Some(Err(e)) => {
+                    this.rest = None;
+                    return Poll::Ready(Some(Err(io::Error::other(format!("guest body: {e}")))));
+                }
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    this.sent += data.len() as u64;
+                    if this.sent > this.limit {
+                        this.rest = None;
+                        return Poll::Ready(Some(Err(io::Error::other(format!(
+                            "request body exceeds the limit of {} bytes",
+                            this.limit
+                        )))));
+                    }
+                    injector.push(&data)
+                }
+            };
+            match step {
+                Ok(bytes) if bytes.is_empty() => continue,
+                Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Err(refusal) => {
+                    if let Ok(mut slot) = this.refusal.lock() {
+                        *slot = Some(refusal);
+                    }
+                    this.rest = None;
+                    return Poll::Ready(Some(Err(io::Error::other("request refused by wrun egress"))));
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.exact {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_none() && self.prefix.as_ref().is_none_or(|p| p.is_empty())
+    }
+}
+
+/// A response body on its way to the guest: scrubbed, bounded in size, and
+/// cut off after an idle pause or at the request's deadline.
+struct ResponseBody {
+    incoming: hyper::body::Incoming,
+    masker: Option<StreamMasker>,
+    limit: u64,
+    received: u64,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                this.done = true;
+                return Poll::Ready(Some(Err(HttpError::HttpResponseTimeout)));
+            }
+            match Pin::new(&mut this.incoming).poll_frame(cx) {
+                Poll::Pending => {
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let mut tail = Vec::new();
+                    if let Some(m) = this.masker.as_mut() {
+                        m.finish(&mut tail);
+                    }
+                    return Poll::Ready((!tail.is_empty()).then(|| Ok(Frame::data(Bytes::from(tail)))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(HttpError::Hyper(e))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                    let Ok(data) = frame.into_data() else { continue };
+                    this.received += data.len() as u64;
+                    if this.received > this.limit {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.limit)))));
+                    }
+                    let out = match this.masker.as_mut() {
+                        Some(m) => {
+                            let mut out = Vec::with_capacity(data.len());
+                            m.push(&data, &mut out);
+                            Bytes::from(out)
+                        }
+                        None => data,
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+            }
+        }
+    }
+}

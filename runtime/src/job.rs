@@ -1,0 +1,534 @@
+//! Jobs and step runs.
+//!
+//! A [`Job`] is one run of a recipe. It owns what must be the same for all of
+//! its steps and different from every other job: the placeholders of its
+//! secrets and the set of values to mask (secret values, placeholders,
+//! guest-marked values). [`Job::run`] runs one step: a fresh store and
+//! instance, the step's grants, its memory and time limits.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use crate::bindings::ActionError;
+use crate::egress::Scope;
+use crate::engine::{Engine, Step};
+use crate::error::{Error, Result};
+use crate::events::{Event, Level, LogSource, NoopObserver, Observer};
+use crate::host_impl::{Capture, EgressHooks, GuestScope, MemoryLimitExceeded, StepLimiter, StepState, truncate};
+use crate::mask::{Masker, mask_pointers};
+use crate::secrets::{ConnectionSource, JobSecret, PlaceholderMatcher, StaticConnections, new_placeholder};
+
+/// Values shorter than this are not marked: masking them would mangle text.
+const MIN_MARK_LEN: usize = 4;
+
+/// What a job needs from its host.
+pub struct JobOptions {
+    /// Job identifier, for events and audit records.
+    pub id: String,
+    /// Workspace the job belongs to.
+    pub workspace: String,
+    /// Recipe the job runs.
+    pub recipe: String,
+    /// Where the job's connections come from.
+    pub connections: Arc<dyn ConnectionSource>,
+    /// Environment properties (non-secret), e.g. API base URLs.
+    pub properties: HashMap<String, String>,
+    /// Receives events and audit events as they happen.
+    pub observer: Arc<dyn Observer>,
+}
+
+impl JobOptions {
+    /// Options with a random id, no connections, no properties and no observer.
+    pub fn new(workspace: impl Into<String>, recipe: impl Into<String>) -> JobOptions {
+        JobOptions {
+            id: format!("job-{:016x}", rand::random::<u64>()),
+            workspace: workspace.into(),
+            recipe: recipe.into(),
+            connections: Arc::new(StaticConnections::new()),
+            properties: HashMap::new(),
+            observer: Arc::new(NoopObserver),
+        }
+    }
+
+    /// Sets the connection source.
+    pub fn connections(mut self, source: Arc<dyn ConnectionSource>) -> JobOptions {
+        self.connections = source;
+        self
+    }
+
+    /// Sets one property.
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> JobOptions {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the observer.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> JobOptions {
+        self.observer = observer;
+        self
+    }
+}
+
+impl std::fmt::Debug for JobOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobOptions")
+            .field("id", &self.id)
+            .field("workspace", &self.workspace)
+            .field("recipe", &self.recipe)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Sensitive {
+    /// Secrets loaded so far, by connection name.
+    secrets: HashMap<String, Arc<JobSecret>>,
+    marked: Vec<String>,
+    /// Everything to mask in what is reported.
+    mask: Masker,
+    /// Secret values only, to scrub responses.
+    scrub: Masker,
+    placeholders: Option<PlaceholderMatcher>,
+}
+
+/// State shared by the steps of one job.
+pub(crate) struct JobShared {
+    pub(crate) id: String,
+    pub(crate) workspace: String,
+    pub(crate) recipe: String,
+    connections: Arc<dyn ConnectionSource>,
+    pub(crate) properties: HashMap<String, String>,
+    pub(crate) observer: Arc<dyn Observer>,
+    sensitive: RwLock<Sensitive>,
+    load_lock: tokio::sync::Mutex<()>,
+}
+
+impl JobShared {
+    /// The masker of everything sensitive in this job.
+    pub(crate) fn mask(&self) -> Masker {
+        self.sensitive.read().map(|s| s.mask.clone()).unwrap_or_default()
+    }
+
+    /// Marks a guest-computed value as sensitive for the rest of the job.
+    pub(crate) fn mark(&self, value: String) {
+        if value.len() < MIN_MARK_LEN {
+            return;
+        }
+        if let Ok(mut s) = self.sensitive.write() {
+            if s.marked.contains(&value) {
+                return;
+            }
+            s.mask = s.mask.extend([value.as_bytes()]);
+            s.marked.push(value);
+        }
+    }
+
+    /// Loads the connections a step's grants name, giving each a placeholder
+    /// the first time the job sees it.
+    async fn load_secrets(&self, step: &Step) -> Result<HashMap<String, Arc<JobSecret>>> {
+        let _guard = self.load_lock.lock().await;
+        let mut by_alias = HashMap::new();
+        let mut fresh = Vec::new();
+        for (alias, name) in step.grants.secrets() {
+            let known = self.sensitive.read().ok().and_then(|s| s.secrets.get(name).cloned());
+            let secret = match known {
+                Some(secret) => secret,
+                None => {
+                    let err = |reason: String| Error::Connection {
+                        step: step.name().into(),
+                        alias: alias.clone(),
+                        connection: name.clone(),
+                        reason,
+                    };
+                    let connection = self
+                        .connections
+                        .connection(name)
+                        .await
+                        .map_err(|e| err(format!("the connection store failed: {e}")))?
+                        .ok_or_else(|| err("no such connection in this workspace".into()))?;
+                    let secret = Arc::new(JobSecret {
+                        connection,
+                        placeholder: new_placeholder(),
+                    });
+                    fresh.push(secret.clone());
+                    secret
+                }
+            };
+            by_alias.insert(alias.clone(), secret);
+        }
+        if !fresh.is_empty() {
+            if let Ok(mut s) = self.sensitive.write() {
+                for secret in fresh {
+                    s.secrets.insert(secret.connection.name().to_string(), secret);
+                }
+                let scrub = Masker::new(s.secrets.values().map(|j| j.connection.value().expose().as_bytes()));
+                let everything = Masker::new(
+                    s.secrets
+                        .values()
+                        .flat_map(|j| [j.connection.value().expose().as_bytes(), j.placeholder.as_bytes()])
+                        .chain(s.marked.iter().map(|m| m.as_bytes())),
+                );
+                let placeholders = PlaceholderMatcher::new(s.secrets.values().cloned().collect()).map_err(|reason| {
+                    Error::Internal {
+                        step: step.name().into(),
+                        reason,
+                    }
+                })?;
+                s.scrub = scrub;
+                s.mask = everything;
+                s.placeholders = Some(placeholders);
+            }
+        }
+        Ok(by_alias)
+    }
+}
+
+/// One run of a recipe: a set of steps sharing placeholders and masks.
+pub struct Job {
+    engine: Engine,
+    shared: Arc<JobShared>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("id", &self.shared.id).finish_non_exhaustive()
+    }
+}
+
+/// The result of a successful step.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// The action's output, with every secret value, placeholder and
+    /// guest-marked value masked. This is what later steps receive.
+    pub output: serde_json::Value,
+    /// The output as it may be stored: `output` with the fields named by the
+    /// step's `mask` grant masked too.
+    pub stored: serde_json::Value,
+    /// The step's events (logs, requests, refusals), masked.
+    pub events: Vec<Event>,
+    /// Wall-clock time of the step.
+    pub elapsed: Duration,
+}
+
+/// A failed step: the error and the events up to the failure.
+#[derive(Debug)]
+pub struct StepFailure {
+    /// What went wrong.
+    pub error: Error,
+    /// The step's events (logs, requests, refusals), masked.
+    pub events: Vec<Event>,
+    /// Wall-clock time of the step.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for StepFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl Job {
+    pub(crate) fn new(engine: Engine, options: JobOptions) -> Job {
+        Job {
+            engine,
+            shared: Arc::new(JobShared {
+                id: options.id,
+                workspace: options.workspace,
+                recipe: options.recipe,
+                connections: options.connections,
+                properties: options.properties,
+                observer: options.observer,
+                sensitive: RwLock::new(Sensitive::default()),
+                load_lock: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The job's identifier.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Masks every secret value, placeholder and marked value of this job in
+    /// a text (for hosts that report on the job themselves).
+    pub fn mask_text(&self, text: &str) -> String {
+        self.shared.mask().mask_str(text).into_owned()
+    }
+
+    /// Runs one action of a step on a JSON input, in a fresh instance.
+    ///
+    /// # Errors
+    ///
+    /// A [`StepFailure`] with the error ([`Error::UnknownAction`],
+    /// [`Error::ActionFailed`], [`Error::Timeout`], [`Error::MemoryLimit`],
+    /// [`Error::Trap`], ...) and the events so far. Every text in it is masked.
+    pub async fn run(
+        &self,
+        step: &Step,
+        action: &str,
+        input: &serde_json::Value,
+    ) -> std::result::Result<StepOutput, StepFailure> {
+        let span = tracing::info_span!(
+            "step",
+            job_id = %self.shared.id,
+            workspace = %self.shared.workspace,
+            recipe = %self.shared.recipe,
+            step = %step.name,
+            component = %step.component.name,
+        );
+        let started = Instant::now();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let result = self
+            .run_inner(step, action, input, events.clone())
+            .instrument(span)
+            .await;
+        let events = events.lock().map(|e| e.clone()).unwrap_or_default();
+        let elapsed = started.elapsed();
+        match result {
+            Ok(output) => {
+                let mut stored = output.clone();
+                mask_pointers(&mut stored, step.grants.mask());
+                Ok(StepOutput {
+                    output,
+                    stored,
+                    events,
+                    elapsed,
+                })
+            }
+            Err(error) => Err(StepFailure { error, events, elapsed }),
+        }
+    }
+
+    async fn run_inner(
+        &self,
+        step: &Step,
+        action: &str,
+        input: &serde_json::Value,
+        events: Arc<Mutex<Vec<Event>>>,
+    ) -> Result<serde_json::Value> {
+        let engine = &self.engine.inner;
+        let job = &self.shared;
+        let step_name = step.name.to_string();
+        let secrets = job.load_secrets(step).await?;
+
+        let (mask, scrub, placeholders) = {
+            let s = job.sensitive.read().map_err(|_| Error::Internal {
+                step: step_name.clone(),
+                reason: "job state is poisoned".into(),
+            })?;
+            (
+                s.mask.clone(),
+                s.scrub.clone(),
+                s.placeholders.clone().unwrap_or_default(),
+            )
+        };
+        let _ = mask;
+        let shared_for_mask = job.clone();
+        let scope = Arc::new(Scope {
+            step: step_name.clone(),
+            job: job.id.clone(),
+            workspace: job.workspace.clone(),
+            recipe: job.recipe.clone(),
+            net: step.grants.net().clone(),
+            granted: secrets
+                .iter()
+                .map(|(alias, s)| (s.connection.name().to_string(), alias.clone()))
+                .collect(),
+            placeholders,
+            scrub,
+            report_mask: Arc::new(move || shared_for_mask.mask()),
+            requests: AtomicU32::new(0),
+            observer: job.observer.clone(),
+            events: events.clone(),
+        });
+
+        let stdout = Capture::new(engine.log_limit);
+        let stderr = Capture::new(engine.log_limit);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_blocking_current_thread(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        let memory_limit = usize::try_from(step.memory).unwrap_or(usize::MAX);
+        let state = StepState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: wasmtime::component::ResourceTable::new(),
+            hooks: EgressHooks {
+                egress: engine.egress.clone(),
+                scope,
+            },
+            limiter: StepLimiter {
+                memory_limit,
+                memory_used: 0,
+                exceeded: false,
+                table_elements: 20_000,
+                instances: 16,
+                tables: 8,
+                memories: 4,
+            },
+            guest: GuestScope {
+                step: step_name.clone(),
+                job: job.clone(),
+                secrets,
+                env: step.grants.env().clone(),
+                events: events.clone(),
+                log_budget: engine.log_limit,
+            },
+        };
+        let mut store = Store::new(&engine.wasmtime, state);
+        store.limiter(|s| &mut s.limiter);
+        // The epoch callback yields to the executor every tick (so a spinning
+        // guest does not hold a worker thread) and traps once the step's
+        // deadline has passed; the async timeout below also covers a guest
+        // blocked in a host call.
+        let deadline = Instant::now() + step.timeout;
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+
+        let input_text = serde_json::to_string(input).map_err(|e| Error::Internal {
+            step: step_name.clone(),
+            reason: format!("input is not serialisable: {e}"),
+        })?;
+        let call = async {
+            let instance = step.component.pre.instantiate_async(&mut store).await?;
+            let actions = instance.wrun_recipe_actions();
+            let names = actions.call_names(&mut store).await?;
+            if !names.iter().any(|n| n == action) {
+                return Ok(Err(ActionError::UnknownAction(names.join(", "))));
+            }
+            actions.call_call(&mut store, action, &input_text).await
+        };
+        let outcome = tokio::time::timeout(step.timeout, call).await;
+
+        // Whatever happened, the captured output goes to the job log.
+        let log_output = |guest: &mut GuestScope| {
+            for (capture, source, level) in [(&stdout, LogSource::Stdout, Level::Info), (&stderr, LogSource::Stderr, Level::Warn)] {
+                let (bytes, truncated) = capture.take();
+                if bytes.is_empty() {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&bytes);
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    guest.push_log(level, source, line);
+                }
+                if truncated {
+                    guest.push_log(Level::Warn, LogSource::Runtime, "output limit reached; the rest was dropped");
+                }
+            }
+        };
+        let mask_now = || job.mask();
+        let masked = |text: &str| mask_now().mask_str(text).into_owned();
+
+        let outcome = match outcome {
+            Err(_elapsed) => {
+                // The store is mid-call and cannot be used; read the captures directly.
+                let mut guest = GuestScope {
+                    step: step_name.clone(),
+                    job: job.clone(),
+                    secrets: HashMap::new(),
+                    env: Default::default(),
+                    events: events.clone(),
+                    log_budget: engine.log_limit,
+                };
+                log_output(&mut guest);
+                return Err(Error::Timeout {
+                    step: step_name,
+                    limit: step.timeout,
+                });
+            }
+            Ok(outcome) => outcome,
+        };
+        log_output(&mut store.data_mut().guest);
+        let stderr_tail = events
+            .lock()
+            .ok()
+            .and_then(|e| {
+                e.iter().rev().find_map(|ev| match ev {
+                    Event::Log {
+                        source: LogSource::Stderr,
+                        message,
+                        ..
+                    } if message.contains("panicked") => Some(message.clone()),
+                    _ => None,
+                })
+            });
+        match outcome {
+            Ok(Ok(output)) => {
+                let mut value: serde_json::Value = serde_json::from_str(&output).map_err(|e| Error::InvalidOutput {
+                    step: step_name.clone(),
+                    action: action.into(),
+                    reason: e.to_string(),
+                })?;
+                mask_now().mask_json(&mut value);
+                Ok(value)
+            }
+            Ok(Err(ActionError::UnknownAction(available))) => Err(Error::UnknownAction {
+                step: step_name,
+                action: masked(action),
+                available: masked(&available),
+            }),
+            Ok(Err(ActionError::InvalidInput(reason))) => Err(Error::InvalidInput {
+                step: step_name,
+                action: action.into(),
+                reason: masked(truncate(&reason, 4096)),
+            }),
+            Ok(Err(ActionError::Failed(message))) => Err(Error::ActionFailed {
+                step: step_name,
+                action: action.into(),
+                message: masked(truncate(&message, 4096)),
+            }),
+            Err(trap) => {
+                if store.data().limiter.exceeded || trap.downcast_ref::<MemoryLimitExceeded>().is_some() {
+                    return Err(Error::MemoryLimit {
+                        step: step_name,
+                        limit: step.memory,
+                    });
+                }
+                if let Some(wasmtime::Trap::Interrupt) = trap.downcast_ref::<wasmtime::Trap>() {
+                    return Err(Error::Timeout {
+                        step: step_name,
+                        limit: step.timeout,
+                    });
+                }
+                let what = match trap.downcast_ref::<wasmtime::Trap>() {
+                    Some(wasmtime::Trap::StackOverflow) => "stack overflow".to_string(),
+                    Some(wasmtime::Trap::UnreachableCodeReached) if stderr_tail.is_some() => "the guest panicked".to_string(),
+                    Some(t) => t.to_string(),
+                    None => format!("{trap:#}"),
+                };
+                let message = match stderr_tail {
+                    Some(panic) => format!("{what}: {panic}"),
+                    None => what,
+                };
+                Err(Error::Trap {
+                    step: step_name,
+                    message: masked(truncate(&message, 4096)),
+                })
+            }
+        }
+    }
+}
