@@ -14,7 +14,13 @@ pub fn build() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("crate sits in the workspace root").to_path_buf();
     let guests = root.join("guests");
-    let target = root.join("target").join("guests");
+    // The guests get their own directory inside the outer target directory.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"))
+        .join("guests");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
     for dir in ["sdk", "examples", "fixtures", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", guests.join(dir).display());
     }

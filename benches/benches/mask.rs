@@ -62,7 +62,7 @@ fn body(rng: &mut Rng, secrets: &[String]) -> Vec<u8> {
              \"tags\": [\"red\", \"blue\"], \"active\": {}, \"note\": \"line\\nbreak \\\"quoted\\\"\"}},\n",
             amount % 100,
             id % 50,
-            id % 3 == 0,
+            id.is_multiple_of(3),
         ));
     }
     body.truncate(BODY_LEN - 64);

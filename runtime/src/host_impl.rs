@@ -293,7 +293,9 @@ impl log::Host for StepState {
 
 impl mask::Host for StepState {
     fn mark(&mut self, value: String) -> wasmtime::Result<()> {
-        self.guest.job.mark(value);
+        if let Err(why) = self.guest.job.mark(value) {
+            self.guest.push_log(Level::Warn, LogSource::Runtime, &format!("mask.mark ignored: {why}"));
+        }
         Ok(())
     }
 }
@@ -301,6 +303,8 @@ impl mask::Host for StepState {
 impl properties::Host for StepState {
     fn get(&mut self, name: String) -> wasmtime::Result<Option<String>> {
         if !self.guest.env.contains(&name) {
+            let note = format!("property `{name}` is not in the `env` grant of step `{}`", self.guest.step);
+            self.guest.push_log(Level::Warn, LogSource::Runtime, &note);
             return Ok(None);
         }
         Ok(self.guest.job.properties.get(&name).cloned())

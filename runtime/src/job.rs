@@ -26,7 +26,11 @@ use crate::mask::{Masker, mask_pointers};
 use crate::secrets::{ConnectionSource, JobSecret, PlaceholderMatcher, StaticConnections, new_placeholder};
 
 /// Values shorter than this are not marked: masking them would mangle text.
-const MIN_MARK_LEN: usize = 4;
+const MIN_MARK_LEN: usize = crate::mask::MIN_VALUE_LEN;
+/// Most values a job's guests may mark; each mark rebuilds the job's masker.
+const MAX_MARKED: usize = 1024;
+/// Longest value a guest may mark.
+const MAX_MARK_LEN: usize = 64 << 10;
 
 /// What a job needs from its host.
 pub struct JobOptions {
@@ -117,17 +121,25 @@ impl JobShared {
     }
 
     /// Marks a guest-computed value as sensitive for the rest of the job.
-    pub(crate) fn mark(&self, value: String) {
+    /// Returns why a value was not marked, if it was not.
+    pub(crate) fn mark(&self, value: String) -> Result<(), &'static str> {
         if value.len() < MIN_MARK_LEN {
-            return;
+            return Err("values shorter than 4 bytes are not masked");
+        }
+        if value.len() > MAX_MARK_LEN {
+            return Err("values longer than 64 KiB cannot be marked");
         }
         if let Ok(mut s) = self.sensitive.write() {
             if s.marked.contains(&value) {
-                return;
+                return Ok(());
+            }
+            if s.marked.len() >= MAX_MARKED {
+                return Err("the job has marked the maximum of 1024 values");
             }
             s.mask = s.mask.extend([value.as_bytes()]);
             s.marked.push(value);
         }
+        Ok(())
     }
 
     /// Loads the connections a step's grants name, giving each a placeholder
@@ -312,33 +324,24 @@ impl Job {
         }
     }
 
-    async fn run_inner(
+    /// What the step's requests are checked against.
+    fn scope(
         &self,
         step: &Step,
-        action: &str,
-        input: &serde_json::Value,
+        secrets: &HashMap<String, Arc<JobSecret>>,
         events: Arc<Mutex<Vec<Event>>>,
-    ) -> Result<serde_json::Value> {
-        let engine = &self.engine.inner;
+    ) -> Result<Arc<Scope>> {
         let job = &self.shared;
-        let step_name = step.name.to_string();
-        let secrets = job.load_secrets(step).await?;
-
-        let (mask, scrub, placeholders) = {
+        let (scrub, placeholders) = {
             let s = job.sensitive.read().map_err(|_| Error::Internal {
-                step: step_name.clone(),
+                step: step.name().into(),
                 reason: "job state is poisoned".into(),
             })?;
-            (
-                s.mask.clone(),
-                s.scrub.clone(),
-                s.placeholders.clone().unwrap_or_default(),
-            )
+            (s.scrub.clone(), s.placeholders.clone().unwrap_or_default())
         };
-        let _ = mask;
         let shared_for_mask = job.clone();
-        let scope = Arc::new(Scope {
-            step: step_name.clone(),
+        Ok(Arc::new(Scope {
+            step: step.name().into(),
             job: job.id.clone(),
             workspace: job.workspace.clone(),
             recipe: job.recipe.clone(),
@@ -352,8 +355,55 @@ impl Job {
             report_mask: Arc::new(move || shared_for_mask.mask()),
             requests: AtomicU32::new(0),
             observer: job.observer.clone(),
-            events: events.clone(),
+            events,
+        }))
+    }
+
+    /// Sends one request through a step's egress exactly as the guest's
+    /// `wasi:http` hook does, with no guest: for benchmarks of the egress
+    /// path alone. Returns the placeholder map the request may use when
+    /// `request` is `None`.
+    #[doc(hidden)]
+    pub async fn __egress_round_trip(
+        &self,
+        step: &Step,
+        request: http::Request<bytes::Bytes>,
+    ) -> std::result::Result<(u16, bytes::Bytes), String> {
+        use http_body_util::BodyExt;
+        let secrets = self.shared.load_secrets(step).await.map_err(|e| e.to_string())?;
+        let scope = self.scope(step, &secrets, Arc::new(Mutex::new(Vec::new()))).map_err(|e| e.to_string())?;
+        let request = request.map(|b| {
+            http_body_util::Full::new(b)
+                .map_err(|never: std::convert::Infallible| match never {})
+                .boxed_unsync()
         });
+        let response = self.engine.inner.egress.clone().send(scope, request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// The placeholders a step's secrets have in this job, by alias: for
+    /// benchmarks that build requests without a guest.
+    #[doc(hidden)]
+    pub async fn __placeholders(&self, step: &Step) -> std::result::Result<HashMap<String, String>, String> {
+        let secrets = self.shared.load_secrets(step).await.map_err(|e| e.to_string())?;
+        Ok(secrets.into_iter().map(|(alias, s)| (alias, s.placeholder.clone())).collect())
+    }
+
+    async fn run_inner(
+        &self,
+        step: &Step,
+        action: &str,
+        input: &serde_json::Value,
+        events: Arc<Mutex<Vec<Event>>>,
+    ) -> Result<serde_json::Value> {
+        let engine = &self.engine.inner;
+        let job = &self.shared;
+        let step_name = step.name.to_string();
+        let secrets = job.load_secrets(step).await?;
+
+        let scope = self.scope(step, &secrets, events.clone())?;
 
         let stdout = Capture::new(engine.log_limit);
         let stderr = Capture::new(engine.log_limit);
@@ -416,45 +466,22 @@ impl Job {
         let call = async {
             let instance = step.component.pre.instantiate_async(&mut store).await?;
             let actions = instance.wrun_recipe_actions();
-            let names = actions.call_names(&mut store).await?;
-            if !names.iter().any(|n| n == action) {
-                return Ok(Err(ActionError::UnknownAction(names.join(", "))));
+            match actions.call_call(&mut store, action, &input_text).await? {
+                // List what the component does export, for the error.
+                Err(ActionError::UnknownAction(_)) => {
+                    let names = actions.call_names(&mut store).await?;
+                    Ok(Err(ActionError::UnknownAction(names.join(", "))))
+                }
+                other => Ok::<_, wasmtime::Error>(other),
             }
-            actions.call_call(&mut store, action, &input_text).await
         };
         let outcome = tokio::time::timeout(step.timeout, call).await;
 
-        // Whatever happened, the captured output goes to the job log.
-        let log_output = |guest: &mut GuestScope| {
-            for (capture, source, level) in [(&stdout, LogSource::Stdout, Level::Info), (&stderr, LogSource::Stderr, Level::Warn)] {
-                let (bytes, truncated) = capture.take();
-                if bytes.is_empty() {
-                    continue;
-                }
-                let text = String::from_utf8_lossy(&bytes);
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    guest.push_log(level, source, line);
-                }
-                if truncated {
-                    guest.push_log(Level::Warn, LogSource::Runtime, "output limit reached; the rest was dropped");
-                }
-            }
-        };
-        let mask_now = || job.mask();
-        let masked = |text: &str| mask_now().mask_str(text).into_owned();
-
+        // Whatever happened (the call future is gone, so the store is free
+        // again), the captured output goes to the job log.
+        let stderr_text = log_output(&mut store.data_mut().guest, &stdout, &stderr);
         let outcome = match outcome {
             Err(_elapsed) => {
-                // The store is mid-call and cannot be used; read the captures directly.
-                let mut guest = GuestScope {
-                    step: step_name.clone(),
-                    job: job.clone(),
-                    secrets: HashMap::new(),
-                    env: Default::default(),
-                    events: events.clone(),
-                    log_budget: engine.log_limit,
-                };
-                log_output(&mut guest);
                 return Err(Error::Timeout {
                     step: step_name,
                     limit: step.timeout,
@@ -462,20 +489,17 @@ impl Job {
             }
             Ok(outcome) => outcome,
         };
-        log_output(&mut store.data_mut().guest);
-        let stderr_tail = events
-            .lock()
-            .ok()
-            .and_then(|e| {
-                e.iter().rev().find_map(|ev| match ev {
-                    Event::Log {
-                        source: LogSource::Stderr,
-                        message,
-                        ..
-                    } if message.contains("panicked") => Some(message.clone()),
-                    _ => None,
-                })
-            });
+        let mask_now = || job.mask();
+        let masked = |text: &str| mask_now().mask_str(text).into_owned();
+        // A Rust guest's panic message, for the trap error: from "panicked
+        // at" to the end of stderr, without the backtrace hint.
+        let panic_message = stderr_text.find("panicked at").map(|at| {
+            stderr_text[at..]
+                .lines()
+                .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         match outcome {
             Ok(Ok(output)) => {
                 let mut value: serde_json::Value = serde_json::from_str(&output).map_err(|e| Error::InvalidOutput {
@@ -516,11 +540,13 @@ impl Job {
                 }
                 let what = match trap.downcast_ref::<wasmtime::Trap>() {
                     Some(wasmtime::Trap::StackOverflow) => "stack overflow".to_string(),
-                    Some(wasmtime::Trap::UnreachableCodeReached) if stderr_tail.is_some() => "the guest panicked".to_string(),
+                    Some(wasmtime::Trap::UnreachableCodeReached) if panic_message.is_some() => {
+                        "the guest panicked".to_string()
+                    }
                     Some(t) => t.to_string(),
                     None => format!("{trap:#}"),
                 };
-                let message = match stderr_tail {
+                let message = match panic_message {
                     Some(panic) => format!("{what}: {panic}"),
                     None => what,
                 };
@@ -531,4 +557,27 @@ impl Job {
             }
         }
     }
+}
+
+/// Moves captured stdout and stderr into the job log, masked, a line per
+/// event; returns the masked stderr text.
+fn log_output(guest: &mut GuestScope, stdout: &Capture, stderr: &Capture) -> String {
+    let mut stderr_text = String::new();
+    for (capture, source, level) in [(stdout, LogSource::Stdout, Level::Info), (stderr, LogSource::Stderr, Level::Warn)] {
+        let (bytes, truncated) = capture.take();
+        if bytes.is_empty() {
+            continue;
+        }
+        let text = guest.job.mask().mask_str(&String::from_utf8_lossy(&bytes)).into_owned();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            guest.push_log(level, source, line);
+        }
+        if truncated {
+            guest.push_log(Level::Warn, LogSource::Runtime, "output limit reached; the rest was dropped");
+        }
+        if source == LogSource::Stderr {
+            stderr_text = text;
+        }
+    }
+    stderr_text
 }

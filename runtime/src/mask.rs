@@ -70,6 +70,8 @@ const MIN_BASE64_FRAGMENT_LEN: usize = 4;
 /// shorter.
 const GRAM_LEN: usize = 4;
 
+const _: () = assert!(MIN_VALUE_LEN >= GRAM_LEN && MIN_BASE64_FRAGMENT_LEN >= GRAM_LEN);
+
 /// The largest distance between two windows the prefilter checks.
 const MAX_STEP: usize = 8;
 
@@ -557,8 +559,8 @@ struct Searcher {
     /// A leftmost-longest automaton over all patterns that supports both
     /// anchored and unanchored searches.
     automaton: AhoCorasick,
-    /// The bitmap of hashed windows, one bit per slot.
-    windows: Box<[u64]>,
+    /// The hashed windows, one bit per slot.
+    bitmap: Box<[u64]>,
     /// The right shift that turns a multiplied window into a slot.
     shift: u32,
     /// The distance between checked windows: every pattern is at least
@@ -570,11 +572,15 @@ struct Searcher {
 impl Searcher {
     /// Builds the searcher for `patterns`, each at least [`GRAM_LEN`] bytes.
     ///
-    /// Returns `None` when there are no patterns or no automaton kind can
-    /// hold them.
+    /// Returns `None` when there are no patterns, a pattern is shorter than
+    /// [`GRAM_LEN`] (which [`MIN_VALUE_LEN`] rules out), or no automaton kind
+    /// can hold them.
     fn new(patterns: &BTreeSet<Vec<u8>>) -> Option<Searcher> {
         let min_len = patterns.iter().map(Vec::len).min()?;
-        let step = (min_len + 1).checked_sub(GRAM_LEN)?.clamp(1, MAX_STEP);
+        let step = (min_len + 1)
+            .checked_sub(GRAM_LEN)
+            .filter(|&step| step > 0)?
+            .min(MAX_STEP);
         let build = |kind| {
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
@@ -585,14 +591,15 @@ impl Searcher {
         };
         let automaton = build(Some(AhoCorasickKind::ContiguousNFA)).or_else(|| build(None))?;
         // About 64 slots per window keep false hits near 1.5%.
-        let windows = patterns.len().saturating_mul(step);
-        let slots = windows
+        let slots = patterns
+            .len()
+            .saturating_mul(step)
             .saturating_mul(64)
             .clamp(1 << 12, 1 << 22)
             .next_power_of_two();
         let mut searcher = Searcher {
             automaton,
-            windows: vec![0; slots / 64].into_boxed_slice(),
+            bitmap: vec![0; slots / 64].into_boxed_slice(),
             shift: 32 - slots.trailing_zeros(),
             step,
         };
@@ -600,7 +607,7 @@ impl Searcher {
             for at in 0..step {
                 if let Some(window) = pattern.get(at..at + GRAM_LEN) {
                     let slot = searcher.slot(window);
-                    searcher.windows[slot / 64] |= 1 << (slot % 64);
+                    searcher.bitmap[slot / 64] |= 1 << (slot % 64);
                 }
             }
         }
@@ -634,7 +641,7 @@ impl Searcher {
         let mut at = start;
         while let Some(window) = haystack.get(at..at + GRAM_LEN) {
             let slot = self.slot(window);
-            if self.windows[slot / 64] & (1 << (slot % 64)) != 0 {
+            if self.bitmap[slot / 64] & (1 << (slot % 64)) != 0 {
                 // A match covering this window starts in `at + 1 - step..=at`.
                 for candidate in next.max((at + 1).saturating_sub(self.step))..=at {
                     if verified >= VERIFY_FREE + (at - start) / VERIFY_PER_BYTE {
@@ -1041,6 +1048,31 @@ mod tests {
     }
 
     #[test]
+    fn json_escaped_bytes_of_a_non_utf8_value_are_masked() {
+        let masker = Masker::new([b"bin\"\xff/x".as_slice()]);
+        assert_eq!(
+            masker.mask_bytes(b"{\"v\":\"bin\\\"\xff/x\"}").as_ref(),
+            b"{\"v\":\"***\"}"
+        );
+        assert_eq!(
+            masker.mask_bytes(b"{\"v\":\"bin\\\"\xff\\/x\"}").as_ref(),
+            b"{\"v\":\"***\"}"
+        );
+    }
+
+    #[test]
+    fn counts_describe_the_pattern_set() {
+        let masker = Masker::new(["abcd"]);
+        // `abcd`, `YWJjZA==`, `YWJjZA` and the fragments `YWJjZ`, `FiY2` and
+        // `hYmNk`; the URL-safe, percent and JSON forms are duplicates.
+        assert_eq!(masker.pattern_count(), 6);
+        assert_eq!(masker.max_pattern_len(), "YWJjZA==".len());
+        let masker = Masker::new(["a b/c\"d"]);
+        assert!(masker.pattern_count() > 8);
+        assert_eq!(masker.max_pattern_len(), "a%20b%2Fc%22d".len());
+    }
+
+    #[test]
     fn non_utf8_value_inside_text_yields_valid_utf8() {
         // The value ends in the first two bytes of "€" (E2 82 AC).
         let masker = Masker::new([b"price\xe2\x82".as_slice()]);
@@ -1292,11 +1324,7 @@ mod tests {
     fn stream_equals_mask_bytes_for_any_chunking() {
         let values = tricky_values();
         let masker = Masker::new(&values);
-        let mut patterns = BTreeSet::new();
-        for value in &values {
-            add_patterns(value, &mut patterns);
-        }
-        let patterns: Vec<Vec<u8>> = patterns.into_iter().collect();
+        let patterns: Vec<Vec<u8>> = patterns_of(&values).into_iter().collect();
         let mut rng = Rng(0x5eed_1234_abcd_ef01);
         let mut masked_inputs = 0;
         for round in 0..1500 {
@@ -1427,95 +1455,5 @@ mod tests {
         assert!(expected.ends_with(b"***!"));
         assert_eq!(masker.mask_bytes(&input), expected);
         assert_eq!(stream_chunks(&masker, &input, &[7, 100, 3, 1000]), expected);
-    }
-}
-#[cfg(test)]
-mod perf_tmp {
-    use super::*;
-    fn cpu() -> f64 {
-        std::fs::read_to_string("/proc/thread-self/schedstat")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse::<f64>()
-            .unwrap()
-            / 1e9
-    }
-    #[test]
-    fn perf_tmp() {
-        let mut x: u64 = 0x1234_5678_9abc_def1;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        const CH: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let values: Vec<Vec<u8>> = (0..100)
-            .map(|_| (0..40).map(|_| CH[(rnd() % 64) as usize]).collect())
-            .collect();
-        let mut hay = Vec::new();
-        let words = [
-            "{\"id\": ",
-            "\"name\": \"",
-            "alpha",
-            "beta",
-            "gamma",
-            "\", ",
-            "12345",
-            "\"url\": \"https://example.com/api/v1/items?page=",
-            "}, \n",
-            "\"token_type\": \"bearer\", ",
-            "eyJhbGciOiJIUzI1NiJ9",
-        ];
-        while hay.len() < 1 << 20 {
-            hay.extend_from_slice(words[(rnd() % words.len() as u64) as usize].as_bytes());
-        }
-        hay.truncate(1 << 20);
-        let masker = Masker::new(&values);
-        let Some(Matcher::Search(searcher)) = masker.inner.as_deref().map(|i| &i.matcher) else {
-            panic!()
-        };
-        println!(
-            "patterns {} step {} slots {} nfa mem {}",
-            masker.pattern_count(),
-            searcher.step,
-            searcher.windows.len() * 64,
-            searcher.automaton.memory_usage()
-        );
-        let t = cpu();
-        let mut n = 0;
-        for _ in 0..50 {
-            n += masker.mask_bytes(&hay).len();
-        }
-        println!(
-            "mask_bytes {:.2} GB/s {n}",
-            50.0 * hay.len() as f64 / (cpu() - t) / 1e9
-        );
-        let t = cpu();
-        let mut out = Vec::with_capacity(2 << 20);
-        for _ in 0..50 {
-            out.clear();
-            let mut st = masker.stream();
-            for c in hay.chunks(16384) {
-                st.push(c, &mut out);
-            }
-            st.finish(&mut out);
-        }
-        println!(
-            "stream {:.2} GB/s {}",
-            50.0 * hay.len() as f64 / (cpu() - t) / 1e9,
-            out.len()
-        );
-        let short = Masker::new(values.iter().map(|v| &v[..4]));
-        let t = cpu();
-        for _ in 0..50 {
-            n += short.mask_bytes(&hay).len();
-        }
-        println!(
-            "4-byte values mask_bytes {:.2} GB/s {n}",
-            50.0 * hay.len() as f64 / (cpu() - t) / 1e9
-        );
     }
 }

@@ -97,7 +97,7 @@ enum Placement<'a> {
     Basic,
     /// A query parameter.
     Query(&'a str),
-    /// A body field: a top-level name or a JSON pointer.
+    /// A body field: a member of the top-level JSON object, or a form field.
     Body(&'a str),
 }
 
@@ -195,8 +195,8 @@ impl Request {
     ///   encoded `user:password`;
     /// - `query:PARAM`: `PARAM=<placeholder>` is appended to the query;
     /// - `body:FIELD`: field `FIELD` of the [`json`](Request::json) or
-    ///   [`form`](Request::form) body is set to the placeholder (a `FIELD`
-    ///   starting with `/` is a JSON pointer into the JSON body).
+    ///   [`form`](Request::form) body is set to the placeholder (for JSON,
+    ///   a member of the top-level object).
     ///
     /// The placement is applied when the request is sent, so the order of
     /// `auth` and the body methods does not matter.
@@ -544,7 +544,7 @@ fn apply_auth(
         Placement::Query(param) => {
             let separator = if url.contains('?') { '&' } else { '?' };
             url.push(separator);
-            encode_component(param, url);
+            encode_key(param, url);
             url.push('=');
             encode_component(placeholder, url);
         }
@@ -589,24 +589,17 @@ fn set_body_field(
 ) -> Result<(), Error> {
     match body {
         Body::Json(value) => {
-            let slot = if let Some(pointer) = field.strip_prefix('/') {
-                json_pointer_slot(value, pointer)
-            } else {
-                value
-                    .as_object_mut()
-                    .map(|object| object.entry(field.to_owned()).or_insert(Value::Null))
-            };
-            let slot = slot.ok_or_else(|| {
+            let object = value.as_object_mut().ok_or_else(|| {
                 Error::msg(format_args!(
-                    "secret placement `{placement}` needs a JSON object body with a place for `{field}`"
+                    "secret placement `{placement}` needs a JSON object body"
                 ))
             })?;
+            let slot = object.entry(field.to_owned()).or_insert(Value::Null);
             *slot = Value::String(placeholder.to_owned());
         }
         Body::Form(fields) => {
-            let name = field.strip_prefix('/').unwrap_or(field);
-            fields.retain(|(key, _)| key != name);
-            fields.push((name.to_owned(), placeholder.to_owned()));
+            fields.retain(|(key, _)| key != field);
+            fields.push((field.to_owned(), placeholder.to_owned()));
         }
         Body::Empty | Body::Raw(_) => {
             return Err(Error::msg(format_args!(
@@ -615,31 +608,6 @@ fn set_body_field(
         }
     }
     Ok(())
-}
-
-/// Finds (creating objects and the last member as needed) the place a JSON
-/// pointer (without its leading `/`) names.
-fn json_pointer_slot<'a>(value: &'a mut Value, pointer: &str) -> Option<&'a mut Value> {
-    let mut current = value;
-    for token in pointer.split('/') {
-        let token = token.replace("~1", "/").replace("~0", "~");
-        current = match current {
-            Value::Object(object) => object.entry(token).or_insert(Value::Null),
-            Value::Array(items) => {
-                let index: usize = token.parse().ok()?;
-                items.get_mut(index)?
-            }
-            Value::Null => {
-                *current = Value::Object(serde_json::Map::new());
-                match current {
-                    Value::Object(object) => object.entry(token).or_insert(Value::Null),
-                    _ => return None,
-                }
-            }
-            _ => return None,
-        };
-    }
-    Some(current)
 }
 
 /// Replaces every header called `name` (ignoring case) with one value.
@@ -720,7 +688,7 @@ fn encode_form(fields: &[(String, String)]) -> String {
         if index > 0 {
             out.push('&');
         }
-        encode_component(name, &mut out);
+        encode_key(name, &mut out);
         out.push('=');
         encode_component(value, &mut out);
     }
@@ -730,11 +698,25 @@ fn encode_form(fields: &[(String, String)]) -> String {
 /// Percent-encodes everything but unreserved characters (`A-Z a-z 0-9 - . _
 /// ~`), with a space as `+`, as forms and query strings expect.
 fn encode_component(text: &str, out: &mut String) {
+    encode(text, b"", out);
+}
+
+/// Encodes a form field or query parameter name like
+/// [`encode_component`], but keeps `[` and `]` as they are: bracketed names
+/// (`client[secret]`) are common, every server accepts them raw, and the
+/// host matches a placement's field name literally.
+fn encode_key(text: &str, out: &mut String) {
+    encode(text, b"[]", out);
+}
+
+/// Percent-encodes `text`, keeping unreserved characters and `keep`.
+fn encode(text: &str, keep: &[u8], out: &mut String) {
     for byte in text.bytes() {
         match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                 out.push(char::from(byte));
             }
+            _ if keep.contains(&byte) => out.push(char::from(byte)),
             b' ' => out.push('+'),
             _ => {
                 let _ = write!(out, "%{byte:02X}");
@@ -819,10 +801,11 @@ mod tests {
         let fields = vec![
             ("grant_type".to_owned(), "client_credentials".to_owned()),
             ("scope".to_owned(), "read write/all&more=é".to_owned()),
+            ("a[b] c".to_owned(), "[x]".to_owned()),
         ];
         assert_eq!(
             encode_form(&fields),
-            "grant_type=client_credentials&scope=read+write%2Fall%26more%3D%C3%A9"
+            "grant_type=client_credentials&scope=read+write%2Fall%26more%3D%C3%A9&a[b]+c=%5Bx%5D"
         );
     }
 
@@ -918,11 +901,6 @@ mod tests {
         let body: Value = serde_json::from_slice(prepared.body.as_deref().unwrap()).unwrap();
         assert_eq!(body, serde_json::json!({"id": 1, "secret": "PH"}));
         assert_eq!(header(&prepared, "content-type"), Some("application/json"));
-
-        let request = Request::post("https://h/t").json(&serde_json::json!({"a": {"b": 1}}));
-        let prepared = with_auth(request, "body:/a/c").prepare().unwrap();
-        let body: Value = serde_json::from_slice(prepared.body.as_deref().unwrap()).unwrap();
-        assert_eq!(body, serde_json::json!({"a": {"b": 1, "c": "PH"}}));
     }
 
     #[test]

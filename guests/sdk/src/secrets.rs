@@ -55,8 +55,8 @@ impl Secret {
     ///
     /// One of `header:NAME=TEMPLATE` (the template holds `{}` where the
     /// credential goes, as in `header:Authorization=Bearer {}`), `basic`
-    /// (HTTP basic authentication), `query:PARAM` or `body:FIELD` (a
-    /// top-level field name, or a JSON pointer starting with `/`).
+    /// (HTTP basic authentication), `query:PARAM` or `body:FIELD` (a form
+    /// field, or a member of the top-level JSON object).
     pub fn placement(&self) -> String {
         self.handle.placement()
     }

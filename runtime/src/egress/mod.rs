@@ -390,7 +390,7 @@ impl Egress {
             {
                 Ok(body) => body,
                 Err(PrefetchError::Refused(refusal)) => {
-                    return Err(scope.refuse(&url, refusal, AuditKind::SecretMisuse));
+                    return Err(scope.refuse(&url, refusal, AuditKind::EgressRefused));
                 }
                 Err(PrefetchError::Http(e)) => return Err(e),
             }
@@ -448,7 +448,7 @@ impl Egress {
             Err(e) => {
                 let refused = refusal_slot.lock().ok().and_then(|mut s| s.take());
                 if let Some(refusal) = refused {
-                    return Err(scope.refuse(&url, refusal, AuditKind::SecretMisuse));
+                    return Err(scope.refuse(&url, refusal, AuditKind::EgressRefused));
                 }
                 return Err(e);
             }
@@ -648,7 +648,9 @@ impl RequestBody {
                     let Ok(data) = frame.into_data() else { continue };
                     read += data.len() as u64;
                     if read > limit {
-                        return Err(PrefetchError::Http(HttpError::HttpRequestBodySize(Some(limit))));
+                        return Err(PrefetchError::Refused(Refusal::egress(format!(
+                            "request body exceeds the limit of {limit} bytes"
+                        ))));
                     }
                     prefix.extend_from_slice(&injector.push(&data).map_err(PrefetchError::Refused)?);
                     if prefix.len() >= PREFETCH {
@@ -718,10 +720,11 @@ impl Body for RequestBody {
                     this.sent += data.len() as u64;
                     if this.sent > this.limit {
                         this.rest = None;
-                        return Poll::Ready(Some(Err(io::Error::other(format!(
-                            "request body exceeds the limit of {} bytes",
-                            this.limit
-                        )))));
+                        let refusal = Refusal::egress(format!("request body exceeds the limit of {} bytes", this.limit));
+                        if let Ok(mut slot) = this.refusal.lock() {
+                            *slot = Some(refusal);
+                        }
+                        return Poll::Ready(Some(Err(io::Error::other("request body too large"))));
                     }
                     injector.push(&data)
                 }

@@ -53,7 +53,9 @@ async fn stack_overflow_panics_and_traps_end_the_step_not_the_host() {
     let env = TestEnv::new().await;
     let (text, f) = failure(env.hostile(env.hostile_grants(), "recurse", json!({})).await);
     assert!(matches!(f.error, Error::Trap { .. }), "{text}");
-    assert!(text.contains("stack overflow"), "{text}");
+    // Rust keeps its frames on a shadow stack in linear memory: running off
+    // its end traps as an out-of-bounds access before wasm's own stack limit.
+    assert!(text.contains("stack overflow") || text.contains("out of bounds memory access"), "{text}");
 
     let (text, f) = failure(env.hostile(env.hostile_grants(), "panic", json!({ "message": "boom 42" })).await);
     assert!(matches!(f.error, Error::Trap { .. }), "{text}");

@@ -160,7 +160,9 @@ async fn guessed_or_foreign_placeholders_are_only_text() {
     let stolen: String = out.output["reversed"].as_str().unwrap().chars().rev().collect();
     assert!(stolen.starts_with("wrun_ph_"));
     for token in [stolen, format!("wrun_ph_{}", "0".repeat(32))] {
-        let input = json!({ "url": env.url(API, "/echo/guess"), "headers": [["authorization", format!("Bearer {token}")]] });
+        // This route checks the bearer token against the real value.
+        let url = env.url(API, "/repos/octo/hello/issues/1");
+        let input = json!({ "url": url, "headers": [["authorization", format!("Bearer {token}")]] });
         let result = env.hostile(env.hostile_grants(), "http", input).await;
         env.assert_no_leak(&result);
         let out = success(result);

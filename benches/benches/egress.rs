@@ -1,0 +1,112 @@
+//! One HTTPS request with secret injection through wrun's egress (policy
+//! checks, placeholder swap, resolution and address check, pooled TLS
+//! connection, response scrubbing), against the same request sent directly
+//! with hyper over one kept-alive rustls connection to the same loopback
+//! server. A third case runs a whole guest step that sends the request.
+//! Run with `cargo bench -p wrun-benches --bench egress`.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http_body_util::Full;
+use serde_json::json;
+use wrun_runtime::egress::StaticResolver;
+use wrun_runtime::{Connection, Engine, Grants, JobOptions, Placement, SecretValue, StaticConnections};
+use wrun_tests::{DirectClient, MockServer, TestPki};
+
+const HOST: &str = "api.test";
+const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
+
+fn egress_request(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pki = TestPki::new(&[HOST]);
+    let server = rt.block_on(MockServer::start(&pki));
+    let port = server.port();
+
+    let engine = Engine::builder()
+        .webpki_roots(false)
+        .add_ca_pem(pki.ca_pem().as_bytes())
+        .expect("ca")
+        .allow_range("127.0.0.0/8".parse().expect("net"))
+        .resolver(Arc::new(StaticResolver::new().with(HOST, [IpAddr::V4(Ipv4Addr::LOCALHOST)])))
+        .build()
+        .expect("engine");
+    let connection = Connection::new(
+        "api-token",
+        SecretValue::new(TOKEN),
+        [format!("{HOST}:{port}")],
+        Placement::bearer(),
+    )
+    .expect("connection");
+    let job = engine.job(
+        JobOptions::new("bench", "bench")
+            .connections(Arc::new(StaticConnections::new().with(connection)))
+            .property("api_base", format!("https://{HOST}:{port}")),
+    );
+    let hostile = std::fs::read(std::path::Path::new(env!("WRUN_GUESTS")).join("hostile.wasm")).expect("guest");
+    let component = engine.load("hostile", &hostile).expect("load");
+    let grants = || {
+        Grants::builder()
+            .net(format!("{HOST}:{port}"))
+            .secret("api", "api-token")
+            .env("api_base")
+            .build()
+            .expect("grants")
+    };
+    let step = engine.step("bench", &component, grants()).expect("step");
+    let placeholder = rt
+        .block_on(job.__placeholders(&step))
+        .expect("placeholders")
+        .remove("api")
+        .expect("api placeholder");
+    let url = format!("https://{HOST}:{port}/status/200");
+
+    let mut direct = rt
+        .block_on(DirectClient::connect(server.addr(), HOST, &pki.ca_pem()))
+        .expect("direct client");
+    let direct = tokio::sync::Mutex::new(&mut direct);
+
+    let mut group = c.benchmark_group("https_request_with_secret");
+    group.bench_function("wrun_egress", |b| {
+        b.to_async(&rt).iter(|| async {
+            let request = http::Request::get(&url)
+                .header(http::header::HOST, format!("{HOST}:{port}"))
+                .header(http::header::AUTHORIZATION, format!("Bearer {placeholder}"))
+                .body(Bytes::new())
+                .expect("request");
+            let (status, body) = job.__egress_round_trip(&step, request).await.expect("round trip");
+            assert_eq!(status, 200);
+            black_box(body);
+        })
+    });
+    group.bench_function("hyper_direct", |b| {
+        b.to_async(&rt).iter(|| async {
+            let request = http::Request::get("/status/200")
+                .header(http::header::HOST, format!("{HOST}:{port}"))
+                .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let (status, _, body) = direct.lock().await.send(request).await.expect("send");
+            assert_eq!(status, 200);
+            black_box(body);
+        })
+    });
+    let input = json!({ "url": url, "secret": "api" });
+    group.bench_function("wrun_guest_step", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = job.run(&step, "auth", &input).await.expect("step");
+            black_box(out.output);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, egress_request);
+criterion_main!(benches);

@@ -1,0 +1,8 @@
+//! Builds the guest components the benchmarks run.
+
+#[path = "../guests/build_support.rs"]
+mod build_support;
+
+fn main() {
+    build_support::build();
+}
