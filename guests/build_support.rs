@@ -10,9 +10,13 @@ use std::process::Command;
 
 /// Builds every guest and tells rustc where the components are, through the
 /// `WRUN_GUESTS` environment variable (read with `env!`).
-pub fn build() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().expect("crate sits in the workspace root").to_path_buf();
+pub(crate) fn build() {
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("crate sits in the workspace root")
+        .to_path_buf();
     let guests = root.join("guests");
     // The guests get their own directory inside the outer target directory.
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -29,7 +33,14 @@ pub fn build() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guests)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--workspace"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--workspace",
+        ])
         .env("CARGO_TARGET_DIR", &target);
     // Settings of the outer build must not leak into the guest build.
     for var in [
@@ -45,7 +56,9 @@ pub fn build() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cargo can be started to build the guests");
+    let status = cmd
+        .status()
+        .expect("cargo can be started to build the guests");
     if !status.success() {
         panic!(
             "building the guests failed ({status}); is the target installed? run `rustup target add wasm32-wasip2`"
@@ -64,5 +77,9 @@ fn check_components(dir: &Path) {
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
         .count();
-    assert!(count > 0, "no guest component was built in {}", dir.display());
+    assert!(
+        count > 0,
+        "no guest component was built in {}",
+        dir.display()
+    );
 }

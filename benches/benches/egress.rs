@@ -10,11 +10,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_main};
 use http_body_util::Full;
 use serde_json::json;
 use wrun_runtime::egress::StaticResolver;
-use wrun_runtime::{Connection, Engine, Grants, JobOptions, Placement, SecretValue, StaticConnections};
+use wrun_runtime::{
+    Connection, Engine, Grants, JobOptions, Placement, SecretValue, StaticConnections,
+};
 use wrun_tests::{DirectClient, MockServer, TestPki};
 
 const HOST: &str = "api.test";
@@ -35,7 +37,9 @@ fn egress_request(c: &mut Criterion) {
         .add_ca_pem(pki.ca_pem().as_bytes())
         .expect("ca")
         .allow_range("127.0.0.0/8".parse().expect("net"))
-        .resolver(Arc::new(StaticResolver::new().with(HOST, [IpAddr::V4(Ipv4Addr::LOCALHOST)])))
+        .resolver(Arc::new(
+            StaticResolver::new().with(HOST, [IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+        ))
         .build()
         .expect("engine");
     let connection = Connection::new(
@@ -50,7 +54,8 @@ fn egress_request(c: &mut Criterion) {
             .connections(Arc::new(StaticConnections::new().with(connection)))
             .property("api_base", format!("https://{HOST}:{port}")),
     );
-    let hostile = std::fs::read(std::path::Path::new(env!("WRUN_GUESTS")).join("hostile.wasm")).expect("guest");
+    let hostile = std::fs::read(std::path::Path::new(env!("WRUN_GUESTS")).join("hostile.wasm"))
+        .expect("guest");
     let component = engine.load("hostile", &hostile).expect("load");
     let grants = || {
         Grants::builder()
@@ -81,7 +86,10 @@ fn egress_request(c: &mut Criterion) {
                 .header(http::header::AUTHORIZATION, format!("Bearer {placeholder}"))
                 .body(Bytes::new())
                 .expect("request");
-            let (status, body) = job.__egress_round_trip(&step, request).await.expect("round trip");
+            let (status, body) = job
+                .__egress_round_trip(&step, request)
+                .await
+                .expect("round trip");
             assert_eq!(status, 200);
             black_box(body);
         })
@@ -108,5 +116,10 @@ fn egress_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, egress_request);
+/// Runs the benchmarks of this file; written out instead of
+/// `criterion_group!`, whose generated function has no doc comment.
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    egress_request(&mut c);
+}
 criterion_main!(benches);

@@ -5,10 +5,12 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_main};
 use serde_json::json;
 use wasmtime::component::{ComponentExportIndex, Linker, ResourceTable};
-use wasmtime::{Config, Engine as RawEngine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine as RawEngine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wrun_runtime::{Engine, Grants, JobOptions};
 
@@ -66,14 +68,19 @@ fn raw_engine() -> RawEngine {
 }
 
 fn fresh_instance_step(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let bytes = noop_component();
     let input = json!({ "order": 1042, "customer": "acme", "items": [1, 2, 3] });
     let input_text = input.to_string();
 
     let engine = Engine::builder().build().expect("engine");
     let component = engine.load("noop", &bytes).expect("load");
-    let step = engine.step("noop", &component, Grants::none()).expect("step");
+    let step = engine
+        .step("noop", &component, Grants::none())
+        .expect("step");
     let job = engine.job(JobOptions::new("bench", "bench"));
 
     let raw = raw_engine();
@@ -84,7 +91,9 @@ fn fresh_instance_step(c: &mut Criterion) {
     let iface: ComponentExportIndex = raw_component
         .get_export_index(None, "wrun:recipe/actions@0.1.0")
         .expect("actions export");
-    let call: ComponentExportIndex = raw_component.get_export_index(Some(&iface), "call").expect("call export");
+    let call: ComponentExportIndex = raw_component
+        .get_export_index(Some(&iface), "call")
+        .expect("call export");
 
     let mut group = c.benchmark_group("fresh_instance_step");
     group.bench_function("wrun", |b| {
@@ -101,14 +110,24 @@ fn fresh_instance_step(c: &mut Criterion) {
             };
             let mut store = Store::new(&raw, state);
             store.set_epoch_deadline(1_000);
-            let instance = pre.instantiate_async(&mut store).await.expect("instantiate");
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .expect("instantiate");
             let func = instance
                 .get_typed_func::<(&str, &str), (Result<String, ActionError>,)>(&mut store, call)
                 .expect("typed func");
-            let (result,) = func.call_async(&mut store, ("noop", &input_text)).await.expect("call");
+            let (result,) = func
+                .call_async(&mut store, ("noop", &input_text))
+                .await
+                .expect("call");
             let value: serde_json::Value = match result {
                 Ok(text) => serde_json::from_str(&text).expect("json"),
-                Err(ActionError::UnknownAction(m) | ActionError::InvalidInput(m) | ActionError::Failed(m)) => {
+                Err(
+                    ActionError::UnknownAction(m)
+                    | ActionError::InvalidInput(m)
+                    | ActionError::Failed(m),
+                ) => {
                     panic!("{m}")
                 }
             };
@@ -118,5 +137,10 @@ fn fresh_instance_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fresh_instance_step);
+/// Runs the benchmarks of this file; written out instead of
+/// `criterion_group!`, whose generated function has no doc comment.
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    fresh_instance_step(&mut c);
+}
 criterion_main!(benches);

@@ -20,9 +20,9 @@ mod generated {
     });
 }
 
+pub(crate) use generated::StepPre;
 pub(crate) use generated::exports::wrun::recipe::actions::ActionError;
 pub(crate) use generated::wrun::recipe::{log, mask, properties, secrets};
-pub(crate) use generated::StepPre;
 
 /// Adds wrun's own interfaces to a linker that already has WASI and wasi:http.
 pub(crate) fn add_wrun_to_linker(

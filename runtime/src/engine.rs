@@ -16,7 +16,9 @@ use wasmtime::component::Linker;
 
 use crate::bindings::StepPre;
 use crate::egress::addr::AddressPolicy;
-use crate::egress::{self, Connector, Egress, EgressLimits, Resolver, SystemResolver, TcpConnector};
+use crate::egress::{
+    self, Connector, Egress, EgressLimits, Resolver, SystemResolver, TcpConnector,
+};
 use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::host_impl::StepState;
@@ -138,7 +140,9 @@ impl EngineBuilder {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Config(format!("operator CA: {e}")))?;
         if certs.is_empty() {
-            return Err(Error::Config("operator CA: no certificate in the PEM data".into()));
+            return Err(Error::Config(
+                "operator CA: no certificate in the PEM data".into(),
+            ));
         }
         self.extra_roots.extend(certs);
         Ok(self)
@@ -191,15 +195,20 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine> {
         let cfg = |m: String| Error::Config(m);
         if self.default_timeout.is_zero() || self.default_timeout > self.max_timeout {
-            return Err(cfg("the default timeout must be above zero and at most the maximum".into()));
+            return Err(cfg(
+                "the default timeout must be above zero and at most the maximum".into(),
+            ));
         }
         if self.default_memory == 0 || self.default_memory > self.max_memory {
-            return Err(cfg("the default memory must be above zero and at most the maximum".into()));
+            return Err(cfg(
+                "the default memory must be above zero and at most the maximum".into(),
+            ));
         }
         if self.max_concurrent_steps == 0 {
             return Err(cfg("max_concurrent_steps must be above zero".into()));
         }
-        let max_memory = usize::try_from(self.max_memory).map_err(|_| cfg("max_memory is too large".into()))?;
+        let max_memory =
+            usize::try_from(self.max_memory).map_err(|_| cfg("max_memory is too large".into()))?;
 
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
@@ -245,7 +254,13 @@ impl EngineBuilder {
         for net in &self.allowed_ranges {
             policy = policy.allow(*net);
         }
-        let egress = Egress::new(tls, policy, self.resolver, self.connector, self.egress_limits);
+        let egress = Egress::new(
+            tls,
+            policy,
+            self.resolver,
+            self.connector,
+            self.egress_limits,
+        );
 
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -403,18 +418,26 @@ impl Engine {
                 reason: "not a WebAssembly component (a core module or other bytes); build the step for wasm32-wasip2".into(),
             });
         }
-        let component = wasmtime::component::Component::new(&self.inner.wasmtime, bytes).map_err(|e| {
-            Error::Compile {
-                component: name.into(),
-                reason: format!("{e:#}"),
-            }
-        })?;
+        let component =
+            wasmtime::component::Component::new(&self.inner.wasmtime, bytes).map_err(|e| {
+                Error::Compile {
+                    component: name.into(),
+                    reason: format!("{e:#}"),
+                }
+            })?;
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.inner.wasmtime).map(|(n, _)| n.to_string()).collect();
-        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| Error::WitMismatch {
-            component: name.into(),
-            reason: format!("{e:#}"),
-        })?;
+        let imports: Vec<String> = ty
+            .imports(&self.inner.wasmtime)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let instance_pre =
+            self.inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| Error::WitMismatch {
+                    component: name.into(),
+                    reason: format!("{e:#}"),
+                })?;
         let pre = StepPre::new(instance_pre).map_err(|e| Error::WitMismatch {
             component: name.into(),
             reason: format!("{e:#} (a step must export wrun:recipe/actions@0.1.0)"),
@@ -464,7 +487,10 @@ impl Engine {
             return Err(Error::InvalidGrant {
                 step: name.into(),
                 grant: "timeout",
-                reason: format!("{timeout:?} is above the operator's maximum of {:?}", self.inner.max_timeout),
+                reason: format!(
+                    "{timeout:?} is above the operator's maximum of {:?}",
+                    self.inner.max_timeout
+                ),
             });
         }
         let memory = grants.memory.unwrap_or(self.inner.default_memory);
@@ -494,7 +520,10 @@ impl Engine {
 
     /// Compilation cache hits and misses so far (`None` without a cache).
     pub fn cache_stats(&self) -> Option<(usize, usize)> {
-        self.inner.cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()))
+        self.inner
+            .cache
+            .as_ref()
+            .map(|c| (c.cache_hits(), c.cache_misses()))
     }
 }
 

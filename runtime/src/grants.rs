@@ -256,7 +256,10 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(g.net().patterns().len(), 2);
-        assert_eq!(g.secrets().get("gh").map(String::as_str), Some("github-prod"));
+        assert_eq!(
+            g.secrets().get("gh").map(String::as_str),
+            Some("github-prod")
+        );
         assert_eq!(g.memory(), Some(64 << 20));
     }
 }

@@ -60,7 +60,10 @@ impl GuestScope {
         }
         let message = if masked.len() > self.log_budget {
             self.log_budget = 0;
-            format!("{}… [log limit reached, further lines dropped]", truncate(&masked, 1024))
+            format!(
+                "{}… [log limit reached, further lines dropped]",
+                truncate(&masked, 1024)
+            )
         } else {
             self.log_budget -= masked.len();
             masked
@@ -166,7 +169,12 @@ pub(crate) struct StepLimiter {
 pub(crate) struct MemoryLimitExceeded;
 
 impl ResourceLimiter for StepLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let after = self.memory_used - current.min(self.memory_used) + desired;
         if after > self.memory_limit {
             self.exceeded = true;
@@ -176,7 +184,12 @@ impl ResourceLimiter for StepLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= self.table_elements)
     }
 
@@ -210,7 +223,11 @@ impl Capture {
     }
 
     pub(crate) fn take(&self) -> (Vec<u8>, bool) {
-        let buf = self.buf.lock().map(|mut b| std::mem::take(&mut *b)).unwrap_or_default();
+        let buf = self
+            .buf
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
         let truncated = buf.len() >= self.limit;
         (buf, truncated)
     }
@@ -229,7 +246,11 @@ impl StdoutStream for Capture {
 }
 
 impl tokio::io::AsyncWrite for Capture {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         if let Ok(mut buf) = self.buf.lock() {
             let room = self.limit.saturating_sub(buf.len());
             buf.extend_from_slice(&data[..data.len().min(room)]);
@@ -247,10 +268,17 @@ impl tokio::io::AsyncWrite for Capture {
 }
 
 impl secrets::Host for StepState {
-    fn get(&mut self, alias: String) -> wasmtime::Result<Result<Resource<SecretHandle>, secrets::SecretError>> {
+    fn get(
+        &mut self,
+        alias: String,
+    ) -> wasmtime::Result<Result<Resource<SecretHandle>, secrets::SecretError>> {
         let Some(secret) = self.guest.secrets.get(&alias).cloned() else {
-            let reason = format!("step `{}` has no `secrets` grant for alias `{alias}`", self.guest.step);
-            self.guest.push_log(Level::Warn, LogSource::Runtime, &reason);
+            let reason = format!(
+                "step `{}` has no `secrets` grant for alias `{alias}`",
+                self.guest.step
+            );
+            self.guest
+                .push_log(Level::Warn, LogSource::Runtime, &reason);
             return Ok(Err(secrets::SecretError::NotGranted(reason)));
         };
         let handle = self.table.push(SecretHandle { alias, secret })?;
@@ -268,7 +296,13 @@ impl secrets::HostSecret for StepState {
     }
 
     fn placement(&mut self, handle: Resource<SecretHandle>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&handle)?.secret.connection.placement().to_string())
+        Ok(self
+            .table
+            .get(&handle)?
+            .secret
+            .connection
+            .placement()
+            .to_string())
     }
 
     fn drop(&mut self, handle: Resource<SecretHandle>) -> wasmtime::Result<()> {
@@ -294,7 +328,11 @@ impl log::Host for StepState {
 impl mask::Host for StepState {
     fn mark(&mut self, value: String) -> wasmtime::Result<()> {
         if let Err(why) = self.guest.job.mark(value) {
-            self.guest.push_log(Level::Warn, LogSource::Runtime, &format!("mask.mark ignored: {why}"));
+            self.guest.push_log(
+                Level::Warn,
+                LogSource::Runtime,
+                &format!("mask.mark ignored: {why}"),
+            );
         }
         Ok(())
     }
@@ -303,7 +341,10 @@ impl mask::Host for StepState {
 impl properties::Host for StepState {
     fn get(&mut self, name: String) -> wasmtime::Result<Option<String>> {
         if !self.guest.env.contains(&name) {
-            let note = format!("property `{name}` is not in the `env` grant of step `{}`", self.guest.step);
+            let note = format!(
+                "property `{name}` is not in the `env` grant of step `{}`",
+                self.guest.step
+            );
             self.guest.push_log(Level::Warn, LogSource::Runtime, &note);
             return Ok(None);
         }

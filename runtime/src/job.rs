@@ -21,9 +21,13 @@ use crate::egress::Scope;
 use crate::engine::{Engine, Step};
 use crate::error::{Error, Result};
 use crate::events::{Event, Level, LogSource, NoopObserver, Observer};
-use crate::host_impl::{Capture, EgressHooks, GuestScope, MemoryLimitExceeded, StepLimiter, StepState, truncate};
+use crate::host_impl::{
+    Capture, EgressHooks, GuestScope, MemoryLimitExceeded, StepLimiter, StepState, truncate,
+};
 use crate::mask::{Masker, mask_pointers};
-use crate::secrets::{ConnectionSource, JobSecret, PlaceholderMatcher, StaticConnections, new_placeholder};
+use crate::secrets::{
+    ConnectionSource, JobSecret, PlaceholderMatcher, StaticConnections, new_placeholder,
+};
 
 /// Values shorter than this are not marked: masking them would mangle text.
 const MIN_MARK_LEN: usize = crate::mask::MIN_VALUE_LEN;
@@ -117,7 +121,10 @@ pub(crate) struct JobShared {
 impl JobShared {
     /// The masker of everything sensitive in this job.
     pub(crate) fn mask(&self) -> Masker {
-        self.sensitive.read().map(|s| s.mask.clone()).unwrap_or_default()
+        self.sensitive
+            .read()
+            .map(|s| s.mask.clone())
+            .unwrap_or_default()
     }
 
     /// Marks a guest-computed value as sensitive for the rest of the job.
@@ -149,7 +156,11 @@ impl JobShared {
         let mut by_alias = HashMap::new();
         let mut fresh = Vec::new();
         for (alias, name) in step.grants.secrets() {
-            let known = self.sensitive.read().ok().and_then(|s| s.secrets.get(name).cloned());
+            let known = self
+                .sensitive
+                .read()
+                .ok()
+                .and_then(|s| s.secrets.get(name).cloned());
             let secret = match known {
                 Some(secret) => secret,
                 None => {
@@ -176,27 +187,39 @@ impl JobShared {
             by_alias.insert(alias.clone(), secret);
         }
         if !fresh.is_empty() {
-            if let Ok(mut s) = self.sensitive.write() {
-                for secret in fresh {
-                    s.secrets.insert(secret.connection.name().to_string(), secret);
-                }
-                let scrub = Masker::new(s.secrets.values().map(|j| j.connection.value().expose().as_bytes()));
-                let everything = Masker::new(
-                    s.secrets
-                        .values()
-                        .flat_map(|j| [j.connection.value().expose().as_bytes(), j.placeholder.as_bytes()])
-                        .chain(s.marked.iter().map(|m| m.as_bytes())),
-                );
-                let placeholders = PlaceholderMatcher::new(s.secrets.values().cloned().collect()).map_err(|reason| {
-                    Error::Internal {
-                        step: step.name().into(),
-                        reason,
-                    }
-                })?;
-                s.scrub = scrub;
-                s.mask = everything;
-                s.placeholders = Some(placeholders);
+            let mut s = self.sensitive.write().map_err(|_| Error::Internal {
+                step: step.name().into(),
+                reason: "job state is poisoned".into(),
+            })?;
+
+            for secret in fresh {
+                s.secrets
+                    .insert(secret.connection.name().to_string(), secret);
             }
+            let scrub = Masker::new(
+                s.secrets
+                    .values()
+                    .map(|j| j.connection.value().expose().as_bytes()),
+            );
+            let everything = Masker::new(
+                s.secrets
+                    .values()
+                    .flat_map(|j| {
+                        [
+                            j.connection.value().expose().as_bytes(),
+                            j.placeholder.as_bytes(),
+                        ]
+                    })
+                    .chain(s.marked.iter().map(|m| m.as_bytes())),
+            );
+            let placeholders = PlaceholderMatcher::new(s.secrets.values().cloned().collect())
+                .map_err(|reason| Error::Internal {
+                    step: step.name().into(),
+                    reason,
+                })?;
+            s.scrub = scrub;
+            s.mask = everything;
+            s.placeholders = Some(placeholders);
         }
         Ok(by_alias)
     }
@@ -210,7 +233,9 @@ pub struct Job {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("id", &self.shared.id).finish_non_exhaustive()
+        f.debug_struct("Job")
+            .field("id", &self.shared.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -320,7 +345,11 @@ impl Job {
                     elapsed,
                 })
             }
-            Err(error) => Err(StepFailure { error, events, elapsed }),
+            Err(error) => Err(StepFailure {
+                error,
+                events,
+                elapsed,
+            }),
         }
     }
 
@@ -370,25 +399,53 @@ impl Job {
         request: http::Request<bytes::Bytes>,
     ) -> std::result::Result<(u16, bytes::Bytes), String> {
         use http_body_util::BodyExt;
-        let secrets = self.shared.load_secrets(step).await.map_err(|e| e.to_string())?;
-        let scope = self.scope(step, &secrets, Arc::new(Mutex::new(Vec::new()))).map_err(|e| e.to_string())?;
+        let secrets = self
+            .shared
+            .load_secrets(step)
+            .await
+            .map_err(|e| e.to_string())?;
+        let scope = self
+            .scope(step, &secrets, Arc::new(Mutex::new(Vec::new())))
+            .map_err(|e| e.to_string())?;
         let request = request.map(|b| {
             http_body_util::Full::new(b)
                 .map_err(|never: std::convert::Infallible| match never {})
                 .boxed_unsync()
         });
-        let response = self.engine.inner.egress.clone().send(scope, request).await.map_err(|e| e.to_string())?;
+        let response = self
+            .engine
+            .inner
+            .egress
+            .clone()
+            .send(scope, request)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         Ok((status, body))
     }
 
     /// The placeholders a step's secrets have in this job, by alias: for
     /// benchmarks that build requests without a guest.
     #[doc(hidden)]
-    pub async fn __placeholders(&self, step: &Step) -> std::result::Result<HashMap<String, String>, String> {
-        let secrets = self.shared.load_secrets(step).await.map_err(|e| e.to_string())?;
-        Ok(secrets.into_iter().map(|(alias, s)| (alias, s.placeholder.clone())).collect())
+    pub async fn __placeholders(
+        &self,
+        step: &Step,
+    ) -> std::result::Result<HashMap<String, String>, String> {
+        let secrets = self
+            .shared
+            .load_secrets(step)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(secrets
+            .into_iter()
+            .map(|(alias, s)| (alias, s.placeholder.clone()))
+            .collect())
     }
 
     async fn run_inner(
@@ -502,11 +559,12 @@ impl Job {
         });
         match outcome {
             Ok(Ok(output)) => {
-                let mut value: serde_json::Value = serde_json::from_str(&output).map_err(|e| Error::InvalidOutput {
-                    step: step_name.clone(),
-                    action: action.into(),
-                    reason: e.to_string(),
-                })?;
+                let mut value: serde_json::Value =
+                    serde_json::from_str(&output).map_err(|e| Error::InvalidOutput {
+                        step: step_name.clone(),
+                        action: action.into(),
+                        reason: e.to_string(),
+                    })?;
                 mask_now().mask_json(&mut value);
                 Ok(value)
             }
@@ -526,7 +584,9 @@ impl Job {
                 message: masked(truncate(&message, 4096)),
             }),
             Err(trap) => {
-                if store.data().limiter.exceeded || trap.downcast_ref::<MemoryLimitExceeded>().is_some() {
+                if store.data().limiter.exceeded
+                    || trap.downcast_ref::<MemoryLimitExceeded>().is_some()
+                {
                     return Err(Error::MemoryLimit {
                         step: step_name,
                         limit: step.memory,
@@ -563,17 +623,28 @@ impl Job {
 /// event; returns the masked stderr text.
 fn log_output(guest: &mut GuestScope, stdout: &Capture, stderr: &Capture) -> String {
     let mut stderr_text = String::new();
-    for (capture, source, level) in [(stdout, LogSource::Stdout, Level::Info), (stderr, LogSource::Stderr, Level::Warn)] {
+    for (capture, source, level) in [
+        (stdout, LogSource::Stdout, Level::Info),
+        (stderr, LogSource::Stderr, Level::Warn),
+    ] {
         let (bytes, truncated) = capture.take();
         if bytes.is_empty() {
             continue;
         }
-        let text = guest.job.mask().mask_str(&String::from_utf8_lossy(&bytes)).into_owned();
+        let text = guest
+            .job
+            .mask()
+            .mask_str(&String::from_utf8_lossy(&bytes))
+            .into_owned();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             guest.push_log(level, source, line);
         }
         if truncated {
-            guest.push_log(Level::Warn, LogSource::Runtime, "output limit reached; the rest was dropped");
+            guest.push_log(
+                Level::Warn,
+                LogSource::Runtime,
+                "output limit reached; the rest was dropped",
+            );
         }
         if source == LogSource::Stderr {
             stderr_text = text;

@@ -58,7 +58,11 @@ pub mod secrets;
 
 pub use engine::{Component, Engine, EngineBuilder, Step};
 pub use error::{Error, Result};
-pub use events::{AuditEvent, AuditKind, CollectingObserver, Event, Level, LogSource, NoopObserver, Observer};
+pub use events::{
+    AuditEvent, AuditKind, CollectingObserver, Event, Level, LogSource, NoopObserver, Observer,
+};
 pub use grants::{GrantError, Grants, GrantsBuilder};
 pub use job::{Job, JobOptions, StepFailure, StepOutput};
-pub use secrets::{Connection, ConnectionError, ConnectionSource, Placement, SecretValue, StaticConnections};
+pub use secrets::{
+    Connection, ConnectionError, ConnectionSource, Placement, SecretValue, StaticConnections,
+};

@@ -359,6 +359,21 @@ fn redacted(input: &str) -> String {
     addr::shown(&format!("{scheme}{authority}{path}"))
 }
 
+impl fmt::Display for NetGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.patterns.is_empty() {
+            return f.write_str("no host");
+        }
+        for (i, pattern) in self.patterns.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{pattern}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,20 +652,5 @@ mod tests {
             matches!(err, PatternError::Scheme { ref suggestion, .. } if suggestion == "bad.example"),
             "{err}"
         );
-    }
-}
-
-impl fmt::Display for NetGrant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.patterns.is_empty() {
-            return f.write_str("no host");
-        }
-        for (i, pattern) in self.patterns.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{pattern}")?;
-        }
-        Ok(())
     }
 }

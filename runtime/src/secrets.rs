@@ -109,9 +109,9 @@ impl FromStr for Placement {
         match kind {
             "basic" if rest.is_empty() => Ok(Placement::Basic),
             "header" => {
-                let (name, template) = rest
-                    .split_once('=')
-                    .ok_or_else(|| err("write `header:NAME=TEMPLATE`, e.g. `header:Authorization=Bearer {}`"))?;
+                let (name, template) = rest.split_once('=').ok_or_else(|| {
+                    err("write `header:NAME=TEMPLATE`, e.g. `header:Authorization=Bearer {}`")
+                })?;
                 let name = HeaderName::from_bytes(name.trim().as_bytes())
                     .map_err(|_| err("invalid header name"))?;
                 if template.matches("{}").count() != 1 {
@@ -193,7 +193,9 @@ impl Connection {
             )));
         }
         if value.expose().is_empty() {
-            return Err(ConnectionError(format!("connection `{name}` has an empty value")));
+            return Err(ConnectionError(format!(
+                "connection `{name}` has an empty value"
+            )));
         }
         Ok(Connection {
             name,
@@ -344,7 +346,11 @@ impl PlaceholderMatcher {
     /// The first placeholder in `text`: its span and its secret.
     fn find(&self, text: &[u8]) -> Option<(usize, usize, Arc<JobSecret>)> {
         let m = self.ac.as_ref()?.find(text)?;
-        Some((m.start(), m.end(), self.secrets[m.pattern().as_usize()].clone()))
+        Some((
+            m.start(),
+            m.end(),
+            self.secrets[m.pattern().as_usize()].clone(),
+        ))
     }
 
     fn contains(&self, text: &[u8]) -> bool {
@@ -392,7 +398,10 @@ impl Injector<'_> {
 
     /// Rewrites the path and query: placeholders are allowed only as the
     /// whole value of the query parameter the connection names.
-    pub(crate) fn inject_uri(&self, uri: &http::Uri) -> Result<(Option<http::Uri>, Vec<String>), Refusal> {
+    pub(crate) fn inject_uri(
+        &self,
+        uri: &http::Uri,
+    ) -> Result<(Option<http::Uri>, Vec<String>), Refusal> {
         let Some(pq) = uri.path_and_query() else {
             return Ok((None, Vec::new()));
         };
@@ -418,13 +427,17 @@ impl Injector<'_> {
                 continue;
             };
             self.check_use(&secret)?;
-            let allowed = matches!(&secret.connection.placement, Placement::Query { param } if param == key);
+            let allowed =
+                matches!(&secret.connection.placement, Placement::Query { param } if param == key);
             if !allowed || start != 0 || end != value.len() {
                 return Err(self.misplaced(&secret, &format!("query parameter `{key}`")));
             }
             out.push_str(key);
             out.push('=');
-            out.extend(utf8_percent_encode(secret.connection.value.expose(), QUERY_VALUE));
+            out.extend(utf8_percent_encode(
+                secret.connection.value.expose(),
+                QUERY_VALUE,
+            ));
             used.push(secret.connection.name.clone());
         }
         let rebuilt = format!("{}?{}", pq.path(), out);
@@ -441,7 +454,10 @@ impl Injector<'_> {
 
     /// Rewrites headers: a placeholder is allowed only as the connection's
     /// header template (or `Authorization: Basic <placeholder>`).
-    pub(crate) fn inject_headers(&self, headers: &mut http::HeaderMap) -> Result<Vec<String>, Refusal> {
+    pub(crate) fn inject_headers(
+        &self,
+        headers: &mut http::HeaderMap,
+    ) -> Result<Vec<String>, Refusal> {
         let mut used = Vec::new();
         for (name, value) in headers.iter_mut() {
             if let Some((_, _, secret)) = self.matcher.find(name.as_str().as_bytes()) {
@@ -453,17 +469,24 @@ impl Injector<'_> {
             self.check_use(&secret)?;
             let raw = secret.connection.value.expose();
             let replacement = match &secret.connection.placement {
-                Placement::Header { name: allowed, template }
-                    if allowed == name
-                        && value.as_bytes() == template.replace("{}", &secret.placeholder).as_bytes() =>
+                Placement::Header {
+                    name: allowed,
+                    template,
+                } if allowed == name
+                    && value.as_bytes()
+                        == template.replace("{}", &secret.placeholder).as_bytes() =>
                 {
                     template.replace("{}", raw)
                 }
                 Placement::Basic
                     if name == http::header::AUTHORIZATION
-                        && value.as_bytes() == format!("Basic {}", secret.placeholder).as_bytes() =>
+                        && value.as_bytes()
+                            == format!("Basic {}", secret.placeholder).as_bytes() =>
                 {
-                    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(raw)
+                    )
                 }
                 _ => return Err(self.misplaced(&secret, &format!("header `{name}`"))),
             };
@@ -505,12 +528,13 @@ impl Injector<'_> {
                         let quoted = serde_json::to_string(raw).unwrap_or_default();
                         quoted[1..quoted.len().saturating_sub(1).max(1)].to_string()
                     }
-                    BodyKind::Form => utf8_percent_encode(raw, FORM_VALUE).to_string().replace("%20", "+"),
+                    BodyKind::Form => utf8_percent_encode(raw, FORM_VALUE)
+                        .to_string()
+                        .replace("%20", "+"),
                     BodyKind::Other => {
-                        return Err(self.misplaced(
-                            secret,
-                            "a body that is neither JSON nor form-encoded",
-                        ));
+                        return Err(
+                            self.misplaced(secret, "a body that is neither JSON nor form-encoded")
+                        );
                     }
                 };
                 Ok(BodyUse {
@@ -533,7 +557,11 @@ impl Injector<'_> {
 
 /// Characters percent-encoded in a query value: everything but RFC 3986
 /// unreserved characters.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 /// Form values use the same set (space becomes `+` afterwards).
 const FORM_VALUE: &AsciiSet = QUERY_VALUE;
 
@@ -610,7 +638,11 @@ impl BodyInjector {
                 Err(refusal) => return Err(refusal.clone()),
             };
             let from = start.saturating_sub(CONTEXT).max(pos);
-            let mut before = if from == pos { self.context.clone() } else { Vec::new() };
+            let mut before = if from == pos {
+                self.context.clone()
+            } else {
+                Vec::new()
+            };
             before.extend_from_slice(&self.pending[from..start]);
             let after = self.pending.get(end).copied();
             if !field_context_ok(self.kind, &before, after, &field) {
@@ -672,8 +704,7 @@ fn field_context_ok(kind: BodyKind, before: &[u8], after: Option<u8>, field: &st
             };
             let key = format!("\"{field}\"");
             let rest = rest.trim_ascii_end();
-            rest.ends_with(key.as_bytes())
-                && !rest[..rest.len() - key.len()].ends_with(b"\\")
+            rest.ends_with(key.as_bytes()) && !rest[..rest.len() - key.len()].ends_with(b"\\")
         }
         BodyKind::Form => {
             if !matches!(after, None | Some(b'&')) {
@@ -714,11 +745,26 @@ mod tests {
     impl Fixture {
         fn new(host: &str) -> Fixture {
             let secrets = vec![
-                job_secret("gh", "ghp_VALUE\"quoted", "api.example.com", "header:Authorization=Bearer {}"),
+                job_secret(
+                    "gh",
+                    "ghp_VALUE\"quoted",
+                    "api.example.com",
+                    "header:Authorization=Bearer {}",
+                ),
                 job_secret("basic", "user:pa ss", "api.example.com", "basic"),
                 job_secret("key", "k&y=1 2", "api.example.com", "query:api_key"),
-                job_secret("client", "s3cr\"et&x", "auth.example.com", "body:client_secret"),
-                job_secret("other", "not-granted-value", "api.example.com", "header:X-Key={}"),
+                job_secret(
+                    "client",
+                    "s3cr\"et&x",
+                    "auth.example.com",
+                    "body:client_secret",
+                ),
+                job_secret(
+                    "other",
+                    "not-granted-value",
+                    "api.example.com",
+                    "header:X-Key={}",
+                ),
             ];
             let granted = ["gh", "basic", "key", "client"]
                 .iter()
@@ -747,14 +793,25 @@ mod tests {
     #[test]
     fn placements_parse_and_print() {
         for (s, shown) in [
-            ("header:Authorization=Bearer {}", "header:authorization=Bearer {}"),
+            (
+                "header:Authorization=Bearer {}",
+                "header:authorization=Bearer {}",
+            ),
             ("basic", "basic"),
             ("query:api_key", "query:api_key"),
             ("body:client_secret", "body:client_secret"),
         ] {
             assert_eq!(s.parse::<Placement>().unwrap().to_string(), shown);
         }
-        for bad in ["", "header:Authorization", "header:X=no-slot", "header:X={}{}", "query:", "cookie:x", "basic:x"] {
+        for bad in [
+            "",
+            "header:Authorization",
+            "header:X=no-slot",
+            "header:X={}{}",
+            "query:",
+            "cookie:x",
+            "basic:x",
+        ] {
             assert!(bad.parse::<Placement>().is_err(), "{bad}");
         }
     }
@@ -770,10 +827,13 @@ mod tests {
     fn header_template_is_replaced_only_in_its_place() {
         let f = Fixture::new("api.example.com");
         let mut h = http::HeaderMap::new();
-        h.insert("authorization", format!("Bearer {}", f.ph(0)).parse().unwrap());
+        h.insert(
+            "authorization",
+            format!("Bearer {}", f.ph(0)).parse().unwrap(),
+        );
         let used = f.injector().inject_headers(&mut h).unwrap();
         assert_eq!(used, ["gh"]);
-        assert_eq!(h["authorization"], "Bearer ghp_VALUE\"quoted".replace('"', "\""));
+        assert_eq!(h["authorization"], "Bearer ghp_VALUE\"quoted");
 
         for (name, value) in [
             ("x-other", format!("Bearer {}", f.ph(0))),
@@ -783,7 +843,10 @@ mod tests {
         ] {
             let mut h = http::HeaderMap::new();
             h.insert(HeaderName::from_static(name), value.parse().unwrap());
-            assert!(f.injector().inject_headers(&mut h).is_err(), "{name}: {value}");
+            assert!(
+                f.injector().inject_headers(&mut h).is_err(),
+                "{name}: {value}"
+            );
         }
     }
 
@@ -791,7 +854,10 @@ mod tests {
     fn basic_auth_is_encoded_by_the_host() {
         let f = Fixture::new("api.example.com");
         let mut h = http::HeaderMap::new();
-        h.insert("authorization", format!("Basic {}", f.ph(1)).parse().unwrap());
+        h.insert(
+            "authorization",
+            format!("Basic {}", f.ph(1)).parse().unwrap(),
+        );
         f.injector().inject_headers(&mut h).unwrap();
         assert_eq!(h["authorization"], "Basic dXNlcjpwYSBzcw==");
     }
@@ -800,19 +866,31 @@ mod tests {
     fn secret_is_refused_toward_a_host_it_is_not_bound_to() {
         let f = Fixture::new("evil.example.com");
         let mut h = http::HeaderMap::new();
-        h.insert("authorization", format!("Bearer {}", f.ph(0)).parse().unwrap());
+        h.insert(
+            "authorization",
+            format!("Bearer {}", f.ph(0)).parse().unwrap(),
+        );
         let err = f.injector().inject_headers(&mut h).unwrap_err();
-        assert!(err.reason.contains("may not be sent to evil.example.com"), "{}", err.reason);
+        assert!(
+            err.reason.contains("may not be sent to evil.example.com"),
+            "{}",
+            err.reason
+        );
         assert!(!err.reason.contains("ghp_VALUE"));
     }
 
     #[test]
     fn query_placement() {
         let f = Fixture::new("api.example.com");
-        let uri: http::Uri = format!("https://api.example.com/v1?q=1&api_key={}&z", f.ph(2)).parse().unwrap();
+        let uri: http::Uri = format!("https://api.example.com/v1?q=1&api_key={}&z", f.ph(2))
+            .parse()
+            .unwrap();
         let (uri, used) = f.injector().inject_uri(&uri).unwrap();
         assert_eq!(used, ["key"]);
-        assert_eq!(uri.unwrap().path_and_query().unwrap().as_str(), "/v1?q=1&api_key=k%26y%3D1%202&z");
+        assert_eq!(
+            uri.unwrap().path_and_query().unwrap().as_str(),
+            "/v1?q=1&api_key=k%26y%3D1%202&z"
+        );
 
         for bad in [
             format!("https://api.example.com/{}/x", f.ph(2)),
@@ -838,8 +916,14 @@ mod tests {
     #[test]
     fn body_field_is_replaced_across_chunk_boundaries() {
         let f = Fixture::new("auth.example.com");
-        let form = format!("grant_type=client_credentials&client_secret={}&scope=a+b", f.ph(3));
-        let json = format!("{{\"client_id\": \"x\", \"client_secret\" : \"{}\"}}", f.ph(3));
+        let form = format!(
+            "grant_type=client_credentials&client_secret={}&scope=a+b",
+            f.ph(3)
+        );
+        let json = format!(
+            "{{\"client_id\": \"x\", \"client_secret\" : \"{}\"}}",
+            f.ph(3)
+        );
         for chunk in 1..form.len() + 1 {
             let mut inj = f.injector().body(Some("application/x-www-form-urlencoded"));
             let out = run_body(&mut inj, form.as_bytes(), chunk).unwrap();
@@ -861,17 +945,35 @@ mod tests {
     fn body_placeholder_elsewhere_is_refused() {
         let f = Fixture::new("auth.example.com");
         let cases = [
-            ("application/json", format!("{{\"other\": \"{}\"}}", f.ph(3))),
-            ("application/json", format!("{{\"client_secret\": \"x{}\"}}", f.ph(3))),
-            ("application/json", format!("{{\"client_secret\": \"{}x\"}}", f.ph(3))),
-            ("application/x-www-form-urlencoded", format!("xclient_secret={}", f.ph(3))),
+            (
+                "application/json",
+                format!("{{\"other\": \"{}\"}}", f.ph(3)),
+            ),
+            (
+                "application/json",
+                format!("{{\"client_secret\": \"x{}\"}}", f.ph(3)),
+            ),
+            (
+                "application/json",
+                format!("{{\"client_secret\": \"{}x\"}}", f.ph(3)),
+            ),
+            (
+                "application/x-www-form-urlencoded",
+                format!("xclient_secret={}", f.ph(3)),
+            ),
             ("text/plain", format!("client_secret={}", f.ph(3))),
-            ("application/json", format!("{{\"client_secret\": \"{}\"}}", f.ph(0))),
+            (
+                "application/json",
+                format!("{{\"client_secret\": \"{}\"}}", f.ph(0)),
+            ),
         ];
         for (ct, body) in cases {
             for chunk in [1, 7, 4096] {
                 let mut inj = f.injector().body(Some(ct));
-                assert!(run_body(&mut inj, body.as_bytes(), chunk).is_err(), "{ct} {body}");
+                assert!(
+                    run_body(&mut inj, body.as_bytes(), chunk).is_err(),
+                    "{ct} {body}"
+                );
             }
         }
         let f = Fixture::new("api.example.com");

@@ -89,8 +89,10 @@ impl StaticResolver {
 
     /// Maps a name (case-insensitive) to addresses.
     pub fn with(mut self, name: &str, addrs: impl IntoIterator<Item = IpAddr>) -> StaticResolver {
-        self.names
-            .insert(name.trim_end_matches('.').to_ascii_lowercase(), addrs.into_iter().collect());
+        self.names.insert(
+            name.trim_end_matches('.').to_ascii_lowercase(),
+            addrs.into_iter().collect(),
+        );
         self
     }
 }
@@ -318,7 +320,8 @@ impl Egress {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let url = reportable_url(&parts.uri);
-        let refuse_egress = |reason: String| scope.refuse(&url, Refusal::egress(reason), AuditKind::EgressRefused);
+        let refuse_egress =
+            |reason: String| scope.refuse(&url, Refusal::egress(reason), AuditKind::EgressRefused);
 
         let n = scope.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if n > self.limits.max_requests_per_step {
@@ -363,7 +366,9 @@ impl Egress {
                 parts.uri = uri;
             }
             used.extend(u);
-            injector.inject_headers(&mut parts.headers).map(|u| used.extend(u))
+            injector
+                .inject_headers(&mut parts.headers)
+                .map(|u| used.extend(u))
         });
         if let Err(refusal) = checked {
             drain_in_background(body);
@@ -385,8 +390,13 @@ impl Egress {
             RequestBody::empty()
         } else {
             let injector = injector.body(content_type.as_deref());
-            match RequestBody::prefetch(body, injector, self.limits.max_request_body, refusal_slot.clone())
-                .await
+            match RequestBody::prefetch(
+                body,
+                injector,
+                self.limits.max_request_body,
+                refusal_slot.clone(),
+            )
+            .await
             {
                 Ok(body) => body,
                 Err(PrefetchError::Refused(refusal)) => {
@@ -397,7 +407,9 @@ impl Egress {
         };
         match body.exact_len() {
             Some(len) => {
-                parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+                parts
+                    .headers
+                    .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
             }
             None => {
                 if body.may_change_length() {
@@ -412,25 +424,36 @@ impl Egress {
         // Resolve, classify every address, and connect to a checked one.
         let addrs = match &host {
             Host::Ip(ip) => vec![*ip],
-            Host::Name(name) => match tokio::time::timeout(self.limits.connect_timeout, self.resolver.resolve(name)).await {
-                Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
-                Ok(Ok(_)) | Ok(Err(_)) => {
-                    return Err(HttpError::DnsError {
-                        rcode: Some(format!("{name} does not resolve")),
-                        info_code: None,
-                    });
+            Host::Name(name) => {
+                match tokio::time::timeout(self.limits.connect_timeout, self.resolver.resolve(name))
+                    .await
+                {
+                    Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
+                    Ok(Ok(_)) | Ok(Err(_)) => {
+                        return Err(HttpError::DnsError {
+                            rcode: Some(format!("{name} does not resolve")),
+                            info_code: None,
+                        });
+                    }
+                    Err(_) => return Err(HttpError::DnsTimeout),
                 }
-                Err(_) => return Err(HttpError::DnsTimeout),
-            },
+            }
         };
         for ip in &addrs {
             if let Err(blocked) = self.policy.check(*ip) {
-                return Err(refuse_egress(format!("{host} resolves to a refused address: {blocked}")));
+                return Err(refuse_egress(format!(
+                    "{host} resolves to a refused address: {blocked}"
+                )));
             }
         }
 
         // Origin-form URI; the Host header was set by wasi-http.
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
         parts.uri = match http::Uri::builder().path_and_query(path).build() {
             Ok(uri) => uri,
             Err(_) => return Err(HttpError::HttpRequestUriInvalid),
@@ -501,7 +524,11 @@ impl Egress {
         let host_key = host.to_string();
         let mut sender = None;
         for ip in addrs {
-            if let Some(s) = self.checkout(&PoolKey { host: host_key.clone(), port, ip: *ip }) {
+            if let Some(s) = self.checkout(&PoolKey {
+                host: host_key.clone(),
+                port,
+                ip: *ip,
+            }) {
                 sender = Some((s, *ip));
                 break;
             }
@@ -511,11 +538,19 @@ impl Egress {
             None => self.connect(host, port, addrs).await?,
         };
         let first_byte = tokio::time::Instant::now() + self.limits.first_byte_timeout;
-        let response = tokio::time::timeout_at(first_byte.min(deadline), sender.send_request(request))
-            .await
-            .map_err(|_| HttpError::ConnectionReadTimeout)?
-            .map_err(HttpError::Hyper)?;
-        self.checkin(PoolKey { host: host_key, port, ip }, sender);
+        let response =
+            tokio::time::timeout_at(first_byte.min(deadline), sender.send_request(request))
+                .await
+                .map_err(|_| HttpError::ConnectionReadTimeout)?
+                .map_err(HttpError::Hyper)?;
+        self.checkin(
+            PoolKey {
+                host: host_key,
+                port,
+                ip,
+            },
+            sender,
+        );
         Ok(response)
     }
 
@@ -540,21 +575,34 @@ impl Egress {
         }
     }
 
-    async fn connect(&self, host: &Host, port: u16, addrs: &[IpAddr]) -> Result<(Sender, IpAddr), HttpError> {
+    async fn connect(
+        &self,
+        host: &Host,
+        port: u16,
+        addrs: &[IpAddr],
+    ) -> Result<(Sender, IpAddr), HttpError> {
         let server_name = match host {
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-            Host::Name(name) => ServerName::try_from(name.clone()).map_err(|_| HttpError::HttpRequestUriInvalid)?,
+            Host::Name(name) => {
+                ServerName::try_from(name.clone()).map_err(|_| HttpError::HttpRequestUriInvalid)?
+            }
         };
         let mut last = HttpError::ConnectionRefused;
         for ip in addrs {
             let addr = SocketAddr::new(*ip, port);
             let attempt = async {
-                let tcp = self.connector.connect(addr).await.map_err(HttpError::Connect)?;
+                let tcp = self
+                    .connector
+                    .connect(addr)
+                    .await
+                    .map_err(HttpError::Connect)?;
                 let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                     .connect(server_name.clone(), tcp)
                     .await
                     .map_err(|e| {
-                        if e.get_ref().is_some_and(|inner| inner.to_string().contains("certificate")) {
+                        if e.get_ref()
+                            .is_some_and(|inner| inner.to_string().contains("certificate"))
+                        {
                             HttpError::TlsCertificateError
                         } else {
                             HttpError::Tls(e)
@@ -645,14 +693,17 @@ impl RequestBody {
                 }
                 Some(Err(e)) => return Err(PrefetchError::Http(e)),
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     read += data.len() as u64;
                     if read > limit {
                         return Err(PrefetchError::Refused(Refusal::egress(format!(
                             "request body exceeds the limit of {limit} bytes"
                         ))));
                     }
-                    prefix.extend_from_slice(&injector.push(&data).map_err(PrefetchError::Refused)?);
+                    prefix
+                        .extend_from_slice(&injector.push(&data).map_err(PrefetchError::Refused)?);
                     if prefix.len() >= PREFETCH {
                         let injected = injector.used().to_vec();
                         return Ok(RequestBody {
@@ -693,10 +744,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        if let Some(prefix) = this.prefix.take() {
-            if !prefix.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(prefix))));
-            }
+        if let Some(prefix) = this.prefix.take()
+            && !prefix.is_empty()
+        {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
         loop {
             let Some((body, injector)) = this.rest.as_mut() else {
@@ -716,11 +767,16 @@ impl Body for RequestBody {
                     return Poll::Ready(Some(Err(io::Error::other(format!("guest body: {e}")))));
                 }
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     this.sent += data.len() as u64;
                     if this.sent > this.limit {
                         this.rest = None;
-                        let refusal = Refusal::egress(format!("request body exceeds the limit of {} bytes", this.limit));
+                        let refusal = Refusal::egress(format!(
+                            "request body exceeds the limit of {} bytes",
+                            this.limit
+                        ));
                         if let Ok(mut slot) = this.refusal.lock() {
                             *slot = Some(refusal);
                         }
@@ -737,7 +793,9 @@ impl Body for RequestBody {
                         *slot = Some(refusal);
                     }
                     this.rest = None;
-                    return Poll::Ready(Some(Err(io::Error::other("request refused by wrun egress"))));
+                    return Poll::Ready(Some(Err(io::Error::other(
+                        "request refused by wrun egress",
+                    ))));
                 }
             }
         }
@@ -772,7 +830,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = HttpError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
@@ -796,7 +857,9 @@ impl Body for ResponseBody {
                     if let Some(m) = this.masker.as_mut() {
                         m.finish(&mut tail);
                     }
-                    return Poll::Ready((!tail.is_empty()).then(|| Ok(Frame::data(Bytes::from(tail)))));
+                    return Poll::Ready(
+                        (!tail.is_empty()).then(|| Ok(Frame::data(Bytes::from(tail)))),
+                    );
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
@@ -805,11 +868,15 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = tokio::time::Instant::now() + this.idle;
                     this.timer.as_mut().reset(deadline);
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     this.received += data.len() as u64;
                     if this.received > this.limit {
                         this.done = true;
-                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.limit)))));
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(
+                            this.limit,
+                        )))));
                     }
                     let out = match this.masker.as_mut() {
                         Some(m) => {

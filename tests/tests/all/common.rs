@@ -10,23 +10,23 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wrun_runtime::egress::{Connector, Resolver, StaticResolver, Stream, TcpConnector};
 use wrun_runtime::{
-    CollectingObserver, Component, Connection, Engine, EngineBuilder, Event, Grants, GrantsBuilder, JobOptions,
-    Placement, SecretValue, StaticConnections, StepFailure, StepOutput,
+    CollectingObserver, Component, Connection, Engine, EngineBuilder, Event, Grants, GrantsBuilder,
+    JobOptions, Placement, SecretValue, StaticConnections, StepFailure, StepOutput,
 };
 use wrun_tests::{MockServer, TestPki, canary};
 
 /// Host names the tests use; all resolve to the loopback mock.
-pub const API: &str = "api.test";
-pub const OTHER: &str = "other.test";
-pub const AUTH: &str = "auth.test";
-pub const EVIL: &str = "evil.test";
+pub(crate) const API: &str = "api.test";
+pub(crate) const OTHER: &str = "other.test";
+pub(crate) const AUTH: &str = "auth.test";
+pub(crate) const EVIL: &str = "evil.test";
 
 /// A connector that refuses every address but loopback, and counts
 /// attempts: refused requests must never reach it.
 #[derive(Default)]
-pub struct LoopbackOnly {
-    pub attempts: AtomicUsize,
-    pub refused: Mutex<Vec<SocketAddr>>,
+pub(crate) struct LoopbackOnly {
+    pub(crate) attempts: AtomicUsize,
+    pub(crate) refused: Mutex<Vec<SocketAddr>>,
 }
 
 #[async_trait::async_trait]
@@ -42,17 +42,17 @@ impl Connector for LoopbackOnly {
 }
 
 /// Path of a built guest component.
-pub fn guest_path(name: &str) -> std::path::PathBuf {
+pub(crate) fn guest_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("WRUN_GUESTS")).join(format!("{}.wasm", name.replace('-', "_")))
 }
 
 /// Bytes of a built guest component.
-pub fn guest_bytes(name: &str) -> Vec<u8> {
+pub(crate) fn guest_bytes(name: &str) -> Vec<u8> {
     std::fs::read(guest_path(name)).unwrap_or_else(|e| panic!("guest {name}: {e}"))
 }
 
 /// One compilation cache for the whole test binary.
-pub fn cache_dir() -> std::path::PathBuf {
+pub(crate) fn cache_dir() -> std::path::PathBuf {
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("wrun-cache");
@@ -62,29 +62,29 @@ pub fn cache_dir() -> std::path::PathBuf {
     .clone()
 }
 
-pub struct TestEnv {
-    pub pki: TestPki,
-    pub server: MockServer,
-    pub engine: Engine,
-    pub connector: Arc<LoopbackOnly>,
-    pub observer: Arc<CollectingObserver>,
+pub(crate) struct TestEnv {
+    pub(crate) pki: TestPki,
+    pub(crate) server: MockServer,
+    pub(crate) engine: Engine,
+    pub(crate) connector: Arc<LoopbackOnly>,
+    pub(crate) observer: Arc<CollectingObserver>,
     /// The value of the `api` connection: must never reach a guest.
-    pub canary: String,
-    pub connections: StaticConnections,
+    pub(crate) canary: String,
+    pub(crate) connections: StaticConnections,
 }
 
 impl TestEnv {
     /// Loopback allowed, test names mapped to the mock.
-    pub async fn new() -> TestEnv {
+    pub(crate) async fn new() -> TestEnv {
         Self::with(|b| b.allow_range("127.0.0.0/8".parse().unwrap())).await
     }
 
     /// Loopback not allowed: the default policy.
-    pub async fn strict() -> TestEnv {
+    pub(crate) async fn strict() -> TestEnv {
         Self::with(|b| b).await
     }
 
-    pub async fn with(configure: impl FnOnce(EngineBuilder) -> EngineBuilder) -> TestEnv {
+    pub(crate) async fn with(configure: impl FnOnce(EngineBuilder) -> EngineBuilder) -> TestEnv {
         let pki = TestPki::new(&[API, OTHER, AUTH, EVIL]);
         let server = MockServer::start(&pki).await;
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -111,8 +111,13 @@ impl TestEnv {
         let engine = configure(builder).build().unwrap();
         let canary = canary("api");
         let connections = StaticConnections::new().with(
-            Connection::new("api-token", SecretValue::new(canary.clone()), [format!("{API}:{}", server.port())], Placement::bearer())
-                .unwrap(),
+            Connection::new(
+                "api-token",
+                SecretValue::new(canary.clone()),
+                [format!("{API}:{}", server.port())],
+                Placement::bearer(),
+            )
+            .unwrap(),
         );
         server.set_expected_bearer(canary.clone());
         TestEnv {
@@ -127,26 +132,38 @@ impl TestEnv {
     }
 
     /// `name:port` of the mock under a test name.
-    pub fn host(&self, name: &str) -> String {
+    pub(crate) fn host(&self, name: &str) -> String {
         format!("{name}:{}", self.server.port())
     }
 
     /// `https://name:port/path` of the mock.
-    pub fn url(&self, name: &str, path: &str) -> String {
+    pub(crate) fn url(&self, name: &str, path: &str) -> String {
         format!("https://{name}:{}{path}", self.server.port())
     }
 
-    pub fn load(&self, guest: &str) -> Component {
+    pub(crate) fn load(&self, guest: &str) -> Component {
         self.engine.load(guest, &guest_bytes(guest)).unwrap()
     }
 
     /// Adds a connection.
-    pub fn connection(&mut self, name: &str, value: &str, hosts: &[String], placement: &str) {
-        let c = Connection::new(name, SecretValue::new(value), hosts, placement.parse::<Placement>().unwrap()).unwrap();
+    pub(crate) fn connection(
+        &mut self,
+        name: &str,
+        value: &str,
+        hosts: &[String],
+        placement: &str,
+    ) {
+        let c = Connection::new(
+            name,
+            SecretValue::new(value),
+            hosts,
+            placement.parse::<Placement>().unwrap(),
+        )
+        .unwrap();
         self.connections = std::mem::take(&mut self.connections).with(c);
     }
 
-    pub fn job(&self) -> wrun_runtime::Job {
+    pub(crate) fn job(&self) -> wrun_runtime::Job {
         self.engine.job(
             JobOptions::new("ws-test", "recipe-test")
                 .connections(Arc::new(self.connections.clone()))
@@ -160,20 +177,31 @@ impl TestEnv {
 
     /// Default grants of the hostile guest: the API host, the `api` secret,
     /// the `api_base` property.
-    pub fn hostile_grants(&self) -> GrantsBuilder {
-        Grants::builder().net(self.host(API)).secret("api", "api-token").env("api_base")
+    pub(crate) fn hostile_grants(&self) -> GrantsBuilder {
+        Grants::builder()
+            .net(self.host(API))
+            .secret("api", "api-token")
+            .env("api_base")
     }
 
     /// Runs an action of the hostile guest in a fresh job.
-    pub async fn hostile(&self, grants: GrantsBuilder, action: &str, input: Value) -> Result<StepOutput, StepFailure> {
+    pub(crate) async fn hostile(
+        &self,
+        grants: GrantsBuilder,
+        action: &str,
+        input: Value,
+    ) -> Result<StepOutput, StepFailure> {
         let component = self.load("hostile");
-        let step = self.engine.step("hostile", &component, grants.build().unwrap()).unwrap();
+        let step = self
+            .engine
+            .step("hostile", &component, grants.build().unwrap())
+            .unwrap();
         self.job().run(&step, action, &input).await
     }
 
     /// Asserts that the canary is nowhere: not in the output, the events,
     /// the error, the audit records.
-    pub fn assert_no_leak(&self, result: &Result<StepOutput, StepFailure>) {
+    pub(crate) fn assert_no_leak(&self, result: &Result<StepOutput, StepFailure>) {
         let mut everything = String::new();
         match result {
             Ok(out) => {
@@ -189,12 +217,16 @@ impl TestEnv {
         }
         everything.push_str(&format!("{:?}", self.observer.events()));
         everything.push_str(&format!("{:?}", self.observer.audits()));
-        wrun_tests::assert_absent(everything.as_bytes(), &[&self.canary], "guest-visible data, events and audit");
+        wrun_tests::assert_absent(
+            everything.as_bytes(),
+            &[&self.canary],
+            "guest-visible data, events and audit",
+        );
     }
 }
 
 /// The error message of a failed step.
-pub fn failure(result: Result<StepOutput, StepFailure>) -> (String, StepFailure) {
+pub(crate) fn failure(result: Result<StepOutput, StepFailure>) -> (String, StepFailure) {
     match result {
         Ok(out) => panic!("expected the step to fail, it returned {}", out.output),
         Err(f) => (f.to_string(), f),
@@ -202,7 +234,7 @@ pub fn failure(result: Result<StepOutput, StepFailure>) -> (String, StepFailure)
 }
 
 /// The output of a successful step.
-pub fn success(result: Result<StepOutput, StepFailure>) -> StepOutput {
+pub(crate) fn success(result: Result<StepOutput, StepFailure>) -> StepOutput {
     match result {
         Ok(out) => out,
         Err(f) => panic!("expected success, got: {f}\nevents: {:#?}", f.events),
@@ -210,12 +242,12 @@ pub fn success(result: Result<StepOutput, StepFailure>) -> StepOutput {
 }
 
 /// The hostile guest's `http` action input.
-pub fn http(url: &str) -> Value {
+pub(crate) fn http(url: &str) -> Value {
     json!({ "url": url })
 }
 
 /// All log messages of a set of events, one per line.
-pub fn logs(events: &[Event]) -> String {
+pub(crate) fn logs(events: &[Event]) -> String {
     events
         .iter()
         .filter_map(|e| match e {

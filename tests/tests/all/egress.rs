@@ -11,7 +11,14 @@ use crate::common::*;
 #[tokio::test]
 async fn a_granted_host_is_reached() {
     let env = TestEnv::new().await;
-    let out = success(env.hostile(env.hostile_grants(), "http", http(&env.url(API, "/echo/ok"))).await);
+    let out = success(
+        env.hostile(
+            env.hostile_grants(),
+            "http",
+            http(&env.url(API, "/echo/ok")),
+        )
+        .await,
+    );
     assert_eq!(out.output["status"], 200);
     assert_eq!(env.server.requests().len(), 1);
 }
@@ -36,7 +43,8 @@ async fn ungranted_hosts_and_ports_are_refused() {
     let env = TestEnv::new().await;
     for url in [
         env.url(EVIL, "/echo"),
-        env.url("API.TEST.", "/echo").replace("API.TEST.", "sub.api.test"),
+        env.url("API.TEST.", "/echo")
+            .replace("API.TEST.", "sub.api.test"),
         format!("https://{API}/echo"),
         format!("https://{API}:1/echo"),
     ] {
@@ -53,8 +61,19 @@ async fn an_empty_net_grant_denies_everything() {
     // The hostile guest imports wasi:http, so binding it without a net grant
     // already fails; the same holds for every host at call time.
     let component = env.load("hostile");
-    let err = env.engine.step("s", &component, Grants::builder().secret("api", "api-token").env("x").build().unwrap());
-    assert!(matches!(err, Err(wrun_runtime::Error::MissingGrant { grant: "net", .. })));
+    let err = env.engine.step(
+        "s",
+        &component,
+        Grants::builder()
+            .secret("api", "api-token")
+            .env("x")
+            .build()
+            .unwrap(),
+    );
+    assert!(matches!(
+        err,
+        Err(wrun_runtime::Error::MissingGrant { grant: "net", .. })
+    ));
 }
 
 #[tokio::test]
@@ -63,8 +82,16 @@ async fn wildcards_match_subdomains_only() {
     let grants = || Grants::builder().net(format!("*.test:{}", env.server.port()));
     // `*.test` is a single-label wildcard and is refused as too broad.
     assert!(grants().build().is_err());
-    let grants = || Grants::builder().net(format!("*.api.test:{}", env.server.port())).secret("api", "api-token").env("x");
-    let (text, _) = failure(env.hostile(grants(), "http", http(&env.url(API, "/echo"))).await);
+    let grants = || {
+        Grants::builder()
+            .net(format!("*.api.test:{}", env.server.port()))
+            .secret("api", "api-token")
+            .env("x")
+    };
+    let (text, _) = failure(
+        env.hostile(grants(), "http", http(&env.url(API, "/echo")))
+            .await,
+    );
     assert!(text.contains("not in the `net` grant"), "{text}");
 }
 
@@ -73,7 +100,8 @@ async fn redirects_are_not_followed() {
     let env = TestEnv::new().await;
     let target = env.url(EVIL, "/echo/stolen");
     let url = env.url(API, &format!("/redirect?to={target}"));
-    let input = json!({ "url": url, "secret": "api", "headers": [["authorization", "Bearer {secret}"]] });
+    let input =
+        json!({ "url": url, "secret": "api", "headers": [["authorization", "Bearer {secret}"]] });
     let result = env.hostile(env.hostile_grants(), "http", input).await;
     env.assert_no_leak(&result);
     let out = success(result);
@@ -96,11 +124,24 @@ async fn non_public_addresses_are_refused_before_connecting() {
         (API, "loopback"),
     ];
     for (name, range) in cases {
-        let grants = Grants::builder().net(format!("{name}:{port}")).secret("api", "api-token").env("x");
-        let (text, _) = failure(env.hostile(grants, "http", http(&format!("https://{name}:{port}/echo"))).await);
-        assert!(text.contains("refused address") && text.contains(range), "{name}: {text}");
+        let grants = Grants::builder()
+            .net(format!("{name}:{port}"))
+            .secret("api", "api-token")
+            .env("x");
+        let (text, _) = failure(
+            env.hostile(grants, "http", http(&format!("https://{name}:{port}/echo")))
+                .await,
+        );
+        assert!(
+            text.contains("refused address") && text.contains(range),
+            "{name}: {text}"
+        );
     }
-    assert_eq!(env.connector.attempts.load(Ordering::SeqCst), 0, "no connection may be attempted");
+    assert_eq!(
+        env.connector.attempts.load(Ordering::SeqCst),
+        0,
+        "no connection may be attempted"
+    );
     assert_eq!(env.server.connection_count(), 0);
 }
 
@@ -131,7 +172,10 @@ async fn numeric_spellings_and_ipv6_embeddings_are_classified() {
         "[fe80::1]",
     ];
     for host in spellings {
-        let grants = Grants::builder().net(format!("{host}:{port}")).secret("api", "api-token").env("x");
+        let grants = Grants::builder()
+            .net(format!("{host}:{port}"))
+            .secret("api", "api-token")
+            .env("x");
         let url = format!("https://{host}:{port}/echo");
         let (text, _) = failure(env.hostile(grants, "http", http(&url)).await);
         assert!(text.contains("refused address"), "{host}: {text}");
@@ -145,8 +189,18 @@ async fn numeric_spellings_and_ipv6_embeddings_are_classified() {
 async fn a_numeric_spelling_matches_its_canonical_grant() {
     let env = TestEnv::new().await;
     let port = env.server.port();
-    let grants = Grants::builder().net(format!("127.0.0.1:{port}")).secret("api", "api-token").env("x");
-    let out = success(env.hostile(grants, "http", http(&format!("https://2130706433:{port}/echo"))).await);
+    let grants = Grants::builder()
+        .net(format!("127.0.0.1:{port}"))
+        .secret("api", "api-token")
+        .env("x");
+    let out = success(
+        env.hostile(
+            grants,
+            "http",
+            http(&format!("https://2130706433:{port}/echo")),
+        )
+        .await,
+    );
     assert_eq!(out.output["status"], 200);
 }
 
@@ -155,68 +209,121 @@ async fn an_untrusted_certificate_is_refused() {
     let env = TestEnv::new().await;
     let other = env.pki.other_ca();
     let rogue = wrun_tests::MockServer::start(&other).await;
-    let grants = Grants::builder().net(format!("{API}:{}", rogue.port())).secret("api", "api-token").env("x");
+    let grants = Grants::builder()
+        .net(format!("{API}:{}", rogue.port()))
+        .secret("api", "api-token")
+        .env("x");
     let url = format!("https://{API}:{}/echo", rogue.port());
     let (text, _) = failure(env.hostile(grants, "http", http(&url)).await);
-    assert!(text.to_lowercase().contains("tls") || text.contains("certificate"), "{text}");
+    assert!(
+        text.to_lowercase().contains("tls") || text.contains("certificate"),
+        "{text}"
+    );
     assert!(rogue.requests().is_empty());
 }
 
 #[tokio::test]
 async fn oversized_responses_are_cut_off() {
     let env = TestEnv::with(|b| {
-        b.allow_range("127.0.0.0/8".parse().unwrap()).egress_limits(wrun_runtime::egress::EgressLimits {
-            max_response_body: 1 << 20,
-            ..Default::default()
-        })
+        b.allow_range("127.0.0.0/8".parse().unwrap()).egress_limits(
+            wrun_runtime::egress::EgressLimits {
+                max_response_body: 1 << 20,
+                ..Default::default()
+            },
+        )
     })
     .await;
-    let (text, _) = failure(env.hostile(env.hostile_grants(), "http", http(&env.url(API, "/big?bytes=5000000"))).await);
+    let (text, _) = failure(
+        env.hostile(
+            env.hostile_grants(),
+            "http",
+            http(&env.url(API, "/big?bytes=5000000")),
+        )
+        .await,
+    );
     assert!(text.contains("BodySize") || text.contains("body"), "{text}");
-    let out = success(env.hostile(env.hostile_grants(), "http", http(&env.url(API, "/big?bytes=1000"))).await);
+    let out = success(
+        env.hostile(
+            env.hostile_grants(),
+            "http",
+            http(&env.url(API, "/big?bytes=1000")),
+        )
+        .await,
+    );
     assert_eq!(out.output["body"].as_str().map(str::len), Some(1000));
 }
 
 #[tokio::test]
 async fn oversized_requests_are_refused() {
     let env = TestEnv::with(|b| {
-        b.allow_range("127.0.0.0/8".parse().unwrap()).egress_limits(wrun_runtime::egress::EgressLimits {
-            max_request_body: 1 << 20,
-            ..Default::default()
-        })
+        b.allow_range("127.0.0.0/8".parse().unwrap()).egress_limits(
+            wrun_runtime::egress::EgressLimits {
+                max_request_body: 1 << 20,
+                ..Default::default()
+            },
+        )
     })
     .await;
     let input = json!({ "url": env.url(API, "/echo"), "mib": 3 });
-    let (text, _) = failure(env.hostile(env.hostile_grants(), "big-request", input).await);
-    assert!(text.contains("request body exceeds the limit of 1048576 bytes"), "{text}");
+    let (text, _) = failure(
+        env.hostile(env.hostile_grants(), "big-request", input)
+            .await,
+    );
+    assert!(
+        text.contains("request body exceeds the limit of 1048576 bytes"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn requests_per_step_are_bounded() {
     let env = TestEnv::with(|b| {
-        b.allow_range("127.0.0.0/8".parse().unwrap()).egress_limits(wrun_runtime::egress::EgressLimits {
-            max_requests_per_step: 5,
-            ..Default::default()
-        })
+        b.allow_range("127.0.0.0/8".parse().unwrap()).egress_limits(
+            wrun_runtime::egress::EgressLimits {
+                max_requests_per_step: 5,
+                ..Default::default()
+            },
+        )
     })
     .await;
     let input = json!({ "url": env.url(API, "/echo"), "count": 8 });
-    let out = success(env.hostile(env.hostile_grants(), "many-requests", input).await);
+    let out = success(
+        env.hostile(env.hostile_grants(), "many-requests", input)
+            .await,
+    );
     assert_eq!(out.output["ok"], 5);
     let first_error = out.output["first_error"].as_str().unwrap_or_default();
-    assert!(first_error.contains("has used its 5 requests"), "{first_error}");
+    assert!(
+        first_error.contains("has used its 5 requests"),
+        "{first_error}"
+    );
     assert_eq!(env.server.requests().len(), 5);
 }
 
 #[tokio::test]
 async fn the_guest_gets_no_filesystem_environment_arguments_or_stdin() {
     let env = TestEnv::new().await;
-    let out = success(env.hostile(env.hostile_grants(), "sandbox-probe", json!({})).await);
+    let out = success(
+        env.hostile(env.hostile_grants(), "sandbox-probe", json!({}))
+            .await,
+    );
     let probe: &Value = &out.output;
     assert_eq!(probe["env_vars"], 0, "{probe}");
     assert!(probe["args"].as_u64().unwrap_or(0) <= 1, "{probe}");
-    assert!(probe["read_dir_root"].as_str().unwrap_or("").starts_with("err"), "{probe}");
-    assert!(probe["read_passwd"].as_str().unwrap_or("").starts_with("err"), "{probe}");
+    assert!(
+        probe["read_dir_root"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("err"),
+        "{probe}"
+    );
+    assert!(
+        probe["read_passwd"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("err"),
+        "{probe}"
+    );
     assert_eq!(probe["stdin"], "ok: 0 bytes", "{probe}");
 }
 

@@ -18,15 +18,32 @@ async fn github_issue_fetches_with_the_token() {
         .unwrap();
     let step = env.engine.step("fetch-issue", &component, grants).unwrap();
     let job = env.job();
-    let result = job.run(&step, "get-issue", &json!({ "owner": "octo", "repo": "hello", "number": 7 })).await;
+    let result = job
+        .run(
+            &step,
+            "get-issue",
+            &json!({ "owner": "octo", "repo": "hello", "number": 7 }),
+        )
+        .await;
     env.assert_no_leak(&result);
     let out = success(result);
     assert_eq!(out.output["title"], "Issue 7 title");
     assert_eq!(out.output["author"], "octocat");
     assert_eq!(out.output["labels"], json!(["bug"]));
 
-    let err = job.run(&step, "get-issue", &json!({ "owner": "octo", "repo": "hello", "number": 404 })).await.unwrap_err();
-    assert!(matches!(err.error, Error::ActionFailed { .. }), "{}", err.error);
+    let err = job
+        .run(
+            &step,
+            "get-issue",
+            &json!({ "owner": "octo", "repo": "hello", "number": 404 }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.error, Error::ActionFailed { .. }),
+        "{}",
+        err.error
+    );
     assert!(err.to_string().contains("not found"), "{}", err);
 }
 
@@ -34,13 +51,32 @@ async fn github_issue_fetches_with_the_token() {
 async fn slack_post_sends_a_message() {
     let env = TestEnv::new().await;
     let component = env.load("slack-post");
-    let grants = Grants::builder().net(env.host(API)).secret("slack", "api-token").env("slack_api").build().unwrap();
+    let grants = Grants::builder()
+        .net(env.host(API))
+        .secret("slack", "api-token")
+        .env("slack_api")
+        .build()
+        .unwrap();
     let step = env.engine.step("notify", &component, grants).unwrap();
     let job = env.job();
-    let out = success(job.run(&step, "post-message", &json!({ "channel": "#triage", "text": "Issue 7 opened" })).await);
+    let out = success(
+        job.run(
+            &step,
+            "post-message",
+            &json!({ "channel": "#triage", "text": "Issue 7 opened" }),
+        )
+        .await,
+    );
     assert_eq!(out.output["ok"], true);
     assert_eq!(out.output["channel"], "#triage");
-    let err = job.run(&step, "post-message", &json!({ "channel": "#missing", "text": "x" })).await.unwrap_err();
+    let err = job
+        .run(
+            &step,
+            "post-message",
+            &json!({ "channel": "#missing", "text": "x" }),
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("channel_not_found"), "{err}");
 }
 
@@ -49,18 +85,36 @@ async fn oauth_client_credentials_uses_the_body_placement_and_masks_the_token() 
     let mut env = TestEnv::new().await;
     let client_secret = wrun_tests::canary("client");
     env.server.set_expected_client_secret(client_secret.clone());
-    env.connection("oauth-client", &client_secret, &[env.host(AUTH)], "body:client_secret");
+    env.connection(
+        "oauth-client",
+        &client_secret,
+        &[env.host(AUTH)],
+        "body:client_secret",
+    );
     let component = env.load("oauth-token");
-    let grants = Grants::builder().net(env.host(AUTH)).secret("client", "oauth-client").mask("/access_token").build().unwrap();
+    let grants = Grants::builder()
+        .net(env.host(AUTH))
+        .secret("client", "oauth-client")
+        .mask("/access_token")
+        .build()
+        .unwrap();
     let step = env.engine.step("token", &component, grants).unwrap();
     let input = json!({ "token_url": env.url(AUTH, "/oauth/token"), "client_id": "wrun-test" });
     let result = env.job().run(&step, "client-credentials", &input).await;
     let out = success(result);
     assert_eq!(out.output["token_type"], "Bearer");
     let issued = env.server.issued_tokens();
-    assert_eq!(issued.len(), 1, "the token endpoint accepted the injected client secret");
+    assert_eq!(
+        issued.len(),
+        1,
+        "the token endpoint accepted the injected client secret"
+    );
     // The guest marked the token it received: it is masked everywhere.
     assert_eq!(out.output["access_token"], "***");
     let seen = format!("{}{}{:?}", out.output, out.stored, out.events);
-    wrun_tests::assert_absent(seen.as_bytes(), &[&client_secret, &issued[0]], "output, history and logs");
+    wrun_tests::assert_absent(
+        seen.as_bytes(),
+        &[&client_secret, &issued[0]],
+        "output, history and logs",
+    );
 }

@@ -23,7 +23,10 @@ async fn a_memory_bomb_hits_the_memory_limit() {
     assert!(text.contains("memory limit of 33554432 bytes"), "{text}");
     // Within the limit the same code completes.
     let grants = env.hostile_grants().memory(64 << 20);
-    let out = success(env.hostile(grants, "memory-bomb", json!({ "mib": 8 })).await);
+    let out = success(
+        env.hostile(grants, "memory-bomb", json!({ "mib": 8 }))
+            .await,
+    );
     assert_eq!(out.output["allocated_mib"], 8);
 }
 
@@ -42,29 +45,55 @@ async fn an_infinite_loop_is_stopped_by_the_timeout() {
 async fn a_guest_blocked_in_a_host_call_is_stopped_by_the_timeout() {
     let env = TestEnv::new().await;
     let grants = || env.hostile_grants().timeout(Duration::from_millis(300));
-    let (text, f) = failure(env.hostile(grants(), "sleep", json!({ "ms": 60_000 })).await);
+    let (text, f) = failure(
+        env.hostile(grants(), "sleep", json!({ "ms": 60_000 }))
+            .await,
+    );
     assert!(matches!(f.error, Error::Timeout { .. }), "{text}");
-    let (text, f) = failure(env.hostile(grants(), "http", http(&env.url(API, "/hang"))).await);
+    let (text, f) = failure(
+        env.hostile(grants(), "http", http(&env.url(API, "/hang")))
+            .await,
+    );
     assert!(matches!(f.error, Error::Timeout { .. }), "{text}");
 }
 
 #[tokio::test]
 async fn stack_overflow_panics_and_traps_end_the_step_not_the_host() {
     let env = TestEnv::new().await;
-    let (text, f) = failure(env.hostile(env.hostile_grants(), "recurse", json!({})).await);
+    let (text, f) = failure(
+        env.hostile(env.hostile_grants(), "recurse", json!({}))
+            .await,
+    );
     assert!(matches!(f.error, Error::Trap { .. }), "{text}");
     // Rust keeps its frames on a shadow stack in linear memory: running off
     // its end traps as an out-of-bounds access before wasm's own stack limit.
-    assert!(text.contains("stack overflow") || text.contains("out of bounds memory access"), "{text}");
+    assert!(
+        text.contains("stack overflow") || text.contains("out of bounds memory access"),
+        "{text}"
+    );
 
-    let (text, f) = failure(env.hostile(env.hostile_grants(), "panic", json!({ "message": "boom 42" })).await);
+    let (text, f) = failure(
+        env.hostile(
+            env.hostile_grants(),
+            "panic",
+            json!({ "message": "boom 42" }),
+        )
+        .await,
+    );
     assert!(matches!(f.error, Error::Trap { .. }), "{text}");
     assert!(text.contains("boom 42"), "{text}");
 
     // The engine is still healthy.
     let component = env.load("noop");
-    let step = env.engine.step("noop", &component, wrun_runtime::Grants::none()).unwrap();
-    let out = success(env.job().run(&step, "noop", &json!({ "still": "alive" })).await);
+    let step = env
+        .engine
+        .step("noop", &component, wrun_runtime::Grants::none())
+        .unwrap();
+    let out = success(
+        env.job()
+            .run(&step, "noop", &json!({ "still": "alive" }))
+            .await,
+    );
     assert_eq!(out.output, json!({ "still": "alive" }));
 }
 
@@ -72,7 +101,10 @@ async fn stack_overflow_panics_and_traps_end_the_step_not_the_host() {
 async fn many_steps_run_concurrently_each_in_its_own_instance() {
     let env = TestEnv::new().await;
     let component = env.load("noop");
-    let step = env.engine.step("noop", &component, wrun_runtime::Grants::none()).unwrap();
+    let step = env
+        .engine
+        .step("noop", &component, wrun_runtime::Grants::none())
+        .unwrap();
     let job = env.job();
     let runs = (0..32).map(|i| {
         let job = &job;

@@ -2,6 +2,10 @@
 //! components built from `guests/`, a real egress, and a loopback HTTPS
 //! mock API trusted through an operator CA.
 
+// Setup helpers panic on failure, as test code does; the assertions are
+// what is under test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 mod egress;
 mod examples;

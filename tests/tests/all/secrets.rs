@@ -20,14 +20,21 @@ fn with_secret(url: String, headers: serde_json::Value, body: Option<&str>) -> s
 #[tokio::test]
 async fn the_secret_is_injected_where_the_connection_says() {
     let env = TestEnv::new().await;
-    let input = with_secret(env.url(API, "/echo/ok"), json!([["authorization", "Bearer {secret}"]]), None);
+    let input = with_secret(
+        env.url(API, "/echo/ok"),
+        json!([["authorization", "Bearer {secret}"]]),
+        None,
+    );
     let result = env.hostile(env.hostile_grants(), "http", input).await;
     env.assert_no_leak(&result);
     let out = success(result);
     assert_eq!(out.output["status"], 200);
     // The upstream got the value; the guest's copy of the reflection is masked.
     let got = env.server.requests();
-    assert_eq!(got[0].header("authorization"), Some(format!("Bearer {}", env.canary).as_str()));
+    assert_eq!(
+        got[0].header("authorization"),
+        Some(format!("Bearer {}", env.canary).as_str())
+    );
     let body = out.output["body"].as_str().unwrap();
     assert!(body.contains("Bearer ***"), "{body}");
     let injected = out.events.iter().any(|e| matches!(e, wrun_runtime::Event::Request { connections, .. } if connections == &["api-token"]));
@@ -41,11 +48,21 @@ async fn the_secret_never_goes_to_an_ungranted_host() {
     let attempts = [
         with_secret(evil("/echo?token={secret}"), json!([]), None),
         with_secret(evil("/echo/{secret}"), json!([]), None),
-        with_secret(evil("/echo"), json!([["authorization", "Bearer {secret}"]]), None),
-        with_secret(evil("/echo"), json!([["content-type", "application/json"]]), Some(r#"{"t": "{secret}"}"#)),
+        with_secret(
+            evil("/echo"),
+            json!([["authorization", "Bearer {secret}"]]),
+            None,
+        ),
+        with_secret(
+            evil("/echo"),
+            json!([["content-type", "application/json"]]),
+            Some(r#"{"t": "{secret}"}"#),
+        ),
     ];
     for input in attempts {
-        let result = env.hostile(env.hostile_grants(), "http", input.clone()).await;
+        let result = env
+            .hostile(env.hostile_grants(), "http", input.clone())
+            .await;
         env.assert_no_leak(&result);
         let (text, _) = failure(result);
         assert!(text.contains("not in the `net` grant"), "{input}: {text}");
@@ -58,7 +75,11 @@ async fn the_secret_never_goes_to_an_ungranted_host() {
 async fn the_secret_never_goes_to_a_granted_host_it_is_not_bound_to() {
     let env = TestEnv::new().await;
     let grants = env.hostile_grants().net(env.host(OTHER));
-    let input = with_secret(env.url(OTHER, "/echo"), json!([["authorization", "Bearer {secret}"]]), None);
+    let input = with_secret(
+        env.url(OTHER, "/echo"),
+        json!([["authorization", "Bearer {secret}"]]),
+        None,
+    );
     let result = env.hostile(grants, "http", input).await;
     env.assert_no_leak(&result);
     let (text, _) = failure(result);
@@ -79,26 +100,55 @@ async fn the_secret_is_refused_anywhere_its_connection_does_not_name() {
         with_secret(api("/echo?token={secret}"), json!([]), None),
         with_secret(api("/echo/{secret}"), json!([]), None),
         with_secret(api("/echo"), json!([["x-api-key", "{secret}"]]), None),
-        with_secret(api("/echo"), json!([["authorization", "token {secret}"]]), None),
-        with_secret(api("/echo"), json!([["authorization", "Bearer {secret}{secret}"]]), None),
-        with_secret(api("/echo"), json!([["content-type", "application/json"]]), Some(r#"{"token": "{secret}"}"#)),
-        with_secret(api("/echo"), json!([["content-type", "text/plain"]]), Some("{secret}")),
+        with_secret(
+            api("/echo"),
+            json!([["authorization", "token {secret}"]]),
+            None,
+        ),
+        with_secret(
+            api("/echo"),
+            json!([["authorization", "Bearer {secret}{secret}"]]),
+            None,
+        ),
+        with_secret(
+            api("/echo"),
+            json!([["content-type", "application/json"]]),
+            Some(r#"{"token": "{secret}"}"#),
+        ),
+        with_secret(
+            api("/echo"),
+            json!([["content-type", "text/plain"]]),
+            Some("{secret}"),
+        ),
     ];
     for input in attempts {
-        let result = env.hostile(env.hostile_grants(), "http", input.clone()).await;
+        let result = env
+            .hostile(env.hostile_grants(), "http", input.clone())
+            .await;
         env.assert_no_leak(&result);
         let (text, _) = failure(result);
         assert!(text.contains("wrun egress refused"), "{input}: {text}");
     }
     assert!(!env.server.raw_bytes_contain(env.canary.as_bytes()));
-    assert_eq!(env.observer.audits().iter().filter(|a| a.kind == AuditKind::SecretMisuse).count(), 7);
+    assert_eq!(
+        env.observer
+            .audits()
+            .iter()
+            .filter(|a| a.kind == AuditKind::SecretMisuse)
+            .count(),
+        7
+    );
 }
 
 #[tokio::test]
 async fn a_large_body_with_a_late_placeholder_fails_without_leaking() {
     let env = TestEnv::new().await;
     let body = format!("{}{{secret}}", "a".repeat(200_000));
-    let input = with_secret(env.url(API, "/echo"), json!([["content-type", "text/plain"]]), Some(&body));
+    let input = with_secret(
+        env.url(API, "/echo"),
+        json!([["content-type", "text/plain"]]),
+        Some(&body),
+    );
     let result = env.hostile(env.hostile_grants(), "http", input).await;
     env.assert_no_leak(&result);
     failure(result);
@@ -109,7 +159,11 @@ async fn a_large_body_with_a_late_placeholder_fails_without_leaking() {
 async fn an_echoed_secret_is_scrubbed_from_what_the_guest_receives() {
     let env = TestEnv::new().await;
     for path in ["/echo/plain", "/echo-b64/encoded"] {
-        let input = with_secret(env.url(API, path), json!([["authorization", "Bearer {secret}"]]), None);
+        let input = with_secret(
+            env.url(API, path),
+            json!([["authorization", "Bearer {secret}"]]),
+            None,
+        );
         let result = env.hostile(env.hostile_grants(), "http", input).await;
         env.assert_no_leak(&result);
         let out = success(result);
@@ -134,7 +188,11 @@ async fn leaking_through_logs_stdout_errors_and_panics_is_masked() {
             Err(f) => f.events.clone(),
         };
         if matches!(how, "log" | "stdout" | "stderr" | "all") {
-            assert!(logs(&events).contains("Bearer ***"), "{how}: {}", logs(&events));
+            assert!(
+                logs(&events).contains("Bearer ***"),
+                "{how}: {}",
+                logs(&events)
+            );
         }
         if how == "panic" {
             let (text, f) = failure(result);
@@ -147,7 +205,14 @@ async fn leaking_through_logs_stdout_errors_and_panics_is_masked() {
 #[tokio::test]
 async fn placeholders_are_masked_in_outputs() {
     let env = TestEnv::new().await;
-    let out = success(env.hostile(env.hostile_grants(), "placeholder", json!({ "secret": "api" })).await);
+    let out = success(
+        env.hostile(
+            env.hostile_grants(),
+            "placeholder",
+            json!({ "secret": "api" }),
+        )
+        .await,
+    );
     assert_eq!(out.output["placeholder"], "***");
 }
 
@@ -156,17 +221,33 @@ async fn guessed_or_foreign_placeholders_are_only_text() {
     let env = TestEnv::new().await;
     // A placeholder smuggled out of one job (reversed, so the mask cannot
     // recognise it) is worthless in the next: placeholders are per job.
-    let out = success(env.hostile(env.hostile_grants(), "placeholder", json!({ "secret": "api" })).await);
-    let stolen: String = out.output["reversed"].as_str().unwrap().chars().rev().collect();
+    let out = success(
+        env.hostile(
+            env.hostile_grants(),
+            "placeholder",
+            json!({ "secret": "api" }),
+        )
+        .await,
+    );
+    let stolen: String = out.output["reversed"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .rev()
+        .collect();
     assert!(stolen.starts_with("wrun_ph_"));
     for token in [stolen, format!("wrun_ph_{}", "0".repeat(32))] {
         // This route checks the bearer token against the real value.
         let url = env.url(API, "/repos/octo/hello/issues/1");
-        let input = json!({ "url": url, "headers": [["authorization", format!("Bearer {token}")]] });
+        let input =
+            json!({ "url": url, "headers": [["authorization", format!("Bearer {token}")]] });
         let result = env.hostile(env.hostile_grants(), "http", input).await;
         env.assert_no_leak(&result);
         let out = success(result);
-        assert_eq!(out.output["status"], 401, "the upstream must not have received the value");
+        assert_eq!(
+            out.output["status"], 401,
+            "the upstream must not have received the value"
+        );
     }
     assert!(!env.server.raw_bytes_contain(env.canary.as_bytes()));
 }
@@ -174,15 +255,27 @@ async fn guessed_or_foreign_placeholders_are_only_text() {
 #[tokio::test]
 async fn a_secret_alias_that_is_not_granted_gets_no_handle() {
     let env = TestEnv::new().await;
-    let (text, _) = failure(env.hostile(env.hostile_grants(), "secret-get", json!({ "alias": "prod-db" })).await);
-    assert!(text.contains("no `secrets` grant for alias `prod-db`"), "{text}");
+    let (text, _) = failure(
+        env.hostile(
+            env.hostile_grants(),
+            "secret-get",
+            json!({ "alias": "prod-db" }),
+        )
+        .await,
+    );
+    assert!(
+        text.contains("no `secrets` grant for alias `prod-db`"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn marked_values_are_masked_for_the_rest_of_the_job() {
     let env = TestEnv::new().await;
     let value = wrun_tests::canary("marked");
-    let result = env.hostile(env.hostile_grants(), "mark", json!({ "value": value })).await;
+    let result = env
+        .hostile(env.hostile_grants(), "mark", json!({ "value": value }))
+        .await;
     let out = success(result);
     assert_eq!(out.output["value"], "***");
     assert_eq!(out.output["echo"], "token=***");
@@ -194,7 +287,10 @@ async fn marked_values_are_masked_for_the_rest_of_the_job() {
 async fn mask_grant_fields_are_masked_in_what_is_stored() {
     let env = TestEnv::new().await;
     let grants = env.hostile_grants().mask("/status");
-    let out = success(env.hostile(grants, "http", http(&env.url(API, "/echo"))).await);
+    let out = success(
+        env.hostile(grants, "http", http(&env.url(API, "/echo")))
+            .await,
+    );
     assert_eq!(out.output["status"], 200);
     assert_eq!(out.stored["status"], "***");
 }
@@ -205,7 +301,11 @@ async fn basic_auth_and_query_placements_work_only_in_place() {
     let hosts = [env.host(API)];
     env.connection("basic-conn", "user:basic-canary-value", &hosts, "basic");
     env.connection("query-conn", "query-canary-value", &hosts, "query:api_key");
-    let grants = || env.hostile_grants().secret("b", "basic-conn").secret("q", "query-conn");
+    let grants = || {
+        env.hostile_grants()
+            .secret("b", "basic-conn")
+            .secret("q", "query-conn")
+    };
 
     let input = json!({ "url": env.url(API, "/echo/basic"), "secret": "b" });
     let out = success(env.hostile(grants(), "auth", input).await);
@@ -215,22 +315,56 @@ async fn basic_auth_and_query_placements_work_only_in_place() {
     assert_eq!(out.output["status"], 200);
 
     let got = env.server.requests();
-    assert_eq!(got[0].header("authorization"), Some("Basic dXNlcjpiYXNpYy1jYW5hcnktdmFsdWU="));
-    assert!(got[1].path_and_query.contains("api_key=query-canary-value"), "{}", got[1].path_and_query);
+    assert_eq!(
+        got[0].header("authorization"),
+        Some("Basic dXNlcjpiYXNpYy1jYW5hcnktdmFsdWU=")
+    );
+    assert!(
+        got[1].path_and_query.contains("api_key=query-canary-value"),
+        "{}",
+        got[1].path_and_query
+    );
     let seen = format!("{}{:?}", out.output, out.events);
-    wrun_tests::assert_absent(seen.as_bytes(), &["query-canary-value", "basic-canary-value"], "guest output");
+    wrun_tests::assert_absent(
+        seen.as_bytes(),
+        &["query-canary-value", "basic-canary-value"],
+        "guest output",
+    );
 }
 
 #[tokio::test]
 async fn a_step_cannot_use_a_placeholder_granted_to_another_step() {
     let mut env = TestEnv::new().await;
-    env.connection("second", "second-canary-value", &[env.host(API)], "header:X-Key={}");
+    env.connection(
+        "second",
+        "second-canary-value",
+        &[env.host(API)],
+        "header:X-Key={}",
+    );
     let component = env.load("hostile");
     let job = env.job();
-    let first = env.engine.step("first", &component, env.hostile_grants().secret("s", "second").build().unwrap()).unwrap();
-    let second = env.engine.step("second", &component, env.hostile_grants().build().unwrap()).unwrap();
-    let out = success(job.run(&first, "placeholder", &json!({ "secret": "s" })).await);
-    let ph: String = out.output["reversed"].as_str().unwrap().chars().rev().collect();
+    let first = env
+        .engine
+        .step(
+            "first",
+            &component,
+            env.hostile_grants().secret("s", "second").build().unwrap(),
+        )
+        .unwrap();
+    let second = env
+        .engine
+        .step("second", &component, env.hostile_grants().build().unwrap())
+        .unwrap();
+    let out = success(
+        job.run(&first, "placeholder", &json!({ "secret": "s" }))
+            .await,
+    );
+    let ph: String = out.output["reversed"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .rev()
+        .collect();
     let input = json!({ "url": env.url(API, "/echo"), "headers": [["x-key", ph]] });
     let (text, _) = failure(job.run(&second, "http", &input).await);
     assert!(text.contains("not granted to this step"), "{text}");
