@@ -282,6 +282,8 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, share
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    // Like a production server: no Nagle delay on responses.
+                    let _ = stream.set_nodelay(true);
                     shared.connections.fetch_add(1, Ordering::SeqCst);
                     connections.spawn(serve_connection(
                         stream,
