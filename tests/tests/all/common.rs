@@ -184,6 +184,19 @@ impl TestEnv {
             .env("api_base")
     }
 
+    /// The `github-issue` example bound with all the grants it needs.
+    pub(crate) fn github_step(&self) -> wrun_runtime::Step {
+        let grants = Grants::builder()
+            .net(self.host(API))
+            .secret("github", "api-token")
+            .env("github_api")
+            .build()
+            .unwrap();
+        self.engine
+            .step("fetch-issue", &self.load("github-issue"), grants)
+            .unwrap()
+    }
+
     /// Runs an action of the hostile guest in a fresh job.
     pub(crate) async fn hostile(
         &self,

@@ -9,14 +9,7 @@ use crate::common::*;
 #[tokio::test]
 async fn github_issue_fetches_with_the_token() {
     let env = TestEnv::new().await;
-    let component = env.load("github-issue");
-    let grants = Grants::builder()
-        .net(env.host(API))
-        .secret("github", "api-token")
-        .env("github_api")
-        .build()
-        .unwrap();
-    let step = env.engine.step("fetch-issue", &component, grants).unwrap();
+    let step = env.github_step();
     let job = env.job();
     let result = job
         .run(

@@ -144,14 +144,7 @@ async fn limits_above_the_operator_maximum_are_refused() {
 #[tokio::test]
 async fn unknown_actions_and_bad_input_are_typed_errors() {
     let env = TestEnv::new().await;
-    let component = env.load("github-issue");
-    let grants = Grants::builder()
-        .net(env.host(API))
-        .secret("github", "api-token")
-        .env("github_api")
-        .build()
-        .unwrap();
-    let step = env.engine.step("fetch", &component, grants).unwrap();
+    let step = env.github_step();
     let job = env.job();
     let err = job.run(&step, "delete-repo", &json!({})).await.unwrap_err();
     match &err.error {
@@ -160,7 +153,10 @@ async fn unknown_actions_and_bad_input_are_typed_errors() {
             action,
             available,
         } => {
-            assert_eq!((step.as_str(), action.as_str()), ("fetch", "delete-repo"));
+            assert_eq!(
+                (step.as_str(), action.as_str()),
+                ("fetch-issue", "delete-repo")
+            );
             assert!(available.contains("get-issue"), "{available}");
         }
         other => panic!("expected UnknownAction, got {other:?}"),
