@@ -154,6 +154,16 @@ pub enum Error {
         message: String,
     },
 
+    /// The engine is running as many steps as its instance pool holds
+    /// ([`crate::EngineBuilder::max_concurrent_steps`]); retry later.
+    #[error("step `{step}` could not start: the engine is at its concurrency limit ({reason})")]
+    Busy {
+        /// The step.
+        step: String,
+        /// Which pool is full.
+        reason: String,
+    },
+
     /// An unexpected failure of the runtime itself.
     #[error("step `{step}`: runtime failure: {reason}")]
     Internal {
@@ -180,6 +190,7 @@ impl Error {
             | Error::MemoryLimit { step, .. }
             | Error::Timeout { step, .. }
             | Error::Trap { step, .. }
+            | Error::Busy { step, .. }
             | Error::Internal { step, .. } => Some(step),
         }
     }

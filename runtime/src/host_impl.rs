@@ -351,3 +351,55 @@ impl properties::Host for StepState {
         Ok(self.guest.job.properties.get(&name).cloned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(limit: usize) -> StepLimiter {
+        StepLimiter {
+            memory_limit: limit,
+            memory_used: 0,
+            exceeded: false,
+            table_elements: 10,
+            instances: 1,
+            tables: 1,
+            memories: 2,
+        }
+    }
+
+    #[test]
+    fn the_memory_limit_counts_all_memories_together() {
+        let mut l = limiter(100);
+        // Two memories of 40 each fit; growing either past the sum fails.
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        assert!(l.memory_growing(40, 60, None).is_ok());
+        assert_eq!(l.memory_used, 100);
+        assert!(l.memory_growing(40, 41, None).is_err());
+        assert!(l.exceeded);
+    }
+
+    #[test]
+    fn tables_are_capped() {
+        let mut l = limiter(100);
+        assert!(l.table_growing(0, 10, None).unwrap());
+        assert!(!l.table_growing(10, 11, None).unwrap());
+    }
+
+    #[test]
+    fn captured_output_is_bounded_and_never_fails_the_writer() {
+        use tokio::io::AsyncWriteExt;
+        let capture = Capture::new(8);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut w = capture.clone();
+            w.write_all(b"0123456789abcdef").await.unwrap();
+        });
+        let (bytes, truncated) = capture.take();
+        assert_eq!(bytes, b"01234567");
+        assert!(truncated);
+    }
+}

@@ -592,6 +592,12 @@ impl Job {
                         limit: step.memory,
                     });
                 }
+                if let Some(limit) = trap.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+                    return Err(Error::Busy {
+                        step: step_name,
+                        reason: limit.to_string(),
+                    });
+                }
                 if let Some(wasmtime::Trap::Interrupt) = trap.downcast_ref::<wasmtime::Trap>() {
                     return Err(Error::Timeout {
                         step: step_name,

@@ -116,3 +116,29 @@ async fn many_steps_run_concurrently_each_in_its_own_instance() {
         assert_eq!(success(r).output, json!({ "i": i }));
     }
 }
+
+#[tokio::test]
+async fn a_full_instance_pool_is_a_clear_busy_error() {
+    let env = TestEnv::with(|b| {
+        b.allow_range("127.0.0.0/8".parse().unwrap())
+            .max_concurrent_steps(1)
+    })
+    .await;
+    let component = env.load("hostile");
+    let step = env
+        .engine
+        .step("hold", &component, env.hostile_grants().build().unwrap())
+        .unwrap();
+    let job = env.job();
+    let hold = json!({ "ms": 1500 });
+    let holder = job.run(&step, "sleep", &hold);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        job.run(&step, "counter", &json!({})).await
+    };
+    let (held, refused) = tokio::join!(holder, second);
+    success(held);
+    let (text, f) = failure(refused);
+    assert!(matches!(f.error, Error::Busy { .. }), "{text}");
+    assert!(text.contains("concurrency limit"), "{text}");
+}
