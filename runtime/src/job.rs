@@ -448,13 +448,14 @@ impl Job {
             .collect())
     }
 
-    async fn run_inner(
+    /// A fresh store for one run of `step`: its WASI context (no preopens,
+    /// environment, arguments or sockets; captured stdout and stderr), its
+    /// secrets, egress scope, limiter and epoch deadline.
+    async fn new_store(
         &self,
         step: &Step,
-        action: &str,
-        input: &serde_json::Value,
         events: Arc<Mutex<Vec<Event>>>,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<(Store<StepState>, Capture, Capture)> {
         let engine = &self.engine.inner;
         let job = &self.shared;
         let step_name = step.name.to_string();
@@ -515,6 +516,46 @@ impl Job {
             }
         });
         store.set_epoch_deadline(1);
+
+        Ok((store, stdout, stderr))
+    }
+
+    /// The actions a step's component exports, from a fresh instance with
+    /// the step's grants (for validation: `wrun check`).
+    ///
+    /// # Errors
+    ///
+    /// The step's connections cannot be had, or the component traps or
+    /// times out while answering.
+    pub async fn actions(&self, step: &Step) -> Result<Vec<String>> {
+        let (mut store, _, _) = self.new_store(step, Arc::new(Mutex::new(Vec::new()))).await?;
+        let call = async {
+            let instance = step.component.pre.instantiate_async(&mut store).await?;
+            instance.wrun_recipe_actions().call_names(&mut store).await
+        };
+        match tokio::time::timeout(step.timeout, call).await {
+            Err(_) => Err(Error::Timeout {
+                step: step.name().into(),
+                limit: step.timeout,
+            }),
+            Ok(Err(trap)) => Err(Error::Trap {
+                step: step.name().into(),
+                message: self.shared.mask().mask_str(&format!("{trap:#}")).into_owned(),
+            }),
+            Ok(Ok(names)) => Ok(names),
+        }
+    }
+
+    async fn run_inner(
+        &self,
+        step: &Step,
+        action: &str,
+        input: &serde_json::Value,
+        events: Arc<Mutex<Vec<Event>>>,
+    ) -> Result<serde_json::Value> {
+        let job = &self.shared;
+        let step_name = step.name.to_string();
+        let (mut store, stdout, stderr) = self.new_store(step, events.clone()).await?;
 
         let input_text = serde_json::to_string(input).map_err(|e| Error::Internal {
             step: step_name.clone(),
