@@ -75,10 +75,20 @@ impl Resolver for SystemResolver {
 }
 
 /// A fixed table of names, for tests and for pinning on-premises targets.
-/// Names it does not know fail to resolve.
-#[derive(Debug, Clone, Default)]
+/// Names it does not know fail to resolve, unless a fallback resolver is set.
+#[derive(Clone, Default)]
 pub struct StaticResolver {
     names: HashMap<String, Vec<IpAddr>>,
+    fallback: Option<Arc<dyn Resolver>>,
+}
+
+impl fmt::Debug for StaticResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticResolver")
+            .field("names", &self.names)
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
 }
 
 impl StaticResolver {
@@ -95,14 +105,27 @@ impl StaticResolver {
         );
         self
     }
+
+    /// Resolves names missing from the table with `fallback`.
+    pub fn fallback(mut self, fallback: Arc<dyn Resolver>) -> StaticResolver {
+        self.fallback = Some(fallback);
+        self
+    }
 }
 
 #[async_trait::async_trait]
 impl Resolver for StaticResolver {
     async fn resolve(&self, name: &str) -> io::Result<Vec<IpAddr>> {
-        self.names.get(name).cloned().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("unknown host `{name}`"))
-        })
+        if let Some(addrs) = self.names.get(name) {
+            return Ok(addrs.clone());
+        }
+        match &self.fallback {
+            Some(fallback) => fallback.resolve(name).await,
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("unknown host `{name}`"),
+            )),
+        }
     }
 }
 
