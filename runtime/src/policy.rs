@@ -8,7 +8,8 @@
 //!   label (`a.example.com`, `a.b.example.com`) but not `example.com` itself;
 //! - an IP literal, `203.0.113.7` or `[2001:db8::1]`;
 //!
-//! each optionally followed by a port (`api.example.com:8443`). Egress is
+//! each optionally followed by a port (`api.example.com:8443`) or by `:*`
+//! for any port (for local and on-premises targets on ephemeral ports). Egress is
 //! always HTTPS, so a pattern never names a scheme, and the port is 443
 //! unless the pattern names another. An empty grant denies everything.
 //!
@@ -34,6 +35,8 @@ pub const DEFAULT_PORT: u16 = 443;
 pub struct HostPattern {
     target: Target,
     port: Option<u16>,
+    /// `host:*`: any port, written out explicitly by the author.
+    any_port: bool,
 }
 
 /// What a pattern matches, besides the port.
@@ -92,8 +95,10 @@ impl HostPattern {
             reason,
         };
         let (host, port) = addr::split_authority(input).map_err(host_error)?;
+        let any_port = port == Some("*");
         let port = match port {
             None => None,
+            Some("*") => None,
             Some(port) => Some(
                 addr::parse_port(port, input).map_err(|_| PatternError::Port {
                     input: addr::shown(input),
@@ -131,7 +136,11 @@ impl HostPattern {
         } else {
             Target::Exact(addr::parse_host(host).map_err(host_error)?)
         };
-        Ok(HostPattern { target, port })
+        Ok(HostPattern {
+            target,
+            port,
+            any_port,
+        })
     }
 
     /// Whether a request to `host` on `port` matches this pattern.
@@ -143,7 +152,7 @@ impl HostPattern {
     /// [`addr::parse_host`] returns it; a name that is not never matches a
     /// wildcard.
     pub fn matches(&self, host: &Host, port: u16) -> bool {
-        if port != self.effective_port() {
+        if !self.any_port && port != self.effective_port() {
             return false;
         }
         match (&self.target, host) {
@@ -190,6 +199,7 @@ impl fmt::Display for HostPattern {
         }
         match self.port {
             Some(port) => write!(f, ":{port}"),
+            None if self.any_port => f.write_str(":*"),
             None => Ok(()),
         }
     }
@@ -652,5 +662,17 @@ mod tests {
             matches!(err, PatternError::Scheme { ref suggestion, .. } if suggestion == "bad.example"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_explicit_any_port_pattern_matches_every_port() {
+        let pattern = HostPattern::parse("api.example.com:*").unwrap();
+        let host = crate::egress::addr::parse_host("api.example.com").unwrap();
+        assert!(pattern.matches(&host, 443));
+        assert!(pattern.matches(&host, 8443));
+        assert_eq!(pattern.to_string(), "api.example.com:*");
+        let other = crate::egress::addr::parse_host("evil.example.com").unwrap();
+        assert!(!pattern.matches(&other, 443));
+        assert!(HostPattern::parse("api.example.com:**").is_err());
     }
 }
