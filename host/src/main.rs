@@ -1,27 +1,45 @@
-//! `wrun`: the command-line tool and daemon for recipe authors and
-//! operators, built on `wrun-runtime`.
+//! `wrun`: the command-line tool of wrun for recipe authors.
 //!
-//! The recipe commands (`new`, `build`, `check`, `run`, `export`, `import`,
-//! `connection`, `key`) and `wrun serve` are not implemented yet; this binary
-//! only reports its version.
+//! It keeps connections (encrypted) and environment properties in an
+//! embedded SQLite database, and runs recipes locally with the same runtime
+//! the daemon uses. See `wrun --help` and README.md.
 
 #![forbid(unsafe_code)]
 
+mod bundle;
+mod cli;
+mod connections;
+mod keys;
+mod output;
+mod scaffold;
+mod store_sqlite;
+
 use std::process::ExitCode;
 
+use clap::Parser;
+
 fn main() -> ExitCode {
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        Some("--version") | Some("-V") => {
-            println!("wrun {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    let args = cli::Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
         }
-        _ => {
-            eprintln!(
-                "wrun {}: the recipe commands and the daemon are not available in this build yet; \
-                 embed wrun-runtime to run steps (see README.md)",
-                env!("CARGO_PKG_VERSION")
-            );
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            output::error(&format!("{e:#}"));
             ExitCode::from(2)
         }
     }

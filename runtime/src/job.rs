@@ -451,15 +451,15 @@ impl Job {
     /// A fresh store for one run of `step`: its WASI context (no preopens,
     /// environment, arguments or sockets; captured stdout and stderr), its
     /// secrets, egress scope, limiter and epoch deadline.
-    async fn new_store(
+    fn new_store(
         &self,
         step: &Step,
+        secrets: HashMap<String, Arc<JobSecret>>,
         events: Arc<Mutex<Vec<Event>>>,
     ) -> Result<(Store<StepState>, Capture, Capture)> {
         let engine = &self.engine.inner;
         let job = &self.shared;
         let step_name = step.name.to_string();
-        let secrets = job.load_secrets(step).await?;
 
         let scope = self.scope(step, &secrets, events.clone())?;
 
@@ -521,14 +521,14 @@ impl Job {
     }
 
     /// The actions a step's component exports, from a fresh instance with
-    /// the step's grants (for validation: `wrun check`).
+    /// the step's grants but no secrets (for validation: `wrun check`).
     ///
     /// # Errors
     ///
-    /// The step's connections cannot be had, or the component traps or
-    /// times out while answering.
+    /// The component traps or times out while answering.
     pub async fn actions(&self, step: &Step) -> Result<Vec<String>> {
-        let (mut store, _, _) = self.new_store(step, Arc::new(Mutex::new(Vec::new()))).await?;
+        let (mut store, _, _) =
+            self.new_store(step, HashMap::new(), Arc::new(Mutex::new(Vec::new())))?;
         let call = async {
             let instance = step.component.pre.instantiate_async(&mut store).await?;
             instance.wrun_recipe_actions().call_names(&mut store).await
@@ -540,7 +540,11 @@ impl Job {
             }),
             Ok(Err(trap)) => Err(Error::Trap {
                 step: step.name().into(),
-                message: self.shared.mask().mask_str(&format!("{trap:#}")).into_owned(),
+                message: self
+                    .shared
+                    .mask()
+                    .mask_str(&format!("{trap:#}"))
+                    .into_owned(),
             }),
             Ok(Ok(names)) => Ok(names),
         }
@@ -555,7 +559,8 @@ impl Job {
     ) -> Result<serde_json::Value> {
         let job = &self.shared;
         let step_name = step.name.to_string();
-        let (mut store, stdout, stderr) = self.new_store(step, events.clone()).await?;
+        let secrets = job.load_secrets(step).await?;
+        let (mut store, stdout, stderr) = self.new_store(step, secrets, events.clone())?;
 
         let input_text = serde_json::to_string(input).map_err(|e| Error::Internal {
             step: step_name.clone(),

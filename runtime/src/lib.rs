@@ -52,8 +52,10 @@ pub mod events;
 mod grants;
 mod host_impl;
 mod job;
+pub mod manifest;
 pub mod mask;
 pub mod policy;
+pub mod recipe;
 pub mod secrets;
 
 pub use engine::{Component, Engine, EngineBuilder, Step};

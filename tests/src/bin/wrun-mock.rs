@@ -30,7 +30,9 @@ async fn main() -> Result<()> {
             "--port-file" => port_file = Some(PathBuf::from(value()?)),
             "--bearer" => bearer = Some(value()?),
             "--help" | "-h" => {
-                println!("usage: wrun-mock --name HOST... --ca-out FILE [--port-file FILE] [--bearer TOKEN]");
+                println!(
+                    "usage: wrun-mock --name HOST... --ca-out FILE [--port-file FILE] [--bearer TOKEN]"
+                );
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument `{other}` (see --help)"),
@@ -39,13 +41,15 @@ async fn main() -> Result<()> {
     let ca_out = ca_out.context("--ca-out FILE is required")?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let pki = TestPki::new(&names);
-    std::fs::write(&ca_out, pki.ca_pem()).with_context(|| format!("writing {}", ca_out.display()))?;
+    std::fs::write(&ca_out, pki.ca_pem())
+        .with_context(|| format!("writing {}", ca_out.display()))?;
     let server = MockServer::start(&pki).await;
     if let Some(token) = bearer {
         server.set_expected_bearer(token);
     }
     if let Some(path) = port_file {
-        std::fs::write(&path, server.port().to_string()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, server.port().to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     println!("port={}", server.port());
     // Serve until the process is killed.

@@ -1,0 +1,282 @@
+//! Recipe bundles: one file that carries a recipe to another workspace or
+//! machine without a single credential.
+//!
+//! A bundle is a gzip-compressed tar archive with exactly these entries:
+//!
+//! - `wrun-lock.json`: format version, recipe name, the SHA-256 of every
+//!   component, and the *names* of the connections and properties the recipe
+//!   needs (see [`Lock`]);
+//! - `recipe.toml`: the manifest, with component paths rewritten to
+//!   `components/…` and `build` entries dropped;
+//! - `components/<step>.wasm`: one component per step.
+//!
+//! No connection value, placeholder or property value is ever written: the
+//! manifest only holds names. Import verifies every hash and refuses any
+//! other entry (no path traversal), then writes the recipe into a fresh
+//! directory through a temporary one, so a failed import leaves nothing.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+use wrun_runtime::manifest::Manifest;
+
+/// Bundle format understood by this version.
+pub(crate) const FORMAT: u32 = 1;
+/// Largest bundle entry read on import.
+const MAX_ENTRY: u64 = 64 << 20;
+/// Largest total size of all entries read on import.
+const MAX_TOTAL: u64 = 512 << 20;
+
+/// The lock of a bundle (or of an imported recipe directory).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Lock {
+    pub(crate) format: u32,
+    pub(crate) recipe: String,
+    /// `components/<step>.wasm` -> lowercase hex SHA-256.
+    pub(crate) components: BTreeMap<String, String>,
+    /// Connection names the recipe needs bound.
+    pub(crate) connections: Vec<String>,
+    /// Property names the recipe needs set.
+    pub(crate) properties: Vec<String>,
+}
+
+/// Lowercase hex SHA-256 of some bytes.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads and validates a manifest file.
+pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading recipe {}", path.display()))?;
+    Manifest::parse(&text)
+        .map_err(|errors| anyhow::anyhow!("{}: invalid recipe:\n{errors}", path.display()))
+}
+
+/// Writes `recipe` (a manifest file) and its components to a bundle at `out`.
+///
+/// # Errors
+///
+/// An invalid manifest, a component that cannot be read (not built yet), or
+/// an I/O error writing `out` (which is then left untouched).
+pub(crate) fn export(recipe: &Path, out: &Path) -> Result<Lock> {
+    let mut manifest = read_manifest(recipe)?;
+    let base = recipe.parent().unwrap_or(Path::new("."));
+    let mut components = BTreeMap::new();
+    let mut blobs = Vec::new();
+    for step in &mut manifest.steps {
+        let source = base.join(&step.component);
+        let bytes = std::fs::read(&source).with_context(|| {
+            format!(
+                "step `{}`: reading component {} (run `wrun build` first)",
+                step.name,
+                source.display()
+            )
+        })?;
+        let entry = format!("components/{}.wasm", step.name);
+        components.insert(entry.clone(), sha256_hex(&bytes));
+        blobs.push((entry.clone(), bytes));
+        step.component = PathBuf::from(entry);
+        step.build = None;
+    }
+    let lock = Lock {
+        format: FORMAT,
+        recipe: manifest.recipe.name.clone(),
+        components,
+        connections: manifest.connections().into_iter().collect(),
+        properties: manifest.properties().into_iter().collect(),
+    };
+    let manifest_text = manifest.to_toml().context("serialising the manifest")?;
+    let lock_text = serde_json::to_vec_pretty(&lock)?;
+
+    // Write next to the destination, then rename: no partial bundle.
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    {
+        let gz = flate2::write::GzEncoder::new(tmp.as_file(), flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        let mut add = |name: &str, data: &[u8]| -> Result<()> {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_cksum();
+            tar.append_data(&mut header, name, data)
+                .with_context(|| format!("writing {name} into the bundle"))
+        };
+        add("wrun-lock.json", &lock_text)?;
+        add("recipe.toml", manifest_text.as_bytes())?;
+        for (name, bytes) in &blobs {
+            add(name, bytes)?;
+        }
+        tar.into_inner()?.finish()?;
+    }
+    tmp.persist(out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(lock)
+}
+
+/// Reads a bundle, verifies it, and writes it as a recipe directory `into`
+/// (which must not exist yet). Returns the manifest and the lock.
+///
+/// # Errors
+///
+/// Not a bundle, an unknown format, an entry that is not expected, a hash
+/// mismatch, a component the manifest names but the bundle lacks (or the
+/// reverse), an invalid manifest, or `into` already existing.
+pub(crate) fn import(bundle: &Path, into: &Path) -> Result<(Manifest, Lock)> {
+    ensure!(
+        !into.exists(),
+        "{} already exists; choose another directory with --into",
+        into.display()
+    );
+    let file = std::fs::File::open(bundle)
+        .with_context(|| format!("opening bundle {}", bundle.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut entries: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut total = 0u64;
+    for entry in archive
+        .entries()
+        .with_context(|| format!("{} is not a wrun bundle", bundle.display()))?
+    {
+        let mut entry =
+            entry.with_context(|| format!("{} is not a valid wrun bundle", bundle.display()))?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        let allowed = name == "wrun-lock.json"
+            || name == "recipe.toml"
+            || name
+                .strip_prefix("components/")
+                .and_then(|f| f.strip_suffix(".wasm"))
+                .is_some_and(|stem| {
+                    !stem.is_empty()
+                        && stem
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+        ensure!(
+            allowed,
+            "the bundle holds an unexpected entry `{name}`; refusing it"
+        );
+        ensure!(
+            entry.header().entry_type().is_file(),
+            "bundle entry `{name}` is not a regular file"
+        );
+        let size = entry.size();
+        ensure!(
+            size <= MAX_ENTRY,
+            "bundle entry `{name}` is too large ({size} bytes)"
+        );
+        total += size;
+        ensure!(
+            total <= MAX_TOTAL,
+            "the bundle is larger than {MAX_TOTAL} bytes"
+        );
+        let mut data = Vec::with_capacity(size as usize);
+        entry.by_ref().take(MAX_ENTRY).read_to_end(&mut data)?;
+        ensure!(
+            entries.insert(name.clone(), data).is_none(),
+            "bundle entry `{name}` appears twice"
+        );
+    }
+    let lock: Lock = serde_json::from_slice(
+        entries
+            .get("wrun-lock.json")
+            .context("the bundle has no wrun-lock.json")?,
+    )
+    .context("the bundle's wrun-lock.json is invalid")?;
+    ensure!(
+        lock.format == FORMAT,
+        "bundle format {} is not supported by this wrun (it reads format {FORMAT})",
+        lock.format
+    );
+    let text = std::str::from_utf8(
+        entries
+            .get("recipe.toml")
+            .context("the bundle has no recipe.toml")?,
+    )
+    .context("the bundle's recipe.toml is not UTF-8")?;
+    let manifest = Manifest::parse(text)
+        .map_err(|e| anyhow::anyhow!("the bundle's recipe.toml is invalid:\n{e}"))?;
+    for step in &manifest.steps {
+        let name = step.component.to_string_lossy();
+        ensure!(
+            lock.components.contains_key(name.as_ref()),
+            "step `{}` names component `{name}`, which the lock does not list",
+            step.name
+        );
+    }
+    for (name, hash) in &lock.components {
+        let bytes = entries.get(name).with_context(|| {
+            format!("the lock lists `{name}` but the bundle does not contain it")
+        })?;
+        let actual = sha256_hex(bytes);
+        if &actual != hash {
+            bail!(
+                "`{name}` does not match the lock (sha256 {actual}, expected {hash}): the bundle was altered"
+            );
+        }
+    }
+    let component_entries = entries
+        .keys()
+        .filter(|k| k.starts_with("components/"))
+        .count();
+    ensure!(
+        component_entries == lock.components.len(),
+        "the bundle holds components the lock does not list"
+    );
+
+    // Write into a temporary sibling, then rename into place.
+    let parent = into
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".wrun-import-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a directory in {}", parent.display()))?;
+    std::fs::create_dir(tmp.path().join("components"))?;
+    for (name, bytes) in &entries {
+        std::fs::write(tmp.path().join(name), bytes).with_context(|| format!("writing {name}"))?;
+    }
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, into)
+        .with_context(|| format!("moving the recipe into {}", into.display()))?;
+    Ok((manifest, lock))
+}
+
+/// Checks the components of a recipe directory against its `wrun-lock.json`,
+/// when it has one (an imported recipe). Returns whether a lock was found.
+///
+/// # Errors
+///
+/// A component that is missing or does not match its hash.
+pub(crate) fn verify_dir(recipe: &Path) -> Result<bool> {
+    let base = recipe.parent().unwrap_or(Path::new("."));
+    let lock_path = base.join("wrun-lock.json");
+    if !lock_path.exists() {
+        return Ok(false);
+    }
+    let lock: Lock = serde_json::from_slice(&std::fs::read(&lock_path)?)
+        .with_context(|| format!("{} is invalid", lock_path.display()))?;
+    for (name, hash) in &lock.components {
+        let bytes = std::fs::read(base.join(name)).with_context(|| format!("reading {name}"))?;
+        ensure!(
+            &sha256_hex(&bytes) == hash,
+            "{name} does not match {} (it was changed after import)",
+            lock_path.display()
+        );
+    }
+    Ok(true)
+}

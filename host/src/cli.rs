@@ -1,0 +1,867 @@
+//! Command-line arguments and what each command does.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use wrun_runtime::recipe::{Recipe, RunReport, StepRecord, StepStatus};
+use wrun_runtime::{Engine, JobOptions, Placement};
+
+use crate::connections::StoreConnections;
+use crate::keys::{KeySource, MasterKey};
+use crate::store_sqlite::{OpenMode, Store};
+use crate::{bundle, output, scaffold};
+
+/// wrun: run integration recipes as sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "wrun", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+struct Global {
+    /// The embedded database (connections, properties, imported recipes).
+    #[arg(long, global = true, env = "WRUN_DB", default_value = "wrun.db")]
+    db: PathBuf,
+    /// File holding the master key (base64). Alternatively set WRUN_MASTER_KEY.
+    #[arg(long, global = true, env = "WRUN_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Workspace to act in.
+    #[arg(long, global = true, env = "WRUN_WORKSPACE", default_value = "default")]
+    workspace: String,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Directory of the compiled-component cache.
+    #[arg(long, global = true, env = "WRUN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Trust an extra CA (PEM file) for egress, e.g. an on-premises or test API.
+    #[arg(
+        long = "ca-file",
+        global = true,
+        env = "WRUN_CA_FILE",
+        value_delimiter = ','
+    )]
+    ca_files: Vec<PathBuf>,
+    /// Allow egress to a non-public range (CIDR), e.g. 127.0.0.0/8 for a local mock.
+    #[arg(
+        long = "allow-range",
+        global = true,
+        env = "WRUN_ALLOW_RANGES",
+        value_delimiter = ','
+    )]
+    allow_ranges: Vec<String>,
+    /// Resolve HOST to IP instead of asking DNS (repeatable): `api.example.test=127.0.0.1`.
+    #[arg(
+        long = "resolve",
+        global = true,
+        env = "WRUN_RESOLVE",
+        value_delimiter = ','
+    )]
+    resolve: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Scaffold a step crate (using the guest SDK) and a recipe.
+    New {
+        /// Name of the recipe and its first step.
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a recipe's step crates into components.
+    Build {
+        /// The recipe manifest.
+        recipe: PathBuf,
+    },
+    /// Validate a recipe: manifest, components, grants, pills, bindings.
+    Check {
+        /// The recipe manifest.
+        recipe: PathBuf,
+        /// Environment whose bindings and properties to check.
+        #[arg(long, default_value = "dev")]
+        env: String,
+    },
+    /// Run a recipe locally.
+    Run {
+        /// The recipe manifest.
+        recipe: PathBuf,
+        /// JSON file with the trigger payload (`-` for stdin).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Environment to run in.
+        #[arg(long, default_value = "dev")]
+        env: String,
+    },
+    /// Write a recipe and its components into one bundle, without credentials.
+    Export {
+        /// The recipe manifest.
+        recipe: PathBuf,
+        /// The bundle file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Unpack a bundle into a recipe directory and list what must be bound.
+    Import {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Directory to create (default: ./RECIPE-NAME).
+        #[arg(long)]
+        into: Option<PathBuf>,
+        /// Environment whose bindings to report.
+        #[arg(long, default_value = "dev")]
+        env: String,
+    },
+    /// Manage connections (credentials).
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
+    /// Manage environment properties and connection bindings.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Manage the master key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectionCommand {
+    /// Add a connection. The value is read from stdin, or prompted for
+    /// without echo on a terminal; never from the command line.
+    Add {
+        /// Connection name.
+        name: String,
+        /// Host the value may be sent to (repeatable): `api.example.com`, `*.example.com`, `host:8443`.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where it goes: `header:Authorization=Bearer {}`, `basic`, `query:PARAM`, `body:FIELD`.
+        #[arg(long = "apply", default_value = "header:Authorization=Bearer {}")]
+        apply: String,
+    },
+    /// List connections (names, hosts, placement, dates; never values).
+    List,
+    /// Remove a connection.
+    Rm {
+        /// Connection name.
+        name: String,
+    },
+    /// Rotate a connection's value (read like `add`) and/or change its hosts or placement.
+    Update {
+        /// Connection name.
+        name: String,
+        /// Replace the hosts (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace the placement.
+        #[arg(long = "apply")]
+        apply: Option<String>,
+        /// Keep the value; change only hosts or placement.
+        #[arg(long)]
+        keep_value: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvCommand {
+    /// Set a property: `wrun env set --env prod github_api=https://api.github.com`.
+    Set {
+        /// Environment.
+        #[arg(long, default_value = "dev")]
+        env: String,
+        /// NAME=VALUE.
+        assignment: String,
+    },
+    /// Remove a property.
+    Unset {
+        /// Environment.
+        #[arg(long, default_value = "dev")]
+        env: String,
+        /// Property name.
+        name: String,
+    },
+    /// Bind a recipe's connection name to a stored connection in an environment.
+    Bind {
+        /// Environment.
+        #[arg(long, default_value = "dev")]
+        env: String,
+        /// The name the recipe uses.
+        logical: String,
+        /// The stored connection.
+        connection: String,
+    },
+    /// Show an environment's properties and bindings.
+    Show {
+        /// Environment.
+        #[arg(long, default_value = "dev")]
+        env: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create a master key file (mode 0600) and the database.
+    Init,
+    /// Re-wrap every workspace key under a new master key, in one transaction.
+    Rotate {
+        /// Where to write the new master key (must not exist).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
+}
+
+impl Global {
+    fn key_source(&self) -> Result<KeySource> {
+        if let Some(path) = &self.key_file {
+            return Ok(KeySource::File(path.clone()));
+        }
+        if std::env::var_os("WRUN_MASTER_KEY").is_some() {
+            return Ok(KeySource::Env("WRUN_MASTER_KEY".into()));
+        }
+        bail!(
+            "no master key: pass --key-file, set WRUN_KEY_FILE or WRUN_MASTER_KEY (create one with `wrun key init --key-file PATH`)"
+        )
+    }
+
+    fn key(&self) -> Result<MasterKey> {
+        Ok(MasterKey::load(self.key_source()?)?)
+    }
+
+    fn store(&self) -> Result<Store> {
+        Ok(Store::open(&self.db, OpenMode::MustExist)?)
+    }
+
+    fn engine(&self) -> Result<Engine> {
+        let cache = match &self.cache_dir {
+            Some(dir) => dir.clone(),
+            None => default_cache_dir(),
+        };
+        let mut builder = Engine::builder().cache_dir(cache);
+        for path in &self.ca_files {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading CA file {}", path.display()))?;
+            builder = builder
+                .add_ca_pem(&pem)
+                .with_context(|| format!("CA file {}", path.display()))?;
+        }
+        for range in &self.allow_ranges {
+            let net = range.parse().with_context(|| {
+                format!("--allow-range `{range}` is not a CIDR range like 127.0.0.0/8")
+            })?;
+            builder = builder.allow_range(net);
+        }
+        if !self.resolve.is_empty() {
+            let mut resolver = wrun_runtime::egress::StaticResolver::new()
+                .fallback(Arc::new(wrun_runtime::egress::SystemResolver));
+            for entry in &self.resolve {
+                let (host, ip) = entry
+                    .split_once('=')
+                    .with_context(|| format!("--resolve `{entry}` is not HOST=IP"))?;
+                let ip: std::net::IpAddr = ip
+                    .parse()
+                    .with_context(|| format!("--resolve `{entry}`: `{ip}` is not an IP address"))?;
+                resolver = resolver.with(host, [ip]);
+            }
+            builder = builder.resolver(Arc::new(resolver));
+        }
+        Ok(builder.build()?)
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("wrun");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".cache").join("wrun");
+    }
+    std::env::temp_dir().join("wrun-cache")
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::New { name, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            scaffold::new_recipe(&name, &dir)?;
+            output::line(&format!("created recipe `{name}` in {}", dir.display()));
+            output::line(&format!(
+                "next: wrun build {0}/recipe.toml && wrun check {0}/recipe.toml",
+                dir.display()
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { recipe } => {
+            let built = scaffold::build(&recipe)?;
+            for (step, path) in built {
+                output::line(&format!("built step `{step}` -> {}", path.display()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { recipe, env } => check(g, &recipe, &env).await,
+        Command::Run { recipe, input, env } => run_recipe(g, &recipe, input.as_deref(), &env).await,
+        Command::Export { recipe, output } => {
+            let lock = bundle::export(&recipe, &output)?;
+            if g.json {
+                println!("{}", json!({ "bundle": output, "lock": lock }));
+            } else {
+                output::line(&format!(
+                    "wrote {} ({} components)",
+                    output.display(),
+                    lock.components.len()
+                ));
+                output::line(&format!(
+                    "it needs connections [{}] and properties [{}] bound where it is imported",
+                    lock.connections.join(", "),
+                    lock.properties.join(", ")
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import {
+            bundle: path,
+            into,
+            env,
+        } => import(g, &path, into, &env),
+        Command::Connection(cmd) => connection(g, cmd),
+        Command::Env(cmd) => env_command(g, cmd),
+        Command::Key(cmd) => key_command(g, cmd),
+    }
+}
+
+/// Reads a connection value from stdin, or prompts for it without echo.
+fn read_secret_value(name: &str) -> Result<String> {
+    let value = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("value of connection `{name}`: "))
+            .context("reading the value")?
+    } else {
+        let mut buf = String::new();
+        std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut buf)
+            .context("reading the value from stdin")?;
+        buf
+    };
+    let value = value.trim_end_matches(['\n', '\r']).to_string();
+    ensure!(
+        !value.is_empty(),
+        "the value of connection `{name}` is empty"
+    );
+    Ok(value)
+}
+
+fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
+    let store = g.store()?;
+    match cmd {
+        ConnectionCommand::Add { name, hosts, apply } => {
+            validate_connection(&name, &hosts, &apply)?;
+            let key = g.key()?;
+            let value = read_secret_value(&name)?;
+            store.ensure_workspace(&g.workspace, &key)?;
+            store.add_connection(&g.workspace, &name, &value, &hosts, &apply, &key)?;
+            output::line(&format!(
+                "added connection `{name}` in workspace `{}`",
+                g.workspace
+            ));
+        }
+        ConnectionCommand::List => {
+            let list = store.list_connections(&g.workspace)?;
+            if g.json {
+                let rows: Vec<Value> = list
+                    .iter()
+                    .map(|c| {
+                        json!({ "name": c.name, "hosts": c.hosts, "placement": c.placement,
+                                "created_at": c.created_at, "rotated_at": c.rotated_at })
+                    })
+                    .collect();
+                println!("{}", Value::Array(rows));
+            } else if list.is_empty() {
+                output::line(&format!("no connections in workspace `{}`", g.workspace));
+            } else {
+                for c in list {
+                    output::line(&format!(
+                        "{:<24} {:<40} {:<34} created {}{}",
+                        c.name,
+                        c.hosts.join(","),
+                        c.placement,
+                        format_time(c.created_at),
+                        c.rotated_at
+                            .map(|t| format!(", rotated {}", format_time(t)))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        ConnectionCommand::Rm { name } => {
+            store.remove_connection(&g.workspace, &name)?;
+            output::line(&format!("removed connection `{name}`"));
+        }
+        ConnectionCommand::Update {
+            name,
+            hosts,
+            apply,
+            keep_value,
+        } => {
+            let key = g.key()?;
+            let current = store
+                .list_connections(&g.workspace)?
+                .into_iter()
+                .find(|c| c.name == name)
+                .with_context(|| {
+                    format!("no connection `{name}` in workspace `{}`", g.workspace)
+                })?;
+            let new_hosts = if hosts.is_empty() {
+                current.hosts.clone()
+            } else {
+                hosts.clone()
+            };
+            let new_apply = apply.clone().unwrap_or(current.placement.clone());
+            validate_connection(&name, &new_hosts, &new_apply)?;
+            let value = if keep_value {
+                None
+            } else {
+                Some(read_secret_value(&name)?)
+            };
+            store.update_connection(
+                &g.workspace,
+                &name,
+                value.as_deref(),
+                (!hosts.is_empty()).then_some(hosts.as_slice()),
+                apply.as_deref(),
+                &key,
+            )?;
+            output::line(&format!("updated connection `{name}`"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks hosts and placement with the runtime's own parsers, before
+/// anything is stored.
+fn validate_connection(name: &str, hosts: &[String], apply: &str) -> Result<()> {
+    let placement: Placement = apply.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    wrun_runtime::Connection::new(name, wrun_runtime::SecretValue::new("x"), hosts, placement)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn format_time(unix: i64) -> String {
+    // ISO 8601 in UTC without a date crate: days since the epoch to a civil
+    // date (Howard Hinnant's algorithm).
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+fn env_command(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
+    let store = g.store()?;
+    match cmd {
+        EnvCommand::Set { env, assignment } => {
+            let (name, value) = assignment
+                .split_once('=')
+                .with_context(|| format!("`{assignment}` is not NAME=VALUE"))?;
+            store.set_property(&g.workspace, &env, name, value)?;
+            output::line(&format!("set `{name}` in environment `{env}`"));
+        }
+        EnvCommand::Unset { env, name } => {
+            store.remove_property(&g.workspace, &env, &name)?;
+            output::line(&format!("removed `{name}` from environment `{env}`"));
+        }
+        EnvCommand::Bind {
+            env,
+            logical,
+            connection,
+        } => {
+            store.bind(&g.workspace, &env, &logical, &connection)?;
+            output::line(&format!(
+                "`{logical}` -> connection `{connection}` in environment `{env}`"
+            ));
+        }
+        EnvCommand::Show { env } => {
+            let properties = store.properties(&g.workspace, &env)?;
+            let bindings = store.bindings(&g.workspace, &env)?;
+            if g.json {
+                println!(
+                    "{}",
+                    json!({ "environment": env, "properties": properties, "bindings": bindings })
+                );
+            } else {
+                output::line(&format!(
+                    "environment `{env}` of workspace `{}`",
+                    g.workspace
+                ));
+                for (k, v) in properties {
+                    output::line(&format!("  property {k} = {v}"));
+                }
+                for (k, v) in bindings {
+                    output::line(&format!("  binding  {k} -> {v}"));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key_command(g: &Global, cmd: KeyCommand) -> Result<ExitCode> {
+    match cmd {
+        KeyCommand::Init => {
+            let path = g.key_file.clone().context(
+                "pass --key-file PATH (or set WRUN_KEY_FILE) to say where the new key goes",
+            )?;
+            let key = MasterKey::generate();
+            crate::keys::write_key_file(&path, &key)?;
+            let store = Store::open(&g.db, OpenMode::CreateIfMissing)?;
+            store.ensure_workspace(&g.workspace, &key)?;
+            output::line(&format!(
+                "master key written to {} (fingerprint {}); database {}",
+                path.display(),
+                key.fingerprint(),
+                g.db.display()
+            ));
+            output::line(
+                "keep the key file out of the database's backups: whoever has both can read every connection",
+            );
+        }
+        KeyCommand::Rotate { new_key_file } => {
+            let store = g.store()?;
+            let old = g.key()?;
+            let new = MasterKey::generate();
+            crate::keys::write_key_file(&new_key_file, &new)?;
+            match store.rotate_master_key(&old, &new) {
+                Ok(n) => output::line(&format!(
+                    "re-wrapped {n} workspace keys; the database now needs {} (fingerprint {})",
+                    new_key_file.display(),
+                    new.fingerprint()
+                )),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&new_key_file);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a recipe needs from a workspace environment, and what is missing.
+struct Bindings {
+    missing_connections: Vec<String>,
+    missing_properties: Vec<String>,
+    properties: BTreeMap<String, String>,
+}
+
+fn bindings_of(
+    store: &Store,
+    workspace: &str,
+    env: &str,
+    manifest: &wrun_runtime::manifest::Manifest,
+) -> Result<Bindings> {
+    let stored: Vec<String> = store
+        .list_connections(workspace)?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let mut missing_connections = Vec::new();
+    for logical in manifest.connections() {
+        let target = store.resolve_connection(workspace, env, &logical)?;
+        if !stored.contains(&target) {
+            missing_connections.push(if target == logical {
+                logical
+            } else {
+                format!("{logical} (bound to `{target}`, which does not exist)")
+            });
+        }
+    }
+    let properties = store.properties(workspace, env)?;
+    let missing_properties = manifest
+        .properties()
+        .into_iter()
+        .filter(|p| !properties.contains_key(p))
+        .collect();
+    Ok(Bindings {
+        missing_connections,
+        missing_properties,
+        properties,
+    })
+}
+
+async fn check(g: &Global, path: &Path, env: &str) -> Result<ExitCode> {
+    let mut problems = Vec::new();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading recipe {}", path.display()))?;
+    let manifest = match wrun_runtime::manifest::Manifest::parse(&text) {
+        Ok(m) => m,
+        Err(errors) => {
+            for e in errors.0 {
+                problems.push(format!("{}: {e}", path.display()));
+            }
+            return report_problems(g, path, problems);
+        }
+    };
+    if let Err(e) = bundle::verify_dir(path) {
+        problems.push(format!("{e:#}"));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let engine = g.engine()?;
+    match Recipe::load(&engine, manifest.clone(), |p| std::fs::read(base.join(p))) {
+        Ok(recipe) => {
+            let job = engine.job(JobOptions::new(&g.workspace, &manifest.recipe.name));
+            for (spec, step) in recipe.steps() {
+                match job.actions(step).await {
+                    Ok(names) if !names.contains(&spec.action) => problems.push(format!(
+                        "steps.{}: component {} has no action `{}` (it exports: {})",
+                        spec.name,
+                        spec.component.display(),
+                        spec.action,
+                        names.join(", ")
+                    )),
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("steps.{}: {e}", spec.name)),
+                }
+            }
+        }
+        Err(errors) => {
+            for e in errors.0 {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    match g.store() {
+        Ok(store) => {
+            let b = bindings_of(&store, &g.workspace, env, &manifest)?;
+            for c in b.missing_connections {
+                problems.push(format!(
+                    "connection `{c}` is not available in workspace `{}` (environment `{env}`): add it with `wrun connection add` or bind it with `wrun env bind`",
+                    g.workspace
+                ));
+            }
+            for p in b.missing_properties {
+                problems.push(format!("property `{p}` is not set in environment `{env}`: `wrun env set --env {env} {p}=...`"));
+            }
+        }
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    report_problems(g, path, problems)
+}
+
+fn report_problems(g: &Global, path: &Path, problems: Vec<String>) -> Result<ExitCode> {
+    if g.json {
+        println!(
+            "{}",
+            json!({ "recipe": path, "ok": problems.is_empty(), "problems": problems })
+        );
+    } else if problems.is_empty() {
+        output::line(&format!("{}: {}", path.display(), output::ok()));
+    } else {
+        for p in &problems {
+            output::error(p);
+        }
+        output::line(&format!(
+            "{}: {} problem(s)",
+            path.display(),
+            problems.len()
+        ));
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn run_recipe(g: &Global, path: &Path, input: Option<&Path>, env: &str) -> Result<ExitCode> {
+    let manifest = bundle::read_manifest(path)?;
+    bundle::verify_dir(path)?;
+    let trigger: Value = match input {
+        None => json!({}),
+        Some(p) if p == Path::new("-") => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            serde_json::from_str(&text).context("the input on stdin is not JSON")?
+        }
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading input {}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?
+        }
+    };
+    let store = g.store()?;
+    let b = bindings_of(&store, &g.workspace, env, &manifest)?;
+    if !b.missing_connections.is_empty() || !b.missing_properties.is_empty() {
+        let mut message = format!(
+            "recipe `{}` cannot run in workspace `{}`, environment `{env}` until these are bound:",
+            manifest.recipe.name, g.workspace
+        );
+        for c in &b.missing_connections {
+            message.push_str(&format!("\n  connection {c}"));
+        }
+        for p in &b.missing_properties {
+            message.push_str(&format!("\n  property {p}"));
+        }
+        bail!(message);
+    }
+    let key = g.key()?;
+    store.check_key(&key)?;
+    let engine = g.engine()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let recipe = Recipe::load(&engine, manifest.clone(), |p| std::fs::read(base.join(p)))
+        .map_err(|e| anyhow::anyhow!("recipe `{}` cannot be loaded:\n{e}", manifest.recipe.name))?;
+    let source = StoreConnections::new(Arc::new(Mutex::new(store)), &g.workspace, env, key);
+    let mut options =
+        JobOptions::new(&g.workspace, &manifest.recipe.name).connections(Arc::new(source));
+    for (k, v) in b.properties {
+        options = options.property(k, v);
+    }
+    let job = engine.job(options);
+    let total = recipe.manifest().steps.len();
+    let mut index = 0;
+    let json_mode = g.json;
+    let report: RunReport = recipe
+        .run(&job, &trigger, |record| {
+            index += 1;
+            if !json_mode {
+                print_step(index, total, record);
+            }
+        })
+        .await;
+    if g.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let status = if report.ok {
+            output::ok()
+        } else {
+            output::failed()
+        };
+        output::line(&format!(
+            "recipe `{}` {status} in {:.1?} (job {})",
+            report.recipe, report.elapsed, report.job
+        ));
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_step(index: usize, total: usize, record: &StepRecord) {
+    let status = match record.status {
+        StepStatus::Succeeded => output::ok(),
+        StepStatus::Skipped => output::skipped(),
+        StepStatus::Failed => output::failed(),
+    };
+    let attempts = if record.attempts > 1 {
+        format!(" after {} attempts", record.attempts)
+    } else {
+        String::new()
+    };
+    output::line(&format!(
+        "[{index}/{total}] {} {status}{attempts} {}",
+        record.step,
+        output::dim(&format!("{:.1?}", record.elapsed))
+    ));
+    for event in &record.events {
+        if let wrun_runtime::Event::Log {
+            level,
+            source,
+            message,
+            ..
+        } = event
+        {
+            let origin = format!("{source:?}/{level:?}").to_lowercase();
+            output::line(&output::dim(&format!("      {origin}: {message}")));
+        }
+    }
+    if let Some(out) = &record.output {
+        output::line(&format!("      output: {out}"));
+    }
+    if let Some(err) = &record.error {
+        output::line(&format!("      error: {err}"));
+    }
+}
+
+fn import(g: &Global, path: &Path, into: Option<PathBuf>, env: &str) -> Result<ExitCode> {
+    let staging = into
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!(".wrun-import-{}", std::process::id())));
+    let (manifest, lock) = bundle::import(path, &staging)?;
+    let dir = match into {
+        Some(dir) => dir,
+        None => {
+            let dir = PathBuf::from(&manifest.recipe.name);
+            ensure!(
+                !dir.exists(),
+                "{} already exists; choose a directory with --into",
+                dir.display()
+            );
+            std::fs::rename(&staging, &dir)?;
+            dir
+        }
+    };
+    let store = g.store()?;
+    let lock_text = serde_json::to_string(&lock)?;
+    let manifest_text = manifest.to_toml()?;
+    store.save_recipe(
+        &g.workspace,
+        &manifest.recipe.name,
+        &manifest_text,
+        &lock_text,
+    )?;
+    let b = bindings_of(&store, &g.workspace, env, &manifest)?;
+    if g.json {
+        println!(
+            "{}",
+            json!({ "recipe": manifest.recipe.name, "dir": dir, "connections": lock.connections,
+                    "properties": lock.properties, "missing_connections": b.missing_connections,
+                    "missing_properties": b.missing_properties })
+        );
+    } else {
+        output::line(&format!(
+            "imported recipe `{}` into {} (components verified)",
+            manifest.recipe.name,
+            dir.display()
+        ));
+        if b.missing_connections.is_empty() && b.missing_properties.is_empty() {
+            output::line(&format!(
+                "everything it needs is bound in environment `{env}`"
+            ));
+        } else {
+            output::warn(&format!("before it can run in environment `{env}`, bind:"));
+            for c in &b.missing_connections {
+                output::line(&format!(
+                    "  connection {c}   (wrun connection add {c} ... or wrun env bind --env {env} {c} EXISTING)"
+                ));
+            }
+            for p in &b.missing_properties {
+                output::line(&format!(
+                    "  property {p}     (wrun env set --env {env} {p}=...)"
+                ));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

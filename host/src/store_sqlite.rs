@@ -1,0 +1,2903 @@
+//! The embedded store of `wrun`: one SQLite database holding workspaces,
+//! encrypted connections, environment properties and bindings, and imported
+//! recipes.
+//!
+//! # Files and durability
+//!
+//! The database is one file (by default `wrun.db`) plus SQLite's `-wal` and
+//! `-shm` files next to it. A new database file is created by this module
+//! with mode 0600 before SQLite opens it, so SQLite gives its `-wal` and
+//! `-shm` files the same mode (they are also set to 0600 explicitly if
+//! present). Every connection uses:
+//!
+//! - `journal_mode=WAL`: readers do not block the writer, and a crash never
+//!   leaves a half-written transaction visible;
+//! - `synchronous=FULL`: the WAL is synced to disk at every commit, so a
+//!   write that `wrun` has acknowledged survives a power loss (`NORMAL` would
+//!   keep the database consistent but could lose the last commits);
+//! - `foreign_keys=ON`, `secure_delete=ON` (removed records are overwritten,
+//!   not left in free pages), and `busy_timeout` of 5 seconds, so a second
+//!   `wrun` process waits for the lock instead of failing at once.
+//!
+//! Opening never overwrites what is not a wrun database: a file that is not
+//! SQLite, a SQLite database of another application, a damaged database, or
+//! one whose schema is newer than this code are refused with an error that
+//! says what is wrong and where, before anything is written.
+//!
+//! # Schema (version 1, kept in `PRAGMA user_version`)
+//!
+//! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
+//! run inside one `BEGIN IMMEDIATE` transaction together with the
+//! `user_version` update, so an interrupted migration leaves the previous
+//! version intact.
+//!
+//! | table | columns | notes |
+//! |---|---|---|
+//! | `meta` | `key` PK, `value` | `schema` (the version) and `master_fingerprint` (recorded by the first write that uses a master key) |
+//! | `workspaces` | `name` PK, `wrapped_key` BLOB, `created_at` | the data key wrapped by the master key (see `keys`) |
+//! | `connections` | (`workspace` → `workspaces`, `name`) PK, `sealed` BLOB, `hosts` (JSON array), `placement`, `created_at`, `rotated_at` NULL | the value sealed with the workspace data key |
+//! | `properties` | (`workspace`, `environment`, `name`) PK, `value` | non-secret |
+//! | `bindings` | (`workspace`, `environment`, `logical`) PK, `connection` | a recipe's connection name → a stored connection |
+//! | `recipes` | (`workspace`, `name`) PK, `manifest`, `lock`, `imported_at` | imported or cloned recipes |
+//!
+//! Times are unix seconds ([`now`]).
+//!
+//! # What is authenticated
+//!
+//! A connection value is sealed (AES-256-GCM) with its workspace's data key
+//! and the associated data
+//!
+//! ```text
+//! "wrun:conn:v1:" workspace NUL name NUL placement NUL hosts-json
+//! ```
+//!
+//! so a sealed value copied to another workspace or connection fails to
+//! open, and so do hosts or a placement changed behind `wrun`'s back: a
+//! credential cannot be redirected to another host by editing the database.
+//! Names are validated (no NUL), the placement has no control characters,
+//! and the hosts JSON (last) has no raw NUL, so the encoding is unambiguous.
+//! `created_at` and `rotated_at` are not authenticated.
+//!
+//! # The master key
+//!
+//! Every method that decrypts or encrypts takes the [`MasterKey`] and first
+//! compares its fingerprint with `meta.master_fingerprint`, failing with
+//! [`StoreError::KeyMismatch`] before anything is read or written. Methods
+//! that touch no secret (listing, properties, bindings, recipes) need no key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension as _, Transaction, TransactionBehavior,
+    params,
+};
+use zeroize::Zeroizing;
+
+use crate::keys::{self, DataKey, KeyError, MasterKey};
+
+/// The schema version this code creates and understands.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
+const APPLICATION_ID: i64 = 0x7772_756e;
+
+/// The first 16 bytes of every SQLite 3 database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// How long a connection waits for another process's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Associated-data prefix of a sealed connection value.
+const CONNECTION_AAD_PREFIX: &[u8] = b"wrun:conn:v1:";
+
+/// The longest name accepted for a workspace, environment, connection,
+/// property, binding or recipe.
+const MAX_NAME_LEN: usize = 64;
+
+/// The schema of version 1, applied to an empty database.
+const SCHEMA_V1: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) STRICT;
+CREATE TABLE workspaces (
+    name        TEXT PRIMARY KEY NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE TABLE connections (
+    workspace  TEXT NOT NULL REFERENCES workspaces(name) ON DELETE RESTRICT,
+    name       TEXT NOT NULL,
+    sealed     BLOB NOT NULL,
+    hosts      TEXT NOT NULL,
+    placement  TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    rotated_at INTEGER,
+    PRIMARY KEY (workspace, name)
+) STRICT;
+CREATE TABLE properties (
+    workspace   TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (workspace, environment, name)
+) STRICT;
+CREATE TABLE bindings (
+    workspace   TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    logical     TEXT NOT NULL,
+    connection  TEXT NOT NULL,
+    PRIMARY KEY (workspace, environment, logical)
+) STRICT;
+CREATE TABLE recipes (
+    workspace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    lock        TEXT NOT NULL,
+    imported_at INTEGER NOT NULL,
+    PRIMARY KEY (workspace, name)
+) STRICT;
+";
+
+/// The current time in unix seconds (0 if the clock is before 1970).
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Whether [`Store::open`] may create a missing database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenMode {
+    /// Create the file (mode 0600) and the schema if the file is missing.
+    CreateIfMissing,
+    /// Fail with [`StoreError::Missing`] if there is no database at the path.
+    MustExist,
+}
+
+/// Why a store operation failed. Messages say what was being done and
+/// where; none contains a connection value or key material.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// There is no database at the path (or only an empty file).
+    #[error(
+        "no wrun database at {} (create one with `wrun key init`, or point --db or WRUN_DB at an existing database)",
+        path.display()
+    )]
+    Missing {
+        /// The path that was opened.
+        path: PathBuf,
+    },
+    /// The file is not a SQLite database, or its header is damaged.
+    #[error("{} is not a SQLite database (or its header is damaged); it was left untouched", path.display())]
+    NotSqlite {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is a SQLite database of another application.
+    #[error("{} is a SQLite database of another application, not a wrun database; it was left untouched", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The database was written by a newer wrun.
+    #[error(
+        "the wrun database at {} has schema version {found}, newer than the version {known} this wrun understands; use a newer wrun",
+        path.display()
+    )]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: i64,
+        /// The newest version this code knows.
+        known: i64,
+    },
+    /// SQLite reports the database as damaged.
+    #[error("{doing}: the database is damaged ({source}); restore it from a backup")]
+    Corrupt {
+        /// What was being done.
+        doing: String,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A file-system operation failed.
+    #[error("{doing}: {source}")]
+    Io {
+        /// What was being done.
+        doing: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A SQL statement failed.
+    #[error("{doing}: {source}")]
+    Sql {
+        /// What was being done.
+        doing: String,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The master key is not the one this database was set up with.
+    #[error(
+        "the master key does not match this database (expected fingerprint {expected}, got {got})"
+    )]
+    KeyMismatch {
+        /// The fingerprint recorded in the database.
+        expected: String,
+        /// The fingerprint of the key given.
+        got: String,
+    },
+    /// `rotate_master_key` was given the current key as the new one.
+    #[error(
+        "the new master key is the current one (fingerprint {fingerprint}); generate a new key to rotate"
+    )]
+    SameKey {
+        /// The fingerprint of both keys.
+        fingerprint: String,
+    },
+    /// A name is empty, too long, or has characters outside `A-Za-z0-9-_.`.
+    #[error(
+        "invalid {what} name `{shown}`: use 1 to 64 characters of letters, digits, `-`, `_` or `.`"
+    )]
+    InvalidName {
+        /// Which kind of name ("workspace", "connection", ...).
+        what: &'static str,
+        /// The name, escaped and shortened for display.
+        shown: String,
+    },
+    /// An input other than a name is not acceptable.
+    #[error("{what}: {reason}")]
+    InvalidInput {
+        /// Which input.
+        what: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `add_connection` for a name that exists.
+    #[error(
+        "connection `{name}` already exists in workspace `{workspace}`; use `wrun connection update`"
+    )]
+    ConnectionExists {
+        /// The workspace.
+        workspace: String,
+        /// The connection.
+        name: String,
+    },
+    /// No such connection.
+    #[error("no connection `{name}` in workspace `{workspace}`")]
+    ConnectionNotFound {
+        /// The workspace.
+        workspace: String,
+        /// The connection.
+        name: String,
+    },
+    /// No such property.
+    #[error("no property `{name}` in environment `{environment}` of workspace `{workspace}`")]
+    PropertyNotFound {
+        /// The workspace.
+        workspace: String,
+        /// The environment.
+        environment: String,
+        /// The property.
+        name: String,
+    },
+    /// No such binding.
+    #[error("no binding for `{logical}` in environment `{environment}` of workspace `{workspace}`")]
+    BindingNotFound {
+        /// The workspace.
+        workspace: String,
+        /// The environment.
+        environment: String,
+        /// The recipe's connection name.
+        logical: String,
+    },
+    /// No such recipe.
+    #[error("no recipe `{name}` in workspace `{workspace}`")]
+    RecipeNotFound {
+        /// The workspace.
+        workspace: String,
+        /// The recipe.
+        name: String,
+    },
+    /// A sealed connection value failed to open: altered, or copied from
+    /// another record, or its hosts or placement were changed.
+    #[error(
+        "connection `{name}` in workspace `{workspace}` failed authentication: the stored record was altered or moved"
+    )]
+    Tampered {
+        /// The workspace.
+        workspace: String,
+        /// The connection.
+        name: String,
+    },
+    /// A wrapped data key failed to unwrap although the master key's
+    /// fingerprint matched.
+    #[error(
+        "the data key of workspace `{workspace}` failed authentication under the master key: the stored record was altered or moved"
+    )]
+    DataKeyTampered {
+        /// The workspace.
+        workspace: String,
+    },
+    /// A stored field cannot be read back (for example hosts that are not a
+    /// JSON array of strings).
+    #[error("{what} is malformed in the database: {reason}")]
+    Malformed {
+        /// Which record and field.
+        what: String,
+        /// What is wrong (never the content).
+        reason: &'static str,
+    },
+    /// Encryption failed.
+    #[error("{doing}: {source}")]
+    Key {
+        /// What was being done.
+        doing: String,
+        /// The cause.
+        source: KeyError,
+    },
+}
+
+/// Adds "what was being done" to SQLite errors, and tells damage apart.
+trait Doing<T> {
+    /// Wraps the error with `doing()`.
+    fn doing(self, doing: impl FnOnce() -> String) -> Result<T, StoreError>;
+}
+
+impl<T> Doing<T> for rusqlite::Result<T> {
+    fn doing(self, doing: impl FnOnce() -> String) -> Result<T, StoreError> {
+        self.map_err(|source| {
+            let doing = doing();
+            match source.sqlite_error_code() {
+                Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                    StoreError::Corrupt { doing, source }
+                }
+                _ => StoreError::Sql { doing, source },
+            }
+        })
+    }
+}
+
+/// A stored connection as listed: everything but the value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct ConnectionInfo {
+    /// The connection's name in its workspace.
+    pub(crate) name: String,
+    /// The hosts the value may be sent to.
+    pub(crate) hosts: Vec<String>,
+    /// How the value is applied to a request (a header template, ...).
+    pub(crate) placement: String,
+    /// When it was added (unix seconds).
+    pub(crate) created_at: i64,
+    /// When its value was last replaced (unix seconds), if ever.
+    pub(crate) rotated_at: Option<i64>,
+}
+
+/// An imported recipe as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct RecipeInfo {
+    /// The recipe's name.
+    pub(crate) name: String,
+    /// When it was last saved (unix seconds).
+    pub(crate) imported_at: i64,
+}
+
+/// An imported recipe with its manifest and lock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct RecipeRecord {
+    /// The recipe's name.
+    pub(crate) name: String,
+    /// The manifest text (TOML).
+    pub(crate) manifest: String,
+    /// The lock text (JSON).
+    pub(crate) lock: String,
+    /// When it was last saved (unix seconds).
+    pub(crate) imported_at: i64,
+}
+
+/// The decrypted value of a connection with its hosts and placement.
+pub(crate) type ConnectionValue = (Zeroizing<String>, Vec<String>, String);
+
+/// An open wrun database.
+///
+/// Methods take `&self`; a `Store` is `Send` but not `Sync`, so share one
+/// behind a `Mutex` (or open one per thread: several stores, in one process
+/// or several, may use the same file).
+pub(crate) struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a name: 1 to 64 characters of `A-Za-z0-9-_.`.
+fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
+    let ok = (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        return Ok(());
+    }
+    let mut shown: String = name
+        .chars()
+        .take(MAX_NAME_LEN)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if name.chars().count() > MAX_NAME_LEN {
+        shown.push('…');
+    }
+    Err(StoreError::InvalidName { what, shown })
+}
+
+/// Checks a placement: not empty, no control characters.
+fn check_placement(placement: &str) -> Result<(), StoreError> {
+    if placement.trim().is_empty() {
+        return Err(StoreError::InvalidInput {
+            what: "connection placement".into(),
+            reason: "it is empty",
+        });
+    }
+    if placement.chars().any(char::is_control) {
+        return Err(StoreError::InvalidInput {
+            what: "connection placement".into(),
+            reason: "it contains control characters",
+        });
+    }
+    Ok(())
+}
+
+/// The JSON text of a hosts list.
+fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(hosts).map_err(|_| StoreError::InvalidInput {
+        what: "connection hosts".into(),
+        reason: "they cannot be written as JSON",
+    })
+}
+
+/// Parses the stored hosts of a connection.
+fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|_| StoreError::Malformed {
+        what: format!("the hosts of connection `{name}` in workspace `{workspace}`"),
+        reason: "not a JSON array of strings",
+    })
+}
+
+/// The associated data of a sealed connection value.
+fn connection_aad(workspace: &str, name: &str, placement: &str, hosts_json: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(
+        CONNECTION_AAD_PREFIX.len()
+            + workspace.len()
+            + name.len()
+            + placement.len()
+            + hosts_json.len()
+            + 3,
+    );
+    aad.extend_from_slice(CONNECTION_AAD_PREFIX);
+    aad.extend_from_slice(workspace.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(name.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(placement.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(hosts_json.as_bytes());
+    aad
+}
+
+/// Makes sure `path` is a regular file, creating it (mode 0600) if allowed.
+fn prepare_file(path: &Path, mode: OpenMode) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(StoreError::Io {
+            doing: format!("opening the wrun database at {}", path.display()),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match mode {
+            OpenMode::MustExist => Err(StoreError::Missing { path: path.into() }),
+            OpenMode::CreateIfMissing => {
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    options.mode(0o600);
+                }
+                match options.open(path) {
+                    // Another process created it first: open theirs.
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                    Err(source) => Err(StoreError::Io {
+                        doing: format!("creating the wrun database at {}", path.display()),
+                        source,
+                    }),
+                }
+            }
+        },
+        Err(source) => Err(StoreError::Io {
+            doing: format!("opening the wrun database at {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Checks the SQLite header of a non-empty file, without SQLite, so that a
+/// foreign file is never handed to SQLite. Returns whether the file is empty.
+fn check_header(path: &Path) -> Result<bool, StoreError> {
+    let io_err = |source| StoreError::Io {
+        doing: format!("reading the wrun database at {}", path.display()),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let mut header = Vec::with_capacity(SQLITE_HEADER.len());
+    file.take(SQLITE_HEADER.len() as u64)
+        .read_to_end(&mut header)
+        .map_err(io_err)?;
+    if header.is_empty() {
+        return Ok(true);
+    }
+    if header != SQLITE_HEADER {
+        return Err(StoreError::NotSqlite { path: path.into() });
+    }
+    Ok(false)
+}
+
+/// Sets mode 0600 on the `-wal` and `-shm` files of `path` if they exist
+/// and are more open than that while the database file itself is not (an
+/// operator who opened up the database file on purpose is not overruled).
+fn restrict_side_files(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode_of = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+        let main = mode_of(path).map_err(|source| StoreError::Io {
+            doing: format!("reading the mode of {}", path.display()),
+            source,
+        })?;
+        if main & 0o077 != 0 {
+            return Ok(());
+        }
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = PathBuf::from(side);
+            let restrict = match mode_of(&side) {
+                Ok(mode) => mode & 0o077 != 0,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        doing: format!("reading the mode of {}", side.display()),
+                        source,
+                    });
+                }
+            };
+            if restrict {
+                std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |source| StoreError::Io {
+                        doing: format!("restricting {} to mode 0600", side.display()),
+                        source,
+                    },
+                )?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+impl Store {
+    /// Opens the wrun database at `path`, creating it if `mode` allows.
+    ///
+    /// A new file is created with mode 0600 before SQLite opens it. An
+    /// existing file is checked before anything is written: it must start
+    /// with the SQLite header, carry wrun's `application_id` (or be empty),
+    /// and have a schema version this code knows. Then WAL, `synchronous =
+    /// FULL`, foreign keys, secure delete and a 5 s busy timeout are set and
+    /// the schema is created or migrated in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Missing`] (with `MustExist` and no file, or an empty
+    /// one), [`StoreError::NotSqlite`], [`StoreError::Foreign`],
+    /// [`StoreError::Corrupt`], [`StoreError::TooNew`]; I/O and SQL errors
+    /// name the path.
+    pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<Store, StoreError> {
+        prepare_file(path, mode)?;
+        let empty = check_header(path)?;
+        if empty && mode == OpenMode::MustExist {
+            return Err(StoreError::Missing { path: path.into() });
+        }
+        let shown = path.display().to_string();
+        let doing = || format!("opening the wrun database at {shown}");
+        // No SQLITE_OPEN_CREATE: the file exists (it was checked above), and
+        // SQLite must not create one of its own mode if it vanished since.
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .doing(doing)?;
+        conn.busy_timeout(BUSY_TIMEOUT).doing(doing)?;
+
+        // Read-only checks first, so a refused file is left as it was.
+        let read = |conn: &Connection| -> rusqlite::Result<(i64, i64, i64)> {
+            let version = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let app = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+            let objects = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+            Ok((version, app, objects))
+        };
+        let (version, app, objects) = match read(&conn) {
+            Ok(v) => v,
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
+                return Err(StoreError::NotSqlite { path: path.into() });
+            }
+            Err(e) => return Err(e).doing(doing),
+        };
+        if app != APPLICATION_ID && (app != 0 || version != 0 || objects != 0) {
+            return Err(StoreError::Foreign { path: path.into() });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.into(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version == 0 && mode == OpenMode::MustExist {
+            return Err(StoreError::Missing { path: path.into() });
+        }
+
+        let journal: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .doing(doing)?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Io {
+                doing: doing(),
+                source: io::Error::other(format!(
+                    "SQLite could not switch to WAL journaling (it kept `{journal}`); is the file system local?"
+                )),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .doing(doing)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .doing(doing)?;
+        conn.pragma_update(None, "secure_delete", "ON")
+            .doing(doing)?;
+
+        let store = Store {
+            conn,
+            path: path.into(),
+        };
+        store.migrate()?;
+        restrict_side_files(path)?;
+        Ok(store)
+    }
+
+    /// Brings the schema to [`SCHEMA_VERSION`] in one transaction.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let shown = self.path.display().to_string();
+        let doing = || format!("creating the schema of the wrun database at {shown}");
+        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
+        // Read again under the write lock: another process may have migrated.
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .doing(doing)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1).doing(doing)?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
+                .doing(doing)?;
+        }
+        // Later versions add their steps here, each guarded by `version < N`.
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![SCHEMA_VERSION.to_string()],
+        )
+        .doing(doing)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .doing(doing)?;
+        tx.commit().doing(doing)
+    }
+
+    /// The path the store was opened at.
+    #[allow(
+        dead_code,
+        reason = "part of the store API; no `wrun` command uses it yet"
+    )]
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Begins a transaction.
+    fn begin(
+        &self,
+        behavior: TransactionBehavior,
+        doing: impl FnOnce() -> String,
+    ) -> Result<Transaction<'_>, StoreError> {
+        Transaction::new_unchecked(&self.conn, behavior).doing(doing)
+    }
+
+    /// Checks `key` against the recorded fingerprint; when none is recorded
+    /// and `claim` is set, records this key's.
+    fn check_key_in(conn: &Connection, key: &MasterKey, claim: bool) -> Result<(), StoreError> {
+        let doing = || "checking the master key against the database".to_string();
+        let expected: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'master_fingerprint'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .doing(doing)?;
+        let got = key.fingerprint();
+        match expected {
+            Some(expected) if expected == got => Ok(()),
+            Some(expected) => Err(StoreError::KeyMismatch { expected, got }),
+            None if claim => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('master_fingerprint', ?1)",
+                    params![got],
+                )
+                .doing(doing)?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that `key` is the master key of this database.
+    ///
+    /// A database that has never used a master key (no workspace yet)
+    /// accepts any key; the first write that uses one records it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::KeyMismatch`] naming both fingerprints.
+    pub(crate) fn check_key(&self, key: &MasterKey) -> Result<(), StoreError> {
+        Store::check_key_in(&self.conn, key, false)
+    }
+
+    /// The data key of `workspace`, created (and the workspace with it) if
+    /// missing and `create` is set.
+    fn data_key_in(
+        conn: &Connection,
+        workspace: &str,
+        key: &MasterKey,
+        create: bool,
+    ) -> Result<Option<DataKey>, StoreError> {
+        let wrapped: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT wrapped_key FROM workspaces WHERE name = ?1",
+                params![workspace],
+                |r| r.get(0),
+            )
+            .optional()
+            .doing(|| format!("reading the data key of workspace `{workspace}`"))?;
+        match wrapped {
+            Some(wrapped) => keys::unwrap_data_key(key, &wrapped, workspace)
+                .map(Some)
+                .map_err(|_| StoreError::DataKeyTampered {
+                    workspace: workspace.into(),
+                }),
+            None if create => {
+                let data_key = DataKey::generate();
+                let wrapped = keys::wrap_data_key(key, &data_key, workspace).map_err(|source| {
+                    StoreError::Key {
+                        doing: format!("wrapping the data key of workspace `{workspace}`"),
+                        source,
+                    }
+                })?;
+                conn.execute(
+                    "INSERT INTO workspaces (name, wrapped_key, created_at) VALUES (?1, ?2, ?3)",
+                    params![workspace, wrapped, now()],
+                )
+                .doing(|| format!("creating workspace `{workspace}`"))?;
+                Ok(Some(data_key))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Creates `workspace` with a fresh data key wrapped by `key`, unless it
+    /// exists. Records `key`'s fingerprint if the database has none yet.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::KeyMismatch`], [`StoreError::DataKeyTampered`] if the
+    /// workspace exists but its key does not unwrap, name and SQL errors.
+    pub(crate) fn ensure_workspace(
+        &self,
+        workspace: &str,
+        key: &MasterKey,
+    ) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        let doing = || format!("creating workspace `{workspace}`");
+        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
+        Store::check_key_in(&tx, key, true)?;
+        Store::data_key_in(&tx, workspace, key, true)?;
+        tx.commit().doing(doing)
+    }
+
+    /// The workspaces, by name.
+    ///
+    /// # Errors
+    ///
+    /// SQL errors.
+    #[allow(
+        dead_code,
+        reason = "part of the store API; no `wrun` command uses it yet"
+    )]
+    pub(crate) fn list_workspaces(&self) -> Result<Vec<String>, StoreError> {
+        let doing = || "listing workspaces".to_string();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM workspaces ORDER BY name")
+            .doing(doing)?;
+        let rows = stmt.query_map([], |r| r.get(0)).doing(doing)?;
+        rows.collect::<rusqlite::Result<Vec<String>>>().doing(doing)
+    }
+
+    /// Adds a connection, creating the workspace if needed. The value is
+    /// sealed with the workspace data key (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ConnectionExists`] if the name is taken,
+    /// [`StoreError::KeyMismatch`], invalid names, an empty value or
+    /// placement, SQL errors.
+    pub(crate) fn add_connection(
+        &self,
+        workspace: &str,
+        name: &str,
+        value: &str,
+        hosts: &[String],
+        placement: &str,
+        key: &MasterKey,
+    ) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("connection", name)?;
+        check_placement(placement)?;
+        if value.is_empty() {
+            return Err(StoreError::InvalidInput {
+                what: format!("the value of connection `{name}`"),
+                reason: "it is empty",
+            });
+        }
+        let hosts = hosts_json(hosts)?;
+        let doing = || format!("adding connection `{name}` to workspace `{workspace}`");
+        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
+        Store::check_key_in(&tx, key, true)?;
+        let Some(data_key) = Store::data_key_in(&tx, workspace, key, true)? else {
+            return Err(StoreError::Malformed {
+                what: format!("workspace `{workspace}`"),
+                reason: "it was not created",
+            });
+        };
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM connections WHERE workspace = ?1 AND name = ?2",
+                params![workspace, name],
+                |_| Ok(()),
+            )
+            .optional()
+            .doing(doing)?
+            .is_some();
+        if exists {
+            return Err(StoreError::ConnectionExists {
+                workspace: workspace.into(),
+                name: name.into(),
+            });
+        }
+        let aad = connection_aad(workspace, name, placement, &hosts);
+        let sealed =
+            keys::seal(&data_key, value.as_bytes(), &aad).map_err(|source| StoreError::Key {
+                doing: doing(),
+                source,
+            })?;
+        tx.execute(
+            "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+            params![workspace, name, sealed, hosts, placement, now()],
+        )
+        .doing(doing)?;
+        tx.commit().doing(doing)
+    }
+
+    /// Changes a connection's value, hosts and/or placement (`None` keeps
+    /// the current one). Replacing the value sets `rotated_at`. Changing only
+    /// hosts or placement re-seals the current value, which must still
+    /// authenticate.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ConnectionNotFound`], [`StoreError::KeyMismatch`],
+    /// [`StoreError::Tampered`] if the current value is needed and fails
+    /// authentication, invalid inputs, SQL errors.
+    pub(crate) fn update_connection(
+        &self,
+        workspace: &str,
+        name: &str,
+        value: Option<&str>,
+        hosts: Option<&[String]>,
+        placement: Option<&str>,
+        key: &MasterKey,
+    ) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("connection", name)?;
+        if let Some(placement) = placement {
+            check_placement(placement)?;
+        }
+        if value.is_some_and(str::is_empty) {
+            return Err(StoreError::InvalidInput {
+                what: format!("the value of connection `{name}`"),
+                reason: "it is empty",
+            });
+        }
+        let new_hosts = hosts.map(hosts_json).transpose()?;
+        let doing = || format!("updating connection `{name}` in workspace `{workspace}`");
+        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
+        Store::check_key_in(&tx, key, true)?;
+        let row: Option<(Vec<u8>, String, String)> = tx
+            .query_row(
+                "SELECT sealed, hosts, placement FROM connections WHERE workspace = ?1 AND name = ?2",
+                params![workspace, name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .doing(doing)?;
+        let Some((old_sealed, old_hosts, old_placement)) = row else {
+            return Err(StoreError::ConnectionNotFound {
+                workspace: workspace.into(),
+                name: name.into(),
+            });
+        };
+        let new_hosts = new_hosts.unwrap_or_else(|| old_hosts.clone());
+        let new_placement = placement.unwrap_or(&old_placement).to_string();
+        if value.is_none() && new_hosts == old_hosts && new_placement == old_placement {
+            return Ok(());
+        }
+        let Some(data_key) = Store::data_key_in(&tx, workspace, key, false)? else {
+            return Err(StoreError::Malformed {
+                what: format!("workspace `{workspace}`"),
+                reason: "it has a connection but no data key",
+            });
+        };
+        let new_aad = connection_aad(workspace, name, &new_placement, &new_hosts);
+        let key_err = |source| StoreError::Key {
+            doing: doing(),
+            source,
+        };
+        let sealed = match value {
+            Some(value) => keys::seal(&data_key, value.as_bytes(), &new_aad).map_err(key_err)?,
+            None => {
+                let old_aad = connection_aad(workspace, name, &old_placement, &old_hosts);
+                let plain = keys::open(&data_key, &old_sealed, &old_aad).map_err(|_| {
+                    StoreError::Tampered {
+                        workspace: workspace.into(),
+                        name: name.into(),
+                    }
+                })?;
+                keys::seal(&data_key, &plain, &new_aad).map_err(key_err)?
+            }
+        };
+        let rotated_at = value.map(|_| now());
+        tx.execute(
+            "UPDATE connections SET sealed = ?3, hosts = ?4, placement = ?5, rotated_at = coalesce(?6, rotated_at)
+             WHERE workspace = ?1 AND name = ?2",
+            params![workspace, name, sealed, new_hosts, new_placement, rotated_at],
+        )
+        .doing(doing)?;
+        tx.commit().doing(doing)
+    }
+
+    /// Removes a connection. Bindings that name it are kept (they resolve
+    /// to a missing connection until it is added again).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ConnectionNotFound`], SQL errors.
+    pub(crate) fn remove_connection(&self, workspace: &str, name: &str) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("connection", name)?;
+        let removed = self
+            .conn
+            .execute(
+                "DELETE FROM connections WHERE workspace = ?1 AND name = ?2",
+                params![workspace, name],
+            )
+            .doing(|| format!("removing connection `{name}` from workspace `{workspace}`"))?;
+        if removed == 0 {
+            return Err(StoreError::ConnectionNotFound {
+                workspace: workspace.into(),
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The connections of `workspace`, by name, without their values.
+    ///
+    /// # Errors
+    ///
+    /// SQL errors, [`StoreError::Malformed`] for unreadable hosts.
+    pub(crate) fn list_connections(
+        &self,
+        workspace: &str,
+    ) -> Result<Vec<ConnectionInfo>, StoreError> {
+        check_name("workspace", workspace)?;
+        let doing = || format!("listing connections of workspace `{workspace}`");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, hosts, placement, created_at, rotated_at FROM connections
+                 WHERE workspace = ?1 ORDER BY name",
+            )
+            .doing(doing)?;
+        let rows = stmt
+            .query_map(params![workspace], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })
+            .doing(doing)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, hosts, placement, created_at, rotated_at) = row.doing(doing)?;
+            out.push(ConnectionInfo {
+                hosts: parse_hosts(workspace, &name, &hosts)?,
+                name,
+                placement,
+                created_at,
+                rotated_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decrypts a connection: its value (zeroed on drop), hosts and
+    /// placement; `None` if the workspace or the connection does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::KeyMismatch`]; [`StoreError::Tampered`] if the sealed
+    /// value, its hosts or its placement were altered, or the value was
+    /// copied from another record; [`StoreError::DataKeyTampered`]; SQL
+    /// errors.
+    pub(crate) fn connection_value(
+        &self,
+        workspace: &str,
+        name: &str,
+        key: &MasterKey,
+    ) -> Result<Option<ConnectionValue>, StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("connection", name)?;
+        let doing = || format!("reading connection `{name}` of workspace `{workspace}`");
+        // One read transaction: the key check, the data key and the record
+        // come from the same snapshot even if a rotation commits meanwhile.
+        let tx = self.begin(TransactionBehavior::Deferred, doing)?;
+        Store::check_key_in(&tx, key, false)?;
+        let row: Option<(Vec<u8>, String, String)> = tx
+            .query_row(
+                "SELECT sealed, hosts, placement FROM connections WHERE workspace = ?1 AND name = ?2",
+                params![workspace, name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .doing(doing)?;
+        let Some((sealed, hosts, placement)) = row else {
+            return Ok(None);
+        };
+        let Some(data_key) = Store::data_key_in(&tx, workspace, key, false)? else {
+            return Err(StoreError::Malformed {
+                what: format!("workspace `{workspace}`"),
+                reason: "it has a connection but no data key",
+            });
+        };
+        let tampered = || StoreError::Tampered {
+            workspace: workspace.into(),
+            name: name.into(),
+        };
+        let aad = connection_aad(workspace, name, &placement, &hosts);
+        let mut plain = keys::open(&data_key, &sealed, &aad).map_err(|_| tampered())?;
+        // Move the bytes out without copying, so only zeroizing owners hold them.
+        let value = match String::from_utf8(std::mem::take(&mut *plain)) {
+            Ok(value) => Zeroizing::new(value),
+            Err(e) => {
+                drop(Zeroizing::new(e.into_bytes()));
+                return Err(tampered());
+            }
+        };
+        let hosts = parse_hosts(workspace, name, &hosts)?;
+        tx.commit().doing(doing)?;
+        Ok(Some((value, hosts, placement)))
+    }
+
+    /// Sets (adds or replaces) a non-secret property of an environment.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, SQL errors.
+    pub(crate) fn set_property(
+        &self,
+        workspace: &str,
+        environment: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("environment", environment)?;
+        check_name("property", name)?;
+        self.conn
+            .execute(
+                "INSERT INTO properties (workspace, environment, name, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (workspace, environment, name) DO UPDATE SET value = excluded.value",
+                params![workspace, environment, name, value],
+            )
+            .doing(|| format!("setting property `{name}` in environment `{environment}` of workspace `{workspace}`"))?;
+        Ok(())
+    }
+
+    /// Removes a property of an environment.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::PropertyNotFound`], invalid names, SQL errors.
+    pub(crate) fn remove_property(
+        &self,
+        workspace: &str,
+        environment: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("environment", environment)?;
+        check_name("property", name)?;
+        let removed = self
+            .conn
+            .execute(
+                "DELETE FROM properties WHERE workspace = ?1 AND environment = ?2 AND name = ?3",
+                params![workspace, environment, name],
+            )
+            .doing(|| format!("removing property `{name}` from environment `{environment}` of workspace `{workspace}`"))?;
+        if removed == 0 {
+            return Err(StoreError::PropertyNotFound {
+                workspace: workspace.into(),
+                environment: environment.into(),
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The properties of an environment, by name.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, SQL errors.
+    pub(crate) fn properties(
+        &self,
+        workspace: &str,
+        environment: &str,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("environment", environment)?;
+        self.pairs(
+            "SELECT name, value FROM properties WHERE workspace = ?1 AND environment = ?2",
+            workspace,
+            environment,
+            || {
+                format!(
+                    "listing properties of environment `{environment}` of workspace `{workspace}`"
+                )
+            },
+        )
+    }
+
+    /// Runs a two-column query keyed by workspace and environment.
+    fn pairs(
+        &self,
+        sql: &str,
+        workspace: &str,
+        environment: &str,
+        doing: impl Fn() -> String,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut stmt = self.conn.prepare(sql).doing(&doing)?;
+        let rows = stmt
+            .query_map(params![workspace, environment], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .doing(&doing)?;
+        rows.collect::<rusqlite::Result<BTreeMap<String, String>>>()
+            .doing(&doing)
+    }
+
+    /// Binds a recipe's connection name (`logical`) to a stored connection
+    /// in an environment, replacing an earlier binding. The connection need
+    /// not exist yet.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, SQL errors.
+    pub(crate) fn bind(
+        &self,
+        workspace: &str,
+        environment: &str,
+        logical: &str,
+        connection: &str,
+    ) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("environment", environment)?;
+        check_name("logical connection", logical)?;
+        check_name("connection", connection)?;
+        self.conn
+            .execute(
+                "INSERT INTO bindings (workspace, environment, logical, connection) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (workspace, environment, logical) DO UPDATE SET connection = excluded.connection",
+                params![workspace, environment, logical, connection],
+            )
+            .doing(|| format!("binding `{logical}` in environment `{environment}` of workspace `{workspace}`"))?;
+        Ok(())
+    }
+
+    /// Removes a binding.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::BindingNotFound`], invalid names, SQL errors.
+    #[allow(
+        dead_code,
+        reason = "part of the store API; no `wrun` command uses it yet"
+    )]
+    pub(crate) fn unbind(
+        &self,
+        workspace: &str,
+        environment: &str,
+        logical: &str,
+    ) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("environment", environment)?;
+        check_name("logical connection", logical)?;
+        let removed = self
+            .conn
+            .execute(
+                "DELETE FROM bindings WHERE workspace = ?1 AND environment = ?2 AND logical = ?3",
+                params![workspace, environment, logical],
+            )
+            .doing(|| format!("unbinding `{logical}` in environment `{environment}` of workspace `{workspace}`"))?;
+        if removed == 0 {
+            return Err(StoreError::BindingNotFound {
+                workspace: workspace.into(),
+                environment: environment.into(),
+                logical: logical.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The bindings of an environment: recipe connection name → stored
+    /// connection name.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, SQL errors.
+    pub(crate) fn bindings(
+        &self,
+        workspace: &str,
+        environment: &str,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("environment", environment)?;
+        self.pairs(
+            "SELECT logical, connection FROM bindings WHERE workspace = ?1 AND environment = ?2",
+            workspace,
+            environment,
+            || {
+                format!(
+                    "listing bindings of environment `{environment}` of workspace `{workspace}`"
+                )
+            },
+        )
+    }
+
+    /// The stored connection a recipe's connection name refers to in an
+    /// environment: its binding, or the same name when it has none.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, SQL errors.
+    pub(crate) fn resolve_connection(
+        &self,
+        workspace: &str,
+        environment: &str,
+        logical: &str,
+    ) -> Result<String, StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("environment", environment)?;
+        check_name("logical connection", logical)?;
+        let bound: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT connection FROM bindings WHERE workspace = ?1 AND environment = ?2 AND logical = ?3",
+                params![workspace, environment, logical],
+                |r| r.get(0),
+            )
+            .optional()
+            .doing(|| format!("resolving `{logical}` in environment `{environment}` of workspace `{workspace}`"))?;
+        Ok(bound.unwrap_or_else(|| logical.to_string()))
+    }
+
+    /// Saves an imported recipe, replacing an earlier one of the same name.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, SQL errors.
+    pub(crate) fn save_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+        manifest: &str,
+        lock: &str,
+    ) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("recipe", name)?;
+        self.conn
+            .execute(
+                "INSERT INTO recipes (workspace, name, manifest, lock, imported_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (workspace, name) DO UPDATE
+                 SET manifest = excluded.manifest, lock = excluded.lock, imported_at = excluded.imported_at",
+                params![workspace, name, manifest, lock, now()],
+            )
+            .doing(|| format!("saving recipe `{name}` in workspace `{workspace}`"))?;
+        Ok(())
+    }
+
+    /// An imported recipe, or `None`.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, SQL errors.
+    #[allow(
+        dead_code,
+        reason = "part of the store API; no `wrun` command uses it yet"
+    )]
+    pub(crate) fn recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> Result<Option<RecipeRecord>, StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("recipe", name)?;
+        self.conn
+            .query_row(
+                "SELECT name, manifest, lock, imported_at FROM recipes WHERE workspace = ?1 AND name = ?2",
+                params![workspace, name],
+                |r| {
+                    Ok(RecipeRecord {
+                        name: r.get(0)?,
+                        manifest: r.get(1)?,
+                        lock: r.get(2)?,
+                        imported_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .doing(|| format!("reading recipe `{name}` of workspace `{workspace}`"))
+    }
+
+    /// The imported recipes of a workspace, by name.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, SQL errors.
+    #[allow(
+        dead_code,
+        reason = "part of the store API; no `wrun` command uses it yet"
+    )]
+    pub(crate) fn list_recipes(&self, workspace: &str) -> Result<Vec<RecipeInfo>, StoreError> {
+        check_name("workspace", workspace)?;
+        let doing = || format!("listing recipes of workspace `{workspace}`");
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, imported_at FROM recipes WHERE workspace = ?1 ORDER BY name")
+            .doing(doing)?;
+        let rows = stmt
+            .query_map(params![workspace], |r| {
+                Ok(RecipeInfo {
+                    name: r.get(0)?,
+                    imported_at: r.get(1)?,
+                })
+            })
+            .doing(doing)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)
+    }
+
+    /// Removes an imported recipe.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::RecipeNotFound`], invalid names, SQL errors.
+    #[allow(
+        dead_code,
+        reason = "part of the store API; no `wrun` command uses it yet"
+    )]
+    pub(crate) fn remove_recipe(&self, workspace: &str, name: &str) -> Result<(), StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("recipe", name)?;
+        let removed = self
+            .conn
+            .execute(
+                "DELETE FROM recipes WHERE workspace = ?1 AND name = ?2",
+                params![workspace, name],
+            )
+            .doing(|| format!("removing recipe `{name}` from workspace `{workspace}`"))?;
+        if removed == 0 {
+            return Err(StoreError::RecipeNotFound {
+                workspace: workspace.into(),
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-wraps every workspace data key from `old` to `new` and records
+    /// `new`'s fingerprint, in one `BEGIN IMMEDIATE` transaction: if anything
+    /// fails (a wrong `old`, a data key that does not unwrap, a crash), the
+    /// database keeps the old state and `old` keeps working. Connection
+    /// values are sealed with the data keys and are not touched. Returns the
+    /// number of data keys re-wrapped.
+    ///
+    /// Afterwards the WAL is checkpointed and truncated so the old wrapped
+    /// keys do not linger in it (secure delete clears them from the main
+    /// file). Copies and backups of the database taken before the rotation
+    /// still open with `old`: rotation limits the use of the old key from
+    /// now on, it does not re-encrypt the values.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::KeyMismatch`] if `old` is not the current key,
+    /// [`StoreError::SameKey`], [`StoreError::DataKeyTampered`] naming the
+    /// workspace whose key does not unwrap, SQL errors.
+    pub(crate) fn rotate_master_key(
+        &self,
+        old: &MasterKey,
+        new: &MasterKey,
+    ) -> Result<usize, StoreError> {
+        if old.fingerprint() == new.fingerprint() {
+            return Err(StoreError::SameKey {
+                fingerprint: new.fingerprint(),
+            });
+        }
+        let doing = || "rotating the master key".to_string();
+        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
+        Store::check_key_in(&tx, old, false)?;
+        let wrapped: Vec<(String, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare("SELECT name, wrapped_key FROM workspaces ORDER BY name")
+                .doing(doing)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .doing(doing)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?
+        };
+        // Unwrap everything before writing anything.
+        let mut data_keys = Vec::with_capacity(wrapped.len());
+        for (workspace, wrapped) in &wrapped {
+            let data_key = keys::unwrap_data_key(old, wrapped, workspace).map_err(|_| {
+                StoreError::DataKeyTampered {
+                    workspace: workspace.clone(),
+                }
+            })?;
+            data_keys.push((workspace, data_key));
+        }
+        for (workspace, data_key) in &data_keys {
+            let rewrapped = keys::wrap_data_key(new, data_key, workspace).map_err(|source| {
+                StoreError::Key {
+                    doing: format!("re-wrapping the data key of workspace `{workspace}`"),
+                    source,
+                }
+            })?;
+            tx.execute(
+                "UPDATE workspaces SET wrapped_key = ?2 WHERE name = ?1",
+                params![workspace, rewrapped],
+            )
+            .doing(|| format!("re-wrapping the data key of workspace `{workspace}`"))?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('master_fingerprint', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![new.fingerprint()],
+        )
+        .doing(doing)?;
+        tx.commit().doing(doing)?;
+        // Best effort: another reader may hold the WAL; the rotation itself
+        // is committed either way.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        Ok(data_keys.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("wrun-store-")
+            .tempdir()
+            .unwrap()
+    }
+
+    /// A new store in a new directory, with its key.
+    struct Env {
+        dir: tempfile::TempDir,
+        store: Store,
+        key: MasterKey,
+    }
+
+    impl Env {
+        fn new() -> Env {
+            let dir = tempdir();
+            let store =
+                Store::open(&dir.path().join("wrun.db"), OpenMode::CreateIfMissing).unwrap();
+            let key = MasterKey::generate();
+            store.ensure_workspace("ws", &key).unwrap();
+            Env { dir, store, key }
+        }
+
+        fn db(&self) -> PathBuf {
+            self.dir.path().join("wrun.db")
+        }
+
+        fn add(&self, name: &str, value: &str) {
+            self.store
+                .add_connection(
+                    "ws",
+                    name,
+                    value,
+                    &hosts(&["api.example.com"]),
+                    "header:Authorization:Bearer {}",
+                    &self.key,
+                )
+                .unwrap();
+        }
+
+        fn value(&self, name: &str) -> Result<Option<ConnectionValue>, StoreError> {
+            self.store.connection_value("ws", name, &self.key)
+        }
+
+        /// Every row of every table, as text, to compare states.
+        fn dump(&self) -> Vec<String> {
+            dump(&self.store.conn)
+        }
+    }
+
+    fn dump(conn: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        for table in [
+            "meta",
+            "workspaces",
+            "connections",
+            "properties",
+            "bindings",
+            "recipes",
+        ] {
+            let mut stmt = conn
+                .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+                .unwrap();
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    let mut row = format!("{table}:");
+                    for i in 0..n {
+                        row.push_str(&format!(" {:?}", r.get_ref(i)?));
+                    }
+                    Ok(row)
+                })
+                .unwrap();
+            out.extend(rows.map(Result::unwrap));
+        }
+        out
+    }
+
+    fn hosts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[cfg(unix)]
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn side(path: &Path, suffix: &str) -> PathBuf {
+        let mut s = path.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn types_cross_threads_and_errors_convert_to_anyhow() {
+        fn assert_send<T: Send>() {}
+        fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send::<Store>();
+        assert_send_sync::<std::sync::Mutex<Store>>();
+        assert_send_sync::<MasterKey>();
+        assert_error::<StoreError>();
+        assert_error::<KeyError>();
+    }
+
+    /// The argument shapes the CLI uses (owned strings, vectors, options).
+    #[test]
+    fn cli_call_shapes() {
+        let env = Env::new();
+        let (ws, name, value) = ("ws".to_string(), "c".to_string(), "v".to_string());
+        let hosts_list: Vec<String> = hosts(&["h.example"]);
+        let apply = "query:k".to_string();
+        env.store
+            .add_connection(&ws, &name, &value, &hosts_list, &apply, &env.key)
+            .unwrap();
+        let new_value: Option<String> = None;
+        let new_apply: Option<String> = Some("query:t".into());
+        env.store
+            .update_connection(
+                &ws,
+                &name,
+                new_value.as_deref(),
+                (!hosts_list.is_empty()).then_some(hosts_list.as_slice()),
+                new_apply.as_deref(),
+                &env.key,
+            )
+            .unwrap();
+        let Some((value, hosts, placement)) =
+            env.store.connection_value(&ws, &name, &env.key).unwrap()
+        else {
+            panic!("missing");
+        };
+        assert_eq!(
+            (value.as_str(), hosts, placement.as_str()),
+            ("v", hosts_list, "query:t")
+        );
+    }
+
+    #[test]
+    fn create_then_reopen() {
+        let dir = tempdir();
+        let path = dir.path().join("wrun.db");
+        let key = MasterKey::generate();
+        {
+            let store = Store::open(&path, OpenMode::CreateIfMissing).unwrap();
+            assert_eq!(store.path(), path);
+            store.ensure_workspace("ws", &key).unwrap();
+            store
+                .set_property("ws", "dev", "BASE_URL", "http://x")
+                .unwrap();
+        }
+        let store = Store::open(&path, OpenMode::MustExist).unwrap();
+        assert_eq!(store.list_workspaces().unwrap(), vec!["ws".to_string()]);
+        assert_eq!(
+            store.properties("ws", "dev").unwrap()["BASE_URL"],
+            "http://x"
+        );
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let journal: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let sync: i64 = store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let fk: i64 = store
+            .conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        // Opening with CreateIfMissing again changes nothing.
+        drop(store);
+        let again = Store::open(&path, OpenMode::CreateIfMissing).unwrap();
+        assert_eq!(again.list_workspaces().unwrap(), vec!["ws".to_string()]);
+        again.check_key(&key).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn new_database_and_side_files_are_0600() {
+        let env = Env::new();
+        env.add("github", "v");
+        let db = env.db();
+        assert_eq!(mode_of(&db), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            let p = side(&db, suffix);
+            assert!(p.exists(), "{suffix} exists while the store is open");
+            assert_eq!(mode_of(&p), 0o600, "{suffix}");
+        }
+    }
+
+    #[test]
+    fn must_exist_on_a_missing_path() {
+        let dir = tempdir();
+        let path = dir.path().join("absent.db");
+        let err = Store::open(&path, OpenMode::MustExist).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("no wrun database at {}", path.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("wrun key init"), "{msg}");
+        assert!(!path.exists(), "nothing was created");
+        // An empty file is no database either, and stays empty.
+        std::fs::write(&path, b"").unwrap();
+        let err = Store::open(&path, OpenMode::MustExist).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // CreateIfMissing adopts the empty file.
+        Store::open(&path, OpenMode::CreateIfMissing).unwrap();
+        Store::open(&path, OpenMode::MustExist).unwrap();
+    }
+
+    #[test]
+    fn create_in_a_missing_directory_names_the_path() {
+        let dir = tempdir();
+        let path = dir.path().join("nope").join("wrun.db");
+        let err = Store::open(&path, OpenMode::CreateIfMissing).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        let err = Store::open(dir.path(), OpenMode::CreateIfMissing).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn non_sqlite_file_is_refused_and_untouched() {
+        let dir = tempdir();
+        let cases: &[&[u8]] = &[
+            b"hello, this is a text file that happens to be long enough\n",
+            b"SQLite",
+            b"SQLite format 2\0 and more bytes after it",
+            &[0u8; 4096],
+        ];
+        for (i, contents) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("file-{i}"));
+            std::fs::write(&path, contents).unwrap();
+            for mode in [OpenMode::CreateIfMissing, OpenMode::MustExist] {
+                let err = Store::open(&path, mode).unwrap_err();
+                assert!(matches!(err, StoreError::NotSqlite { .. }), "{i}: {err}");
+                assert!(err.to_string().contains("not a SQLite database"), "{err}");
+                assert!(
+                    err.to_string().contains(&path.display().to_string()),
+                    "{err}"
+                );
+                assert_eq!(&std::fs::read(&path).unwrap(), contents);
+                assert!(!side(&path, "-wal").exists());
+                assert!(!side(&path, "-shm").exists());
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_database_is_refused_and_untouched() {
+        let dir = tempdir();
+        let path = dir.path().join("damaged.db");
+        // A valid header, then garbage where the schema page should be.
+        let mut bytes = {
+            let env = Env::new();
+            env.add("c", "v");
+            env.store
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            std::fs::read(env.db()).unwrap()
+        };
+        for b in bytes.iter_mut().skip(100) {
+            *b = 0xa5;
+        }
+        // Clear the WAL flag (header bytes 18-19) so SQLite does not look for a WAL.
+        bytes[18] = 1;
+        bytes[19] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Store::open(&path, OpenMode::MustExist).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn foreign_sqlite_database_is_refused_and_untouched() {
+        let dir = tempdir();
+        let path = dir.path().join("other.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+                .unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let err = Store::open(&path, OpenMode::CreateIfMissing).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains("another application"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // Another application's id is refused too, even with no tables.
+        let path2 = dir.path().join("other2.db");
+        {
+            let conn = Connection::open(&path2).unwrap();
+            conn.pragma_update(None, "application_id", 1234).unwrap();
+        }
+        let err = Store::open(&path2, OpenMode::CreateIfMissing).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let env = Env::new();
+        env.store
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let db = env.db();
+        drop(env.store);
+        let err = Store::open(&db, OpenMode::MustExist).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::TooNew {
+                    found: 2,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("schema version 2") && msg.contains("newer"),
+            "{msg}"
+        );
+        assert!(msg.contains(&db.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn two_stores_share_one_file() {
+        let env = Env::new();
+        let other = Store::open(&env.db(), OpenMode::MustExist).unwrap();
+        env.add("a", "value-a");
+        let (v, _, _) = other
+            .connection_value("ws", "a", &env.key)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.as_str(), "value-a");
+        other.set_property("ws", "dev", "X", "1").unwrap();
+        assert_eq!(env.store.properties("ws", "dev").unwrap()["X"], "1");
+    }
+
+    #[test]
+    fn connections_add_list_get_update_remove() {
+        let env = Env::new();
+        let before = now();
+        env.add("github", "ghp_first");
+        env.store
+            .add_connection(
+                "ws",
+                "slack",
+                "xoxb-1",
+                &hosts(&["slack.com", "*.slack.com"]),
+                "query:token",
+                &env.key,
+            )
+            .unwrap();
+
+        let list = env.store.list_connections("ws").unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].name, "github");
+        assert_eq!(list[0].hosts, hosts(&["api.example.com"]));
+        assert_eq!(list[0].placement, "header:Authorization:Bearer {}");
+        assert!(list[0].created_at >= before && list[0].created_at <= now());
+        assert_eq!(list[0].rotated_at, None);
+        assert_eq!(list[1].name, "slack");
+        assert_eq!(list[1].hosts, hosts(&["slack.com", "*.slack.com"]));
+
+        let (value, h, p) = env.value("github").unwrap().unwrap();
+        assert_eq!(value.as_str(), "ghp_first");
+        assert_eq!(h, hosts(&["api.example.com"]));
+        assert_eq!(p, "header:Authorization:Bearer {}");
+        assert!(env.value("absent").unwrap().is_none());
+        assert!(
+            env.store
+                .connection_value("no-such-ws", "github", &env.key)
+                .unwrap()
+                .is_none()
+        );
+
+        // Adding again is refused and changes nothing.
+        let err = env
+            .store
+            .add_connection("ws", "github", "other", &[], "query:x", &env.key)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "connection `github` already exists in workspace `ws`; use `wrun connection update`"
+        );
+        assert_eq!(
+            env.value("github").unwrap().unwrap().0.as_str(),
+            "ghp_first"
+        );
+
+        // Only hosts: the value is kept, rotated_at stays unset.
+        env.store
+            .update_connection(
+                "ws",
+                "github",
+                None,
+                Some(&hosts(&["api.github.com"])),
+                None,
+                &env.key,
+            )
+            .unwrap();
+        let (value, h, p) = env.value("github").unwrap().unwrap();
+        assert_eq!(value.as_str(), "ghp_first");
+        assert_eq!(h, hosts(&["api.github.com"]));
+        assert_eq!(p, "header:Authorization:Bearer {}");
+        assert_eq!(
+            env.store.list_connections("ws").unwrap()[0].rotated_at,
+            None
+        );
+
+        // Only placement.
+        env.store
+            .update_connection(
+                "ws",
+                "github",
+                None,
+                None,
+                Some("header:Authorization:token {}"),
+                &env.key,
+            )
+            .unwrap();
+        let (value, _, p) = env.value("github").unwrap().unwrap();
+        assert_eq!(value.as_str(), "ghp_first");
+        assert_eq!(p, "header:Authorization:token {}");
+
+        // The value: rotated_at is set.
+        env.store
+            .update_connection("ws", "github", Some("ghp_second"), None, None, &env.key)
+            .unwrap();
+        assert_eq!(
+            env.value("github").unwrap().unwrap().0.as_str(),
+            "ghp_second"
+        );
+        let rotated = env.store.list_connections("ws").unwrap()[0].rotated_at;
+        assert!(rotated.is_some_and(|t| t >= before));
+
+        // Nothing to change is fine; a missing connection is not.
+        env.store
+            .update_connection("ws", "github", None, None, None, &env.key)
+            .unwrap();
+        let err = env
+            .store
+            .update_connection("ws", "nope", Some("x"), None, None, &env.key)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "no connection `nope` in workspace `ws`");
+
+        env.store.remove_connection("ws", "github").unwrap();
+        assert!(env.value("github").unwrap().is_none());
+        let err = env.store.remove_connection("ws", "github").unwrap_err();
+        assert!(
+            matches!(err, StoreError::ConnectionNotFound { .. }),
+            "{err}"
+        );
+        assert_eq!(env.store.list_connections("ws").unwrap().len(), 1);
+        // The name can be reused after removal.
+        env.add("github", "ghp_third");
+        assert_eq!(
+            env.value("github").unwrap().unwrap().0.as_str(),
+            "ghp_third"
+        );
+    }
+
+    #[test]
+    fn add_connection_creates_the_workspace() {
+        let env = Env::new();
+        env.store
+            .add_connection("fresh", "c", "v", &hosts(&["h"]), "query:k", &env.key)
+            .unwrap();
+        assert_eq!(
+            env.store.list_workspaces().unwrap(),
+            vec!["fresh".to_string(), "ws".to_string()]
+        );
+        assert_eq!(
+            env.store
+                .connection_value("fresh", "c", &env.key)
+                .unwrap()
+                .unwrap()
+                .0
+                .as_str(),
+            "v"
+        );
+        // Same connection name in two workspaces are two records.
+        env.add("c", "other");
+        assert_eq!(env.value("c").unwrap().unwrap().0.as_str(), "other");
+    }
+
+    #[test]
+    fn invalid_inputs_are_refused() {
+        let env = Env::new();
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            "has space",
+            "slash/",
+            "nul\0",
+            "ü",
+            long.as_str(),
+            "semi;colon",
+        ] {
+            let err = env
+                .store
+                .add_connection("ws", bad, "v", &[], "query:k", &env.key)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::InvalidName {
+                        what: "connection",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+            let err = env.store.set_property("ws", bad, "n", "v").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::InvalidName {
+                        what: "environment",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            let err = env.store.ensure_workspace(bad, &env.key).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::InvalidName {
+                        what: "workspace",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        let err = env.store.bind("ws", "dev", "x", &long).unwrap_err();
+        assert!(err.to_string().contains('…'), "{err}");
+        assert!(
+            env.store
+                .add_connection("ws", "a-b_c.1", "v", &[], "query:k", &env.key)
+                .is_ok()
+        );
+        assert!(
+            env.store
+                .add_connection("ws", &"z".repeat(64), "v", &[], "query:k", &env.key)
+                .is_ok()
+        );
+        let err = env
+            .store
+            .add_connection("ws", "e", "", &[], "query:k", &env.key)
+            .unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
+        for placement in ["", "  ", "header:X:\n{}", "a\0b"] {
+            let err = env
+                .store
+                .add_connection("ws", "p", "v", &[], placement, &env.key)
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::InvalidInput { .. }),
+                "{placement:?}: {err}"
+            );
+        }
+        let err = env
+            .store
+            .update_connection("ws", "a-b_c.1", Some(""), None, None, &env.key)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+    }
+
+    #[test]
+    fn list_never_contains_the_value() {
+        let env = Env::new();
+        let canary = "canary-list-7d1e0b3a";
+        env.add("c", canary);
+        let list = env.store.list_connections("ws").unwrap();
+        let debug = format!("{list:?}");
+        let json = serde_json::to_string(&list).unwrap();
+        assert!(!debug.contains(canary) && !json.contains(canary));
+        assert!(!format!("{:?}", env.store).contains(canary));
+    }
+
+    #[test]
+    fn canary_is_absent_from_the_database_and_wal_bytes() {
+        let env = Env::new();
+        let canary = "canary-disk-5b9c2e11f0";
+        env.add("c", canary);
+        env.store
+            .update_connection(
+                "ws",
+                "c",
+                Some(&format!("{canary}-2")),
+                None,
+                None,
+                &env.key,
+            )
+            .unwrap();
+        env.store
+            .update_connection(
+                "ws",
+                "c",
+                None,
+                Some(&hosts(&["other.example"])),
+                None,
+                &env.key,
+            )
+            .unwrap();
+        let db = env.db();
+        let wal = side(&db, "-wal");
+        // Before a checkpoint the records are in the WAL.
+        let wal_bytes = std::fs::read(&wal).unwrap();
+        assert!(!wal_bytes.is_empty());
+        assert!(
+            contains(&wal_bytes, b"other.example"),
+            "the WAL holds the records"
+        );
+        assert!(!contains(&wal_bytes, canary.as_bytes()));
+        assert!(!contains(&std::fs::read(&db).unwrap(), canary.as_bytes()));
+        // After a checkpoint they are in the main file.
+        env.store
+            .conn
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))
+            .unwrap();
+        let db_bytes = std::fs::read(&db).unwrap();
+        assert!(
+            contains(&db_bytes, b"other.example"),
+            "the database holds the records"
+        );
+        assert!(!contains(&db_bytes, canary.as_bytes()));
+        assert!(!contains(&std::fs::read(&wal).unwrap(), canary.as_bytes()));
+        // The key is not stored either.
+        let key_text = env.key.to_base64();
+        assert!(!contains(&db_bytes, key_text.as_bytes()));
+        assert!(!contains(&db_bytes, &env.key_bytes()));
+        assert_eq!(
+            env.value("c").unwrap().unwrap().0.as_str(),
+            format!("{canary}-2")
+        );
+    }
+
+    impl Env {
+        fn key_bytes(&self) -> Vec<u8> {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(self.key.to_base64().as_str())
+                .unwrap()
+        }
+    }
+
+    fn assert_tampered(
+        result: Result<Option<ConnectionValue>, StoreError>,
+        ws: &str,
+        name: &str,
+        canary: &str,
+    ) {
+        let err = result.map(|_| ()).unwrap_err();
+        assert!(matches!(err, StoreError::Tampered { .. }), "{err}");
+        let msg = err.to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "connection `{name}` in workspace `{ws}` failed authentication: the stored record was altered or moved"
+            )
+        );
+        assert!(!msg.contains(canary) && !format!("{err:?}").contains(canary));
+    }
+
+    #[test]
+    fn sealed_value_copied_to_another_record_fails() {
+        let env = Env::new();
+        env.add("a", "canary-a-value");
+        env.add("b", "canary-b-value");
+        env.store
+            .add_connection(
+                "ws2",
+                "a",
+                "canary-ws2-value",
+                &hosts(&["api.example.com"]),
+                "header:Authorization:Bearer {}",
+                &env.key,
+            )
+            .unwrap();
+        // Another name in the same workspace (same data key, same hosts).
+        env.store
+            .conn
+            .execute(
+                "UPDATE connections SET sealed = (SELECT sealed FROM connections WHERE workspace='ws' AND name='a')
+                 WHERE workspace='ws' AND name='b'",
+                [],
+            )
+            .unwrap();
+        assert_tampered(env.value("b"), "ws", "b", "canary-a-value");
+        assert_eq!(
+            env.value("a").unwrap().unwrap().0.as_str(),
+            "canary-a-value"
+        );
+        // The same name in another workspace.
+        env.store
+            .conn
+            .execute(
+                "UPDATE connections SET sealed = (SELECT sealed FROM connections WHERE workspace='ws' AND name='a')
+                 WHERE workspace='ws2' AND name='a'",
+                [],
+            )
+            .unwrap();
+        assert_tampered(
+            env.store.connection_value("ws2", "a", &env.key),
+            "ws2",
+            "a",
+            "canary-a-value",
+        );
+        // Updating hosts only needs the current value, which fails too.
+        let err = env
+            .store
+            .update_connection("ws", "b", None, Some(&hosts(&["x"])), None, &env.key)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Tampered { .. }), "{err}");
+        // Replacing the value repairs the record.
+        env.store
+            .update_connection("ws", "b", Some("fresh"), None, None, &env.key)
+            .unwrap();
+        assert_eq!(env.value("b").unwrap().unwrap().0.as_str(), "fresh");
+    }
+
+    #[test]
+    fn flipped_byte_fails_authentication() {
+        let env = Env::new();
+        let canary = "canary-flip-0c4f";
+        env.add("c", canary);
+        let sealed: Vec<u8> = env
+            .store
+            .conn
+            .query_row("SELECT sealed FROM connections WHERE name='c'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        for i in [0, 1, 13, sealed.len() / 2, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x04;
+            env.store
+                .conn
+                .execute(
+                    "UPDATE connections SET sealed = ?1 WHERE name='c'",
+                    params![bad],
+                )
+                .unwrap();
+            assert_tampered(env.value("c"), "ws", "c", canary);
+        }
+    }
+
+    #[test]
+    fn redirected_hosts_or_placement_fail_authentication() {
+        let env = Env::new();
+        let canary = "canary-redirect-88aa";
+        env.add("c", canary);
+        env.store
+            .conn
+            .execute(
+                "UPDATE connections SET hosts = '[\"evil.example\"]' WHERE name='c'",
+                [],
+            )
+            .unwrap();
+        assert_tampered(env.value("c"), "ws", "c", canary);
+        env.store
+            .conn
+            .execute(
+                "UPDATE connections SET hosts = '[\"api.example.com\"]', placement = 'query:leak' WHERE name='c'",
+                [],
+            )
+            .unwrap();
+        assert_tampered(env.value("c"), "ws", "c", canary);
+        env.store
+            .conn
+            .execute("UPDATE connections SET placement = 'header:Authorization:Bearer {}' WHERE name='c'", [])
+            .unwrap();
+        assert_eq!(env.value("c").unwrap().unwrap().0.as_str(), canary);
+    }
+
+    #[test]
+    fn moved_workspace_key_fails() {
+        let env = Env::new();
+        env.add("c", "canary-ws-key");
+        env.store.ensure_workspace("ws2", &env.key).unwrap();
+        env.store
+            .conn
+            .execute(
+                "UPDATE workspaces SET wrapped_key = (SELECT wrapped_key FROM workspaces WHERE name='ws2') WHERE name='ws'",
+                [],
+            )
+            .unwrap();
+        let err = env.value("c").unwrap_err();
+        assert!(matches!(err, StoreError::DataKeyTampered { .. }), "{err}");
+        assert!(err.to_string().contains("workspace `ws`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_master_key_is_refused_without_changes() {
+        let env = Env::new();
+        env.add("c", "canary-wrong-key");
+        env.store.set_property("ws", "dev", "P", "1").unwrap();
+        let before = env.dump();
+        let wrong = MasterKey::generate();
+        let expected = format!(
+            "the master key does not match this database (expected fingerprint {}, got {})",
+            env.key.fingerprint(),
+            wrong.fingerprint()
+        );
+        let errors = [
+            env.store.check_key(&wrong).unwrap_err(),
+            env.store.ensure_workspace("ws", &wrong).unwrap_err(),
+            env.store.ensure_workspace("new-ws", &wrong).unwrap_err(),
+            env.store
+                .add_connection("ws", "d", "v", &[], "query:k", &wrong)
+                .unwrap_err(),
+            env.store
+                .add_connection("new-ws", "d", "v", &[], "query:k", &wrong)
+                .unwrap_err(),
+            env.store
+                .update_connection("ws", "c", Some("new"), None, None, &wrong)
+                .unwrap_err(),
+            env.store
+                .connection_value("ws", "c", &wrong)
+                .map(|_| ())
+                .unwrap_err(),
+            env.store
+                .rotate_master_key(&wrong, &MasterKey::generate())
+                .unwrap_err(),
+        ];
+        for err in errors {
+            assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
+            assert_eq!(err.to_string(), expected);
+        }
+        assert_eq!(env.dump(), before);
+        assert_eq!(
+            env.value("c").unwrap().unwrap().0.as_str(),
+            "canary-wrong-key"
+        );
+    }
+
+    #[test]
+    fn first_key_is_recorded_and_check_key_accepts_any_before() {
+        let dir = tempdir();
+        let store = Store::open(&dir.path().join("db"), OpenMode::CreateIfMissing).unwrap();
+        let a = MasterKey::generate();
+        let b = MasterKey::generate();
+        store.check_key(&a).unwrap();
+        store.check_key(&b).unwrap();
+        store.ensure_workspace("ws", &a).unwrap();
+        store.check_key(&a).unwrap();
+        assert!(matches!(
+            store.check_key(&b),
+            Err(StoreError::KeyMismatch { .. })
+        ));
+        // Idempotent.
+        store.ensure_workspace("ws", &a).unwrap();
+        assert_eq!(store.list_workspaces().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rotation_rewraps_and_refuses_the_old_key() {
+        let env = Env::new();
+        env.add("a", "value-a");
+        env.store
+            .add_connection("ws2", "b", "value-b", &hosts(&["h"]), "query:k", &env.key)
+            .unwrap();
+        env.store.ensure_workspace("empty", &env.key).unwrap();
+        let sealed_before: Vec<Vec<u8>> = {
+            let mut stmt = env
+                .store
+                .conn
+                .prepare("SELECT sealed FROM connections ORDER BY 1")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let new = MasterKey::generate();
+        assert_eq!(env.store.rotate_master_key(&env.key, &new).unwrap(), 3);
+        // Values are readable under the new key, untouched on disk.
+        assert_eq!(
+            env.store
+                .connection_value("ws", "a", &new)
+                .unwrap()
+                .unwrap()
+                .0
+                .as_str(),
+            "value-a"
+        );
+        assert_eq!(
+            env.store
+                .connection_value("ws2", "b", &new)
+                .unwrap()
+                .unwrap()
+                .0
+                .as_str(),
+            "value-b"
+        );
+        let sealed_after: Vec<Vec<u8>> = {
+            let mut stmt = env
+                .store
+                .conn
+                .prepare("SELECT sealed FROM connections ORDER BY 1")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(sealed_before, sealed_after);
+        // The old key is refused everywhere.
+        let err = env.value("a").unwrap_err();
+        assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
+        assert!(err.to_string().contains(&new.fingerprint()), "{err}");
+        assert!(matches!(
+            env.store
+                .rotate_master_key(&env.key, &MasterKey::generate()),
+            Err(StoreError::KeyMismatch { .. })
+        ));
+        // New writes work with the new key, and survive reopening.
+        env.store
+            .add_connection("ws", "c", "value-c", &[], "query:k", &new)
+            .unwrap();
+        let db = env.db();
+        drop(env.store);
+        let store = Store::open(&db, OpenMode::MustExist).unwrap();
+        assert_eq!(
+            store
+                .connection_value("ws", "c", &new)
+                .unwrap()
+                .unwrap()
+                .0
+                .as_str(),
+            "value-c"
+        );
+        assert_eq!(
+            store
+                .connection_value("ws", "a", &new)
+                .unwrap()
+                .unwrap()
+                .0
+                .as_str(),
+            "value-a"
+        );
+        // The same key as old and new is refused.
+        assert!(matches!(
+            store.rotate_master_key(&new, &new),
+            Err(StoreError::SameKey { .. })
+        ));
+    }
+
+    #[test]
+    fn old_wrapped_keys_do_not_linger_after_rotation() {
+        let env = Env::new();
+        env.add("a", "value-a");
+        env.store.ensure_workspace("ws2", &env.key).unwrap();
+        let old_wrapped: Vec<Vec<u8>> = {
+            let mut stmt = env
+                .store
+                .conn
+                .prepare("SELECT wrapped_key FROM workspaces")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let db = env.db();
+        // Control: before the rotation the old wrapped keys are on disk.
+        env.store
+            .conn
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))
+            .unwrap();
+        let before = std::fs::read(&db).unwrap();
+        assert!(old_wrapped.iter().all(|w| contains(&before, &w[13..])));
+        let new = MasterKey::generate();
+        env.store.rotate_master_key(&env.key, &new).unwrap();
+        let files = [
+            std::fs::read(&db).unwrap(),
+            std::fs::read(side(&db, "-wal")).unwrap(),
+        ];
+        for wrapped in &old_wrapped {
+            // The ciphertext part (after version and nonce) identifies it.
+            let needle = &wrapped[13..];
+            for bytes in &files {
+                assert!(!contains(bytes, needle));
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn loose_side_files_are_restricted_on_open() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let env = Env::new();
+        env.add("a", "v");
+        let db = env.db();
+        let wal = side(&db, "-wal");
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _again = Store::open(&db, OpenMode::MustExist).unwrap();
+        assert_eq!(mode_of(&wal), 0o600);
+        // A database file opened up on purpose is respected.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let _third = Store::open(&db, OpenMode::MustExist).unwrap();
+        assert_eq!(mode_of(&wal), 0o640);
+    }
+
+    #[test]
+    fn rotation_with_a_wrong_old_key_changes_nothing() {
+        let env = Env::new();
+        env.add("a", "value-a");
+        let before = env.dump();
+        let err = env
+            .store
+            .rotate_master_key(&MasterKey::generate(), &MasterKey::generate())
+            .unwrap_err();
+        assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
+        assert_eq!(env.dump(), before);
+        assert_eq!(env.value("a").unwrap().unwrap().0.as_str(), "value-a");
+    }
+
+    #[test]
+    fn rotation_aborts_on_a_damaged_data_key_and_keeps_the_old_state() {
+        let env = Env::new();
+        env.add("a", "value-a");
+        env.store
+            .add_connection("zz", "z", "value-z", &hosts(&["h"]), "query:k", &env.key)
+            .unwrap();
+        // Damage the last data key in rotation order, so earlier ones were
+        // already unwrapped when it fails.
+        let wrapped: Vec<u8> = env
+            .store
+            .conn
+            .query_row(
+                "SELECT wrapped_key FROM workspaces WHERE name='zz'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut bad = wrapped.clone();
+        bad[20] ^= 0xff;
+        env.store
+            .conn
+            .execute(
+                "UPDATE workspaces SET wrapped_key = ?1 WHERE name='zz'",
+                params![bad],
+            )
+            .unwrap();
+        let before = env.dump();
+        let new = MasterKey::generate();
+        let err = env.store.rotate_master_key(&env.key, &new).unwrap_err();
+        assert!(matches!(err, StoreError::DataKeyTampered { .. }), "{err}");
+        assert!(err.to_string().contains("workspace `zz`"), "{err}");
+        assert_eq!(env.dump(), before);
+        assert_eq!(env.value("a").unwrap().unwrap().0.as_str(), "value-a");
+        assert!(matches!(
+            env.store.check_key(&new),
+            Err(StoreError::KeyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn rotation_interrupted_mid_write_rolls_back() {
+        let env = Env::new();
+        env.add("a", "value-a");
+        env.store
+            .add_connection("ws2", "b", "value-b", &hosts(&["h"]), "query:k", &env.key)
+            .unwrap();
+        // Fail the second re-wrap write after the first has been made, as a
+        // crash or a full disk would.
+        env.store
+            .conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER crash BEFORE UPDATE ON workspaces WHEN NEW.name = 'ws2'
+                 BEGIN SELECT RAISE(ABORT, 'simulated failure'); END;",
+            )
+            .unwrap();
+        let before = env.dump();
+        let new = MasterKey::generate();
+        let err = env.store.rotate_master_key(&env.key, &new).unwrap_err();
+        assert!(matches!(err, StoreError::Sql { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("re-wrapping the data key of workspace `ws2`"),
+            "{err}"
+        );
+        assert!(
+            env.store.conn.is_autocommit(),
+            "the transaction was rolled back"
+        );
+        assert_eq!(env.dump(), before);
+        assert_eq!(env.value("a").unwrap().unwrap().0.as_str(), "value-a");
+        assert_eq!(
+            env.store
+                .connection_value("ws2", "b", &env.key)
+                .unwrap()
+                .unwrap()
+                .0
+                .as_str(),
+            "value-b"
+        );
+        // With the fault gone, the rotation goes through.
+        env.store.conn.execute_batch("DROP TRIGGER crash").unwrap();
+        assert_eq!(env.store.rotate_master_key(&env.key, &new).unwrap(), 2);
+        assert_eq!(
+            env.store
+                .connection_value("ws2", "b", &new)
+                .unwrap()
+                .unwrap()
+                .0
+                .as_str(),
+            "value-b"
+        );
+    }
+
+    #[test]
+    fn uncommitted_writes_of_a_dropped_store_are_lost_cleanly() {
+        // A process that dies inside a transaction: its store is dropped with
+        // the transaction open. The next open sees the old state.
+        let env = Env::new();
+        env.add("a", "value-a");
+        let db = env.db();
+        let before = env.dump();
+        {
+            let other = Store::open(&db, OpenMode::MustExist).unwrap();
+            other.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            other.conn.execute("DELETE FROM connections", []).unwrap();
+            other
+                .conn
+                .execute(
+                    "UPDATE meta SET value = 'x' WHERE key = 'master_fingerprint'",
+                    [],
+                )
+                .unwrap();
+            // Dropped without COMMIT.
+        }
+        let reopened = Store::open(&db, OpenMode::MustExist).unwrap();
+        assert_eq!(dump(&reopened.conn), before);
+    }
+
+    #[test]
+    fn properties_per_environment() {
+        let env = Env::new();
+        env.store
+            .set_property("ws", "dev", "BASE_URL", "http://dev")
+            .unwrap();
+        env.store
+            .set_property("ws", "prod", "BASE_URL", "https://prod")
+            .unwrap();
+        env.store.set_property("ws", "dev", "REGION", "eu").unwrap();
+        env.store
+            .set_property("other", "dev", "BASE_URL", "http://other")
+            .unwrap();
+        let dev = env.store.properties("ws", "dev").unwrap();
+        assert_eq!(dev.len(), 2);
+        assert_eq!(dev["BASE_URL"], "http://dev");
+        assert_eq!(dev["REGION"], "eu");
+        assert_eq!(env.store.properties("ws", "prod").unwrap().len(), 1);
+        assert_eq!(
+            env.store.properties("other", "dev").unwrap()["BASE_URL"],
+            "http://other"
+        );
+        assert!(env.store.properties("ws", "staging").unwrap().is_empty());
+        // Replace, remove.
+        env.store
+            .set_property("ws", "dev", "BASE_URL", "http://dev2")
+            .unwrap();
+        assert_eq!(
+            env.store.properties("ws", "dev").unwrap()["BASE_URL"],
+            "http://dev2"
+        );
+        env.store.remove_property("ws", "dev", "REGION").unwrap();
+        let err = env
+            .store
+            .remove_property("ws", "dev", "REGION")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no property `REGION` in environment `dev` of workspace `ws`"
+        );
+        assert_eq!(env.store.properties("ws", "dev").unwrap().len(), 1);
+        assert_eq!(
+            env.store.properties("ws", "prod").unwrap()["BASE_URL"],
+            "https://prod"
+        );
+    }
+
+    #[test]
+    fn bindings_per_environment() {
+        let env = Env::new();
+        env.add("github-prod", "p");
+        env.add("github-dev", "d");
+        env.store
+            .bind("ws", "prod", "github", "github-prod")
+            .unwrap();
+        env.store.bind("ws", "dev", "github", "github-dev").unwrap();
+        assert_eq!(
+            env.store
+                .resolve_connection("ws", "prod", "github")
+                .unwrap(),
+            "github-prod"
+        );
+        assert_eq!(
+            env.store.resolve_connection("ws", "dev", "github").unwrap(),
+            "github-dev"
+        );
+        // No binding: the same name.
+        assert_eq!(
+            env.store
+                .resolve_connection("ws", "staging", "github")
+                .unwrap(),
+            "github"
+        );
+        assert_eq!(
+            env.store.resolve_connection("ws", "prod", "slack").unwrap(),
+            "slack"
+        );
+        let prod = env.store.bindings("ws", "prod").unwrap();
+        assert_eq!(prod.len(), 1);
+        assert_eq!(prod["github"], "github-prod");
+        // Resolution then decryption, as the runtime's source does.
+        let stored = env.store.resolve_connection("ws", "dev", "github").unwrap();
+        assert_eq!(env.value(&stored).unwrap().unwrap().0.as_str(), "d");
+        // Rebind, unbind.
+        env.store
+            .bind("ws", "prod", "github", "github-dev")
+            .unwrap();
+        assert_eq!(
+            env.store
+                .resolve_connection("ws", "prod", "github")
+                .unwrap(),
+            "github-dev"
+        );
+        env.store.unbind("ws", "prod", "github").unwrap();
+        assert_eq!(
+            env.store
+                .resolve_connection("ws", "prod", "github")
+                .unwrap(),
+            "github"
+        );
+        let err = env.store.unbind("ws", "prod", "github").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no binding for `github` in environment `prod` of workspace `ws`"
+        );
+        assert_eq!(env.store.bindings("ws", "dev").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn recipes_save_get_list_remove() {
+        let env = Env::new();
+        assert!(env.store.recipe("ws", "sync").unwrap().is_none());
+        env.store
+            .save_recipe("ws", "sync", "[recipe]\nname = \"sync\"", "{\"format\":1}")
+            .unwrap();
+        env.store.save_recipe("ws", "alpha", "m", "l").unwrap();
+        env.store.save_recipe("other", "sync", "m2", "l2").unwrap();
+        let r = env.store.recipe("ws", "sync").unwrap().unwrap();
+        assert_eq!(r.name, "sync");
+        assert_eq!(r.manifest, "[recipe]\nname = \"sync\"");
+        assert_eq!(r.lock, "{\"format\":1}");
+        assert!(r.imported_at > 0);
+        let names: Vec<String> = env
+            .store
+            .list_recipes("ws")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["alpha", "sync"]);
+        env.store.save_recipe("ws", "sync", "m3", "l3").unwrap();
+        assert_eq!(
+            env.store.recipe("ws", "sync").unwrap().unwrap().manifest,
+            "m3"
+        );
+        env.store.remove_recipe("ws", "sync").unwrap();
+        assert!(env.store.recipe("ws", "sync").unwrap().is_none());
+        assert!(matches!(
+            env.store.remove_recipe("ws", "sync"),
+            Err(StoreError::RecipeNotFound { .. })
+        ));
+        assert_eq!(
+            env.store.recipe("other", "sync").unwrap().unwrap().manifest,
+            "m2"
+        );
+    }
+
+    #[test]
+    fn malformed_hosts_are_reported_not_panicked() {
+        let env = Env::new();
+        env.add("c", "v");
+        env.store
+            .conn
+            .execute(
+                "UPDATE connections SET hosts = 'not json' WHERE name='c'",
+                [],
+            )
+            .unwrap();
+        let err = env.store.list_connections("ws").unwrap_err();
+        assert!(matches!(err, StoreError::Malformed { .. }), "{err}");
+        assert!(err.to_string().contains("connection `c`"), "{err}");
+    }
+
+    #[test]
+    fn sql_errors_say_what_was_being_done() {
+        let env = Env::new();
+        env.store
+            .conn
+            .execute_batch("DROP TABLE properties")
+            .unwrap();
+        let err = env.store.properties("ws", "dev").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("listing properties of environment `dev` of workspace `ws`: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn now_is_unix_seconds() {
+        let t = now();
+        assert!(t > 1_700_000_000, "{t}");
+        assert!(t < 10_000_000_000, "{t}");
+    }
+}
