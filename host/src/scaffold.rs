@@ -122,7 +122,7 @@ fn fetch(input: Input) -> Result<Value, Error> {
     let base = properties::require("api_base")?;
     let token = secrets::get("api")?;
     log::info(&format!("fetching {}", input.path));
-    let response = http::Request::get(format!("{base}{}", input.path))
+    let response = http::Request::get(&format!("{base}{}", input.path))
         .header("accept", "application/json")
         .auth(&token)
         .send()?
@@ -182,7 +182,7 @@ pub(crate) fn build(recipe: &Path) -> Result<Vec<(String, PathBuf)>> {
             })?;
         if !output.status.success() {
             bail!(
-                "step `{}`: `cargo build` failed in {} (is the target installed? `rustup target add wasm32-wasip2`)",
+                "step `{}`: `cargo build` failed in {} (see cargo's output above)",
                 step.name,
                 crate_dir.display()
             );

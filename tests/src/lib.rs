@@ -38,3 +38,9 @@ pub use canary::{assert_absent, canary, find_encoded};
 pub use client::DirectClient;
 pub use mock::{MockServer, Recorded};
 pub use pki::TestPki;
+
+/// Directory of the guest components built for these tests (release,
+/// wasm32-wasip2), e.g. `github_issue.wasm`.
+pub fn guests_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("WRUN_GUESTS"))
+}

@@ -1,0 +1,811 @@
+//! End-to-end tests of the `wrun` binary: every command against loopback
+//! HTTPS mocks, every error case a recipe author meets, and canary scans
+//! of the database, bundles and output.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use serde_json::Value;
+use wrun_tests::{MockServer, TestPki, assert_absent, canary, guests_dir};
+
+/// A temporary author setup: database, key, two mock APIs, a recipe.
+struct Setup {
+    dir: PathBuf,
+    github: MockServer,
+    slack: MockServer,
+    github_token: String,
+    slack_token: String,
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wrun-cli-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let dir = tempdir();
+        let pki = TestPki::new(&["api.github.test", "slack.test"]);
+        std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();
+        let github = MockServer::start(&pki).await;
+        let slack = MockServer::start(&pki).await;
+        let github_token = canary("github");
+        let slack_token = canary("slack");
+        github.set_expected_bearer(github_token.clone());
+        slack.set_expected_bearer(slack_token.clone());
+        let setup = Setup {
+            dir,
+            github,
+            slack,
+            github_token,
+            slack_token,
+        };
+        setup.write_recipe("recipe", &setup.recipe_text());
+        setup
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.join("wrun.db")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join("master.key")
+    }
+
+    /// The `wrun` binary with this setup's database, key and egress settings.
+    fn wrun(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrun"));
+        cmd.current_dir(&self.dir)
+            .env("WRUN_DB", self.db())
+            .env("WRUN_KEY_FILE", self.key())
+            .env("WRUN_CA_FILE", self.dir.join("ca.pem"))
+            .env("WRUN_ALLOW_RANGES", "127.0.0.0/8")
+            .env(
+                "WRUN_RESOLVE",
+                "api.github.test=127.0.0.1,slack.test=127.0.0.1",
+            )
+            .env(
+                "WRUN_CACHE_DIR",
+                std::env::temp_dir().join("wrun-cli-test-cache"),
+            )
+            .env("NO_COLOR", "1")
+            .env_remove("WRUN_MASTER_KEY")
+            .env_remove("WRUN_WORKSPACE")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn recipe_text(&self) -> String {
+        r##"[recipe]
+name = "issue-to-slack"
+
+[trigger]
+kind = "webhook"
+
+[[steps]]
+name = "fetch-issue"
+component = "components/github-issue.wasm"
+action = "get-issue"
+input = { owner = "{{ trigger.owner }}", repo = "{{ trigger.repo }}", number = "{{ trigger.number }}" }
+
+[steps.grants]
+net = ["api.github.test:*"]
+secrets = { github = "github" }
+env = ["github_api"]
+
+[[steps]]
+name = "notify"
+component = "components/slack-post.wasm"
+action = "post-message"
+input = { channel = "{{ trigger.channel | default: \"#general\" }}", text = "{{ steps.fetch-issue.title }} by {{ steps.fetch-issue.author }}" }
+
+[steps.grants]
+net = ["slack.test:*"]
+secrets = { slack = "slack" }
+env = ["slack_api"]
+"##
+        .to_string()
+    }
+
+    /// Writes `DIR/NAME/recipe.toml` with the example components beside it.
+    fn write_recipe(&self, name: &str, text: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(dir.join("components")).unwrap();
+        for (from, to) in [
+            ("github_issue.wasm", "github-issue.wasm"),
+            ("slack_post.wasm", "slack-post.wasm"),
+        ] {
+            std::fs::copy(guests_dir().join(from), dir.join("components").join(to)).unwrap();
+        }
+        std::fs::write(dir.join("recipe.toml"), text).unwrap();
+        std::fs::write(
+            dir.join("input.json"),
+            r##"{"owner": "octo", "repo": "hello", "number": 7, "channel": "#triage"}"##,
+        )
+        .unwrap();
+        dir.join("recipe.toml")
+    }
+
+    fn recipe(&self) -> PathBuf {
+        self.dir.join("recipe").join("recipe.toml")
+    }
+
+    fn input(&self) -> PathBuf {
+        self.dir.join("recipe").join("input.json")
+    }
+
+    /// Key, both connections (values through stdin) and both properties.
+    fn bind_all(&self, workspace: &str) {
+        self.ok(self
+            .wrun()
+            .args([
+                "--workspace",
+                workspace,
+                "connection",
+                "add",
+                "github",
+                "--host",
+                "api.github.test:*",
+            ])
+            .write_stdin(self.github_token.clone()));
+        self.ok(self
+            .wrun()
+            .args([
+                "--workspace",
+                workspace,
+                "connection",
+                "add",
+                "slack",
+                "--host",
+                "slack.test:*",
+            ])
+            .write_stdin(self.slack_token.clone()));
+        let github_api = format!("github_api=https://api.github.test:{}", self.github.port());
+        let slack_api = format!("slack_api=https://slack.test:{}", self.slack.port());
+        self.ok(self
+            .wrun()
+            .args(["--workspace", workspace, "env", "set", &github_api]));
+        self.ok(self
+            .wrun()
+            .args(["--workspace", workspace, "env", "set", &slack_api]));
+    }
+
+    fn init(&self) {
+        self.ok(self.wrun().args(["key", "init"]));
+    }
+
+    fn ok(&self, cmd: &mut Command) -> Output {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "command failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs a command that must fail with `code`; returns stdout + stderr.
+    fn fails(&self, cmd: &mut Command, code: i32) -> String {
+        let out = cmd.output().unwrap();
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "expected exit {code}, got {}:\n{all}",
+            out.status
+        );
+        all
+    }
+
+    fn secrets(&self) -> [&str; 2] {
+        [&self.github_token, &self.slack_token]
+    }
+
+    /// The database and its WAL, as raw bytes.
+    fn db_bytes(&self) -> Vec<u8> {
+        let mut bytes = std::fs::read(self.db()).unwrap();
+        if let Ok(wal) = std::fs::read(self.dir.join("wrun.db-wal")) {
+            bytes.extend(wal);
+        }
+        bytes
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_author_adds_connections_checks_and_runs_a_recipe() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+
+    let list = s.ok(s.wrun().args(["connection", "list"]));
+    let listed = text(&list.stdout);
+    assert!(
+        listed.contains("github")
+            && listed.contains("api.github.test:*")
+            && listed.contains("Bearer {}"),
+        "{listed}"
+    );
+    let json_list: Value =
+        serde_json::from_slice(&s.ok(s.wrun().args(["--json", "connection", "list"])).stdout)
+            .unwrap();
+    assert_eq!(json_list.as_array().unwrap().len(), 2);
+
+    let check = s.ok(s.wrun().args(["check"]).arg(s.recipe()));
+    assert!(text(&check.stdout).contains("ok"));
+
+    let run = s.ok(s
+        .wrun()
+        .arg("run")
+        .arg(s.recipe())
+        .arg("--input")
+        .arg(s.input()));
+    let out = text(&run.stdout);
+    assert!(
+        out.contains("[1/2] fetch-issue ok") && out.contains("[2/2] notify ok"),
+        "{out}"
+    );
+    assert!(out.contains("Issue 7 title"), "{out}");
+
+    let json_run = s.ok(s
+        .wrun()
+        .args(["--json", "run"])
+        .arg(s.recipe())
+        .arg("--input")
+        .arg(s.input()));
+    let report: Value = serde_json::from_slice(&json_run.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["steps"][1]["output"]["channel"], "#triage");
+
+    // The upstreams got the values; nothing the author sees or the database
+    // holds contains them.
+    assert_eq!(
+        s.github.requests()[0].header("authorization"),
+        Some(format!("Bearer {}", s.github_token).as_str())
+    );
+    for output in [&run, &json_run, &list] {
+        assert_absent(&output.stdout, &s.secrets(), "wrun output");
+        assert_absent(&output.stderr, &s.secrets(), "wrun errors");
+    }
+    assert_absent(&s.db_bytes(), &s.secrets(), "the database file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_values_never_come_from_the_command_line() {
+    let s = Setup::new().await;
+    s.init();
+    let all = s.fails(
+        s.wrun().args([
+            "connection",
+            "add",
+            "x",
+            "--host",
+            "a.example.com",
+            "--value",
+            "secret",
+        ]),
+        2,
+    );
+    assert!(all.contains("--value"), "{all}");
+    let all = s.fails(
+        s.wrun()
+            .args(["connection", "add", "x", "--host", "a.example.com"])
+            .write_stdin(""),
+        2,
+    );
+    assert!(all.contains("empty"), "{all}");
+    let all = s.fails(
+        s.wrun()
+            .args([
+                "connection",
+                "add",
+                "x",
+                "--host",
+                "https://a.example.com",
+                "--apply",
+                "basic",
+            ])
+            .write_stdin("v"),
+        2,
+    );
+    assert!(all.contains("without a scheme"), "{all}");
+    let all = s.fails(
+        s.wrun()
+            .args([
+                "connection",
+                "add",
+                "x",
+                "--host",
+                "a.example.com",
+                "--apply",
+                "cookie:x",
+            ])
+            .write_stdin("v"),
+        2,
+    );
+    assert!(all.contains("placement"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_rotates_and_rm_removes_connections() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+    let new_token = canary("rotated");
+    s.github.set_expected_bearer(new_token.clone());
+    s.ok(s
+        .wrun()
+        .args(["connection", "update", "github"])
+        .write_stdin(new_token.clone()));
+    let listed = text(&s.ok(s.wrun().args(["connection", "list"])).stdout);
+    assert!(listed.contains("rotated"), "{listed}");
+    s.ok(s
+        .wrun()
+        .arg("run")
+        .arg(s.recipe())
+        .arg("--input")
+        .arg(s.input()));
+    s.ok(s.wrun().args(["connection", "rm", "slack"]));
+    let all = s.fails(
+        s.wrun()
+            .arg("run")
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(s.input()),
+        2,
+    );
+    assert!(all.contains("connection slack"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_keys_and_databases_are_clear_errors() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+    let before = s.db_bytes();
+
+    // Another key.
+    let other = s.dir.join("other.key");
+    s.ok(s
+        .wrun()
+        .args(["--key-file"])
+        .arg(&other)
+        .args(["--db"])
+        .arg(s.dir.join("other.db"))
+        .args(["key", "init"]));
+    let all = s.fails(
+        s.wrun()
+            .args(["--key-file"])
+            .arg(&other)
+            .arg("run")
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(s.input()),
+        2,
+    );
+    assert!(all.contains("master key does not match"), "{all}");
+    // No key.
+    let all = s.fails(
+        s.wrun()
+            .env_remove("WRUN_KEY_FILE")
+            .arg("run")
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(s.input()),
+        2,
+    );
+    assert!(all.contains("no master key"), "{all}");
+    // A missing database.
+    let all = s.fails(
+        s.wrun()
+            .env("WRUN_DB", s.dir.join("nope.db"))
+            .args(["connection", "list"]),
+        2,
+    );
+    assert!(all.contains("no wrun database at"), "{all}");
+    assert!(!s.dir.join("nope.db").exists());
+    // A file that is not a database is not touched.
+    let bogus = s.dir.join("bogus.db");
+    std::fs::write(&bogus, b"this is not sqlite, and it must stay this way").unwrap();
+    let all = s.fails(
+        s.wrun().env("WRUN_DB", &bogus).args(["connection", "list"]),
+        2,
+    );
+    assert!(
+        all.to_lowercase().contains("not a wrun database")
+            || all.contains("not a SQLite")
+            || all.contains("database"),
+        "{all}"
+    );
+    assert_eq!(
+        std::fs::read(&bogus).unwrap(),
+        b"this is not sqlite, and it must stay this way"
+    );
+    // Nothing changed, and the right key still works.
+    assert_eq!(s.db_bytes(), before);
+    s.ok(s
+        .wrun()
+        .arg("run")
+        .arg(s.recipe())
+        .arg("--input")
+        .arg(s.input()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_ciphertext_fails_authentication_without_leaking() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+    // Move slack's sealed value onto github's record.
+    let db = rusqlite::Connection::open(s.db()).unwrap();
+    db.execute(
+        "UPDATE connections SET sealed = (SELECT sealed FROM connections WHERE name = 'slack') WHERE name = 'github'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let out = s
+        .wrun()
+        .arg("run")
+        .arg(s.recipe())
+        .arg("--input")
+        .arg(s.input())
+        .output()
+        .unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("failed authentication"), "{all}");
+    assert_absent(all.as_bytes(), &s.secrets(), "error output");
+    assert!(s.github.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_every_problem_with_its_location() {
+    let s = Setup::new().await;
+    s.init();
+    let broken = s
+        .recipe_text()
+        .replace(
+            "kind = \"webhook\"",
+            "kind = \"webhook\"\ncolour = \"blue\"",
+        )
+        .replace("{{ trigger.owner }}", "{{ steps.notify.title }}")
+        .replace(
+            "env = [\"slack_api\"]",
+            "env = [\"slack_api\"]\ntimeout = \"soon\"",
+        );
+    let path = s.write_recipe("broken", &broken);
+    let all = s.fails(s.wrun().arg("check").arg(&path), 1);
+    assert!(all.contains("colour"), "{all}");
+    assert!(
+        all.contains("input.owner") && all.contains("notify"),
+        "{all}"
+    );
+    assert!(all.contains("timeout"), "{all}");
+    assert!(all.matches("error").count() >= 3, "{all}");
+
+    // Grants too narrow for the components, and nothing bound yet.
+    let narrow = s.recipe_text().replace("env = [\"github_api\"]\n", "");
+    let path = s.write_recipe("narrow", &narrow);
+    let all = s.fails(s.wrun().arg("check").arg(&path), 1);
+    assert!(
+        all.contains("fetch-issue")
+            && all.contains("wrun:recipe/properties")
+            && all.contains("`env` grant"),
+        "{all}"
+    );
+    assert!(
+        all.contains("connection `github` is not available"),
+        "{all}"
+    );
+    assert!(all.contains("property `slack_api` is not set"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_fails_the_run_with_a_clear_message() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+    let input = s.dir.join("missing-channel.json");
+    std::fs::write(
+        &input,
+        r##"{"owner": "octo", "repo": "hello", "number": 7, "channel": "#missing"}"##,
+    )
+    .unwrap();
+    let all = s.fails(
+        s.wrun()
+            .arg("run")
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(&input),
+        1,
+    );
+    assert!(
+        all.contains("[2/2] notify failed") && all.contains("channel_not_found"),
+        "{all}"
+    );
+    // A pill that points at a field the trigger lacks.
+    std::fs::write(&input, r#"{"owner": "octo", "repo": "hello"}"#).unwrap();
+    let all = s.fails(
+        s.wrun()
+            .arg("run")
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(&input),
+        1,
+    );
+    assert!(
+        all.contains("input.number") && all.contains("trigger.number"),
+        "{all}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_import_bind_and_run_round_trip_without_credentials() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+    let bundle = s.dir.join("issue-to-slack.wrun");
+    s.ok(s
+        .wrun()
+        .arg("export")
+        .arg(s.recipe())
+        .arg("-o")
+        .arg(&bundle));
+
+    // The bundle carries no value: neither in its bytes nor unpacked.
+    let raw = std::fs::read(&bundle).unwrap();
+    assert_absent(&raw, &s.secrets(), "the bundle");
+    let mut unpacked = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut unpacked).unwrap();
+    assert_absent(&unpacked, &s.secrets(), "the unpacked bundle");
+
+    // Another workspace imports it: nothing is bound there yet.
+    let into = s.dir.join("imported");
+    let out = s.ok(s
+        .wrun()
+        .args(["--workspace", "team-b", "import"])
+        .arg(&bundle)
+        .arg("--into")
+        .arg(&into));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("connection github") && all.contains("property slack_api"),
+        "{all}"
+    );
+    let all = s.fails(
+        s.wrun()
+            .args(["--workspace", "team-b", "run"])
+            .arg(into.join("recipe.toml"))
+            .arg("--input")
+            .arg(s.input()),
+        2,
+    );
+    assert!(
+        all.contains("cannot run") && all.contains("connection github"),
+        "{all}"
+    );
+
+    // Bind under other names through environment bindings, then run.
+    s.ok(s
+        .wrun()
+        .args([
+            "--workspace",
+            "team-b",
+            "connection",
+            "add",
+            "gh-b",
+            "--host",
+            "api.github.test:*",
+        ])
+        .write_stdin(s.github_token.clone()));
+    s.ok(s
+        .wrun()
+        .args([
+            "--workspace",
+            "team-b",
+            "connection",
+            "add",
+            "slack-b",
+            "--host",
+            "slack.test:*",
+        ])
+        .write_stdin(s.slack_token.clone()));
+    s.ok(s
+        .wrun()
+        .args(["--workspace", "team-b", "env", "bind", "github", "gh-b"]));
+    s.ok(s
+        .wrun()
+        .args(["--workspace", "team-b", "env", "bind", "slack", "slack-b"]));
+    s.ok(s
+        .wrun()
+        .args(["--workspace", "team-b", "env", "set"])
+        .arg(format!(
+            "github_api=https://api.github.test:{}",
+            s.github.port()
+        )));
+    s.ok(s
+        .wrun()
+        .args(["--workspace", "team-b", "env", "set"])
+        .arg(format!("slack_api=https://slack.test:{}", s.slack.port())));
+    let run = s.ok(s
+        .wrun()
+        .args(["--workspace", "team-b", "run"])
+        .arg(into.join("recipe.toml"))
+        .arg("--input")
+        .arg(s.input()));
+    assert!(text(&run.stdout).contains("recipe `issue-to-slack` ok"));
+
+    // An imported recipe whose component was changed is refused.
+    let component = into.join("components").join("fetch-issue.wasm");
+    let mut bytes = std::fs::read(&component).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&component, bytes).unwrap();
+    let all = s.fails(
+        s.wrun()
+            .args(["--workspace", "team-b", "run"])
+            .arg(into.join("recipe.toml"))
+            .arg("--input")
+            .arg(s.input()),
+        2,
+    );
+    assert!(all.contains("does not match"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_bundle_is_refused_and_leaves_nothing() {
+    let s = Setup::new().await;
+    s.init();
+    let bundle = s.dir.join("b.wrun");
+    s.ok(s
+        .wrun()
+        .arg("export")
+        .arg(s.recipe())
+        .arg("-o")
+        .arg(&bundle));
+    // Rebuild the archive with one component byte flipped.
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(&bundle).unwrap(),
+    ));
+    let tampered = s.dir.join("tampered.wrun");
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        std::fs::File::create(&tampered).unwrap(),
+        flate2::Compression::default(),
+    ));
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if name.ends_with("notify.wasm") {
+            data[100] ^= 0xff;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, &name, &data[..]).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap();
+    let into = s.dir.join("should-not-exist");
+    let all = s.fails(
+        s.wrun()
+            .arg("import")
+            .arg(&tampered)
+            .arg("--into")
+            .arg(&into),
+        2,
+    );
+    assert!(all.contains("does not match the lock"), "{all}");
+    assert!(!into.exists());
+    let all = s.fails(
+        s.wrun()
+            .arg("import")
+            .arg(s.recipe())
+            .arg("--into")
+            .arg(&into),
+        2,
+    );
+    assert!(all.contains("not a") || all.contains("bundle"), "{all}");
+    assert!(!into.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_every_connection_readable() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+    s.bind_all("team-b");
+    let new_key = s.dir.join("new.key");
+    let out = s.ok(s
+        .wrun()
+        .args(["key", "rotate", "--new-key-file"])
+        .arg(&new_key));
+    assert!(
+        text(&out.stdout).contains("re-wrapped 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    let all = s.fails(
+        s.wrun()
+            .arg("run")
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(s.input()),
+        2,
+    );
+    assert!(all.contains("master key does not match"), "{all}");
+    for ws in ["default", "team-b"] {
+        s.ok(s
+            .wrun()
+            .env("WRUN_KEY_FILE", &new_key)
+            .args(["--workspace", ws, "run"])
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(s.input()));
+    }
+    assert_absent(&s.db_bytes(), &s.secrets(), "the database after rotation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_file_and_database_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new().await;
+    s.init();
+    for path in [s.key(), s.db()] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    let all = s.fails(s.wrun().args(["key", "init"]), 2);
+    assert!(all.contains("exists"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_scaffolds_a_step_that_builds_and_checks() {
+    let s = Setup::new().await;
+    s.init();
+    s.ok(s.wrun().args(["new", "status-check"]));
+    let recipe = s.dir.join("status-check").join("recipe.toml");
+    assert!(recipe.exists());
+    let target = std::env::temp_dir().join("wrun-cli-test-build");
+    s.ok(s
+        .wrun()
+        .env("CARGO_TARGET_DIR", &target)
+        .arg("build")
+        .arg(&recipe));
+    assert!(
+        s.dir
+            .join("status-check/components/status-check.wasm")
+            .exists()
+    );
+    // The scaffold needs a connection and a property to be bound.
+    let all = s.fails(s.wrun().arg("check").arg(&recipe), 1);
+    assert!(
+        all.contains("connection `api-token`") && all.contains("property `api_base`"),
+        "{all}"
+    );
+    let all = s.fails(s.wrun().args(["new", "Bad Name"]), 2);
+    assert!(all.contains("not a valid name"), "{all}");
+}
+
+#[test]
+fn paths_are_what_the_tests_expect() {
+    assert!(guests_dir().join("github_issue.wasm").exists());
+    assert!(Path::new(env!("CARGO_BIN_EXE_wrun")).exists());
+}
