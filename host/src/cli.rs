@@ -749,7 +749,11 @@ async fn run_recipe(g: &Global, path: &Path, input: Option<&Path>, env: &str) ->
         })
         .await;
     if g.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let Some((hits, misses)) = engine.cache_stats() {
+            value["compile_cache"] = json!({ "hits": hits, "misses": misses });
+        }
+        println!("{value}");
     } else {
         let status = if report.ok {
             output::ok()

@@ -286,6 +286,32 @@ async fn an_author_adds_connections_checks_and_runs_a_recipe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_takes_its_components_from_the_compile_cache() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+    let cache = s.dir.join("cache");
+    let mut stats = Vec::new();
+    for _ in 0..2 {
+        let out = s.ok(s
+            .wrun()
+            .env("WRUN_CACHE_DIR", &cache)
+            .args(["--json", "run"])
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(s.input()));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        stats.push(report["compile_cache"].clone());
+    }
+    assert_eq!(stats[0]["misses"], 2, "{stats:?}");
+    assert_eq!(
+        stats[1]["misses"], 0,
+        "the second run recompiled: {stats:?}"
+    );
+    assert_eq!(stats[1]["hits"], 2, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_values_never_come_from_the_command_line() {
     let s = Setup::new().await;
     s.init();
@@ -802,6 +828,23 @@ async fn new_scaffolds_a_step_that_builds_and_checks() {
     );
     let all = s.fails(s.wrun().args(["new", "Bad Name"]), 2);
     assert!(all.contains("not a valid name"), "{all}");
+}
+
+#[test]
+fn the_readme_main_job_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new("bash")
+        .arg(root.join("guests/recipes/run-examples.sh"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("recipe `issue-to-slack` ok") && all.contains("recipe `issue-triage` ok"),
+        "{all}"
+    );
+    assert!(all.contains("[3/3] audit ok"), "{all}");
 }
 
 #[test]
