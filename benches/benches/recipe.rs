@@ -66,7 +66,9 @@ impl Fixture {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.env_remove("RUST_LOG").stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         cmd
     }
 }
@@ -80,20 +82,37 @@ fn fixture(bin: &Path, github_port: u16, slack_port: u16, ca: &str) -> Fixture {
     let guests = wrun_tests::guests_dir();
     std::fs::create_dir_all(dir.join("issue-to-slack/components")).expect("dirs");
     std::fs::create_dir_all(dir.join("issue-triage")).expect("dirs");
-    for (from, to) in [("github_issue.wasm", "github-issue.wasm"), ("slack_post.wasm", "slack-post.wasm")] {
-        std::fs::copy(guests.join(from), dir.join("issue-to-slack/components").join(to)).expect("component");
+    for (from, to) in [
+        ("github_issue.wasm", "github-issue.wasm"),
+        ("slack_post.wasm", "slack-post.wasm"),
+    ] {
+        std::fs::copy(
+            guests.join(from),
+            dir.join("issue-to-slack/components").join(to),
+        )
+        .expect("component");
     }
     for file in ["recipe.toml", "input.json"] {
-        std::fs::copy(repo.join("issue-triage").join(file), dir.join("issue-triage").join(file)).expect("recipe");
+        std::fs::copy(
+            repo.join("issue-triage").join(file),
+            dir.join("issue-triage").join(file),
+        )
+        .expect("recipe");
     }
     std::fs::write(dir.join("ca.pem"), ca).expect("ca");
     let fixture = Fixture {
         env: vec![
             ("WRUN_DB", dir.join("wrun.db").display().to_string()),
-            ("WRUN_KEY_FILE", dir.join("master.key").display().to_string()),
+            (
+                "WRUN_KEY_FILE",
+                dir.join("master.key").display().to_string(),
+            ),
             ("WRUN_CA_FILE", dir.join("ca.pem").display().to_string()),
             ("WRUN_ALLOW_RANGES", "127.0.0.0/8".into()),
-            ("WRUN_RESOLVE", "api.github.test=127.0.0.1,slack.test=127.0.0.1".into()),
+            (
+                "WRUN_RESOLVE",
+                "api.github.test=127.0.0.1,slack.test=127.0.0.1".into(),
+            ),
             ("WRUN_CACHE_DIR", dir.join("cache").display().to_string()),
         ],
         dir,
@@ -103,18 +122,54 @@ fn fixture(bin: &Path, github_port: u16, slack_port: u16, ca: &str) -> Fixture {
         cmd.args(args).stdin(Stdio::piped());
         let mut child = cmd.spawn().expect("wrun starts");
         if let Some(text) = stdin {
-            child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("stdin");
         }
         drop(child.stdin.take());
-        assert!(child.wait().expect("wrun ends").success(), "wrun {args:?} failed");
+        assert!(
+            child.wait().expect("wrun ends").success(),
+            "wrun {args:?} failed"
+        );
     };
     run(&["key", "init"], None);
-    run(&["connection", "add", "github", "--host", "api.github.test:*"], Some(GITHUB_TOKEN));
-    run(&["connection", "add", "slack", "--host", "slack.test:*"], Some(SLACK_TOKEN));
-    run(&["env", "set", &format!("github_api=https://api.github.test:{github_port}")], None);
-    run(&["env", "set", &format!("slack_api=https://slack.test:{slack_port}")], None);
+    run(
+        &["connection", "add", "github", "--host", "api.github.test:*"],
+        Some(GITHUB_TOKEN),
+    );
+    run(
+        &["connection", "add", "slack", "--host", "slack.test:*"],
+        Some(SLACK_TOKEN),
+    );
+    run(
+        &[
+            "env",
+            "set",
+            &format!("github_api=https://api.github.test:{github_port}"),
+        ],
+        None,
+    );
+    run(
+        &[
+            "env",
+            "set",
+            &format!("slack_api=https://slack.test:{slack_port}"),
+        ],
+        None,
+    );
     // Warm the compile cache.
-    run(&["run", &fixture.recipe().display().to_string(), "--input", &fixture.input().display().to_string()], None);
+    run(
+        &[
+            "run",
+            &fixture.recipe().display().to_string(),
+            "--input",
+            &fixture.input().display().to_string(),
+        ],
+        None,
+    );
     fixture
 }
 
@@ -171,7 +226,8 @@ fn recipe_run(c: &mut Criterion) {
             .expect("engine")
     };
     let components = [
-        std::fs::read(fx.dir.join("issue-to-slack/components/github-issue.wasm")).expect("component"),
+        std::fs::read(fx.dir.join("issue-to-slack/components/github-issue.wasm"))
+            .expect("component"),
         std::fs::read(fx.dir.join("issue-to-slack/components/slack-post.wasm")).expect("component"),
     ];
     group.bench_function("load_cache_hit", |b| {
@@ -184,17 +240,28 @@ fn recipe_run(c: &mut Criterion) {
     });
 
     let engine = build_engine();
-    let manifest = Manifest::parse(&std::fs::read_to_string(fx.recipe()).expect("recipe")).expect("manifest");
+    let manifest =
+        Manifest::parse(&std::fs::read_to_string(fx.recipe()).expect("recipe")).expect("manifest");
     let base = fx.recipe().parent().expect("dir").to_path_buf();
     let recipe = Recipe::load(&engine, manifest, |p| std::fs::read(base.join(p))).expect("recipe");
     let connections = StaticConnections::new()
         .with(
-            Connection::new("github", SecretValue::new(GITHUB_TOKEN), ["api.github.test:*"], Placement::bearer())
-                .expect("connection"),
+            Connection::new(
+                "github",
+                SecretValue::new(GITHUB_TOKEN),
+                ["api.github.test:*"],
+                Placement::bearer(),
+            )
+            .expect("connection"),
         )
         .with(
-            Connection::new("slack", SecretValue::new(SLACK_TOKEN), ["slack.test:*"], Placement::bearer())
-                .expect("connection"),
+            Connection::new(
+                "slack",
+                SecretValue::new(SLACK_TOKEN),
+                ["slack.test:*"],
+                Placement::bearer(),
+            )
+            .expect("connection"),
         );
     let connections = Arc::new(connections);
     let trigger = json!({ "owner": "octo", "repo": "hello", "number": 7 });
@@ -203,7 +270,10 @@ fn recipe_run(c: &mut Criterion) {
             let job = engine.job(
                 JobOptions::new("bench", "issue-triage")
                     .connections(connections.clone())
-                    .property("github_api", format!("https://api.github.test:{}", github.port()))
+                    .property(
+                        "github_api",
+                        format!("https://api.github.test:{}", github.port()),
+                    )
                     .property("slack_api", format!("https://slack.test:{}", slack.port())),
             );
             let report = recipe.run(&job, &trigger, |_| {}).await;

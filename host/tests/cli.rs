@@ -368,6 +368,68 @@ async fn connection_values_never_come_from_the_command_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_hold_their_own_properties_and_bindings() {
+    let s = Setup::new().await;
+    s.init();
+    s.bind_all("default");
+    s.ok(s.wrun().args([
+        "env",
+        "set",
+        "--env",
+        "prod",
+        "github_api=https://prod.example",
+    ]));
+    s.ok(s
+        .wrun()
+        .args(["env", "bind", "--env", "prod", "github", "github-prod"]));
+    let show: Value = serde_json::from_slice(
+        &s.ok(s.wrun().args(["--json", "env", "show", "--env", "prod"]))
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(show["properties"]["github_api"], "https://prod.example");
+    assert_eq!(show["bindings"]["github"], "github-prod");
+    let dev: Value =
+        serde_json::from_slice(&s.ok(s.wrun().args(["--json", "env", "show"])).stdout).unwrap();
+    assert!(
+        dev["properties"]["github_api"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://api.github.test:")
+    );
+    // prod lacks slack_api and its github binding points nowhere: the same
+    // recipe is refused there, and runs in dev.
+    let all = s.fails(
+        s.wrun()
+            .args(["run", "--env", "prod"])
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(s.input()),
+        2,
+    );
+    assert!(
+        all.contains("github-prod") && all.contains("property slack_api"),
+        "{all}"
+    );
+    s.ok(s
+        .wrun()
+        .arg("run")
+        .arg(s.recipe())
+        .arg("--input")
+        .arg(s.input()));
+    s.ok(s.wrun().args(["env", "unset", "slack_api"]));
+    let all = s.fails(
+        s.wrun()
+            .arg("run")
+            .arg(s.recipe())
+            .arg("--input")
+            .arg(s.input()),
+        2,
+    );
+    assert!(all.contains("property slack_api"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_rotates_and_rm_removes_connections() {
     let s = Setup::new().await;
     s.init();
