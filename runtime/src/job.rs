@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
@@ -32,9 +32,12 @@ use crate::secrets::{
 /// Values shorter than this are not marked: masking them would mangle text.
 const MIN_MARK_LEN: usize = crate::mask::MIN_VALUE_LEN;
 /// Most values a job's guests may mark; each mark rebuilds the job's masker.
-const MAX_MARKED: usize = 1024;
-/// Longest value a guest may mark.
-const MAX_MARK_LEN: usize = 64 << 10;
+const MAX_MARKED: usize = 256;
+/// Longest value a guest may mark (a token, not a document).
+const MAX_MARK_LEN: usize = 4 << 10;
+/// Most bytes a job's guests may mark in all: bounds the masker's size and
+/// the cost of rebuilding it inside a host call.
+const MAX_MARKED_BYTES: usize = 64 << 10;
 
 /// What a job needs from its host.
 pub struct JobOptions {
@@ -119,12 +122,18 @@ pub(crate) struct JobShared {
 }
 
 impl JobShared {
-    /// The masker of everything sensitive in this job.
-    pub(crate) fn mask(&self) -> Masker {
+    /// The sensitive state. Every write replaces whole values, so the state
+    /// is consistent even if a writer panicked: a poisoned lock is taken
+    /// over rather than answered with an empty (mask-nothing) state.
+    fn sensitive(&self) -> std::sync::RwLockReadGuard<'_, Sensitive> {
         self.sensitive
             .read()
-            .map(|s| s.mask.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The masker of everything sensitive in this job.
+    pub(crate) fn mask(&self) -> Masker {
+        self.sensitive().mask.clone()
     }
 
     /// Marks a guest-computed value as sensitive for the rest of the job.
@@ -134,14 +143,22 @@ impl JobShared {
             return Err("values shorter than 4 bytes are not masked");
         }
         if value.len() > MAX_MARK_LEN {
-            return Err("values longer than 64 KiB cannot be marked");
+            return Err("values longer than 4 KiB cannot be marked");
         }
-        if let Ok(mut s) = self.sensitive.write() {
+        {
+            let mut s = self
+                .sensitive
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             if s.marked.contains(&value) {
                 return Ok(());
             }
             if s.marked.len() >= MAX_MARKED {
-                return Err("the job has marked the maximum of 1024 values");
+                return Err("the job has marked the maximum of 256 values");
+            }
+            let marked_bytes: usize = s.marked.iter().map(String::len).sum();
+            if marked_bytes + value.len() > MAX_MARKED_BYTES {
+                return Err("the job has marked the maximum of 64 KiB of values");
             }
             s.mask = s.mask.extend([value.as_bytes()]);
             s.marked.push(value);
@@ -156,11 +173,7 @@ impl JobShared {
         let mut by_alias = HashMap::new();
         let mut fresh = Vec::new();
         for (alias, name) in step.grants.secrets() {
-            let known = self
-                .sensitive
-                .read()
-                .ok()
-                .and_then(|s| s.secrets.get(name).cloned());
+            let known = self.sensitive().secrets.get(name).cloned();
             let secret = match known {
                 Some(secret) => secret,
                 None => {
@@ -187,10 +200,10 @@ impl JobShared {
             by_alias.insert(alias.clone(), secret);
         }
         if !fresh.is_empty() {
-            let mut s = self.sensitive.write().map_err(|_| Error::Internal {
-                step: step.name().into(),
-                reason: "job state is poisoned".into(),
-            })?;
+            let mut s = self
+                .sensitive
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
 
             for secret in fresh {
                 s.secrets
@@ -362,10 +375,7 @@ impl Job {
     ) -> Result<Arc<Scope>> {
         let job = &self.shared;
         let (scrub, placeholders) = {
-            let s = job.sensitive.read().map_err(|_| Error::Internal {
-                step: step.name().into(),
-                reason: "job state is poisoned".into(),
-            })?;
+            let s = job.sensitive();
             (s.scrub.clone(), s.placeholders.clone().unwrap_or_default())
         };
         let shared_for_mask = job.clone();

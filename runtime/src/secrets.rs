@@ -192,9 +192,10 @@ impl Connection {
                 "connection `{name}` is bound to no host"
             )));
         }
-        if value.expose().is_empty() {
+        if value.expose().len() < crate::mask::MIN_VALUE_LEN {
             return Err(ConnectionError(format!(
-                "connection `{name}` has an empty value"
+                "connection `{name}` has a value shorter than {} bytes, too short to be masked reliably",
+                crate::mask::MIN_VALUE_LEN
             )));
         }
         Ok(Connection {
@@ -572,11 +573,20 @@ enum BodyKind {
     Other,
 }
 
-#[derive(Debug)]
 struct BodyUse {
     field: String,
+    /// The value, encoded for the body: never printed.
     encoded: Bytes,
     connection: String,
+}
+
+impl fmt::Debug for BodyUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyUse")
+            .field("field", &self.field)
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How many bytes before a placeholder are kept to check the field name.
@@ -614,6 +624,13 @@ impl BodyInjector {
     /// Connections whose values were put into the body.
     pub(crate) fn used(&self) -> &[String] {
         &self.used
+    }
+
+    /// Whether some placeholder could still be replaced (which changes the
+    /// body's length); otherwise any placeholder refuses the request and
+    /// the body goes out byte for byte.
+    pub(crate) fn may_inject(&self) -> bool {
+        self.decisions.iter().any(Result::is_ok)
     }
 
     fn drain(&mut self, last: bool) -> Result<Bytes, Refusal> {
@@ -814,6 +831,17 @@ mod tests {
         ] {
             assert!(bad.parse::<Placement>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn values_too_short_to_mask_are_refused() {
+        let short = Connection::new(
+            "c",
+            SecretValue::new("abc"),
+            ["a.example.com"],
+            Placement::bearer(),
+        );
+        assert!(short.unwrap_err().to_string().contains("too short"));
     }
 
     #[test]

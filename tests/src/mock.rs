@@ -369,6 +369,19 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Respons
         echo(&parts.method, path, query, &parts.headers, &body, true)
     } else if path.starts_with("/echo") {
         echo(&parts.method, path, query, &parts.headers, &body, false)
+    } else if path == "/encoded" || path == "/partial" {
+        // The echo, labelled as compressed or as a byte range: a response a
+        // scrubbing proxy cannot read as it is.
+        let mut response = echo(&parts.method, path, query, &parts.headers, &body, false);
+        if path == "/encoded" {
+            response.headers_mut().insert(
+                hyper::header::CONTENT_ENCODING,
+                hyper::header::HeaderValue::from_static("gzip"),
+            );
+        } else {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        }
+        response
     } else if path == "/redirect" {
         redirect(query)
     } else if let Some(code) = path.strip_prefix("/status/") {

@@ -195,6 +195,8 @@ impl Default for EgressLimits {
 const PREFETCH: usize = 64 << 10;
 /// Idle connections kept per destination.
 const POOL_PER_KEY: usize = 8;
+/// Idle connections kept in all.
+const POOL_TOTAL: usize = 256;
 
 type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
 
@@ -398,6 +400,30 @@ impl Egress {
             return Err(scope.refuse(&url, refusal, AuditKind::SecretMisuse));
         }
 
+        // Methods that reflect the request (TRACE) or tunnel past the egress
+        // (CONNECT) are never sent.
+        if matches!(parts.method, http::Method::TRACE | http::Method::CONNECT) {
+            drain_in_background(body);
+            return Err(refuse_egress(format!(
+                "the {} method is not allowed",
+                parts.method
+            )));
+        }
+        // A response is scrubbed of the job's secret values before the guest
+        // reads it, which only works on the whole, uncompressed body: no
+        // compression, no byte ranges (a 3-byte slice of an echoed value is
+        // below what can be masked). `Expect` is dropped so that no upstream
+        // can answer before the body is complete.
+        if !scope.scrub.is_empty() {
+            parts.headers.insert(
+                http::header::ACCEPT_ENCODING,
+                http::HeaderValue::from_static("identity"),
+            );
+            parts.headers.remove(http::header::RANGE);
+            parts.headers.remove(http::header::IF_RANGE);
+        }
+        parts.headers.remove(http::header::EXPECT);
+
         // Bodies: GET and HEAD without a length are sent empty (hyper would
         // drop the stream anyway); the guest's writes are drained.
         let content_type = parts
@@ -429,6 +455,8 @@ impl Egress {
             }
         };
         match body.exact_len() {
+            // A bodiless GET or HEAD keeps having no length header.
+            Some(_) if bodiless => {}
             Some(len) => {
                 parts
                     .headers
@@ -510,6 +538,18 @@ impl Egress {
 
         // Scrub the response before the guest sees it.
         let (mut head, incoming) = response.into_parts();
+        if !scope.scrub.is_empty() {
+            let encoded = head
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+            if encoded || head.status == http::StatusCode::PARTIAL_CONTENT {
+                return Err(refuse_egress(
+                    "the response is compressed or partial, so it cannot be scrubbed of secrets"
+                        .to_string(),
+                ));
+            }
+        }
         let mut scrubbed = http::HeaderMap::with_capacity(head.headers.len());
         for (name, value) in head.headers.iter() {
             let clean = scope.scrub.mask_bytes(value.as_bytes());
@@ -590,9 +630,15 @@ impl Egress {
 
     fn checkin(&self, key: PoolKey, sender: Sender) {
         if let Ok(mut pool) = self.pool.lock() {
+            // Closed connections and empty destinations go first, then the
+            // total is capped, so a step cannot pin sockets without bound.
+            pool.retain(|_, idle| {
+                idle.retain(|s| !s.is_closed());
+                !idle.is_empty()
+            });
+            let total: usize = pool.values().map(Vec::len).sum();
             let idle = pool.entry(key).or_default();
-            idle.retain(|s| !s.is_closed());
-            if idle.len() < POOL_PER_KEY {
+            if idle.len() < POOL_PER_KEY && total < POOL_TOTAL {
                 idle.push(sender);
             }
         }
@@ -731,7 +777,7 @@ impl RequestBody {
                         let injected = injector.used().to_vec();
                         return Ok(RequestBody {
                             prefix: Some(Bytes::from(prefix)),
-                            may_inject: true,
+                            may_inject: injector.may_inject(),
                             rest: Some((body, injector)),
                             limit,
                             sent: read,

@@ -336,3 +336,18 @@ async fn properties_outside_the_env_grant_are_invisible() {
     assert_eq!(out.output["values"]["secret_looking"], Value::Null);
     assert_eq!(out.output["values"]["github_api"], Value::Null);
 }
+
+#[tokio::test]
+async fn a_large_body_keeps_its_length_when_nothing_can_be_injected() {
+    let env = TestEnv::new().await;
+    let input = json!({ "url": env.url(API, "/echo"), "mib": 1, "content_length": true });
+    let out = success(
+        env.hostile(env.hostile_grants(), "big-request", input)
+            .await,
+    );
+    assert_eq!(out.output["status"], 200);
+    let got = &env.server.requests()[0];
+    assert_eq!(got.header("content-length"), Some("1048576"));
+    assert_eq!(got.header("transfer-encoding"), None);
+    assert_eq!(got.body.len(), 1 << 20);
+}

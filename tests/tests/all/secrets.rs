@@ -371,3 +371,65 @@ async fn a_step_cannot_use_a_placeholder_granted_to_another_step() {
     assert!(!env.server.raw_bytes_contain(b"second-canary-value"));
     let _ = Grants::none();
 }
+
+#[tokio::test]
+async fn compression_and_byte_ranges_cannot_bypass_response_scrubbing() {
+    let env = TestEnv::new().await;
+    // The guest asks for a compressed, partial echo of its own credential.
+    let headers = json!([
+        ["authorization", "Bearer {secret}"],
+        ["accept-encoding", "gzip, br"],
+        ["range", "bytes=0-2"],
+        ["expect", "100-continue"]
+    ]);
+    let input = with_secret(env.url(API, "/echo/ranged"), headers, None);
+    let result = env.hostile(env.hostile_grants(), "http", input).await;
+    env.assert_no_leak(&result);
+    success(result);
+    let got = &env.server.requests()[0];
+    assert_eq!(got.header("accept-encoding"), Some("identity"));
+    assert_eq!(got.header("range"), None);
+    assert_eq!(got.header("expect"), None);
+
+    // An upstream that compresses or answers partially anyway is refused.
+    for path in ["/encoded", "/partial"] {
+        let input = with_secret(
+            env.url(API, path),
+            json!([["authorization", "Bearer {secret}"]]),
+            None,
+        );
+        let result = env.hostile(env.hostile_grants(), "http", input).await;
+        env.assert_no_leak(&result);
+        let (text, _) = failure(result);
+        assert!(text.contains("cannot be scrubbed"), "{path}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn trace_and_connect_are_never_sent() {
+    let env = TestEnv::new().await;
+    for method in ["TRACE", "CONNECT"] {
+        let input = json!({ "url": env.url(API, "/echo"), "method": method });
+        let (text, _) = failure(env.hostile(env.hostile_grants(), "http", input).await);
+        assert!(
+            text.contains("method is not allowed") || text.contains("Method"),
+            "{method}: {text}"
+        );
+    }
+    assert!(env.server.requests().is_empty());
+}
+
+#[tokio::test]
+async fn marking_is_bounded() {
+    let env = TestEnv::new().await;
+    let huge = "x".repeat(5000);
+    let out = success(
+        env.hostile(env.hostile_grants(), "mark", json!({ "value": huge }))
+            .await,
+    );
+    assert!(
+        logs(&out.events).contains("mask.mark ignored: values longer than 4 KiB"),
+        "{}",
+        logs(&out.events)
+    );
+}
