@@ -337,6 +337,13 @@ async fn connection_values_never_come_from_the_command_line() {
     assert!(all.contains("empty"), "{all}");
     let all = s.fails(
         s.wrun()
+            .args(["connection", "add", "x", "--host", "a.example.com"])
+            .write_stdin("abc"),
+        2,
+    );
+    assert!(all.contains("too short"), "{all}");
+    let all = s.fails(
+        s.wrun()
             .args([
                 "connection",
                 "add",
