@@ -358,6 +358,11 @@ fn read_secret_value(name: &str) -> Result<String> {
         !value.is_empty(),
         "the value of connection `{name}` is empty"
     );
+    ensure!(
+        value.len() >= wrun_runtime::mask::MIN_VALUE_LEN,
+        "the value of connection `{name}` is shorter than {} bytes, too short to be masked reliably",
+        wrun_runtime::mask::MIN_VALUE_LEN
+    );
     Ok(value)
 }
 
