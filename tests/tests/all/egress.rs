@@ -351,3 +351,33 @@ async fn a_large_body_keeps_its_length_when_nothing_can_be_injected() {
     assert_eq!(got.header("transfer-encoding"), None);
     assert_eq!(got.body.len(), 1 << 20);
 }
+
+#[tokio::test]
+async fn a_slow_upstream_hits_the_first_byte_timeout() {
+    let env = TestEnv::with(|b| {
+        b.allow_range("127.0.0.0/8".parse().unwrap()).egress_limits(
+            wrun_runtime::egress::EgressLimits {
+                first_byte_timeout: std::time::Duration::from_millis(200),
+                ..Default::default()
+            },
+        )
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (text, _) = failure(
+        env.hostile(
+            env.hostile_grants(),
+            "http",
+            http(&env.url(API, "/slow?ms=5000")),
+        )
+        .await,
+    );
+    assert!(
+        text.contains("Timeout") || text.contains("timeout"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "the timeout did not apply"
+    );
+}

@@ -142,3 +142,13 @@ async fn a_full_instance_pool_is_a_clear_busy_error() {
     assert!(matches!(f.error, Error::Busy { .. }), "{text}");
     assert!(text.contains("concurrency limit"), "{text}");
 }
+
+#[tokio::test]
+async fn the_job_log_is_bounded_per_step() {
+    let env = TestEnv::with(|b| b.allow_range("127.0.0.0/8".parse().unwrap()).log_limit(600)).await;
+    let input = json!({ "url": env.url(API, "/echo/a-long-path-to-make-the-echo-longer"), "secret": "api", "how": "all" });
+    let out = success(env.hostile(env.hostile_grants(), "leak", input).await);
+    let text = logs(&out.events);
+    assert!(text.contains("log limit reached"), "{text}");
+    assert!(text.len() < 2000, "{} bytes of log kept", text.len());
+}
