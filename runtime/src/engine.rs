@@ -218,14 +218,16 @@ impl EngineBuilder {
         // for `max_concurrent_steps` components.
         let n = self.max_concurrent_steps;
         let mut pool = wasmtime::PoolingAllocationConfig::default();
+        // Components built from other languages carry their runtime as
+        // several core modules (componentize-py: 14 core instances).
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
+            .total_core_instances(n.saturating_mul(16))
             .total_memories(n.saturating_mul(2))
             .total_tables(n.saturating_mul(4))
             .total_stacks(n)
             .max_memories_per_component(2)
             .max_tables_per_component(4)
-            .max_core_instances_per_component(8)
+            .max_core_instances_per_component(32)
             .max_memory_size(max_memory)
             .table_elements(20_000);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
@@ -382,17 +384,19 @@ impl Step {
     }
 }
 
-/// Which grant an import needs; `Err` for imports no grant allows.
-fn grant_for(import: &str) -> std::result::Result<Option<&'static str>, &'static str> {
+/// Which grant an import needs, if any.
+///
+/// `wasi:sockets` is linked but inert: language runtimes (CPython's libc)
+/// import it whether or not a step uses it, and the WASI context of every
+/// step refuses TCP, UDP, name lookups and every address. The only way out
+/// of a step is `wasi:http` through the egress.
+fn grant_for(import: &str) -> Option<&'static str> {
     let base = import.split('@').next().unwrap_or(import);
     match base {
-        "wasi:http/outgoing-handler" => Ok(Some("net")),
-        "wrun:recipe/secrets" => Ok(Some("secrets")),
-        "wrun:recipe/properties" => Ok(Some("env")),
-        _ if base.starts_with("wasi:sockets/") => Err(
-            "raw sockets are not available to steps; send HTTPS requests through wasi:http with a `net` grant",
-        ),
-        _ => Ok(None),
+        "wasi:http/outgoing-handler" => Some("net"),
+        "wrun:recipe/secrets" => Some("secrets"),
+        "wrun:recipe/properties" => Some("env"),
+        _ => None,
     }
 }
 
@@ -456,29 +460,21 @@ impl Engine {
     ///
     /// [`Error::MissingGrant`] for an import the step has no grant for (for
     /// example `wasi:http/outgoing-handler` without `net`);
-    /// [`Error::ForbiddenImport`] for imports no grant allows (sockets);
     /// [`Error::InvalidGrant`] for a timeout or memory grant above the
     /// operator's maximum.
     pub fn step(&self, name: &str, component: &Component, grants: Grants) -> Result<Step> {
         for import in component.imports.iter() {
-            let granted = match grant_for(import) {
-                Err(reason) => {
-                    return Err(Error::ForbiddenImport {
-                        step: name.into(),
-                        import: import.clone(),
-                        reason: reason.into(),
-                    });
-                }
-                Ok(None) => true,
-                Ok(Some("net")) => !grants.net.is_empty(),
-                Ok(Some("secrets")) => !grants.secrets.is_empty(),
-                Ok(Some(_)) => !grants.env.is_empty(),
+            let missing = match grant_for(import) {
+                Some("net") if grants.net.is_empty() => Some("net"),
+                Some("secrets") if grants.secrets.is_empty() => Some("secrets"),
+                Some("env") if grants.env.is_empty() => Some("env"),
+                _ => None,
             };
-            if !granted {
+            if let Some(grant) = missing {
                 return Err(Error::MissingGrant {
                     step: name.into(),
                     import: import.clone(),
-                    grant: grant_for(import).ok().flatten().unwrap_or("?"),
+                    grant,
                 });
             }
         }

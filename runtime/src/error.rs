@@ -59,17 +59,6 @@ pub enum Error {
         grant: &'static str,
     },
 
-    /// The component imports an interface that no grant can allow.
-    #[error("step `{step}`: component imports `{import}`, which wrun never grants: {reason}")]
-    ForbiddenImport {
-        /// The step.
-        step: String,
-        /// The import, for example `wasi:sockets/tcp@0.2.0`.
-        import: String,
-        /// Why it is never granted and what to use instead.
-        reason: String,
-    },
-
     /// A connection named by the step's `secrets` grant could not be had.
     #[error("step `{step}`: secret alias `{alias}` (connection `{connection}`): {reason}")]
     Connection {
@@ -181,7 +170,6 @@ impl Error {
             Error::Config(_) | Error::Compile { .. } | Error::WitMismatch { .. } => None,
             Error::InvalidGrant { step, .. }
             | Error::MissingGrant { step, .. }
-            | Error::ForbiddenImport { step, .. }
             | Error::Connection { step, .. }
             | Error::UnknownAction { step, .. }
             | Error::InvalidInput { step, .. }
