@@ -1,0 +1,28 @@
+"""Non-secret properties of the environment the job runs in.
+
+Properties are things like a base URL that differ between dev, test and
+prod. A step sees only the names its ``env`` grant lists.
+"""
+
+from typing import Optional
+
+from wit_world.imports import properties as _raw
+
+from wrun_sdk.errors import Error
+
+
+def get(name: str, default: Optional[str] = None) -> Optional[str]:
+    """Gets a property, or ``default`` if it is not granted or has no value."""
+    value = _raw.get(name)
+    return default if value is None else value
+
+
+def require(name: str) -> str:
+    """Gets a property the step cannot do without; raises :class:`Error` if unset."""
+    value = _raw.get(name)
+    if value is None:
+        raise Error(
+            f"property `{name}` is not set (is it in the step's `env` grant "
+            "and defined for this environment?)"
+        )
+    return value
