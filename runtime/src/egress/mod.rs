@@ -517,6 +517,7 @@ impl Egress {
             .clone()
             .round_trip(&host, port, &addrs, request, deadline)
             .await;
+        let report_url = (scope.report_mask)().mask_str(&url).into_owned();
         let response = match response {
             Ok(r) => r,
             Err(e) => {
@@ -524,13 +525,23 @@ impl Egress {
                 if let Some(refusal) = refused {
                     return Err(scope.refuse(&url, refusal, AuditKind::EgressRefused));
                 }
+                // The request may have left with a value in it: record it,
+                // without a status.
+                scope.report(Event::Request {
+                    step: scope.step.clone(),
+                    method,
+                    url: report_url,
+                    status: None,
+                    connections: used,
+                    elapsed: started.elapsed(),
+                });
                 return Err(e);
             }
         };
         scope.report(Event::Request {
             step: scope.step.clone(),
             method,
-            url: (scope.report_mask)().mask_str(&url).into_owned(),
+            url: report_url,
             status: Some(response.status().as_u16()),
             connections: used,
             elapsed: started.elapsed(),

@@ -364,14 +364,12 @@ async fn a_slow_upstream_hits_the_first_byte_timeout() {
     })
     .await;
     let started = std::time::Instant::now();
-    let (text, _) = failure(
-        env.hostile(
-            env.hostile_grants(),
-            "http",
-            http(&env.url(API, "/slow?ms=5000")),
-        )
-        .await,
-    );
+    let input = json!({
+        "url": env.url(API, "/slow?ms=5000"),
+        "secret": "api",
+        "headers": [["authorization", "Bearer {secret}"]]
+    });
+    let (text, f) = failure(env.hostile(env.hostile_grants(), "http", input).await);
     assert!(
         text.contains("Timeout") || text.contains("timeout"),
         "{text}"
@@ -380,4 +378,9 @@ async fn a_slow_upstream_hits_the_first_byte_timeout() {
         started.elapsed() < std::time::Duration::from_secs(4),
         "the timeout did not apply"
     );
+    // The request left with the value: it is in the events, without a status.
+    let sent = f.events.iter().any(|e| {
+        matches!(e, wrun_runtime::Event::Request { status: None, connections, .. } if connections == &["api-token"])
+    });
+    assert!(sent, "{:?}", f.events);
 }
