@@ -1,8 +1,9 @@
-//! Builds the guest components the integration tests run.
+//! Builds the guest components the integration tests run: Rust, JavaScript
+//! and Python.
 
 #[path = "../guests/build_support.rs"]
 mod build_support;
 
 fn main() {
-    build_support::build();
+    build_support::build_all();
 }

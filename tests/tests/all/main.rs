@@ -11,4 +11,5 @@ mod egress;
 mod examples;
 mod limits;
 mod load;
+mod polyglot;
 mod secrets;
