@@ -170,3 +170,90 @@ async fn oversized_responses_are_cut_off() {
         );
     }
 }
+
+/// A Rust step, a JavaScript step and a Python step chained through data
+/// pills in one recipe and one job.
+#[tokio::test]
+async fn a_recipe_chains_rust_javascript_and_python_steps() {
+    use wrun_runtime::manifest::Manifest;
+    use wrun_runtime::recipe::{Recipe, StepStatus};
+
+    let env = TestEnv::new().await;
+    let grants = format!(
+        "[steps.grants]\nnet = [\"{}\"]\nsecrets = {{ github = \"api-token\" }}\nenv = [\"github_api\"]\n",
+        env.host(API)
+    );
+    let manifest = format!(
+        r#"[recipe]
+name = "three-languages"
+
+[[steps]]
+name = "rust-fetch"
+component = "rust.wasm"
+action = "get-issue"
+input = {{ owner = "{{{{ trigger.owner }}}}", repo = "{{{{ trigger.repo }}}}", number = "{{{{ trigger.number }}}}" }}
+{grants}
+[[steps]]
+name = "js-fetch"
+component = "js.wasm"
+action = "fetch-record"
+input = {{ owner = "{{{{ trigger.owner }}}}", repo = "{{{{ trigger.repo }}}}", number = "{{{{ steps.rust-fetch.number }}}}" }}
+{grants}
+[[steps]]
+name = "py-fetch"
+component = "py.wasm"
+action = "fetch-record"
+condition = "{{{{ steps.js-fetch.author }}}}"
+input = {{ owner = "{{{{ steps.rust-fetch.author }}}}", repo = "{{{{ trigger.repo }}}}", number = "{{{{ steps.js-fetch.number }}}}" }}
+{grants}"#
+    );
+    let manifest = Manifest::parse(&manifest).unwrap_or_else(|e| panic!("{e}"));
+    let [(_, js), (_, py)] = languages();
+    let recipe = Recipe::load(&env.engine, manifest, |path| match path.to_str() {
+        Some("rust.wasm") => Ok(guest_bytes("github-issue")),
+        Some("js.wasm") => std::fs::read(js.join("fetch-record.wasm")),
+        Some("py.wasm") => std::fs::read(py.join("fetch_record.wasm")),
+        _ => Err(std::io::Error::other("unknown component")),
+    })
+    .unwrap();
+    let job = env.job();
+    let report = recipe
+        .run(
+            &job,
+            &json!({ "owner": "octo", "repo": "hello", "number": 9 }),
+            |_| {},
+        )
+        .await;
+    assert!(report.ok, "{report:#?}");
+    let statuses: Vec<_> = report.steps.iter().map(|s| s.status.clone()).collect();
+    assert_eq!(
+        statuses,
+        [
+            StepStatus::Succeeded,
+            StepStatus::Succeeded,
+            StepStatus::Succeeded
+        ]
+    );
+    // The Python step got its owner from the Rust step and its number
+    // through the JavaScript step.
+    let paths: Vec<String> = env
+        .server
+        .requests()
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/repos/octo/hello/issues/9",
+            "/repos/octo/hello/issues/9",
+            "/repos/octocat/hello/issues/9"
+        ]
+    );
+    assert_eq!(
+        report.steps[2].output.as_ref().unwrap()["title"],
+        "Issue 9 title"
+    );
+    let everything = serde_json::to_string(&report).unwrap();
+    wrun_tests::assert_absent(everything.as_bytes(), &[&env.canary], "the run report");
+}
