@@ -80,6 +80,9 @@ enum Command {
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Language of the step.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: scaffold::Lang,
     },
     /// Build a recipe's step crates into components.
     Build {
@@ -292,9 +295,9 @@ fn default_cache_dir() -> PathBuf {
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
-        Command::New { name, dir } => {
+        Command::New { name, dir, lang } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            scaffold::new_recipe(&name, &dir)?;
+            scaffold::new_recipe(&name, &dir, lang)?;
             output::line(&format!("created recipe `{name}` in {}", dir.display()));
             output::line(&format!(
                 "next: wrun build {0}/recipe.toml && wrun check {0}/recipe.toml",

@@ -8,12 +8,27 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::bundle::read_manifest;
 
-/// The guest SDK this binary was built with, for scaffolded crates.
+/// The language a step is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Lang {
+    /// A Rust crate using the `wrun-sdk` crate.
+    Rust,
+    /// A JavaScript module built with componentize-js.
+    Js,
+    /// A Python module built with componentize-py.
+    Python,
+}
+
+/// The repository this binary was built from: its guest SDKs and WIT are
+/// what scaffolded steps build against.
+fn repo() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// The Rust guest SDK, for scaffolded crates.
 fn sdk_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("guests")
-        .join("sdk")
+    repo().join("guests").join("sdk")
 }
 
 fn valid_name(name: &str) -> bool {
@@ -29,34 +44,91 @@ fn valid_name(name: &str) -> bool {
 /// # Errors
 ///
 /// An invalid name, an existing `dir`, or an I/O error.
-pub(crate) fn new_recipe(name: &str, dir: &Path) -> Result<()> {
+pub(crate) fn new_recipe(name: &str, dir: &Path, lang: Lang) -> Result<()> {
     ensure!(
         valid_name(name),
         "`{name}` is not a valid name: use 1 to 64 lowercase letters, digits and `-`"
     );
     ensure!(!dir.exists(), "{} already exists", dir.display());
-    let sdk = sdk_path();
-    let sdk = sdk.canonicalize().unwrap_or(sdk);
-    let crate_dir = dir.join("steps").join(name);
-    std::fs::create_dir_all(crate_dir.join("src"))
-        .with_context(|| format!("creating {}", crate_dir.display()))?;
-    let files = [
+    let step_dir = dir.join("steps").join(name);
+    std::fs::create_dir_all(&step_dir)
+        .with_context(|| format!("creating {}", step_dir.display()))?;
+    let mut files = vec![
         (dir.join("recipe.toml"), RECIPE.replace("NAME", name)),
         (dir.join("input.json"), INPUT.to_string()),
         (dir.join(".gitignore"), "/target\n/components\n".to_string()),
-        (
-            crate_dir.join("Cargo.toml"),
-            CARGO
-                .replace("NAME", name)
-                .replace("SDK", &sdk.display().to_string()),
-        ),
-        (crate_dir.join("src").join("lib.rs"), LIB.to_string()),
     ];
+    match lang {
+        Lang::Rust => {
+            let sdk = sdk_path();
+            std::fs::create_dir_all(step_dir.join("src"))?;
+            files.push((
+                step_dir.join("Cargo.toml"),
+                CARGO
+                    .replace("NAME", name)
+                    .replace("SDK", &sdk.display().to_string()),
+            ));
+            files.push((step_dir.join("src").join("lib.rs"), LIB.to_string()));
+        }
+        Lang::Js => {
+            // The SDK is copied next to the step: componentize-js resolves
+            // relative imports only.
+            let sdk_dir = step_dir.join("sdk");
+            std::fs::create_dir_all(&sdk_dir)?;
+            for file in ["wrun.js", "imports.js"] {
+                let from = repo().join("guests").join("js").join("sdk").join(file);
+                std::fs::copy(&from, sdk_dir.join(file))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+            files.push((step_dir.join("step.js"), STEP_JS.to_string()));
+        }
+        Lang::Python => files.push((step_dir.join("step.py"), STEP_PY.to_string())),
+    }
     for (path, text) in files {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
+
+const STEP_JS: &str = r#"// A wrun step: fetch a JSON document with the `api` connection.
+import { auth, errorForStatus, fetch, log, properties, secrets, step } from './sdk/wrun.js';
+
+async function fetchDocument({ path }) {
+  const base = properties.require('api_base');
+  const token = secrets.get('api');
+  log.info(`fetching ${path}`);
+  const response = await fetch(`${base}${path}`, auth({ headers: { accept: 'application/json' } }, token));
+  return (await errorForStatus(response)).json();
+}
+
+export const actions = step({ fetch: fetchDocument });
+"#;
+
+const STEP_PY: &str = r#""""A wrun step: fetch a JSON document with the `api` connection."""
+
+from dataclasses import dataclass
+
+from wrun_sdk import Actions, action, http, log, properties, secrets
+
+__all__ = ["Actions"]
+
+
+@dataclass
+class Input:
+    """The input of ``fetch``."""
+
+    path: str
+
+
+@action("fetch", input=Input)
+def fetch(data: Input) -> dict:
+    """Fetches ``api_base + path`` with the ``api`` secret."""
+    base = properties.require("api_base")
+    token = secrets.get("api")
+    log.info(f"fetching {data.path}")
+    response = http.get(f"{base}{data.path}", headers={"Accept": "application/json"}, auth=token)
+    return response.raise_for_status().json()
+"#;
 
 const RECIPE: &str = r#"# A recipe: a trigger, then steps. See the manifest reference in wrun's README.
 [recipe]
@@ -159,6 +231,21 @@ pub(crate) fn build(recipe: &Path) -> Result<Vec<(String, PathBuf)>> {
             continue;
         };
         let crate_dir = base.join(crate_dir);
+        let dest = cwd.join(base.join(&step.component));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        if crate_dir.join("step.js").exists() {
+            build_js(&step.name, &cwd.join(&crate_dir), &dest)?;
+            built.push((step.name.clone(), dest));
+            continue;
+        }
+        if crate_dir.join("step.py").exists() {
+            build_python(&step.name, &cwd.join(&crate_dir), &dest)?;
+            built.push((step.name.clone(), dest));
+            continue;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let output = Command::new(cargo)
             .current_dir(&crate_dir)
@@ -221,4 +308,80 @@ pub(crate) fn build(recipe: &Path) -> Result<Vec<(String, PathBuf)>> {
         recipe.display()
     );
     Ok(built)
+}
+
+/// Runs a toolchain command for a step, with a clear error when it fails.
+fn run_tool(step: &str, cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| {
+        format!(
+            "step `{step}`: cannot start {what} ({:?})",
+            cmd.get_program()
+        )
+    })?;
+    ensure!(
+        status.success(),
+        "step `{step}`: {what} failed (see its output above)"
+    );
+    Ok(())
+}
+
+/// `step.js` -> component with componentize-js (installed from npm into the
+/// repository's `guests/js` on first use).
+fn build_js(step: &str, dir: &Path, dest: &Path) -> Result<()> {
+    let js = repo().join("guests").join("js");
+    if !js
+        .join("node_modules")
+        .join("@bytecodealliance")
+        .join("componentize-js")
+        .exists()
+    {
+        run_tool(
+            step,
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund"])
+                .current_dir(&js),
+            "installing componentize-js (npm install; is node with npm installed?)",
+        )?;
+    }
+    run_tool(
+        step,
+        Command::new("node")
+            .arg(js.join("build.mjs"))
+            .arg(dir.join("step.js"))
+            .arg(dest)
+            // A scaffolded step carries its own copy of the SDK, which the
+            // import trimming of build.mjs does not follow: import the whole
+            // world (the scaffold's grants cover it).
+            .arg("--all-imports")
+            .current_dir(&js),
+        "componentize-js",
+    )
+}
+
+/// `step.py` -> component with componentize-py (installed from PyPI into the
+/// repository's `guests/python/.venv` on first use).
+fn build_python(step: &str, dir: &Path, dest: &Path) -> Result<()> {
+    let py = repo().join("guests").join("python");
+    let tool = py.join(".venv").join("bin").join("componentize-py");
+    if !tool.exists() {
+        run_tool(
+            step,
+            Command::new("bash").arg("build.sh").current_dir(&py),
+            "installing componentize-py (guests/python/build.sh; is python3 with venv installed?)",
+        )?;
+    }
+    run_tool(
+        step,
+        Command::new(&tool)
+            .arg("-q")
+            .arg("-d")
+            .arg(repo().join("wit"))
+            .args(["-w", "step", "componentize", "step", "-p"])
+            .arg(dir)
+            .arg("-p")
+            .arg(py.join("sdk"))
+            .arg("-o")
+            .arg(dest),
+        "componentize-py",
+    )
 }

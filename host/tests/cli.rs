@@ -899,6 +899,37 @@ async fn new_scaffolds_a_step_that_builds_and_checks() {
     assert!(all.contains("not a valid name"), "{all}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_scaffolds_javascript_and_python_steps_that_build_and_check() {
+    let s = Setup::new().await;
+    s.init();
+    for (name, lang) in [("js-check", "js"), ("py-check", "python")] {
+        s.ok(s.wrun().args(["new", name, "--lang", lang]));
+        let recipe = s.dir.join(name).join("recipe.toml");
+        s.ok(s.wrun().arg("build").arg(&recipe));
+        assert!(
+            s.dir
+                .join(name)
+                .join(format!("components/{name}.wasm"))
+                .exists(),
+            "{lang}"
+        );
+        // The component, its grants and its action check out; only the
+        // connection and the property are still to be bound.
+        let all = s.fails(s.wrun().arg("check").arg(&recipe), 1);
+        assert!(
+            all.contains("connection `api-token`") && all.contains("property `api_base`"),
+            "{lang}: {all}"
+        );
+        assert!(
+            !all.contains("has no action") && !all.contains("grant"),
+            "{lang}: {all}"
+        );
+    }
+    let all = s.fails(s.wrun().args(["new", "x", "--lang", "cobol"]), 2);
+    assert!(all.contains("cobol"), "{all}");
+}
+
 #[test]
 fn the_readme_main_job_runs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
