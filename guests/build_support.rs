@@ -29,8 +29,14 @@ pub(crate) fn build() {
 pub(crate) fn build_all() {
     let target = build_rust();
     let root = workspace_root();
+    // The build scripts of several crates may run at once: one npm install
+    // and one venv at a time.
+    let lock_path = target.join("polyglot.lock");
+    let lock = std::fs::File::create(&lock_path).expect("creating the guest build lock");
+    lock.lock().expect("taking the guest build lock");
     build_js(&root, &target);
     build_python(&root);
+    drop(lock);
 }
 
 fn workspace_root() -> PathBuf {
@@ -82,6 +88,7 @@ fn build_js(root: &Path, target: &Path) {
     for (entry, name) in [
         ("examples/fetch-record.js", "fetch-record"),
         ("fixtures/hostile.js", "hostile"),
+        ("fixtures/noop.js", "noop"),
     ] {
         run(
             Command::new("node")

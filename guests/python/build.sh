@@ -32,6 +32,7 @@ rm -rf "$out/bindings"
 components=(
     "fetch_record:examples"
     "hostile:fixtures"
+    "noop:fixtures"
 )
 for entry in "${components[@]}"; do
     module="${entry%%:*}"
