@@ -54,14 +54,16 @@ fn raw_engine() -> RawEngine {
     let n = 256;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
-        .total_core_instances(n * 8)
+        .total_core_instances(n * 16)
         .total_memories(n * 2)
         .total_tables(n * 4)
         .total_stacks(n)
         .max_memories_per_component(2)
         .max_tables_per_component(4)
-        .max_core_instances_per_component(8)
+        .max_core_instances_per_component(32)
         .max_memory_size(1 << 30)
+        .linear_memory_keep_resident(16 << 20)
+        .table_keep_resident(1 << 20)
         .table_elements(20_000);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     RawEngine::new(&config).expect("raw engine")

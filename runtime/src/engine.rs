@@ -36,7 +36,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// - up to 256 steps running at once (the instance pool size);
 /// - egress: the webpki roots, no operator CA, every non-public address
 ///   refused, the system resolver, plain TCP, [`EgressLimits::default`];
-/// - 1 MiB of log per step (guest log, stdout and stderr together).
+/// - 1 MiB of log per step (guest log, stdout and stderr together);
+/// - 16 MiB of each pooled memory kept resident between steps
+///   ([`EngineBuilder::keep_resident`]).
 #[derive(Clone)]
 pub struct EngineBuilder {
     cache_dir: Option<PathBuf>,
@@ -52,6 +54,7 @@ pub struct EngineBuilder {
     connector: Arc<dyn Connector>,
     egress_limits: EgressLimits,
     log_limit: usize,
+    keep_resident: usize,
 }
 
 impl Default for EngineBuilder {
@@ -88,6 +91,7 @@ impl EngineBuilder {
             connector: Arc::new(TcpConnector),
             egress_limits: EgressLimits::default(),
             log_limit: 1 << 20,
+            keep_resident: 16 << 20,
         }
     }
 
@@ -186,6 +190,17 @@ impl EngineBuilder {
         self
     }
 
+    /// Bytes of each pooled linear memory kept resident when a step ends:
+    /// they are reset in place rather than handed back to the kernel, which
+    /// spares the next step the page faults (a warm Python step: 1.5 ms
+    /// without, 0.9 ms with 16 MiB). Every slot is reset either way; the
+    /// cost is resident memory, up to this much per pool slot that has been
+    /// used. 0 hands everything back.
+    pub fn keep_resident(mut self, bytes: usize) -> Self {
+        self.keep_resident = bytes;
+        self
+    }
+
     /// Builds the engine.
     ///
     /// # Errors
@@ -229,6 +244,8 @@ impl EngineBuilder {
             .max_tables_per_component(4)
             .max_core_instances_per_component(32)
             .max_memory_size(max_memory)
+            .linear_memory_keep_resident(self.keep_resident)
+            .table_keep_resident(self.keep_resident.min(1 << 20))
             .table_elements(20_000);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let cache = if let Some(dir) = &self.cache_dir {
