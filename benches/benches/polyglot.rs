@@ -1,7 +1,8 @@
 //! The same trivial step (`noop`: JSON in, the same JSON out) written in
 //! Rust, JavaScript (componentize-js) and Python (componentize-py): component
 //! size, cold load (Cranelift compile, printed once per language), warm load
-//! (from the on-disk compile cache) and a warm step (fresh instance + call).
+//! (from the on-disk compile cache), warm instantiation (fresh instance + the
+//! trivial `names` export) and a warm step (fresh instance + the `noop` call).
 //! Run with `cargo bench -p wrun-benches --bench polyglot`.
 
 use std::hint::black_box;
@@ -77,6 +78,12 @@ fn polyglot(c: &mut Criterion) {
             JobOptions::new("bench", "polyglot")
                 .connections(Arc::new(StaticConnections::new().with(unused))),
         );
+        // Instantiation with the cheapest possible call (the `names`
+        // export), to separate the instance from the interpreter's work.
+        group.bench_function(format!("{lang}/warm_instantiate"), |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(job.actions(&step).await.expect("actions")) })
+        });
         group.bench_function(format!("{lang}/warm_step"), |b| {
             b.to_async(&rt).iter(|| async {
                 let out = job.run(&step, "noop", &input).await.expect("run");
