@@ -205,7 +205,8 @@ component = "py.wasm"
 action = "fetch-record"
 condition = "{{{{ steps.js-fetch.author }}}}"
 input = {{ owner = "{{{{ steps.rust-fetch.author }}}}", repo = "{{{{ trigger.repo }}}}", number = "{{{{ steps.js-fetch.number }}}}" }}
-{grants}"#
+{grants}mask = ["/author"]
+"#
     );
     let manifest = Manifest::parse(&manifest).unwrap_or_else(|e| panic!("{e}"));
     let [(_, js), (_, py)] = languages();
@@ -250,9 +251,14 @@ input = {{ owner = "{{{{ steps.rust-fetch.author }}}}", repo = "{{{{ trigger.rep
             "/repos/octocat/hello/issues/9"
         ]
     );
+    let stored = report.steps[2].output.as_ref().unwrap();
+    assert_eq!(stored["title"], "Issue 9 title");
+    // The Python step's `mask` grant masks a field of what is stored.
+    assert_eq!(stored["author"], "***");
+    // The JavaScript step marked the issue body it read: masked too.
     assert_eq!(
-        report.steps[2].output.as_ref().unwrap()["title"],
-        "Issue 9 title"
+        report.steps[1].output.as_ref().unwrap()["token_hint"],
+        "***"
     );
     let everything = serde_json::to_string(&report).unwrap();
     wrun_tests::assert_absent(everything.as_bytes(), &[&env.canary], "the run report");
