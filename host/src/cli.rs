@@ -458,15 +458,15 @@ fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
 /// Checks hosts and placement with the runtime's own parsers, before
 /// anything is stored.
 fn validate_connection(name: &str, hosts: &[String], apply: &str) -> Result<()> {
-    let placement: Placement = apply.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    // A stand-in value: only the hosts and the placement are checked here.
-    wrun_runtime::Connection::new(
-        name,
-        wrun_runtime::SecretValue::new("stand-in value"),
-        hosts,
-        placement,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    apply
+        .parse::<Placement>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hosts = wrun_runtime::policy::NetGrant::parse(hosts)
+        .map_err(|e| anyhow::anyhow!("connection `{name}`: {e}"))?;
+    ensure!(
+        !hosts.is_empty(),
+        "connection `{name}` needs at least one --host"
+    );
     Ok(())
 }
 

@@ -975,3 +975,21 @@ impl Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_static_resolver_falls_back_only_for_unknown_names() {
+        let pinned: IpAddr = "10.1.2.3".parse().unwrap();
+        let other: IpAddr = "203.0.113.9".parse().unwrap();
+        let fallback = StaticResolver::new().with("other.example", [other]);
+        let resolver = StaticResolver::new().with("Pinned.Example.", [pinned]);
+        assert!(resolver.resolve("other.example").await.is_err());
+        let resolver = resolver.fallback(Arc::new(fallback));
+        assert_eq!(resolver.resolve("pinned.example").await.unwrap(), [pinned]);
+        assert_eq!(resolver.resolve("other.example").await.unwrap(), [other]);
+        assert!(resolver.resolve("missing.example").await.is_err());
+    }
+}

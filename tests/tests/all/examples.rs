@@ -111,3 +111,57 @@ async fn oauth_client_credentials_uses_the_body_placement_and_masks_the_token() 
         "output, history and logs",
     );
 }
+
+/// Retries and conditions of a recipe, with real guests: a step that keeps
+/// failing is attempted as often as its policy says, with its backoff, and a
+/// falsy condition skips a step.
+#[tokio::test]
+async fn retries_and_conditions_run_as_the_manifest_says() {
+    use wrun_runtime::manifest::Manifest;
+    use wrun_runtime::recipe::{Recipe, StepStatus};
+
+    let env = TestEnv::new().await;
+    let grants = format!(
+        "[steps.grants]\nnet = [\"{}\"]\nsecrets = {{ slack = \"api-token\" }}\nenv = [\"slack_api\"]\n",
+        env.host(API)
+    );
+    let manifest = format!(
+        r##"[recipe]
+name = "retry-and-skip"
+
+[[steps]]
+name = "skipped"
+component = "slack.wasm"
+action = "post-message"
+condition = "{{{{ trigger.notify | default: false }}}}"
+input = {{ channel = "#triage", text = "never sent" }}
+{grants}
+[[steps]]
+name = "flaky"
+component = "slack.wasm"
+action = "post-message"
+retry = {{ attempts = 3, backoff = "50ms", max_backoff = "80ms" }}
+input = {{ channel = "#missing", text = "fails every time" }}
+{grants}"##
+    );
+    let manifest = Manifest::parse(&manifest).unwrap_or_else(|e| panic!("{e}"));
+    let recipe = Recipe::load(&env.engine, manifest, |_| Ok(guest_bytes("slack-post"))).unwrap();
+    let started = std::time::Instant::now();
+    let report = recipe.run(&env.job(), &json!({}), |_| {}).await;
+    assert!(!report.ok);
+    assert_eq!(report.steps[0].status, StepStatus::Skipped);
+    assert_eq!(report.steps[0].attempts, 0);
+    assert_eq!(report.steps[1].status, StepStatus::Failed);
+    assert_eq!(report.steps[1].attempts, 3);
+    assert!(
+        report.steps[1]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("channel_not_found")
+    );
+    // Two pauses: 50 ms, then 80 ms (doubled, capped).
+    assert!(started.elapsed() >= std::time::Duration::from_millis(130));
+    // The skipped step sent nothing; the flaky one tried three times.
+    assert_eq!(env.server.requests().len(), 3);
+}
