@@ -143,15 +143,75 @@ pub(crate) fn import(bundle: &Path, into: &Path) -> Result<(Manifest, Lock)> {
     );
     let file = std::fs::File::open(bundle)
         .with_context(|| format!("opening bundle {}", bundle.display()))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let (manifest, lock, entries) = read(file, &bundle.display().to_string())?;
+
+    // Write into a temporary sibling, then rename into place.
+    let parent = into
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".wrun-import-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a directory in {}", parent.display()))?;
+    std::fs::create_dir(tmp.path().join("components"))?;
+    for (name, bytes) in &entries {
+        std::fs::write(tmp.path().join(name), bytes).with_context(|| format!("writing {name}"))?;
+    }
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, into)
+        .with_context(|| format!("moving the recipe into {}", into.display()))?;
+    Ok((manifest, lock))
+}
+
+/// Checks the components of a recipe directory against its `wrun-lock.json`,
+/// when it has one (an imported recipe). Returns whether a lock was found.
+///
+/// # Errors
+///
+/// A component that is missing or does not match its hash.
+pub(crate) fn verify_dir(recipe: &Path) -> Result<bool> {
+    let base = recipe.parent().unwrap_or(Path::new("."));
+    let lock_path = base.join("wrun-lock.json");
+    if !lock_path.exists() {
+        return Ok(false);
+    }
+    let lock: Lock = serde_json::from_slice(&std::fs::read(&lock_path)?)
+        .with_context(|| format!("{} is invalid", lock_path.display()))?;
+    for (name, hash) in &lock.components {
+        let bytes = std::fs::read(base.join(name)).with_context(|| format!("reading {name}"))?;
+        ensure!(
+            &sha256_hex(&bytes) == hash,
+            "{name} does not match {} (it was changed after import)",
+            lock_path.display()
+        );
+    }
+    Ok(true)
+}
+
+/// A bundle read into memory and verified: the manifest, the lock, and
+/// every entry by name (`recipe.toml`, `wrun-lock.json`,
+/// `components/<step>.wasm`).
+pub(crate) type BundleContents = (Manifest, Lock, BTreeMap<String, Vec<u8>>);
+
+/// Reads a bundle from `source` (named `shown` in errors) and verifies it:
+/// only expected entries, sizes bounded, the lock's format and hashes, and a
+/// component for every step.
+///
+/// # Errors
+///
+/// As [`import`], without the directory.
+pub(crate) fn read(source: impl Read, shown: &str) -> Result<BundleContents> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(source));
     let mut entries: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut total = 0u64;
     for entry in archive
         .entries()
-        .with_context(|| format!("{} is not a wrun bundle", bundle.display()))?
+        .with_context(|| format!("{} is not a wrun bundle", shown))?
     {
         let mut entry =
-            entry.with_context(|| format!("{} is not a valid wrun bundle", bundle.display()))?;
+            entry.with_context(|| format!("{} is not a valid wrun bundle", shown))?;
         let name = entry.path()?.to_string_lossy().into_owned();
         let allowed = name == "wrun-lock.json"
             || name == "recipe.toml"
@@ -236,47 +296,5 @@ pub(crate) fn import(bundle: &Path, into: &Path) -> Result<(Manifest, Lock)> {
         "the bundle holds components the lock does not list"
     );
 
-    // Write into a temporary sibling, then rename into place.
-    let parent = into
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".wrun-import-")
-        .tempdir_in(parent)
-        .with_context(|| format!("creating a directory in {}", parent.display()))?;
-    std::fs::create_dir(tmp.path().join("components"))?;
-    for (name, bytes) in &entries {
-        std::fs::write(tmp.path().join(name), bytes).with_context(|| format!("writing {name}"))?;
-    }
-    let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, into)
-        .with_context(|| format!("moving the recipe into {}", into.display()))?;
-    Ok((manifest, lock))
-}
-
-/// Checks the components of a recipe directory against its `wrun-lock.json`,
-/// when it has one (an imported recipe). Returns whether a lock was found.
-///
-/// # Errors
-///
-/// A component that is missing or does not match its hash.
-pub(crate) fn verify_dir(recipe: &Path) -> Result<bool> {
-    let base = recipe.parent().unwrap_or(Path::new("."));
-    let lock_path = base.join("wrun-lock.json");
-    if !lock_path.exists() {
-        return Ok(false);
-    }
-    let lock: Lock = serde_json::from_slice(&std::fs::read(&lock_path)?)
-        .with_context(|| format!("{} is invalid", lock_path.display()))?;
-    for (name, hash) in &lock.components {
-        let bytes = std::fs::read(base.join(name)).with_context(|| format!("reading {name}"))?;
-        ensure!(
-            &sha256_hex(&bytes) == hash,
-            "{name} does not match {} (it was changed after import)",
-            lock_path.display()
-        );
-    }
-    Ok(true)
+    Ok((manifest, lock, entries))
 }

@@ -136,6 +136,89 @@ enum Command {
     /// Manage the master key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run the daemon: the HTTPS API, webhooks, schedules and the job runner.
+    Serve {
+        /// Configuration file (TOML); environment variables override it.
+        #[arg(long, env = "WRUN_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Manage the daemon's API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage the members of a workspace and their roles.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Verify or stream the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create an API token (printed once; only its hash is stored).
+    Create {
+        /// A label for the token.
+        #[arg(long)]
+        name: String,
+        /// The member whose role bounds the token.
+        #[arg(long)]
+        owner: String,
+        /// Scopes: `jobs:read`, `recipes:write`, `*:read`, ... (comma-separated or repeated).
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime, like `30d` or `12h` (mandatory).
+        #[arg(long)]
+        expires_in: humantime::Duration,
+        /// Longest lifetime the operator allows.
+        #[arg(long, default_value = "90d")]
+        max_lifetime: humantime::Duration,
+        /// CIDR the token may be used from (repeatable; default anywhere).
+        #[arg(long = "allow-ip", value_delimiter = ',')]
+        allow_ips: Vec<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token: refused from the next request on.
+    Revoke {
+        /// Token id (the part after `wrun_pat_`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCommand {
+    /// Add a member or change their role (admin, operator, analyst, or a custom role).
+    Set {
+        /// The member's subject (user id, or a JWT `sub`).
+        subject: String,
+        /// Role.
+        role: String,
+    },
+    /// Remove a member.
+    Rm {
+        /// The member's subject.
+        subject: String,
+    },
+    /// List members.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the MAC chain: finds removed, edited or reordered entries.
+    Verify,
+    /// Print entries as JSON lines (for a SIEM).
+    Stream {
+        /// Start after this entry.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep printing new entries as they are written.
+        #[arg(long)]
+        follow: bool,
+        /// Only this workspace's entries.
+        #[arg(long = "only-workspace")]
+        only_workspace: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -340,6 +423,137 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Connection(cmd) => connection(g, cmd),
         Command::Env(cmd) => env_command(g, cmd),
         Command::Key(cmd) => key_command(g, cmd),
+        Command::Serve { config } => {
+            let config = crate::daemon::config::DaemonConfig::load(config.as_deref())?;
+            let key = g.key()?;
+            let source = g.key_source().ok();
+            crate::daemon::serve(config, &g.db, key, source, g.engine()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(cmd) => token_command(g, cmd),
+        Command::Member(cmd) => member_command(g, cmd),
+        Command::Audit(cmd) => audit_command(g, cmd),
+    }
+}
+
+impl Cli {
+    /// Whether the command is `serve` (which logs errors by default).
+    pub(crate) fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
+}
+
+fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
+    use crate::daemon::admin;
+    let store = g.store()?;
+    match cmd {
+        TokenCommand::Create {
+            name,
+            owner,
+            scopes,
+            expires_in,
+            max_lifetime,
+            allow_ips,
+        } => {
+            let key = g.key()?;
+            let (id, token, expires_at) = admin::create_token(
+                &store,
+                &key,
+                &admin::TokenRequest {
+                    workspace: &g.workspace,
+                    name: &name,
+                    owner: &owner,
+                    scopes: &scopes,
+                    expires_in: expires_in.into(),
+                    max_lifetime: max_lifetime.into(),
+                    allow_ips: &allow_ips,
+                },
+            )?;
+            if g.json {
+                output::json(&json!({ "id": id, "token": token.as_str(), "expires_at": expires_at }));
+            } else {
+                println!("{}", token.as_str());
+                eprintln!("token {id} created; it is shown only this once");
+            }
+        }
+        TokenCommand::List => {
+            let tokens = admin::list_tokens(&store, &g.workspace)?;
+            if g.json {
+                output::json(&json!({ "tokens": tokens }));
+            } else {
+                for t in tokens {
+                    let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                    println!(
+                        "{}  {}  owner={}  scopes={}  expires_at={}  {}",
+                        t.id,
+                        t.name,
+                        t.owner,
+                        t.scopes.join(","),
+                        t.expires_at,
+                        state
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            admin::revoke_token(&store, &g.key()?, &g.workspace, &id)?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn member_command(g: &Global, cmd: MemberCommand) -> Result<ExitCode> {
+    use crate::daemon::admin;
+    match cmd {
+        MemberCommand::Set { subject, role } => {
+            let store = Store::open(&g.db, OpenMode::CreateIfMissing)?;
+            admin::set_member(&store, &g.key()?, &g.workspace, &subject, &role)?;
+            eprintln!("{subject} is now {role} in workspace {}", g.workspace);
+        }
+        MemberCommand::Rm { subject } => {
+            admin::remove_member(&g.store()?, &g.key()?, &g.workspace, &subject)?;
+            eprintln!("{subject} removed from workspace {}", g.workspace);
+        }
+        MemberCommand::List => {
+            for (subject, role) in admin::list_members(&g.store()?, &g.workspace)? {
+                println!("{subject}  {role}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_command(g: &Global, cmd: AuditCommand) -> Result<ExitCode> {
+    use crate::daemon::admin;
+    let store = g.store()?;
+    match cmd {
+        AuditCommand::Verify => {
+            let report = admin::verify_audit(&store, &g.key()?)?;
+            if g.json {
+                output::json(&json!({
+                    "entries": report.entries,
+                    "intact": report.is_intact(),
+                    "problems": report.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!("{report}");
+            }
+            Ok(if report.is_intact() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        AuditCommand::Stream {
+            after,
+            follow,
+            only_workspace,
+        } => {
+            let mut out = std::io::stdout().lock();
+            admin::stream_audit(&store, &mut out, after, only_workspace.as_deref(), follow)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

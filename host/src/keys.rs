@@ -419,6 +419,12 @@ impl DataKey {
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new((&*self.bytes).into())
     }
+
+    /// The key's bytes, for keys that are not AES keys (the audit log's MAC
+    /// key is stored as a wrapped data key). Never log or print them.
+    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.bytes
+    }
 }
 
 impl fmt::Debug for DataKey {

@@ -9,6 +9,7 @@
 mod bundle;
 mod cli;
 mod connections;
+mod daemon;
 mod keys;
 mod output;
 mod scaffold;
@@ -20,12 +21,20 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into());
-    tracing_subscriber::fmt()
+    // `wrun serve` logs errors by default (structured JSON lines); the
+    // other commands are silent unless RUST_LOG asks.
+    let default = if args.is_serve() { "error" } else { "off" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(std::env::var("WRUN_LOG").unwrap_or_default()))
+        .unwrap_or_else(|_| default.into());
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if args.is_serve() {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

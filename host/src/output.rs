@@ -42,3 +42,8 @@ pub(crate) fn dim(text: &str) -> String {
 pub(crate) fn line(text: &str) {
     anstream::println!("{text}");
 }
+
+/// Prints a JSON value on stdout (for `--json`).
+pub(crate) fn json(value: &serde_json::Value) {
+    println!("{value}");
+}

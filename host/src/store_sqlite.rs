@@ -80,7 +80,7 @@ use zeroize::Zeroizing;
 use crate::keys::{self, DataKey, KeyError, MasterKey};
 
 /// The schema version this code creates and understands.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -93,6 +93,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Associated-data prefix of a sealed connection value.
 const CONNECTION_AAD_PREFIX: &[u8] = b"wrun:conn:v1:";
+
+/// The name the audit log key is wrapped under (not a valid workspace
+/// name, so it cannot collide with one).
+const AUDIT_KEY_NAME: &str = "!audit";
 
 /// The longest name accepted for a workspace, environment, connection,
 /// property, binding or recipe.
@@ -140,6 +144,91 @@ CREATE TABLE recipes (
     lock        TEXT NOT NULL,
     imported_at INTEGER NOT NULL,
     PRIMARY KEY (workspace, name)
+) STRICT;
+";
+
+/// Version 2: the daemon's tables (members, roles, API tokens, stored
+/// components, triggers, jobs and their steps, workspace settings) and the
+/// audit log. Sealed columns use the workspace data key; see
+/// `daemon::storage` for their associated data.
+const SCHEMA_V2: &str = "
+CREATE TABLE members (
+    workspace  TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (workspace, subject)
+) STRICT;
+CREATE TABLE roles (
+    workspace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    permissions TEXT NOT NULL,
+    PRIMARY KEY (workspace, name)
+) STRICT;
+CREATE TABLE tokens (
+    id           TEXT PRIMARY KEY NOT NULL,
+    workspace    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    hash         BLOB NOT NULL,
+    owner        TEXT NOT NULL,
+    creator      TEXT NOT NULL,
+    scopes       TEXT NOT NULL,
+    allow_ips    TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    revoked_at   INTEGER,
+    last_used_at INTEGER,
+    last_used_ip TEXT
+) STRICT;
+CREATE INDEX tokens_workspace ON tokens (workspace);
+CREATE TABLE components (
+    sha256 TEXT PRIMARY KEY NOT NULL,
+    bytes  BLOB NOT NULL
+) STRICT;
+CREATE TABLE triggers (
+    id          TEXT PRIMARY KEY NOT NULL,
+    workspace   TEXT NOT NULL,
+    recipe      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    secret      BLOB,
+    cron        TEXT,
+    timezone    TEXT,
+    input       TEXT,
+    last_slot   INTEGER,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX triggers_recipe ON triggers (workspace, recipe);
+CREATE TABLE jobs (
+    id              TEXT PRIMARY KEY NOT NULL,
+    workspace       TEXT NOT NULL,
+    recipe          TEXT NOT NULL,
+    environment     TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    trigger_kind    TEXT NOT NULL,
+    payload         BLOB NOT NULL,
+    idempotency_key TEXT,
+    rerun_of        TEXT,
+    created_at      INTEGER NOT NULL,
+    started_at      INTEGER,
+    finished_at     INTEGER,
+    error           TEXT,
+    UNIQUE (workspace, recipe, idempotency_key)
+) STRICT;
+CREATE INDEX jobs_state ON jobs (state);
+CREATE INDEX jobs_workspace_created ON jobs (workspace, created_at);
+CREATE TABLE job_steps (
+    job        TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    idx        INTEGER NOT NULL,
+    step       TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    history    BLOB NOT NULL,
+    checkpoint BLOB,
+    PRIMARY KEY (job, idx)
+) STRICT;
+CREATE TABLE settings (
+    workspace      TEXT PRIMARY KEY NOT NULL,
+    retention_days INTEGER
 ) STRICT;
 ";
 
@@ -343,7 +432,7 @@ pub(crate) enum StoreError {
 }
 
 /// Adds "what was being done" to SQLite errors, and tells damage apart.
-trait Doing<T> {
+pub(crate) trait Doing<T> {
     /// Wraps the error with `doing()`.
     fn doing(self, doing: impl FnOnce() -> String) -> Result<T, StoreError>;
 }
@@ -421,7 +510,7 @@ impl fmt::Debug for Store {
 }
 
 /// Checks a name: 1 to 64 characters of `A-Za-z0-9-_.`.
-fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
     let ok = (1..=MAX_NAME_LEN).contains(&name.len())
         && name
             .bytes()
@@ -442,7 +531,7 @@ fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
 }
 
 /// Checks a placement: not empty, no control characters.
-fn check_placement(placement: &str) -> Result<(), StoreError> {
+pub(crate) fn check_placement(placement: &str) -> Result<(), StoreError> {
     if placement.trim().is_empty() {
         return Err(StoreError::InvalidInput {
             what: "connection placement".into(),
@@ -459,7 +548,7 @@ fn check_placement(placement: &str) -> Result<(), StoreError> {
 }
 
 /// The JSON text of a hosts list.
-fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
+pub(crate) fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(hosts).map_err(|_| StoreError::InvalidInput {
         what: "connection hosts".into(),
         reason: "they cannot be written as JSON",
@@ -467,7 +556,7 @@ fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
 }
 
 /// Parses the stored hosts of a connection.
-fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec<String>, StoreError> {
+pub(crate) fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json).map_err(|_| StoreError::Malformed {
         what: format!("the hosts of connection `{name}` in workspace `{workspace}`"),
         reason: "not a JSON array of strings",
@@ -475,7 +564,7 @@ fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec<String>, S
 }
 
 /// The associated data of a sealed connection value.
-fn connection_aad(workspace: &str, name: &str, placement: &str, hosts_json: &str) -> Vec<u8> {
+pub(crate) fn connection_aad(workspace: &str, name: &str, placement: &str, hosts_json: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(
         CONNECTION_AAD_PREFIX.len()
             + workspace.len()
@@ -708,6 +797,11 @@ impl Store {
             tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .doing(doing)?;
         }
+        if version < 2 {
+            tx.execute_batch(SCHEMA_V2).doing(doing)?;
+            tx.execute_batch(crate::daemon::audit::AUDIT_SCHEMA)
+                .doing(doing)?;
+        }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('schema', ?1)
@@ -718,6 +812,83 @@ impl Store {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .doing(doing)?;
         tx.commit().doing(doing)
+    }
+
+    /// The underlying SQLite connection, for the daemon's storage layer.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The data key of `workspace`, after checking `key`; created with the
+    /// workspace when missing and `create` is set.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::KeyMismatch`], [`StoreError::DataKeyTampered`], name
+    /// and SQL errors.
+    pub(crate) fn data_key(
+        &self,
+        workspace: &str,
+        key: &MasterKey,
+        create: bool,
+    ) -> Result<Option<DataKey>, StoreError> {
+        check_name("workspace", workspace)?;
+        let doing = || format!("reading the data key of workspace `{workspace}`");
+        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
+        Store::check_key_in(&tx, key, create)?;
+        let data_key = Store::data_key_in(&tx, workspace, key, create)?;
+        tx.commit().doing(doing)?;
+        Ok(data_key)
+    }
+
+    /// The audit log's MAC key, created (random, wrapped by `key` and kept
+    /// in `meta.audit_key`) on first use. Rotation re-wraps it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::KeyMismatch`], [`StoreError::DataKeyTampered`] if the
+    /// stored key does not unwrap, SQL errors.
+    pub(crate) fn audit_key(&self, key: &MasterKey) -> Result<DataKey, StoreError> {
+        let doing = || "reading the audit log key".to_string();
+        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
+        Store::check_key_in(&tx, key, true)?;
+        let stored: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'audit_key'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .doing(doing)?
+            .map(|b64| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap_or_default()
+            });
+        let audit_key = match stored {
+            Some(wrapped) => keys::unwrap_data_key(key, &wrapped, AUDIT_KEY_NAME).map_err(|_| {
+                StoreError::DataKeyTampered {
+                    workspace: "(audit log)".into(),
+                }
+            })?,
+            None => {
+                use base64::Engine as _;
+                let fresh = DataKey::generate();
+                let wrapped = keys::wrap_data_key(key, &fresh, AUDIT_KEY_NAME).map_err(
+                    |source| StoreError::Key {
+                        doing: "wrapping the audit log key".into(),
+                        source,
+                    },
+                )?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('audit_key', ?1)",
+                    params![base64::engine::general_purpose::STANDARD.encode(wrapped)],
+                )
+                .doing(doing)?;
+                fresh
+            }
+        };
+        tx.commit().doing(doing)?;
+        Ok(audit_key)
     }
 
     /// The path the store was opened at.
@@ -1525,6 +1696,33 @@ impl Store {
                 params![workspace, rewrapped],
             )
             .doing(|| format!("re-wrapping the data key of workspace `{workspace}`"))?;
+        }
+        let audit: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'audit_key'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .doing(doing)?;
+        if let Some(b64) = audit {
+            use base64::Engine as _;
+            let b64e = &base64::engine::general_purpose::STANDARD;
+            let tampered = || StoreError::DataKeyTampered {
+                workspace: "(audit log)".into(),
+            };
+            let wrapped = b64e.decode(b64).map_err(|_| tampered())?;
+            let audit_key =
+                keys::unwrap_data_key(old, &wrapped, AUDIT_KEY_NAME).map_err(|_| tampered())?;
+            let rewrapped = keys::wrap_data_key(new, &audit_key, AUDIT_KEY_NAME).map_err(
+                |source| StoreError::Key {
+                    doing: "re-wrapping the audit log key".into(),
+                    source,
+                },
+            )?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'audit_key'",
+                params![b64e.encode(rewrapped)],
+            )
+            .doing(doing)?;
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('master_fingerprint', ?1)

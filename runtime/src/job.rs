@@ -312,6 +312,22 @@ impl Job {
         &self.shared.id
     }
 
+    /// The values the job's guests marked as sensitive so far (with the
+    /// `mask` interface). A host that checkpoints a job stores them, sealed,
+    /// with the step outputs, and gives them back through
+    /// [`Job::restore_marks`] when it resumes the job in a new [`Job`].
+    pub fn marked(&self) -> Vec<String> {
+        self.shared.sensitive().marked.clone()
+    }
+
+    /// Marks values as sensitive for the rest of the job, as if a guest had
+    /// marked them (values outside the marking limits are skipped).
+    pub fn restore_marks(&self, values: impl IntoIterator<Item = String>) {
+        for value in values {
+            let _ = self.shared.mark(value);
+        }
+    }
+
     /// Masks every secret value, placeholder and marked value of this job in
     /// a text (for hosts that report on the job themselves).
     pub fn mask_text(&self, text: &str) -> String {

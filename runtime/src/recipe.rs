@@ -82,6 +82,24 @@ pub struct RunReport {
     pub elapsed: Duration,
 }
 
+/// Where [`Recipe::run_from`] starts: the index of the first step to run
+/// and the unmasked outputs of the steps before it.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Index of the first step to run.
+    pub next: usize,
+    /// Outputs of completed steps by step name, as the pills see them.
+    pub outputs: BTreeMap<String, Value>,
+    /// Values the guests of completed steps marked as sensitive
+    /// ([`Job::marked`]): restored into the job before it goes on.
+    pub marked: Vec<String>,
+}
+
+/// Returned by a [`Recipe::run_from`] checkpoint to end the run early (the
+/// job was cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop;
+
 mod duration_ms {
     use std::time::Duration;
 
@@ -187,16 +205,47 @@ impl Recipe {
         trigger: &Value,
         mut progress: impl FnMut(&StepRecord),
     ) -> RunReport {
+        let mut checkpoint = |_: usize, record: &StepRecord, _: Option<&Value>| {
+            progress(record);
+            std::future::ready(Ok::<(), Stop>(()))
+        };
+        self.run_from(job, trigger, Resume::default(), &mut checkpoint)
+            .await
+    }
+
+    /// Runs the recipe from `resume` on: steps before `resume.next` are not
+    /// run again, and their outputs (unmasked, as the next steps' pills see
+    /// them) come from `resume.outputs`.
+    ///
+    /// `checkpoint` is awaited after every step that ran or was skipped, with
+    /// the step's index, its record (masked) and its unmasked output. This is
+    /// how a host makes a job durable step by step: it commits the output
+    /// and, after a crash, resumes with [`Resume`] built from what it
+    /// committed. A checkpoint that returns [`Stop`] ends the run there (a
+    /// cancelled job); the report then has `ok == false` and the steps run
+    /// so far.
+    pub async fn run_from<F, Fut>(
+        &self,
+        job: &Job,
+        trigger: &Value,
+        resume: Resume,
+        checkpoint: &mut F,
+    ) -> RunReport
+    where
+        F: FnMut(usize, &StepRecord, Option<&Value>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Stop>>,
+    {
         let started = Instant::now();
-        let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
+        job.restore_marks(resume.marked);
+        let mut outputs = resume.outputs;
         let mut records = Vec::new();
         let mut ok = true;
-        for (spec, step) in &self.steps {
+        for (index, (spec, step)) in self.steps.iter().enumerate().skip(resume.next) {
             let record = self.run_step(job, spec, step, trigger, &mut outputs).await;
-            progress(&record);
             let failed = record.status == StepStatus::Failed;
+            let stop = checkpoint(index, &record, outputs.get(&spec.name)).await;
             records.push(record);
-            if failed {
+            if failed || stop.is_err() {
                 ok = false;
                 break;
             }

@@ -1,0 +1,1401 @@
+//! The daemon's HTTPS API: routes, authentication, authorisation.
+//!
+//! Every route but `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and
+//! the webhook receiver `/hooks/{id}` needs `Authorization: Bearer` with an
+//! API token (`wrun_pat_...`) or, when configured, a JWT of the issuer.
+//! Workspace routes live under `/v1/workspaces/{ws}`: a caller of another
+//! workspace gets 404 (the same answer as for a workspace that does not
+//! exist), never 403 and never data. Within its workspace, a caller needs
+//! the permission of the route (its token's scopes intersected with its
+//! role); lacking it is 403.
+//!
+//! The routes are declared once, in [`api_routes!`]: the same declaration
+//! builds the router and the OpenAPI document, so they cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::audit::{Entry, Outcome};
+use super::auth::{
+    self, Access, IpAllowlist, JwtVerifier, NewToken, PermissionSet, Resource,
+};
+use super::config::DaemonConfig;
+use super::http_error::{ApiError, JsonBody};
+use super::jobs::{Runner, new_job_id};
+use super::metrics::{Metrics, WebhookOutcome};
+use super::ratelimit::{RateLimiter, retry_after_secs};
+use super::schedule::Schedule;
+use super::signature;
+use super::sqlite::now_millis;
+use super::storage::{
+    ConnectionInput, DeleteCriteria, EnvChange, Enqueued, JobFilter, JobState, NewJob, Storage,
+    StorageError, TokenRecord, TriggerKind, TriggerRecord,
+};
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// The store.
+    pub(crate) storage: Arc<dyn Storage>,
+    /// The job runner.
+    pub(crate) runner: Arc<Runner>,
+    /// Metrics.
+    pub(crate) metrics: Metrics,
+    /// The JWT verifier, when an issuer is configured.
+    pub(crate) jwt: Option<Arc<JwtVerifier>>,
+    /// Configuration.
+    pub(crate) config: Arc<DaemonConfig>,
+    /// Per-token (or per-subject) request limits.
+    pub(crate) token_limits: Arc<RateLimiter>,
+    /// Per-webhook request limits.
+    pub(crate) webhook_limits: Arc<RateLimiter>,
+    /// Whether the daemon serves jobs (false while starting and stopping).
+    pub(crate) ready: Arc<AtomicBool>,
+}
+
+/// Who is calling, and what they may do in their workspace.
+#[derive(Debug, Clone)]
+pub(crate) struct Principal {
+    /// Member subject (the token's owner, or the JWT's subject).
+    pub(crate) subject: String,
+    /// The only workspace the caller acts in.
+    pub(crate) workspace: String,
+    /// Effective permissions.
+    pub(crate) permissions: PermissionSet,
+    /// Whether the caller is an admin of the workspace (may act for others).
+    pub(crate) admin: bool,
+    /// Client address.
+    pub(crate) ip: IpAddr,
+}
+
+impl Principal {
+    /// The actor of an audit entry.
+    fn actor(&self) -> String {
+        self.subject.clone()
+    }
+
+    /// An audit entry by this principal.
+    fn entry(&self, action: &str, target: impl Into<String>, detail: Value) -> Entry {
+        Entry {
+            workspace: Some(self.workspace.clone()),
+            actor: self.actor(),
+            action: action.into(),
+            target: target.into(),
+            source: Some(self.ip.to_string()),
+            outcome: Outcome::Success,
+            detail,
+        }
+    }
+}
+
+/// The client address, without the IPv4-mapped IPv6 form.
+fn client_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    }
+}
+
+/// Maps storage errors to API errors (never leaking internals).
+fn storage_error(e: StorageError) -> ApiError {
+    match e {
+        StorageError::NotFound { what, name } => {
+            ApiError::not_found(&format!("{what} `{name}`"))
+        }
+        StorageError::Conflict(msg) => ApiError::conflict("conflict", msg),
+        StorageError::Store(crate::store_sqlite::StoreError::InvalidName { what, shown }) => {
+            ApiError::bad_request(
+                "invalid_name",
+                &format!("{what} `{shown}` is not a valid name: use 1 to 64 of A-Z a-z 0-9 - _ ."),
+            )
+        }
+        StorageError::Store(crate::store_sqlite::StoreError::InvalidInput { what, reason }) => {
+            ApiError::bad_request("invalid_input", &format!("{what}: {reason}"))
+        }
+        other => {
+            tracing::error!(error = %other, "a storage operation failed");
+            ApiError::internal()
+        }
+    }
+}
+
+impl AppState {
+    /// Records an authentication failure and builds its 401.
+    async fn auth_failure(&self, ip: IpAddr, code: &'static str, message: &str, actor: &str) -> ApiError {
+        self.metrics.auth_failure(code);
+        let entry = Entry {
+            workspace: None,
+            actor: actor.into(),
+            action: "auth.failure".into(),
+            target: "api".into(),
+            source: Some(ip.to_string()),
+            outcome: Outcome::Denied,
+            detail: json!({ "reason": code }),
+        };
+        if let Err(e) = self.storage.audit(vec![entry]).await {
+            tracing::error!(error = %e, "an authentication failure was not audited");
+        }
+        ApiError::unauthorized(code, message)
+    }
+
+    /// Authenticates the caller and checks that they may do `access` on
+    /// `resource` in `workspace`.
+    async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        addr: SocketAddr,
+        workspace: &str,
+        resource: Resource,
+        access: Access,
+    ) -> Result<Principal, ApiError> {
+        let principal = self.authenticate(headers, addr).await?;
+        if principal.workspace != workspace {
+            return Err(ApiError::not_found(&format!("workspace `{workspace}`")));
+        }
+        if !principal.permissions.allows(resource, access) {
+            return Err(ApiError::forbidden(&format!(
+                "this credential may not {} {}",
+                match access {
+                    Access::Read => "read",
+                    Access::Write => "change",
+                },
+                resource.as_str()
+            )));
+        }
+        Ok(principal)
+    }
+
+    /// Authenticates the caller (token or JWT) and applies its rate limit.
+    async fn authenticate(&self, headers: &HeaderMap, addr: SocketAddr) -> Result<Principal, ApiError> {
+        let ip = client_ip(addr);
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(self
+                .auth_failure(ip, "missing_credentials", "send `Authorization: Bearer <token>`", "anonymous")
+                .await);
+        };
+        let Some(presented) = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+        else {
+            return Err(self
+                .auth_failure(ip, "malformed_credentials", "the Authorization header is not `Bearer <token>`", "anonymous")
+                .await);
+        };
+        let principal = if presented.starts_with("wrun_pat_") {
+            self.authenticate_token(presented, ip).await?
+        } else {
+            self.authenticate_jwt(presented, ip).await?
+        };
+        let key = format!("{}\0{}", principal.workspace, principal.subject);
+        if let Err(wait) = self.token_limits.check(&key) {
+            return Err(ApiError::too_many_requests(retry_after_secs(wait)));
+        }
+        Ok(principal)
+    }
+
+    async fn authenticate_token(&self, presented: &str, ip: IpAddr) -> Result<Principal, ApiError> {
+        let parsed = match auth::parse_token(presented) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(self
+                    .auth_failure(ip, e.code(), "the token is malformed", "anonymous")
+                    .await);
+            }
+        };
+        let actor = format!("token:{}", parsed.id);
+        let record = self.storage.token(&parsed.id).await.map_err(storage_error)?;
+        let Some(record) = record.filter(|r| auth::hashes_match(&r.hash, &parsed.hash)) else {
+            return Err(self
+                .auth_failure(ip, "token_unknown", "the token is not valid", &actor)
+                .await);
+        };
+        let now = crate::store_sqlite::now();
+        if record.revoked_at.is_some() {
+            return Err(self
+                .auth_failure(ip, "token_revoked", "the token was revoked", &actor)
+                .await);
+        }
+        if record.expires_at <= now {
+            return Err(self
+                .auth_failure(ip, "token_expired", "the token has expired", &actor)
+                .await);
+        }
+        let allow = IpAllowlist::parse(&record.allow_ips).map_err(|_| ApiError::internal())?;
+        if !allow.allows(ip) {
+            return Err(self
+                .auth_failure(ip, "token_ip_not_allowed", "the token may not be used from this address", &actor)
+                .await);
+        }
+        let role = self
+            .storage
+            .member_role(&record.workspace, &record.owner)
+            .await
+            .map_err(storage_error)?;
+        let role_perms = match &role {
+            Some(role) => self
+                .storage
+                .role_permissions(&record.workspace, role)
+                .await
+                .map_err(storage_error)?
+                .unwrap_or_default(),
+            None => PermissionSet::default(),
+        };
+        let _ = self.storage.touch_token(&record.id, now, &ip.to_string()).await;
+        Ok(Principal {
+            subject: record.owner.clone(),
+            workspace: record.workspace.clone(),
+            permissions: record.scopes.intersect(role_perms),
+            admin: role.as_deref() == Some("admin"),
+            ip,
+        })
+    }
+
+    async fn authenticate_jwt(&self, presented: &str, ip: IpAddr) -> Result<Principal, ApiError> {
+        let Some(jwt) = &self.jwt else {
+            return Err(self
+                .auth_failure(ip, "token_malformed", "the token is not a wrun API token", "anonymous")
+                .await);
+        };
+        let now = u64::try_from(crate::store_sqlite::now()).unwrap_or(0);
+        let identity = match jwt.verify(presented, now) {
+            Ok(identity) => identity,
+            Err(e) => {
+                return Err(self
+                    .auth_failure(ip, e.code(), &e.to_string(), "jwt")
+                    .await);
+            }
+        };
+        let permissions = self
+            .storage
+            .role_permissions(&identity.workspace, &identity.role)
+            .await
+            .map_err(storage_error)?
+            .unwrap_or_default();
+        Ok(Principal {
+            subject: format!("jwt:{}", identity.subject),
+            workspace: identity.workspace,
+            permissions,
+            admin: identity.role == "admin",
+            ip,
+        })
+    }
+}
+
+/// Shorthand for handler results.
+type ApiResult = Result<Response, ApiError>;
+
+/// A JSON response with a status.
+fn reply(status: StatusCode, body: Value) -> ApiResult {
+    Ok((status, axum::Json(body)).into_response())
+}
+
+// ---------------------------------------------------------------------------
+// Routes
+
+macro_rules! api_routes {
+    ($( $method:ident $path:literal => $handler:ident [$tag:literal] $summary:literal; )*) => {
+        /// The API router (state still to be supplied).
+        pub(crate) fn router(config: &DaemonConfig) -> Router<AppState> {
+            let mut router = Router::new();
+            $(
+                let limit = if $path == "/v1/workspaces/{ws}/recipes/{name}" {
+                    config.limits.max_bundle_bytes
+                } else {
+                    config.limits.max_body_bytes
+                };
+                router = router.route(
+                    $path,
+                    axum::routing::$method($handler).layer(DefaultBodyLimit::max(limit)),
+                );
+            )*
+            super::http_error::with_json_errors(router)
+        }
+
+        /// Every route: method, path, tag, summary (the OpenAPI document is
+        /// built from this).
+        pub(crate) const ROUTES: &[(&str, &str, &str, &str)] = &[
+            $( (stringify!($method), $path, $tag, $summary), )*
+        ];
+    };
+}
+
+api_routes! {
+    get "/healthz" => healthz ["operations"] "Liveness: the process answers.";
+    get "/readyz" => readyz ["operations"] "Readiness: the store and the runner are up.";
+    get "/metrics" => metrics ["operations"] "Prometheus metrics.";
+    get "/openapi.json" => openapi ["operations"] "This OpenAPI document.";
+    post "/hooks/{id}" => webhook ["webhooks"] "Deliver a webhook: the payload is committed before 202.";
+    get "/v1/whoami" => whoami ["identity"] "The caller's subject, workspace and permissions.";
+    get "/v1/workspaces/{ws}/recipes" => list_recipes ["recipes"] "List deployed recipes.";
+    put "/v1/workspaces/{ws}/recipes/{name}" => put_recipe ["recipes"] "Deploy a recipe from a bundle (`wrun export`), as application/gzip.";
+    get "/v1/workspaces/{ws}/recipes/{name}" => get_recipe ["recipes"] "A deployed recipe's manifest and components.";
+    delete "/v1/workspaces/{ws}/recipes/{name}" => delete_recipe ["recipes"] "Remove a recipe and its triggers.";
+    get "/v1/workspaces/{ws}/recipes/{name}/triggers" => list_triggers ["recipes"] "Webhooks and schedules of a recipe.";
+    post "/v1/workspaces/{ws}/recipes/{name}/webhooks" => create_webhook ["recipes"] "Create a webhook (its URL and signing secret are shown once).";
+    post "/v1/workspaces/{ws}/recipes/{name}/schedules" => create_schedule ["recipes"] "Create a cron schedule with a time zone.";
+    delete "/v1/workspaces/{ws}/triggers/{id}" => delete_trigger ["recipes"] "Delete a webhook or schedule.";
+    post "/v1/workspaces/{ws}/recipes/{name}/runs" => run_recipe ["jobs"] "Run a recipe now (202 with the job id).";
+    get "/v1/workspaces/{ws}/jobs" => list_jobs ["jobs"] "List jobs, newest first.";
+    post "/v1/workspaces/{ws}/jobs/delete" => delete_jobs ["jobs"] "Delete job history by criteria (recipe, time range, a field value).";
+    get "/v1/workspaces/{ws}/jobs/{id}" => get_job ["jobs"] "A job with its masked history.";
+    post "/v1/workspaces/{ws}/jobs/{id}/cancel" => cancel_job ["jobs"] "Cancel a queued or running job.";
+    post "/v1/workspaces/{ws}/jobs/{id}/rerun" => rerun_job ["jobs"] "Run a job again with the same input.";
+    get "/v1/workspaces/{ws}/connections" => list_connections ["connections"] "List connections (never their values).";
+    put "/v1/workspaces/{ws}/connections/{name}" => put_connection ["connections"] "Create or replace a connection; the value is write-only.";
+    delete "/v1/workspaces/{ws}/connections/{name}" => delete_connection ["connections"] "Delete a connection.";
+    get "/v1/workspaces/{ws}/environments/{env}" => get_environment ["environments"] "An environment's properties and bindings.";
+    put "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => set_property ["environments"] "Set a property.";
+    delete "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => remove_property ["environments"] "Remove a property.";
+    put "/v1/workspaces/{ws}/environments/{env}/bindings/{logical}" => bind ["environments"] "Bind a recipe's connection name to a connection.";
+    delete "/v1/workspaces/{ws}/environments/{env}/bindings/{logical}" => unbind ["environments"] "Remove a binding.";
+    get "/v1/workspaces/{ws}/tokens" => list_tokens ["tokens"] "List API tokens (never their secrets).";
+    post "/v1/workspaces/{ws}/tokens" => create_token ["tokens"] "Create an API token (shown once).";
+    delete "/v1/workspaces/{ws}/tokens/{id}" => revoke_token ["tokens"] "Revoke an API token (effective at the next request).";
+    get "/v1/workspaces/{ws}/members" => list_members ["members"] "List members and their roles.";
+    put "/v1/workspaces/{ws}/members/{subject}" => set_member ["members"] "Add a member or change their role.";
+    delete "/v1/workspaces/{ws}/members/{subject}" => remove_member ["members"] "Remove a member.";
+    get "/v1/workspaces/{ws}/roles" => list_roles ["members"] "Built-in and custom roles.";
+    put "/v1/workspaces/{ws}/roles/{name}" => put_role ["members"] "Create or replace a custom role (a named permission set).";
+    delete "/v1/workspaces/{ws}/roles/{name}" => delete_role ["members"] "Delete a custom role.";
+    get "/v1/workspaces/{ws}/settings" => get_settings ["members"] "Workspace settings (history retention).";
+    put "/v1/workspaces/{ws}/settings" => put_settings ["members"] "Change workspace settings.";
+    get "/v1/workspaces/{ws}/audit" => read_audit ["audit"] "Audit entries of the workspace.";
+}
+
+async fn healthz() -> ApiResult {
+    reply(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+async fn readyz(State(s): State<AppState>) -> ApiResult {
+    if s.ready.load(Ordering::SeqCst) {
+        reply(StatusCode::OK, json!({ "status": "ready" }))
+    } else {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the daemon is starting or stopping"))
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> ApiResult {
+    reply(StatusCode::OK, super::openapi::document())
+}
+
+async fn whoami(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authenticate(&headers, addr).await?;
+    reply(
+        StatusCode::OK,
+        json!({ "subject": p.subject, "workspace": p.workspace, "permissions": p.permissions.to_strings() }),
+    )
+}
+
+/// Headers of a webhook delivery.
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+async fn webhook(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let ip = client_ip(addr);
+    if let Err(wait) = s.webhook_limits.check(&id) {
+        s.metrics.webhook(WebhookOutcome::RateLimited);
+        return Err(ApiError::too_many_requests(retry_after_secs(wait)));
+    }
+    let trigger = s.storage.trigger(&id).await.map_err(storage_error)?;
+    let Some(trigger) = trigger.filter(|t| t.kind == TriggerKind::Webhook) else {
+        s.metrics.webhook(WebhookOutcome::Rejected);
+        return Err(ApiError::not_found("webhook"));
+    };
+    if let Some(secret) = &trigger.secret {
+        let header = headers
+            .get(signature::HEADER_NAME)
+            .and_then(|v| v.to_str().ok());
+        if let Err(e) = signature::verify(
+            secret,
+            header,
+            &body,
+            crate::store_sqlite::now(),
+            s.config.webhooks.signature_window_secs,
+        ) {
+            s.metrics.webhook(WebhookOutcome::Rejected);
+            s.metrics.auth_failure(e.code());
+            let entry = Entry {
+                workspace: Some(trigger.workspace.clone()),
+                actor: "webhook".into(),
+                action: "webhook.signature".into(),
+                target: format!("recipe:{}/webhook:{}", trigger.recipe, trigger.id),
+                source: Some(ip.to_string()),
+                outcome: Outcome::Denied,
+                detail: json!({ "reason": e.code() }),
+            };
+            let _ = s.storage.audit(vec![entry]).await;
+            return Err(ApiError::unauthorized(e.code(), &e.to_string()));
+        }
+    }
+    let payload: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("malformed_json", &format!("the payload is not JSON: {e}"))
+        })?
+    };
+    let idempotency_key = match headers.get(IDEMPOTENCY_HEADER) {
+        Some(v) => {
+            let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 256).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 256 visible ASCII characters",
+                )
+            })?;
+            Some(key.to_string())
+        }
+        None => None,
+    };
+    let job = NewJob {
+        id: new_job_id(),
+        workspace: trigger.workspace.clone(),
+        recipe: trigger.recipe.clone(),
+        environment: trigger.environment.clone(),
+        trigger_kind: "webhook".into(),
+        payload,
+        idempotency_key,
+        rerun_of: None,
+        created_at: now_millis(),
+    };
+    match s.storage.enqueue(job, None).await.map_err(storage_error)? {
+        Enqueued::New(id) => {
+            s.metrics.webhook(WebhookOutcome::Accepted);
+            s.runner.submit(&id, &trigger.workspace);
+            reply(StatusCode::ACCEPTED, json!({ "job": id }))
+        }
+        Enqueued::Duplicate(id) => {
+            reply(StatusCode::OK, json!({ "job": id, "duplicate": true }))
+        }
+    }
+}
+
+async fn list_recipes(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read).await?;
+    let list = s.storage.list_recipes(&ws).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "recipes": list }))
+}
+
+async fn put_recipe(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    let (manifest, lock, entries) = crate::bundle::read(&body[..], "the uploaded bundle")
+        .map_err(|e| ApiError::bad_request("invalid_bundle", &format!("{e:#}")))?;
+    if manifest.recipe.name != name {
+        return Err(ApiError::bad_request(
+            "name_mismatch",
+            &format!(
+                "the bundle holds recipe `{}`, not `{name}`",
+                manifest.recipe.name
+            ),
+        ));
+    }
+    let components: BTreeMap<String, Vec<u8>> = entries
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("components/"))
+        .collect();
+    // Compile before storing: a recipe that does not load is refused whole.
+    let engine = s.runner.engine();
+    let check_manifest = manifest.clone();
+    let check_components = components.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        wrun_runtime::recipe::Recipe::load(&engine, check_manifest, |path| {
+            let key = path.to_string_lossy().replace('\\', "/");
+            check_components
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| std::io::Error::other(format!("{key} is not in the bundle")))
+        })
+        .map(|_| ())
+    })
+    .await
+    .map_err(|_| ApiError::internal())?;
+    if let Err(errors) = loaded {
+        return Err(ApiError::bad_request("invalid_recipe", &errors.to_string()));
+    }
+    let text = manifest
+        .to_toml()
+        .map_err(|e| ApiError::bad_request("invalid_recipe", &e.to_string()))?;
+    let audit = p.entry(
+        "recipe.deploy",
+        format!("recipe:{name}"),
+        json!({ "components": lock.components, "connections": lock.connections }),
+    );
+    s.storage
+        .put_recipe(&ws, &name, text, components, audit)
+        .await
+        .map_err(storage_error)?;
+    reply(
+        StatusCode::OK,
+        json!({ "recipe": name, "components": lock.components, "connections": lock.connections, "properties": lock.properties }),
+    )
+}
+
+async fn get_recipe(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read).await?;
+    let Some(r) = s.storage.recipe(&ws, &name).await.map_err(storage_error)? else {
+        return Err(ApiError::not_found(&format!("recipe `{name}`")));
+    };
+    reply(
+        StatusCode::OK,
+        json!({ "recipe": name, "manifest": r.manifest, "components": r.components, "updated_at": r.updated_at }),
+    )
+}
+
+async fn delete_recipe(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    let audit = p.entry("recipe.delete", format!("recipe:{name}"), json!({}));
+    if s.storage.delete_recipe(&ws, &name, audit).await.map_err(storage_error)? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(&format!("recipe `{name}`")))
+    }
+}
+
+async fn list_triggers(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read).await?;
+    let list = s.storage.list_triggers(&ws, &name).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "triggers": list }))
+}
+
+/// A random id for a webhook URL or schedule: 128 bits.
+fn trigger_id(prefix: &str) -> String {
+    format!("{prefix}_{:032x}", rand::random::<u128>())
+}
+
+/// Body of webhook creation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookBody {
+    /// Environment the jobs run in.
+    environment: String,
+    /// Whether deliveries must carry an HMAC signature (default true).
+    #[serde(default = "yes")]
+    signed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Checks that a recipe is deployed in the workspace.
+async fn require_recipe(s: &AppState, ws: &str, name: &str) -> Result<(), ApiError> {
+    match s.storage.recipe(ws, name).await.map_err(storage_error)? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(&format!("recipe `{name}`"))),
+    }
+}
+
+async fn create_webhook(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<WebhookBody>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    require_recipe(&s, &ws, &name).await?;
+    crate::store_sqlite::check_name("environment", &body.environment).map_err(|e| {
+        ApiError::bad_request("invalid_name", &e.to_string())
+    })?;
+    let id = trigger_id("wh");
+    let secret = body.signed.then(|| {
+        let bytes: [u8; 32] = rand::random();
+        Zeroizing::new(bytes.to_vec())
+    });
+    let secret_hex = secret.as_ref().map(|s| {
+        Zeroizing::new(s.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    });
+    let record = TriggerRecord {
+        id: id.clone(),
+        workspace: ws.clone(),
+        recipe: name.clone(),
+        kind: TriggerKind::Webhook,
+        environment: body.environment,
+        // The secret is the hex text: what the sender configures.
+        secret: secret_hex
+            .as_ref()
+            .map(|h| Zeroizing::new(h.as_bytes().to_vec())),
+        signed: body.signed,
+        cron: None,
+        timezone: None,
+        input: None,
+        last_slot: None,
+        created_at: crate::store_sqlite::now(),
+    };
+    let audit = p.entry("webhook.create", format!("recipe:{name}/webhook:{id}"), json!({ "signed": body.signed }));
+    s.storage.create_trigger(record, audit).await.map_err(storage_error)?;
+    let url = format!("{}/hooks/{id}", s.config.public_url.trim_end_matches('/'));
+    reply(
+        StatusCode::CREATED,
+        json!({
+            "id": id,
+            "url": url,
+            "secret": secret_hex.as_ref().map(|h| h.as_str()),
+            "signature_header": signature::HEADER_NAME,
+        }),
+    )
+}
+
+/// Body of schedule creation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleBody {
+    /// Cron expression (5 or 6 fields).
+    cron: String,
+    /// IANA time zone (default UTC).
+    #[serde(default = "utc")]
+    timezone: String,
+    /// Environment the jobs run in.
+    environment: String,
+    /// The trigger input of each job.
+    #[serde(default)]
+    input: Value,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+async fn create_schedule(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ScheduleBody>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    require_recipe(&s, &ws, &name).await?;
+    crate::store_sqlite::check_name("environment", &body.environment).map_err(|e| {
+        ApiError::bad_request("invalid_name", &e.to_string())
+    })?;
+    let schedule = Schedule::parse(&body.cron, &body.timezone)
+        .map_err(|e| ApiError::bad_request("invalid_schedule", &e.to_string()))?;
+    let id = trigger_id("sch");
+    let now = crate::store_sqlite::now();
+    let record = TriggerRecord {
+        id: id.clone(),
+        workspace: ws.clone(),
+        recipe: name.clone(),
+        kind: TriggerKind::Schedule,
+        environment: body.environment,
+        secret: None,
+        signed: false,
+        cron: Some(body.cron.clone()),
+        timezone: Some(body.timezone.clone()),
+        input: Some(body.input),
+        last_slot: None,
+        created_at: now,
+    };
+    let audit = p.entry(
+        "schedule.create",
+        format!("recipe:{name}/schedule:{id}"),
+        json!({ "cron": body.cron, "timezone": body.timezone }),
+    );
+    s.storage.create_trigger(record, audit).await.map_err(storage_error)?;
+    reply(
+        StatusCode::CREATED,
+        json!({ "id": id, "next": schedule.next_after(now) }),
+    )
+}
+
+async fn delete_trigger(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    let audit = p.entry("trigger.delete", format!("trigger:{id}"), json!({}));
+    if s.storage.delete_trigger(&ws, &id, audit).await.map_err(storage_error)? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found("trigger"))
+    }
+}
+
+/// Body of a manual run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    /// Environment to run in.
+    environment: String,
+    /// The trigger payload.
+    #[serde(default)]
+    input: Value,
+}
+
+async fn run_recipe(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RunBody>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Write).await?;
+    require_recipe(&s, &ws, &name).await?;
+    crate::store_sqlite::check_name("environment", &body.environment).map_err(|e| {
+        ApiError::bad_request("invalid_name", &e.to_string())
+    })?;
+    let job = NewJob {
+        id: new_job_id(),
+        workspace: ws.clone(),
+        recipe: name.clone(),
+        environment: body.environment,
+        trigger_kind: "manual".into(),
+        payload: body.input,
+        idempotency_key: None,
+        rerun_of: None,
+        created_at: now_millis(),
+    };
+    let audit = p.entry("job.run", format!("recipe:{name}/job:{}", job.id), json!({}));
+    let (Enqueued::New(id) | Enqueued::Duplicate(id)) =
+        s.storage.enqueue(job, Some(audit)).await.map_err(storage_error)?;
+    s.runner.submit(&id, &ws);
+    reply(StatusCode::ACCEPTED, json!({ "job": id }))
+}
+
+async fn list_jobs(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+    Query(filter): Query<JobFilter>,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Read).await?;
+    let jobs = s.storage.list_jobs(&ws, filter).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "jobs": jobs }))
+}
+
+async fn get_job(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Read).await?;
+    match s.storage.job(&ws, &id).await.map_err(storage_error)? {
+        Some(job) => reply(StatusCode::OK, serde_json::to_value(job).map_err(|_| ApiError::internal())?),
+        None => Err(ApiError::not_found(&format!("job `{id}`"))),
+    }
+}
+
+async fn cancel_job(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Write).await?;
+    let audit = p.entry("job.cancel", format!("job:{id}"), json!({}));
+    match s.storage.cancel_job(&ws, &id, audit).await.map_err(storage_error)? {
+        Some(state) => {
+            s.runner.cancel(&id);
+            reply(StatusCode::OK, json!({ "job": id, "state": state }))
+        }
+        None => Err(ApiError::not_found(&format!("job `{id}`"))),
+    }
+}
+
+async fn rerun_job(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Write).await?;
+    let Some(old) = s.storage.job(&ws, &id).await.map_err(storage_error)? else {
+        return Err(ApiError::not_found(&format!("job `{id}`")));
+    };
+    if !old.summary.state.is_final() {
+        return Err(ApiError::conflict("job_not_ended", "the job has not ended; cancel it first or wait"));
+    }
+    let job = NewJob {
+        id: new_job_id(),
+        workspace: ws.clone(),
+        recipe: old.summary.recipe.clone(),
+        environment: old.summary.environment.clone(),
+        trigger_kind: "rerun".into(),
+        payload: old.input,
+        idempotency_key: None,
+        rerun_of: Some(id.clone()),
+        created_at: now_millis(),
+    };
+    let audit = p.entry("job.rerun", format!("job:{id}"), json!({ "new_job": job.id }));
+    let (Enqueued::New(new_id) | Enqueued::Duplicate(new_id)) =
+        s.storage.enqueue(job, Some(audit)).await.map_err(storage_error)?;
+    s.runner.submit(&new_id, &ws);
+    reply(StatusCode::ACCEPTED, json!({ "job": new_id, "rerun_of": id }))
+}
+
+async fn delete_jobs(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+    JsonBody(criteria): JsonBody<DeleteCriteria>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Write).await?;
+    if criteria.recipe.is_none() && criteria.from.is_none() && criteria.to.is_none() && criteria.field.is_none() {
+        return Err(ApiError::bad_request(
+            "no_criteria",
+            "give at least one of recipe, from, to, field (deleting everything needs an explicit range)",
+        ));
+    }
+    if criteria.field.is_some() != criteria.value.is_some() {
+        return Err(ApiError::bad_request("invalid_criteria", "`field` and `value` go together"));
+    }
+    if let Some(field) = &criteria.field
+        && !field.starts_with('/')
+    {
+        return Err(ApiError::bad_request(
+            "invalid_criteria",
+            "`field` is a JSON pointer into the trigger payload, like /customer/email",
+        ));
+    }
+    // The audit entry names the criteria but not the value searched for
+    // (it is personal data by definition).
+    let audit = p.entry(
+        "jobs.delete",
+        "jobs",
+        json!({ "recipe": criteria.recipe, "from": criteria.from, "to": criteria.to, "field": criteria.field }),
+    );
+    let n = s.storage.delete_jobs(&ws, criteria, audit).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "deleted": n }))
+}
+
+async fn list_connections(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Connections, Access::Read).await?;
+    let list = s.storage.list_connections(&ws).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "connections": list }))
+}
+
+/// Body of a connection write. `Debug` never shows the value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionBody {
+    value: Zeroizing<String>,
+    hosts: Vec<String>,
+    #[serde(default = "bearer")]
+    placement: String,
+}
+
+fn bearer() -> String {
+    "header:Authorization=Bearer {value}".into()
+}
+
+async fn put_connection(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ConnectionBody>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Connections, Access::Write).await?;
+    wrun_runtime::policy::NetGrant::parse(&body.hosts)
+        .map_err(|e| ApiError::bad_request("invalid_host", format!("hosts: {e}")))?;
+    body.placement
+        .parse::<wrun_runtime::Placement>()
+        .map_err(|e| ApiError::bad_request("invalid_placement", &e.to_string()))?;
+    wrun_runtime::Connection::new(
+        &name,
+        wrun_runtime::SecretValue::new(body.value.as_str()),
+        body.hosts.clone(),
+        body.placement.parse().map_err(|_| ApiError::internal())?,
+    )
+    .map_err(|e| ApiError::bad_request("invalid_connection", &e.to_string()))?;
+    let audit = p.entry(
+        "connection.put",
+        format!("connection:{name}"),
+        json!({ "hosts": body.hosts, "placement": body.placement }),
+    );
+    s.storage
+        .put_connection(
+            &ws,
+            ConnectionInput {
+                name: name.clone(),
+                value: body.value,
+                hosts: body.hosts,
+                placement: body.placement,
+            },
+            audit,
+        )
+        .await
+        .map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "connection": name }))
+}
+
+async fn delete_connection(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Connections, Access::Write).await?;
+    let audit = p.entry("connection.delete", format!("connection:{name}"), json!({}));
+    if s.storage.delete_connection(&ws, &name, audit).await.map_err(storage_error)? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(&format!("connection `{name}`")))
+    }
+}
+
+async fn get_environment(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, env)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Environments, Access::Read).await?;
+    let view = s.storage.environment(&ws, &env).await.map_err(storage_error)?;
+    reply(StatusCode::OK, serde_json::to_value(view).map_err(|_| ApiError::internal())?)
+}
+
+/// Applies an environment change for a principal with write access.
+async fn change_env(
+    s: &AppState,
+    headers: &HeaderMap,
+    addr: SocketAddr,
+    ws: &str,
+    env: &str,
+    change: EnvChange,
+) -> ApiResult {
+    let p = s.authorize(headers, addr, ws, Resource::Environments, Access::Write).await?;
+    let (action, target) = match &change {
+        EnvChange::SetProperty(n, _) => ("environment.property.set", n),
+        EnvChange::RemoveProperty(n) => ("environment.property.remove", n),
+        EnvChange::Bind(n, _) => ("environment.bind", n),
+        EnvChange::Unbind(n) => ("environment.unbind", n),
+    };
+    let detail = match &change {
+        EnvChange::Bind(_, c) => json!({ "connection": c }),
+        _ => json!({}),
+    };
+    let audit = p.entry(action, format!("environment:{env}/{target}"), detail);
+    s.storage
+        .change_environment(ws, env, change, audit)
+        .await
+        .map_err(storage_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Body of a property write.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PropertyBody {
+    value: String,
+}
+
+async fn set_property(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, env, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PropertyBody>,
+) -> ApiResult {
+    change_env(&s, &headers, addr, &ws, &env, EnvChange::SetProperty(name, body.value)).await
+}
+
+async fn remove_property(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, env, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    change_env(&s, &headers, addr, &ws, &env, EnvChange::RemoveProperty(name)).await
+}
+
+/// Body of a binding.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindBody {
+    connection: String,
+}
+
+async fn bind(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, env, logical)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<BindBody>,
+) -> ApiResult {
+    change_env(&s, &headers, addr, &ws, &env, EnvChange::Bind(logical, body.connection)).await
+}
+
+async fn unbind(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, env, logical)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    change_env(&s, &headers, addr, &ws, &env, EnvChange::Unbind(logical)).await
+}
+
+async fn list_tokens(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Tokens, Access::Read).await?;
+    let mut tokens = s.storage.list_tokens(&ws).await.map_err(storage_error)?;
+    if !p.admin {
+        tokens.retain(|t| t.owner == p.subject);
+    }
+    reply(StatusCode::OK, json!({ "tokens": tokens }))
+}
+
+/// Body of token creation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    /// A label.
+    name: String,
+    /// Scopes like `jobs:read`, `recipes:write`, `*:read`.
+    scopes: Vec<String>,
+    /// Lifetime in seconds (mandatory, bounded by the operator).
+    expires_in: u64,
+    /// CIDRs the token may be used from.
+    #[serde(default)]
+    allow_ips: Vec<String>,
+    /// Owner (admins only; default: the caller).
+    owner: Option<String>,
+}
+
+/// Creates a token; shared by the API and the CLI's checks.
+pub(crate) fn validate_token_request(
+    scopes: &[String],
+    expires_in: u64,
+    max_lifetime: u64,
+    allow_ips: &[String],
+) -> Result<(PermissionSet, IpAllowlist), ApiError> {
+    let scopes = PermissionSet::parse(scopes)
+        .map_err(|e| ApiError::bad_request("invalid_scopes", &e.to_string()))?;
+    if expires_in == 0 || expires_in > max_lifetime {
+        return Err(ApiError::bad_request(
+            "invalid_expiry",
+            &format!("expires_in must be between 1 and {max_lifetime} seconds"),
+        ));
+    }
+    let allow = IpAllowlist::parse(allow_ips)
+        .map_err(|e| ApiError::bad_request("invalid_allowlist", &e.to_string()))?;
+    Ok((scopes, allow))
+}
+
+async fn create_token(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<TokenBody>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Tokens, Access::Write).await?;
+    let owner = body.owner.clone().unwrap_or_else(|| p.subject.clone());
+    if owner != p.subject && !p.admin {
+        return Err(ApiError::forbidden("only an admin may create a token for another member"));
+    }
+    if s.storage.member_role(&ws, &owner).await.map_err(storage_error)?.is_none() {
+        return Err(ApiError::bad_request(
+            "unknown_member",
+            &format!("`{owner}` is not a member of this workspace"),
+        ));
+    }
+    let (scopes, allow) = validate_token_request(
+        &body.scopes,
+        body.expires_in,
+        s.config.limits.token_max_lifetime_secs,
+        &body.allow_ips,
+    )?;
+    // A token cannot carry more than its creator may do.
+    if !scopes.is_subset_of(p.permissions) && !p.admin {
+        return Err(ApiError::forbidden("a token cannot have scopes its creator lacks"));
+    }
+    let token = NewToken::generate();
+    let now = crate::store_sqlite::now();
+    let record = TokenRecord {
+        id: token.id.clone(),
+        workspace: ws.clone(),
+        name: body.name.clone(),
+        hash: token.hash,
+        owner: owner.clone(),
+        creator: p.subject.clone(),
+        scopes,
+        allow_ips: allow.to_strings(),
+        created_at: now,
+        expires_at: now.saturating_add(i64::try_from(body.expires_in).unwrap_or(i64::MAX)),
+        revoked_at: None,
+        last_used_at: None,
+        last_used_ip: None,
+    };
+    let audit = p.entry(
+        "token.create",
+        format!("token:{}", token.id),
+        json!({ "owner": owner, "scopes": scopes.to_strings(), "expires_at": record.expires_at, "allow_ips": record.allow_ips }),
+    );
+    let expires_at = record.expires_at;
+    s.storage.create_token(record, audit).await.map_err(storage_error)?;
+    reply(
+        StatusCode::CREATED,
+        json!({ "id": token.id, "token": token.display.as_str(), "owner": owner, "expires_at": expires_at, "scopes": scopes.to_strings() }),
+    )
+}
+
+async fn revoke_token(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Tokens, Access::Write).await?;
+    let tokens = s.storage.list_tokens(&ws).await.map_err(storage_error)?;
+    let Some(t) = tokens.iter().find(|t| t.id == id) else {
+        return Err(ApiError::not_found("token"));
+    };
+    if t.owner != p.subject && !p.admin {
+        return Err(ApiError::not_found("token"));
+    }
+    let audit = p.entry("token.revoke", format!("token:{id}"), json!({ "owner": t.owner }));
+    s.storage.revoke_token(&ws, &id, audit).await.map_err(storage_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_members(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read).await?;
+    let list = s.storage.list_members(&ws).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "members": list }))
+}
+
+/// Body of a member change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    role: String,
+}
+
+async fn set_member(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, subject)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<MemberBody>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid_subject", "a subject is 1 to 256 printable characters"));
+    }
+    let before = s.storage.member_role(&ws, &subject).await.map_err(storage_error)?;
+    let audit = p.entry(
+        "member.role",
+        format!("member:{subject}"),
+        json!({ "from": before, "to": body.role }),
+    );
+    s.storage
+        .set_member(&ws, &subject, &body.role, audit)
+        .await
+        .map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "subject": subject, "role": body.role }))
+}
+
+async fn remove_member(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, subject)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    let audit = p.entry("member.remove", format!("member:{subject}"), json!({}));
+    if s.storage.remove_member(&ws, &subject, audit).await.map_err(storage_error)? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found("member"))
+    }
+}
+
+async fn list_roles(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read).await?;
+    let roles = s.storage.list_roles(&ws).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "roles": roles }))
+}
+
+/// Body of a custom role.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    permissions: Vec<String>,
+}
+
+async fn put_role(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RoleBody>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    if !auth::valid_role_name(&name) {
+        return Err(ApiError::bad_request("invalid_name", "a role name is 1 to 64 of a-z 0-9 _ -"));
+    }
+    let perms = PermissionSet::parse(&body.permissions)
+        .map_err(|e| ApiError::bad_request("invalid_scopes", &e.to_string()))?;
+    let audit = p.entry("role.put", format!("role:{name}"), json!({ "permissions": perms.to_strings() }));
+    s.storage.put_role(&ws, &name, perms, audit).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "role": name, "permissions": perms.to_strings() }))
+}
+
+async fn delete_role(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    let audit = p.entry("role.delete", format!("role:{name}"), json!({}));
+    if s.storage.delete_role(&ws, &name, audit).await.map_err(storage_error)? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(&format!("role `{name}`")))
+    }
+}
+
+async fn get_settings(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read).await?;
+    let days = s.storage.retention(&ws).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "retention_days": days }))
+}
+
+/// Body of a settings change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsBody {
+    /// Days to keep ended jobs (`null`: forever).
+    retention_days: Option<u32>,
+}
+
+async fn put_settings(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SettingsBody>,
+) -> ApiResult {
+    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    if body.retention_days == Some(0) {
+        return Err(ApiError::bad_request("invalid_retention", "retention_days is at least 1, or null"));
+    }
+    let audit = p.entry("settings.retention", "settings", json!({ "retention_days": body.retention_days }));
+    s.storage
+        .set_retention(&ws, body.retention_days, audit)
+        .await
+        .map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "retention_days": body.retention_days }))
+}
+
+/// Query of an audit read.
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn read_audit(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult {
+    s.authorize(&headers, addr, &ws, Resource::Audit, Access::Read).await?;
+    let entries = s
+        .storage
+        .read_audit(&ws, q.after, q.limit.unwrap_or(100).clamp(1, 1000))
+        .await
+        .map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "entries": entries }))
+}
+
+/// Keeps `JobState` in the document's vocabulary.
+#[allow(dead_code, reason = "documents the job states the API returns")]
+const JOB_STATES: [JobState; 5] = [
+    JobState::Queued,
+    JobState::Running,
+    JobState::Succeeded,
+    JobState::Failed,
+    JobState::Cancelled,
+];

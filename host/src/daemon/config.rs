@@ -1,0 +1,401 @@
+//! The daemon's configuration: a TOML file, then environment variables.
+//!
+//! ```toml
+//! listen = "0.0.0.0:8443"
+//! public_url = "https://wrun.example.com"   # the base of webhook URLs
+//! log = "error"                             # production: errors only
+//!
+//! [tls]
+//! cert = "/etc/wrun/tls.crt"
+//! key = "/etc/wrun/tls.key"
+//! # dev_self_signed = true                 # development only, said loudly
+//!
+//! [limits]
+//! max_body_bytes = 1048576
+//! max_bundle_bytes = 67108864
+//! max_header_bytes = 16384
+//! token_max_lifetime_secs = 7776000         # 90 days
+//! requests_per_second = 50                  # per token (or JWT subject)
+//! burst = 100
+//! webhook_per_second = 500                  # per webhook
+//! webhook_burst = 1000
+//!
+//! [workers]
+//! concurrency = 64
+//! per_workspace = 16
+//! shutdown_grace_secs = 30
+//!
+//! [webhooks]
+//! signature_window_secs = 300
+//!
+//! [audit]
+//! stream_file = "/var/log/wrun/audit.jsonl" # JSON lines for a SIEM
+//!
+//! [jwt]                                      # optional; see auth::JwtConfig
+//! issuer = "https://idp.example.com"
+//! audience = "wrun"
+//! algorithm = "RS256"
+//! key_file = "/etc/wrun/idp.pem"
+//! ```
+//!
+//! Environment variables override the file: `WRUN_LISTEN`,
+//! `WRUN_PUBLIC_URL`, `WRUN_LOG`, `WRUN_TLS_CERT`, `WRUN_TLS_KEY`,
+//! `WRUN_DEV_SELF_SIGNED` (`1`), `WRUN_WORKERS`, `WRUN_AUDIT_STREAM_FILE`.
+//! The database, the master key, the compile cache and egress options are
+//! the global options of `wrun` (`--db`, `--key-file`, ...).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::auth::JwtConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DaemonConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub(crate) listen: SocketAddr,
+    /// Base URL clients reach the daemon at (webhook URLs start with it).
+    #[serde(default = "default_public_url")]
+    pub(crate) public_url: String,
+    /// Log level: `error` in production, `info` or `debug` to investigate.
+    #[serde(default = "default_log")]
+    pub(crate) log: String,
+    /// TLS.
+    #[serde(default)]
+    pub(crate) tls: TlsConfig,
+    /// Request limits.
+    #[serde(default)]
+    pub(crate) limits: Limits,
+    /// The job runner.
+    #[serde(default)]
+    pub(crate) workers: Workers,
+    /// Webhooks.
+    #[serde(default)]
+    pub(crate) webhooks: Webhooks,
+    /// The audit log.
+    #[serde(default)]
+    pub(crate) audit: AuditConfig,
+    /// JWTs of an identity provider.
+    #[serde(default)]
+    pub(crate) jwt: Option<JwtConfig>,
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub(crate) cert: Option<PathBuf>,
+    /// Private key (PEM).
+    pub(crate) key: Option<PathBuf>,
+    /// Generate a self-signed certificate (development only).
+    #[serde(default)]
+    pub(crate) dev_self_signed: bool,
+    /// Where to write the generated certificate for clients to trust.
+    pub(crate) dev_cert_out: Option<PathBuf>,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Limits {
+    /// Largest JSON request body.
+    #[serde(default = "default_max_body")]
+    pub(crate) max_body_bytes: usize,
+    /// Largest recipe bundle upload.
+    #[serde(default = "default_max_bundle")]
+    pub(crate) max_bundle_bytes: usize,
+    /// Largest request head.
+    #[serde(default = "default_max_header")]
+    pub(crate) max_header_bytes: usize,
+    /// Longest lifetime of an API token.
+    #[serde(default = "default_token_lifetime")]
+    pub(crate) token_max_lifetime_secs: u64,
+    /// Requests per second per token or JWT subject.
+    #[serde(default = "default_rps")]
+    pub(crate) requests_per_second: u32,
+    /// Burst per token.
+    #[serde(default = "default_burst")]
+    pub(crate) burst: u32,
+    /// Deliveries per second per webhook.
+    #[serde(default = "default_webhook_rps")]
+    pub(crate) webhook_per_second: u32,
+    /// Burst per webhook.
+    #[serde(default = "default_webhook_burst")]
+    pub(crate) webhook_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: default_max_body(),
+            max_bundle_bytes: default_max_bundle(),
+            max_header_bytes: default_max_header(),
+            token_max_lifetime_secs: default_token_lifetime(),
+            requests_per_second: default_rps(),
+            burst: default_burst(),
+            webhook_per_second: default_webhook_rps(),
+            webhook_burst: default_webhook_burst(),
+        }
+    }
+}
+
+/// The job runner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Workers {
+    /// Jobs running at once.
+    #[serde(default = "default_concurrency")]
+    pub(crate) concurrency: usize,
+    /// Jobs running at once per workspace.
+    #[serde(default = "default_per_workspace")]
+    pub(crate) per_workspace: usize,
+    /// How long a shutdown waits for running jobs.
+    #[serde(default = "default_grace")]
+    pub(crate) shutdown_grace_secs: u64,
+    /// How often schedules are checked.
+    #[serde(default = "default_schedule_tick")]
+    pub(crate) schedule_tick_ms: u64,
+}
+
+impl Default for Workers {
+    fn default() -> Workers {
+        Workers {
+            concurrency: default_concurrency(),
+            per_workspace: default_per_workspace(),
+            shutdown_grace_secs: default_grace(),
+            schedule_tick_ms: default_schedule_tick(),
+        }
+    }
+}
+
+/// Webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Webhooks {
+    /// Accepted clock difference of a signature's timestamp.
+    #[serde(default = "default_window")]
+    pub(crate) signature_window_secs: i64,
+}
+
+impl Default for Webhooks {
+    fn default() -> Webhooks {
+        Webhooks {
+            signature_window_secs: default_window(),
+        }
+    }
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditConfig {
+    /// Append every entry to this file as a JSON line (for a SIEM).
+    pub(crate) stream_file: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_public_url() -> String {
+    "https://127.0.0.1:8443".into()
+}
+fn default_log() -> String {
+    "error".into()
+}
+fn default_max_body() -> usize {
+    1 << 20
+}
+fn default_max_bundle() -> usize {
+    64 << 20
+}
+fn default_max_header() -> usize {
+    16 << 10
+}
+fn default_token_lifetime() -> u64 {
+    90 * 86_400
+}
+fn default_rps() -> u32 {
+    50
+}
+fn default_burst() -> u32 {
+    100
+}
+fn default_webhook_rps() -> u32 {
+    500
+}
+fn default_webhook_burst() -> u32 {
+    1000
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_per_workspace() -> usize {
+    16
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_schedule_tick() -> u64 {
+    1000
+}
+fn default_window() -> i64 {
+    300
+}
+
+/// What was wrong with the configuration.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// The file could not be read.
+    #[error("reading the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("the configuration {path} is invalid: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What and where (line and column).
+        message: String,
+    },
+    /// An environment variable is not valid.
+    #[error("environment variable {name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// Settings that do not go together.
+    #[error("the configuration is not usable: {0}")]
+    Inconsistent(String),
+}
+
+impl DaemonConfig {
+    /// Reads the file (if any), then applies the environment.
+    ///
+    /// # Errors
+    ///
+    /// A file that cannot be read or parsed (with line and column), an
+    /// invalid variable, or settings that do not go together.
+    pub(crate) fn load(path: Option<&Path>) -> Result<DaemonConfig, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.into(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut config: DaemonConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                path: path.map(Path::to_path_buf).unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Applies environment overrides read through `get`.
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("WRUN_LISTEN") {
+            self.listen = v.parse().map_err(|_| ConfigError::Env {
+                name: "WRUN_LISTEN",
+                message: format!("`{v}` is not an address like 0.0.0.0:8443"),
+            })?;
+        }
+        if let Some(v) = get("WRUN_PUBLIC_URL") {
+            self.public_url = v;
+        }
+        if let Some(v) = get("WRUN_LOG") {
+            self.log = v;
+        }
+        if let Some(v) = get("WRUN_TLS_CERT") {
+            self.tls.cert = Some(v.into());
+        }
+        if let Some(v) = get("WRUN_TLS_KEY") {
+            self.tls.key = Some(v.into());
+        }
+        if let Some(v) = get("WRUN_DEV_SELF_SIGNED") {
+            self.tls.dev_self_signed = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = get("WRUN_WORKERS") {
+            self.workers.concurrency = v.parse().map_err(|_| ConfigError::Env {
+                name: "WRUN_WORKERS",
+                message: format!("`{v}` is not a number"),
+            })?;
+        }
+        if let Some(v) = get("WRUN_AUDIT_STREAM_FILE") {
+            self.audit.stream_file = Some(v.into());
+        }
+        Ok(())
+    }
+
+    /// Checks settings that do not go together.
+    fn check(&self) -> Result<(), ConfigError> {
+        let has_cert = self.tls.cert.is_some() && self.tls.key.is_some();
+        if !has_cert && !self.tls.dev_self_signed {
+            return Err(ConfigError::Inconsistent(
+                "HTTPS needs [tls] cert and key (or WRUN_TLS_CERT and WRUN_TLS_KEY); for development only, set dev_self_signed = true".into(),
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Inconsistent(
+                "[tls] needs both cert and key".into(),
+            ));
+        }
+        if self.workers.concurrency == 0 || self.workers.per_workspace == 0 {
+            return Err(ConfigError::Inconsistent(
+                "[workers] concurrency and per_workspace must be at least 1".into(),
+            ));
+        }
+        if self.limits.token_max_lifetime_secs == 0 {
+            return Err(ConfigError::Inconsistent(
+                "[limits] token_max_lifetime_secs must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_and_the_environment_combine() {
+        let mut c: DaemonConfig = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\n[tls]\ndev_self_signed = true\n[workers]\nconcurrency = 4\n",
+        )
+        .unwrap();
+        c.apply_env(|n| (n == "WRUN_WORKERS").then(|| "8".to_string()))
+            .unwrap();
+        c.check().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.workers.concurrency, 8);
+        assert_eq!(c.limits.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn errors_say_what_and_where() {
+        let e = toml::from_str::<DaemonConfig>("listen = \"x\"\n[tls]\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("line"), "{e}");
+        let c: DaemonConfig = toml::from_str("").unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("HTTPS needs"), "{e}");
+        let mut c: DaemonConfig = toml::from_str("[tls]\ndev_self_signed = true").unwrap();
+        let e = c
+            .apply_env(|n| (n == "WRUN_LISTEN").then(|| "nope".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WRUN_LISTEN") && e.contains("nope"), "{e}");
+    }
+}

@@ -1,0 +1,451 @@
+//! The daemon's job runner: a dispatcher, bounded concurrency per
+//! workspace and in all, step-by-step commits, resumption after a crash,
+//! cancellation, and the scheduler that turns cron slots into jobs.
+//!
+//! # Delivery guarantee
+//!
+//! A job is acknowledged (202) only after it is committed. Each step's
+//! masked record and its unmasked output (sealed, for the next steps' pills)
+//! are committed before the next step starts. After a crash (`kill -9`, a
+//! power loss) the daemon starts every job that was queued or running, and
+//! a running job resumes after its last committed step. So every
+//! acknowledged job runs to an end, and each step completes **at least
+//! once**: a step that was running at the crash runs again, so steps that
+//! call non-idempotent APIs should pass an idempotency key upstream (the
+//! job id is available as a pill). The unmasked outputs are deleted when the
+//! job ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, watch};
+use wrun_runtime::events::{AuditEvent, AuditKind, Event, Observer};
+use wrun_runtime::manifest::Manifest;
+use wrun_runtime::recipe::{Recipe, StepRecord, StepStatus, Stop};
+use wrun_runtime::{Engine, JobOptions};
+
+use super::audit::{Entry, Outcome};
+use super::metrics::Metrics;
+use super::schedule::Schedule;
+use super::sqlite::now_millis;
+use super::storage::{JobState, NewJob, StepCommit, Storage, StorageError};
+
+/// How the runner is sized.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunnerLimits {
+    /// Jobs running at once in all.
+    pub(crate) concurrency: usize,
+    /// Jobs running at once per workspace.
+    pub(crate) per_workspace: usize,
+}
+
+/// Runs jobs.
+pub(crate) struct Runner {
+    storage: Arc<dyn Storage>,
+    engine: Engine,
+    metrics: Metrics,
+    limits: RunnerLimits,
+    queue: mpsc::UnboundedSender<(String, String)>,
+    global: Arc<Semaphore>,
+    per_workspace: Mutex<HashMap<String, Arc<Semaphore>>>,
+    recipes: Mutex<HashMap<(String, String), (i64, Arc<Recipe>)>>,
+    running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    stopping: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A job id for a new job.
+pub(crate) fn new_job_id() -> String {
+    format!("job_{:032x}", rand::random::<u128>())
+}
+
+/// Reports the runtime's events: refusals and secret misuse go to the audit
+/// log and the metrics.
+struct JobObserver {
+    storage: Arc<dyn Storage>,
+    metrics: Metrics,
+}
+
+impl Observer for JobObserver {
+    fn event(&self, event: &Event) {
+        if let Event::Refused { .. } = event {
+            self.metrics.egress_refused();
+        }
+    }
+
+    fn audit(&self, event: &AuditEvent) {
+        let action = match event.kind {
+            AuditKind::EgressRefused => "egress.refused",
+            AuditKind::SecretMisuse => {
+                self.metrics.secret_misuse();
+                "secret.misuse"
+            }
+            _ => "runtime.refused",
+        };
+        let entry = Entry {
+            workspace: Some(event.workspace.clone()),
+            actor: format!("job:{}", event.job),
+            action: action.into(),
+            target: format!("recipe:{}/step:{}", event.recipe, event.step),
+            source: None,
+            outcome: Outcome::Denied,
+            detail: json!({
+                "destination": event.destination,
+                "connection": event.connection,
+                "reason": event.reason,
+            }),
+        };
+        let storage = Arc::clone(&self.storage);
+        tokio::spawn(async move {
+            if let Err(e) = storage.audit(vec![entry]).await {
+                tracing::error!(error = %e, "an audit entry from the runtime was not written");
+            }
+        });
+    }
+}
+
+impl Runner {
+    /// A runner and its dispatcher task.
+    pub(crate) fn start(
+        storage: Arc<dyn Storage>,
+        engine: Engine,
+        metrics: Metrics,
+        limits: RunnerLimits,
+    ) -> Arc<Runner> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
+        let (stopping, _) = watch::channel(false);
+        let runner = Arc::new(Runner {
+            storage,
+            engine,
+            metrics,
+            limits,
+            queue: tx,
+            global: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            per_workspace: Mutex::new(HashMap::new()),
+            recipes: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            stopping,
+        });
+        let dispatcher = Arc::clone(&runner);
+        tokio::spawn(async move {
+            while let Some((id, workspace)) = rx.recv().await {
+                if *dispatcher.stopping.borrow() {
+                    break;
+                }
+                let r = Arc::clone(&dispatcher);
+                tokio::spawn(async move { r.run_job(id, workspace).await });
+            }
+        });
+        runner
+    }
+
+    /// Queues every job that was queued or running when the daemon stopped.
+    pub(crate) async fn recover(&self) -> Result<usize, StorageError> {
+        let jobs = self.storage.unfinished_jobs().await?;
+        let n = jobs.len();
+        for (id, workspace) in jobs {
+            self.submit(&id, &workspace);
+        }
+        Ok(n)
+    }
+
+    /// Hands a committed job to the dispatcher.
+    pub(crate) fn submit(&self, id: &str, workspace: &str) {
+        self.metrics.job_queued();
+        let _ = self.queue.send((id.to_string(), workspace.to_string()));
+    }
+
+    /// Asks a running job to stop after its current step.
+    pub(crate) fn cancel(&self, id: &str) {
+        if let Some(flag) = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+        {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The engine (for checking a recipe before it is deployed).
+    pub(crate) fn engine(&self) -> Engine {
+        self.engine.clone()
+    }
+
+    /// Jobs running now.
+    pub(crate) fn running(&self) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Stops starting jobs and waits up to `grace` for running ones to end.
+    /// Jobs still running after that stay `running` in the store and
+    /// resume, after their last committed step, at the next start.
+    pub(crate) async fn shutdown(&self, grace: Duration) {
+        let _ = self.stopping.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The semaphore of a workspace.
+    fn workspace_slots(&self, workspace: &str) -> Arc<Semaphore> {
+        let mut map = self
+            .per_workspace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(workspace.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_workspace.max(1)))),
+        )
+    }
+
+    /// The loaded recipe, from the cache while its deployment is unchanged.
+    async fn recipe(&self, workspace: &str, name: &str) -> Result<Arc<Recipe>, String> {
+        let stored = self
+            .storage
+            .recipe(workspace, name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("recipe `{name}` is not deployed"))?;
+        let key = (workspace.to_string(), name.to_string());
+        if let Some((version, recipe)) = self
+            .recipes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            && *version == stored.updated_at
+        {
+            return Ok(Arc::clone(recipe));
+        }
+        let manifest = Manifest::parse(&stored.manifest).map_err(|e| e.to_string())?;
+        let mut bytes = HashMap::new();
+        for (path, sha) in &stored.components {
+            let component = self
+                .storage
+                .component(sha)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("component {path} is missing from the store"))?;
+            bytes.insert(path.clone(), component);
+        }
+        let engine = self.engine.clone();
+        let recipe = tokio::task::spawn_blocking(move || {
+            Recipe::load(&engine, manifest, |path| {
+                let key = path.to_string_lossy().replace('\\', "/");
+                bytes
+                    .get(&key)
+                    .cloned()
+                    .ok_or_else(|| std::io::Error::other(format!("{key} is not in the deployment")))
+            })
+        })
+        .await
+        .map_err(|e| format!("loading the recipe failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let recipe = Arc::new(recipe);
+        self.recipes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, (stored.updated_at, Arc::clone(&recipe)));
+        Ok(recipe)
+    }
+
+    /// Runs (or resumes) one job to its end.
+    async fn run_job(self: Arc<Self>, id: String, workspace: String) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), Arc::clone(&cancel));
+        let result = self.run_job_inner(&id, &workspace, &cancel).await;
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Err(e) = result {
+            tracing::error!(job = %id, error = %e, "a job could not be run");
+        }
+    }
+
+    async fn run_job_inner(
+        &self,
+        id: &str,
+        workspace: &str,
+        cancel: &AtomicBool,
+    ) -> Result<(), StorageError> {
+        let ws_slots = self.workspace_slots(workspace);
+        let Ok(_ws_permit) = ws_slots.acquire_owned().await else {
+            return Ok(());
+        };
+        let Ok(_permit) = Arc::clone(&self.global).acquire_owned().await else {
+            return Ok(());
+        };
+        if *self.stopping.borrow() {
+            return Ok(());
+        }
+        let Some(started) = self.storage.start_job(id).await? else {
+            return Ok(());
+        };
+        self.metrics.job_started();
+        let summary = started.summary;
+        let recipe = match self.recipe(&summary.workspace, &summary.recipe).await {
+            Ok(r) => r,
+            Err(reason) => {
+                let end = self
+                    .storage
+                    .finish_job(id, JobState::Failed, Some(reason), Vec::new())
+                    .await?;
+                self.metrics.job_finished(end);
+                return Ok(());
+            }
+        };
+        let env = self
+            .storage
+            .environment(&summary.workspace, &summary.environment)
+            .await?;
+        let mut options = JobOptions::new(&summary.workspace, &summary.recipe)
+            .connections(
+                self.storage
+                    .connections(&summary.workspace, &summary.environment),
+            )
+            .observer(Arc::new(JobObserver {
+                storage: Arc::clone(&self.storage),
+                metrics: self.metrics.clone(),
+            }));
+        options.id = summary.id.clone();
+        for (k, v) in env.properties {
+            options = options.property(k, v);
+        }
+        let job = self.engine.job(options);
+        let storage = Arc::clone(&self.storage);
+        let metrics = self.metrics.clone();
+        let (job_id, workspace) = (summary.id.clone(), summary.workspace.clone());
+        let job_ref = &job;
+        let mut checkpoint = |index: usize, record: &StepRecord, output: Option<&Value>| {
+            let commit = StepCommit {
+                job: job_id.clone(),
+                workspace: workspace.clone(),
+                index,
+                step: record.step.clone(),
+                status: match record.status {
+                    StepStatus::Succeeded => "succeeded",
+                    StepStatus::Skipped => "skipped",
+                    StepStatus::Failed => "failed",
+                }
+                .into(),
+                history: serde_json::to_value(record).unwrap_or(Value::Null),
+                checkpoint: output.map(|o| (o.clone(), job_ref.marked())),
+            };
+            metrics.step_finished(record.elapsed, record.status == StepStatus::Succeeded);
+            let storage = Arc::clone(&storage);
+            let cancelled = cancel.load(Ordering::SeqCst);
+            async move {
+                // A failed commit stops the job: it stays `running` and
+                // resumes after its last committed step at the next start.
+                storage.commit_step(commit).await.map_err(|e| {
+                    tracing::error!(error = %e, "a step could not be committed");
+                    Stop
+                })?;
+                if cancelled { Err(Stop) } else { Ok(()) }
+            }
+        };
+        let report = recipe
+            .run_from(&job, &started.payload, started.resume, &mut checkpoint)
+            .await;
+        let (state, error) = if report.ok {
+            (JobState::Succeeded, None)
+        } else if cancel.load(Ordering::SeqCst) {
+            (JobState::Cancelled, None)
+        } else {
+            let error = report
+                .steps
+                .iter()
+                .rev()
+                .find_map(|s| s.error.clone())
+                .map(|e| job.mask_text(&e));
+            match error {
+                Some(e) => (JobState::Failed, Some(e)),
+                // No step failed: a commit failed; leave it for recovery.
+                None => return Ok(()),
+            }
+        };
+        let end = self.storage.finish_job(id, state, error, Vec::new()).await?;
+        self.metrics.job_finished(end);
+        Ok(())
+    }
+}
+
+/// Fires schedules: every `tick`, each schedule whose latest slot is newer
+/// than the one it last fired for gets one job for that slot (missed slots
+/// while the daemon was down collapse into one run).
+pub(crate) fn start_scheduler(
+    storage: Arc<dyn Storage>,
+    runner: Arc<Runner>,
+    tick: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let schedules = match storage.schedules().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "schedules could not be read");
+                    continue;
+                }
+            };
+            let now = now_millis() / 1000;
+            for trigger in schedules {
+                let (Some(cron), Some(tz)) = (&trigger.cron, &trigger.timezone) else {
+                    continue;
+                };
+                let Ok(schedule) = Schedule::parse(cron, tz) else {
+                    continue;
+                };
+                // A new schedule starts from its creation, not from 1970.
+                let not_before = trigger.last_slot.unwrap_or(trigger.created_at);
+                let Some(slot) = schedule.latest_at_or_before(now, not_before) else {
+                    continue;
+                };
+                let job = NewJob {
+                    id: new_job_id(),
+                    workspace: trigger.workspace.clone(),
+                    recipe: trigger.recipe.clone(),
+                    environment: trigger.environment.clone(),
+                    trigger_kind: "schedule".into(),
+                    payload: json!({
+                        "schedule": trigger.id,
+                        "slot": slot,
+                        "input": trigger.input.clone().unwrap_or(Value::Null),
+                    }),
+                    idempotency_key: None,
+                    rerun_of: None,
+                    created_at: now_millis(),
+                };
+                let id = job.id.clone();
+                match storage.fire_schedule(&trigger.id, slot, job).await {
+                    Ok(true) => runner.submit(&id, &trigger.workspace),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "a schedule could not fire"),
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,220 @@
+//! `wrun serve`: the operator's daemon.
+//!
+//! The parts: [`config`] (file + environment), [`tls`] (HTTPS serving with
+//! graceful shutdown), [`api`] (routes, authentication, authorisation,
+//! [`openapi`]), [`auth`] (tokens, scopes, roles, JWTs, IP allowlists),
+//! [`storage`] (the storage trait) and [`sqlite`] (its embedded
+//! implementation with group commit), [`jobs`] (the runner and the
+//! scheduler), [`audit`] (the MAC-chained audit log), [`metrics`],
+//! [`ratelimit`], [`signature`] (webhook HMAC) and [`schedule`] (cron).
+//! [`admin`] holds what the CLI does on the same database (tokens, members,
+//! audit verification and streaming).
+
+pub(crate) mod admin;
+pub(crate) mod api;
+pub(crate) mod audit;
+pub(crate) mod auth;
+pub(crate) mod config;
+pub(crate) mod http_error;
+pub(crate) mod jobs;
+pub(crate) mod metrics;
+pub(crate) mod openapi;
+pub(crate) mod ratelimit;
+pub(crate) mod schedule;
+pub(crate) mod signature;
+pub(crate) mod sqlite;
+pub(crate) mod storage;
+pub(crate) mod tls;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::sync::watch;
+use wrun_runtime::Engine;
+
+use self::api::AppState;
+use self::config::DaemonConfig;
+use self::jobs::{Runner, RunnerLimits};
+use self::metrics::Metrics;
+use self::ratelimit::RateLimiter;
+use self::sqlite::SqliteStorage;
+use self::storage::Storage;
+use crate::keys::{KeySource, MasterKey};
+
+/// Runs the daemon until SIGTERM or SIGINT.
+///
+/// # Errors
+///
+/// A configuration, TLS, database or key problem at start-up, or a listener
+/// that cannot bind.
+pub(crate) async fn serve(
+    config: DaemonConfig,
+    db: &Path,
+    key: MasterKey,
+    key_source: Option<KeySource>,
+    engine: Engine,
+) -> Result<()> {
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => tls::load_server_config(cert, key)?,
+        _ => {
+            let host = config.listen.ip().to_string();
+            let (tls, pem) = tls::self_signed(&["localhost".to_string(), host])?;
+            eprintln!(
+                "WARNING: wrun serve is using a SELF-SIGNED certificate (development mode). Do not expose it: clients cannot verify this server."
+            );
+            tracing::warn!("serving with a self-signed development certificate");
+            if let Some(out) = &config.tls.dev_cert_out {
+                std::fs::write(out, pem)
+                    .with_context(|| format!("writing the development certificate to {}", out.display()))?;
+            }
+            tls
+        }
+    };
+
+    let sqlite = SqliteStorage::open(db, key, key_source)?;
+    let storage: Arc<dyn Storage> = Arc::new(Arc::clone(&sqlite));
+    let metrics = Metrics::new();
+    let runner = Runner::start(
+        Arc::clone(&storage),
+        engine,
+        metrics.clone(),
+        RunnerLimits {
+            concurrency: config.workers.concurrency,
+            per_workspace: config.workers.per_workspace,
+        },
+    );
+    let recovered = runner.recover().await?;
+    if recovered > 0 {
+        tracing::info!(jobs = recovered, "resuming jobs that were queued or running");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    jobs::start_scheduler(
+        Arc::clone(&storage),
+        Arc::clone(&runner),
+        Duration::from_millis(config.workers.schedule_tick_ms.max(50)),
+        stop_rx.clone(),
+    );
+    start_retention(Arc::clone(&storage), stop_rx.clone());
+    if let Some(path) = &config.audit.stream_file {
+        admin::start_audit_stream(db.to_path_buf(), path.clone(), stop_rx.clone())?;
+    }
+
+    let jwt = match &config.jwt {
+        Some(c) => Some(Arc::new(auth::JwtVerifier::new(c)?)),
+        None => None,
+    };
+    let token_limits = Arc::new(RateLimiter::new(
+        config.limits.requests_per_second,
+        config.limits.burst,
+    ));
+    let webhook_limits = Arc::new(RateLimiter::new(
+        config.limits.webhook_per_second,
+        config.limits.webhook_burst,
+    ));
+    {
+        let (t, w, mut stop) = (
+            Arc::clone(&token_limits),
+            Arc::clone(&webhook_limits),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ratelimit::RETAIN_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { t.retain_recent(); w.retain_recent(); }
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let config = Arc::new(config);
+    let state = AppState {
+        storage,
+        runner: Arc::clone(&runner),
+        metrics: metrics.clone(),
+        jwt,
+        config: Arc::clone(&config),
+        token_limits,
+        webhook_limits,
+        ready: Arc::clone(&ready),
+    };
+    let app = api::router(&config)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            metrics::count_http_responses,
+        ))
+        .with_state(state);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to find the port.
+    println!("wrun serve: listening on https://{local}");
+    ready.store(true, Ordering::SeqCst);
+
+    let limits = tls::ServeLimits {
+        max_header_bytes: config.limits.max_header_bytes,
+        ..tls::ServeLimits::default()
+    };
+    let ready_for_signal = Arc::clone(&ready);
+    let shutdown = async move {
+        wait_for_signal().await;
+        ready_for_signal.store(false, Ordering::SeqCst);
+        tracing::info!("shutting down: no new connections; finishing requests and jobs");
+    };
+    tls::serve(listener, tls, app, limits, shutdown).await?;
+    let _ = stop_tx.send(true);
+    runner
+        .shutdown(Duration::from_secs(config.workers.shutdown_grace_secs))
+        .await;
+    drop(sqlite);
+    Ok(())
+}
+
+/// Resolves at SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Deletes expired history at start and every hour.
+fn start_retention(storage: Arc<dyn Storage>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match storage.sweep_retention(sqlite::now_millis()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "deleted job history past its retention"),
+                Err(e) => tracing::error!(error = %e, "the retention sweep failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,1870 @@
+//! The embedded [`Storage`]: the CLI's SQLite database (schema version 2)
+//! with one writer thread that commits in groups.
+//!
+//! # Durability and group commit
+//!
+//! The database runs in WAL mode with `synchronous = FULL` (see
+//! `store_sqlite`): a commit returns once the WAL is synced, so an
+//! acknowledged write survives `kill -9` and a power loss. Syncing once per
+//! write would cap the daemon at a few hundred writes per second, so every
+//! write goes to one writer thread as an operation; the thread takes every
+//! operation that is waiting (up to [`MAX_BATCH`]), runs each in its own
+//! savepoint inside one transaction, commits once, and only then answers
+//! each caller. A caller is never answered before its write is on disk, and
+//! one failing operation rolls back its savepoint only.
+//!
+//! Reads run on a small pool of read connections on the blocking thread
+//! pool; WAL lets them run beside the writer.
+//!
+//! # Sealed columns
+//!
+//! With the workspace data key (AES-256-GCM) and associated data
+//! `"wrun:job:v1:" workspace NUL job NUL part`: `jobs.payload` (part
+//! `payload`), `job_steps.history` (`history:<idx>`), `job_steps.checkpoint`
+//! (`checkpoint:<idx>`), `triggers.secret` (`"wrun:trigger:v1:" workspace
+//! NUL id`). Connections use the CLI's sealing (bound to name, hosts and
+//! placement). A sealed record moved to another job, step or workspace does
+//! not open.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use wrun_runtime::recipe::Resume;
+use wrun_runtime::{ConnectionSource, Placement, SecretValue};
+use zeroize::Zeroizing;
+
+use super::audit::{self, AuditKey, Entry, Stored};
+use super::auth::{self, PermissionSet};
+use super::storage::*;
+use crate::keys::{self, DataKey, KeySource, MasterKey};
+use crate::store_sqlite::{
+    self as store, Doing as _, OpenMode, Store, StoreError, check_name, check_placement,
+    connection_aad, hosts_json, parse_hosts,
+};
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Most idle read connections kept open.
+const MAX_READERS: usize = 8;
+
+/// What an operation tells its caller once the group is committed (or not).
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// An operation for the writer thread.
+type Op = Box<dyn FnOnce(&WriteCtx<'_>) -> Completion + Send>;
+
+/// What an operation can use on the writer thread.
+pub(crate) struct WriteCtx<'a> {
+    /// The writer's connection, inside the group's transaction.
+    pub(crate) conn: &'a Connection,
+    audit_key: &'a AuditKey,
+}
+
+impl WriteCtx<'_> {
+    /// Appends audit entries in the group's transaction.
+    fn audit(&self, entries: &[Entry]) -> StorageResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        audit::append(self.conn, self.audit_key, now_millis(), entries)?;
+        Ok(())
+    }
+}
+
+/// The current time in unix milliseconds.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The master key and where to read it again after an online rotation.
+struct KeyCell {
+    key: RwLock<Arc<MasterKey>>,
+    source: Option<KeySource>,
+}
+
+/// The SQLite storage of the daemon.
+pub(crate) struct SqliteStorage {
+    path: PathBuf,
+    ops: mpsc::UnboundedSender<Op>,
+    readers: Mutex<Vec<Store>>,
+    /// A connection for data-key creation (its own short transactions).
+    keys_store: Mutex<Store>,
+    master: KeyCell,
+    data_keys: RwLock<HashMap<String, Arc<DataKey>>>,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStorage")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a serde error on a stored record.
+fn damaged(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> StorageError {
+    let what = what.into();
+    move |e| StorageError::Damaged {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// The associated data of a sealed job part.
+fn job_aad(workspace: &str, job: &str, part: &str) -> Vec<u8> {
+    format!("wrun:job:v1:{workspace}\0{job}\0{part}").into_bytes()
+}
+
+/// The associated data of a sealed webhook secret.
+fn trigger_aad(workspace: &str, id: &str) -> Vec<u8> {
+    format!("wrun:trigger:v1:{workspace}\0{id}").into_bytes()
+}
+
+impl SqliteStorage {
+    /// Opens (creating if missing) the database at `path` and starts the
+    /// writer thread.
+    ///
+    /// # Errors
+    ///
+    /// Store errors (not a wrun database, damaged, wrong master key).
+    pub(crate) fn open(
+        path: &Path,
+        master: MasterKey,
+        source: Option<KeySource>,
+    ) -> StorageResult<Arc<SqliteStorage>> {
+        let writer = Store::open(path, OpenMode::CreateIfMissing)?;
+        writer.check_key(&master)?;
+        let audit_key = writer.audit_key(&master)?;
+        let audit_key = AuditKey::from_bytes(*audit_key.bytes());
+        let keys_store = Store::open(path, OpenMode::MustExist)?;
+        let (tx, rx) = mpsc::unbounded_channel::<Op>();
+        std::thread::Builder::new()
+            .name("wrun-db-writer".into())
+            .spawn(move || writer_loop(&writer, &audit_key, rx))
+            .map_err(|e| StorageError::Conflict(format!("cannot start the writer thread: {e}")))?;
+        Ok(Arc::new(SqliteStorage {
+            path: path.into(),
+            ops: tx,
+            readers: Mutex::new(Vec::new()),
+            keys_store: Mutex::new(keys_store),
+            master: KeyCell {
+                key: RwLock::new(Arc::new(master)),
+                source,
+            },
+            data_keys: RwLock::new(HashMap::new()),
+        }))
+    }
+
+    /// Runs `f` on the writer thread in the next group; returns once the
+    /// group is committed.
+    pub(crate) async fn write<T, F>(&self, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteCtx<'_>) -> StorageResult<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<StorageResult<T>>();
+        let op: Op = Box::new(move |ctx| {
+            if let Err(e) = ctx.conn.execute_batch("SAVEPOINT op") {
+                let e = StorageError::Store(StoreError::Sql {
+                    doing: "starting a write".into(),
+                    source: e,
+                });
+                return Box::new(move |_| {
+                    let _ = tx.send(Err(e));
+                });
+            }
+            match f(ctx) {
+                Ok(value) => {
+                    let _ = ctx.conn.execute_batch("RELEASE op");
+                    Box::new(move |committed| {
+                        let _ = tx.send(match committed {
+                            Ok(()) => Ok(value),
+                            Err(e) => Err(StorageError::Conflict(format!(
+                                "committing to the database failed: {e}"
+                            ))),
+                        });
+                    })
+                }
+                Err(e) => {
+                    let _ = ctx.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                    Box::new(move |_| {
+                        let _ = tx.send(Err(e));
+                    })
+                }
+            }
+        });
+        self.ops.send(op).map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Runs `f` with a read connection on the blocking pool.
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StorageResult<T> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        let joined = tokio::task::spawn_blocking(move || {
+            let pooled = this
+                .readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let reader = match pooled {
+                Some(r) => r,
+                None => Store::open(&this.path, OpenMode::MustExist)?,
+            };
+            let result = f(reader.conn());
+            let mut readers = this.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            if readers.len() < MAX_READERS {
+                readers.push(reader);
+            }
+            result
+        })
+        .await;
+        joined.map_err(|e| StorageError::Conflict(format!("a database read failed: {e}")))?
+    }
+
+    /// The data key of a workspace (cached), created with the workspace if
+    /// `create` is set. Reloads the master key once if the database has
+    /// been rotated to a new one.
+    async fn data_key(self: &Arc<Self>, workspace: &str, create: bool) -> StorageResult<Arc<DataKey>> {
+        if let Some(k) = self
+            .data_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(workspace)
+        {
+            return Ok(Arc::clone(k));
+        }
+        let this = Arc::clone(self);
+        let ws = workspace.to_string();
+        let joined = tokio::task::spawn_blocking(move || -> StorageResult<Option<DataKey>> {
+            let store = this.keys_store.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = Arc::clone(&this.master.key.read().unwrap_or_else(PoisonError::into_inner));
+            match store.data_key(&ws, &key, create) {
+                Err(StoreError::KeyMismatch { .. }) if this.master.source.is_some() => {
+                    let reloaded = this
+                        .master
+                        .source
+                        .clone()
+                        .map(MasterKey::load)
+                        .transpose()
+                        .map_err(|e| StorageError::Conflict(e.to_string()))?;
+                    let Some(reloaded) = reloaded else {
+                        return Ok(None);
+                    };
+                    let dk = store.data_key(&ws, &reloaded, create)?;
+                    *this.master.key.write().unwrap_or_else(PoisonError::into_inner) =
+                        Arc::new(reloaded);
+                    Ok(dk)
+                }
+                other => Ok(other?),
+            }
+        })
+        .await
+        .map_err(|e| StorageError::Conflict(format!("reading a data key failed: {e}")))??;
+        let Some(dk) = joined else {
+            return Err(StorageError::NotFound {
+                what: "workspace",
+                name: workspace.into(),
+            });
+        };
+        let dk = Arc::new(dk);
+        self.data_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(workspace.into(), Arc::clone(&dk));
+        Ok(dk)
+    }
+
+    /// Seals a JSON value for a job part.
+    async fn seal_json(
+        self: &Arc<Self>,
+        workspace: &str,
+        aad: &[u8],
+        value: &Value,
+    ) -> StorageResult<Vec<u8>> {
+        let dk = self.data_key(workspace, true).await?;
+        let plain = Zeroizing::new(serde_json::to_vec(value).map_err(damaged("a job record"))?);
+        keys::seal(&dk, &plain, aad).map_err(|e| StorageError::Damaged {
+            what: "a job record".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Opens a sealed JSON value.
+    fn open_json(dk: &DataKey, sealed: &[u8], aad: &[u8], what: &str) -> StorageResult<Value> {
+        let plain = keys::open(dk, sealed, aad).map_err(|e| StorageError::Damaged {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&plain).map_err(damaged(what))
+    }
+
+    /// A connection source over this storage for one job.
+    fn job_connections(
+        self: &Arc<Self>,
+        workspace: &str,
+        environment: &str,
+    ) -> Arc<dyn ConnectionSource> {
+        Arc::new(DaemonConnections {
+            storage: Arc::clone(self),
+            workspace: workspace.into(),
+            environment: environment.into(),
+        })
+    }
+}
+
+/// The writer thread: group commits until every sender is gone.
+fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let conn = store.conn();
+    let ctx = WriteCtx { conn, audit_key };
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            for op in batch {
+                // Each op answers with its own savepoint error; the group is
+                // reported as not committed.
+                op(&ctx)(Err(msg.clone()));
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = batch.into_iter().map(|op| op(&ctx)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            e.to_string()
+        });
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "a group commit failed");
+        }
+        for done in completions {
+            done(committed.clone());
+        }
+    }
+}
+
+/// Connections of one job, resolved through the environment's bindings and
+/// opened with the cached workspace key.
+struct DaemonConnections {
+    storage: Arc<SqliteStorage>,
+    workspace: String,
+    environment: String,
+}
+
+#[async_trait::async_trait]
+impl ConnectionSource for DaemonConnections {
+    async fn connection(&self, name: &str) -> Result<Option<wrun_runtime::Connection>, String> {
+        let (ws, env, logical) = (
+            self.workspace.clone(),
+            self.environment.clone(),
+            name.to_string(),
+        );
+        let row = self
+            .storage
+            .read(move |conn| {
+                let stored: Option<String> = conn
+                    .query_row(
+                        "SELECT connection FROM bindings WHERE workspace = ?1 AND environment = ?2 AND logical = ?3",
+                        params![ws, env, logical],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .doing(|| format!("resolving connection `{logical}`"))?;
+                let stored = stored.unwrap_or_else(|| logical.clone());
+                let row: Option<(String, Vec<u8>, String, String)> = conn
+                    .query_row(
+                        "SELECT name, sealed, hosts, placement FROM connections WHERE workspace = ?1 AND name = ?2",
+                        params![ws, stored],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()
+                    .doing(|| format!("reading connection `{stored}`"))?;
+                Ok(row)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some((stored, sealed, hosts, placement)) = row else {
+            return Ok(None);
+        };
+        let dk = self
+            .storage
+            .data_key(&self.workspace, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let aad = connection_aad(&self.workspace, &stored, &placement, &hosts);
+        let plain = keys::open(&dk, &sealed, &aad)
+            .map_err(|_| format!("connection `{stored}` does not decrypt: it was altered"))?;
+        let value = std::str::from_utf8(&plain)
+            .map_err(|_| format!("connection `{stored}` is not text"))?;
+        let hosts = parse_hosts(&self.workspace, &stored, &hosts).map_err(|e| e.to_string())?;
+        let placement: Placement = placement
+            .parse()
+            .map_err(|e| format!("connection `{stored}`: {e}"))?;
+        wrun_runtime::Connection::new(name, SecretValue::new(value), hosts, placement)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Reads a token row.
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, String, String)> {
+    let hash: Vec<u8> = r.get(3)?;
+    let mut h = [0u8; 32];
+    if hash.len() == 32 {
+        h.copy_from_slice(&hash);
+    }
+    Ok((
+        TokenRecord {
+            id: r.get(0)?,
+            workspace: r.get(1)?,
+            name: r.get(2)?,
+            hash: h,
+            owner: r.get(4)?,
+            creator: r.get(5)?,
+            scopes: PermissionSet::default(),
+            allow_ips: Vec::new(),
+            created_at: r.get(8)?,
+            expires_at: r.get(9)?,
+            revoked_at: r.get(10)?,
+            last_used_at: r.get(11)?,
+            last_used_ip: r.get(12)?,
+        },
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+/// Completes a token read from its row.
+fn finish_token(
+    (mut t, scopes, ips): (TokenRecord, String, String),
+) -> StorageResult<TokenRecord> {
+    let scopes: Vec<String> =
+        serde_json::from_str(&scopes).map_err(damaged(format!("the scopes of token {}", t.id)))?;
+    t.scopes = PermissionSet::parse(&scopes).map_err(|e| StorageError::Damaged {
+        what: format!("the scopes of token {}", t.id),
+        reason: e.to_string(),
+    })?;
+    t.allow_ips =
+        serde_json::from_str(&ips).map_err(damaged(format!("the IP allowlist of token {}", t.id)))?;
+    Ok(t)
+}
+
+const TOKEN_COLUMNS: &str = "id, workspace, name, hash, owner, creator, scopes, allow_ips, created_at, expires_at, revoked_at, last_used_at, last_used_ip";
+
+const JOB_COLUMNS: &str =
+    "id, workspace, recipe, environment, state, trigger_kind, rerun_of, created_at, started_at, finished_at, error";
+
+/// Reads a job summary row.
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobSummary, String)> {
+    let state: String = r.get(4)?;
+    Ok((
+        JobSummary {
+            id: r.get(0)?,
+            workspace: r.get(1)?,
+            recipe: r.get(2)?,
+            environment: r.get(3)?,
+            state: JobState::Queued,
+            trigger: r.get(5)?,
+            rerun_of: r.get(6)?,
+            created_at: r.get(7)?,
+            started_at: r.get(8)?,
+            finished_at: r.get(9)?,
+            error: r.get(10)?,
+        },
+        state,
+    ))
+}
+
+/// Completes a job summary from its row.
+fn finish_job_row((mut s, state): (JobSummary, String)) -> StorageResult<JobSummary> {
+    s.state = JobState::parse(&state).ok_or_else(|| StorageError::Damaged {
+        what: format!("job {}", s.id),
+        reason: format!("unknown state `{state}`"),
+    })?;
+    Ok(s)
+}
+
+/// Reads a trigger row (the secret still sealed).
+fn trigger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TriggerRecord, Option<Vec<u8>>, Option<String>)> {
+    let kind: String = r.get(3)?;
+    let sealed: Option<Vec<u8>> = r.get(5)?;
+    Ok((
+        TriggerRecord {
+            id: r.get(0)?,
+            workspace: r.get(1)?,
+            recipe: r.get(2)?,
+            kind: if kind == "schedule" {
+                TriggerKind::Schedule
+            } else {
+                TriggerKind::Webhook
+            },
+            environment: r.get(4)?,
+            secret: None,
+            signed: sealed.is_some(),
+            cron: r.get(6)?,
+            timezone: r.get(7)?,
+            input: None,
+            last_slot: r.get(9)?,
+            created_at: r.get(10)?,
+        },
+        sealed,
+        r.get(8)?,
+    ))
+}
+
+const TRIGGER_COLUMNS: &str =
+    "id, workspace, recipe, kind, environment, secret, cron, timezone, input, last_slot, created_at";
+
+impl SqliteStorage {
+    /// Completes a trigger read: opens its secret and parses its input.
+    async fn finish_trigger(
+        self: &Arc<Self>,
+        (mut t, sealed, input): (TriggerRecord, Option<Vec<u8>>, Option<String>),
+    ) -> StorageResult<TriggerRecord> {
+        if let Some(sealed) = sealed {
+            let dk = self.data_key(&t.workspace, false).await?;
+            let plain = keys::open(&dk, &sealed, &trigger_aad(&t.workspace, &t.id)).map_err(|e| {
+                StorageError::Damaged {
+                    what: format!("the secret of webhook {}", t.id),
+                    reason: e.to_string(),
+                }
+            })?;
+            t.secret = Some(Zeroizing::new(plain.to_vec()));
+        }
+        if let Some(input) = input {
+            t.input = Some(
+                serde_json::from_str(&input).map_err(damaged(format!("the input of trigger {}", t.id)))?,
+            );
+        }
+        Ok(t)
+    }
+}
+
+/// Inserts a job row (the payload already sealed); `Duplicate` if the
+/// idempotency key was seen for this recipe.
+fn insert_job(conn: &Connection, job: &NewJob, sealed: &[u8]) -> StorageResult<Enqueued> {
+    if let Some(key) = &job.idempotency_key {
+        let existing: Option<String> = conn
+            .query_row(
+                "SELECT id FROM jobs WHERE workspace = ?1 AND recipe = ?2 AND idempotency_key = ?3",
+                params![job.workspace, job.recipe, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .doing(|| "checking an idempotency key".to_string())?;
+        if let Some(id) = existing {
+            return Ok(Enqueued::Duplicate(id));
+        }
+    }
+    conn.execute(
+        "INSERT INTO jobs (id, workspace, recipe, environment, state, trigger_kind, payload, idempotency_key, rerun_of, created_at)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9)",
+        params![
+            job.id,
+            job.workspace,
+            job.recipe,
+            job.environment,
+            job.trigger_kind,
+            sealed,
+            job.idempotency_key,
+            job.rerun_of,
+            job.created_at
+        ],
+    )
+    .doing(|| format!("queueing job {}", job.id))?;
+    Ok(Enqueued::New(job.id.clone()))
+}
+
+/// Deletes jobs by id (their steps go by cascade).
+fn delete_job_ids(conn: &Connection, ids: &[String]) -> StorageResult<u64> {
+    let mut n = 0;
+    for id in ids {
+        n += conn
+            .execute("DELETE FROM jobs WHERE id = ?1", params![id])
+            .doing(|| format!("deleting job {id}"))? as u64;
+    }
+    Ok(n)
+}
+
+#[async_trait::async_trait]
+impl Storage for Arc<SqliteStorage> {
+    fn connections(&self, workspace: &str, environment: &str) -> Arc<dyn ConnectionSource> {
+        self.job_connections(workspace, environment)
+    }
+
+    async fn ensure_workspace(&self, workspace: &str) -> StorageResult<()> {
+        self.data_key(workspace, true).await.map(|_| ())
+    }
+
+    async fn token(&self, id: &str) -> StorageResult<Option<TokenRecord>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+                    params![id],
+                    token_row,
+                )
+                .optional()
+                .doing(|| "reading a token".to_string())?;
+            row.map(finish_token).transpose()
+        })
+        .await
+    }
+
+    async fn create_token(&self, t: TokenRecord, audit: Entry) -> StorageResult<()> {
+        let scopes = serde_json::to_string(&t.scopes.to_strings()).map_err(damaged("scopes"))?;
+        let ips = serde_json::to_string(&t.allow_ips).map_err(damaged("allowlist"))?;
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    &format!(
+                        "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL)"
+                    ),
+                    params![
+                        t.id,
+                        t.workspace,
+                        t.name,
+                        t.hash.to_vec(),
+                        t.owner,
+                        t.creator,
+                        scopes,
+                        ips,
+                        t.created_at,
+                        t.expires_at
+                    ],
+                )
+                .doing(|| "storing a token".to_string())?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, workspace: &str) -> StorageResult<Vec<TokenRecord>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE workspace = ?1 ORDER BY created_at, id"
+                ))
+                .doing(|| "listing tokens".to_string())?;
+            let rows = stmt
+                .query_map(params![ws], token_row)
+                .doing(|| "listing tokens".to_string())?;
+            rows.map(|r| {
+                finish_token(r.doing(|| "listing tokens".to_string())?)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, workspace: &str, id: &str, audit: Entry) -> StorageResult<bool> {
+        let (ws, id) = (workspace.to_string(), id.to_string());
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "UPDATE tokens SET revoked_at = ?3 WHERE workspace = ?1 AND id = ?2 AND revoked_at IS NULL",
+                    params![ws, id, store::now()],
+                )
+                .doing(|| "revoking a token".to_string())?;
+            let exists = n > 0
+                || ctx
+                    .conn
+                    .query_row(
+                        "SELECT 1 FROM tokens WHERE workspace = ?1 AND id = ?2",
+                        params![ws, id],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .doing(|| "revoking a token".to_string())?
+                    .is_some();
+            if exists {
+                ctx.audit(&[audit])?;
+            }
+            Ok(exists)
+        })
+        .await
+    }
+
+    async fn touch_token(&self, id: &str, at: i64, ip: &str) -> StorageResult<()> {
+        let (id, ip) = (id.to_string(), ip.to_string());
+        // Not awaited by the request: queued for the next group.
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = this
+                .write(move |ctx| {
+                    ctx.conn
+                        .execute(
+                            "UPDATE tokens SET last_used_at = ?2, last_used_ip = ?3 WHERE id = ?1",
+                            params![id, at, ip],
+                        )
+                        .doing(|| "recording a token's use".to_string())?;
+                    Ok(())
+                })
+                .await;
+        });
+        Ok(())
+    }
+
+    async fn member_role(&self, workspace: &str, subject: &str) -> StorageResult<Option<String>> {
+        let (ws, subject) = (workspace.to_string(), subject.to_string());
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT role FROM members WHERE workspace = ?1 AND subject = ?2",
+                    params![ws, subject],
+                    |r| r.get(0),
+                )
+                .optional()
+                .doing(|| "reading a member".to_string())?)
+        })
+        .await
+    }
+
+    async fn role_permissions(
+        &self,
+        workspace: &str,
+        role: &str,
+    ) -> StorageResult<Option<PermissionSet>> {
+        if let Some(p) = auth::builtin_role(role) {
+            return Ok(Some(p));
+        }
+        let (ws, role) = (workspace.to_string(), role.to_string());
+        self.read(move |conn| {
+            let perms: Option<String> = conn
+                .query_row(
+                    "SELECT permissions FROM roles WHERE workspace = ?1 AND name = ?2",
+                    params![ws, role],
+                    |r| r.get(0),
+                )
+                .optional()
+                .doing(|| "reading a role".to_string())?;
+            perms
+                .map(|p| {
+                    let list: Vec<String> =
+                        serde_json::from_str(&p).map_err(damaged(format!("role `{role}`")))?;
+                    PermissionSet::parse(&list).map_err(|e| StorageError::Damaged {
+                        what: format!("role `{role}`"),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_members(&self, workspace: &str) -> StorageResult<Vec<Member>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            let doing = || "listing members".to_string();
+            let mut stmt = conn
+                .prepare("SELECT subject, role, created_at FROM members WHERE workspace = ?1 ORDER BY subject")
+                .doing(doing)?;
+            let rows = stmt
+                .query_map(params![ws], |r| {
+                    Ok(Member {
+                        subject: r.get(0)?,
+                        role: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                })
+                .doing(doing)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+        })
+        .await
+    }
+
+    async fn set_member(
+        &self,
+        workspace: &str,
+        subject: &str,
+        role: &str,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        self.data_key(workspace, true).await?;
+        let (ws, subject, role) = (workspace.to_string(), subject.to_string(), role.to_string());
+        self.write(move |ctx| {
+            if auth::builtin_role(&role).is_none() {
+                let exists = ctx
+                    .conn
+                    .query_row(
+                        "SELECT 1 FROM roles WHERE workspace = ?1 AND name = ?2",
+                        params![ws, role],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .doing(|| "checking a role".to_string())?
+                    .is_some();
+                if !exists {
+                    return Err(StorageError::NotFound {
+                        what: "role",
+                        name: role,
+                    });
+                }
+            }
+            ctx.conn
+                .execute(
+                    "INSERT INTO members (workspace, subject, role, created_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (workspace, subject) DO UPDATE SET role = excluded.role",
+                    params![ws, subject, role, store::now()],
+                )
+                .doing(|| "setting a member".to_string())?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        workspace: &str,
+        subject: &str,
+        audit: Entry,
+    ) -> StorageResult<bool> {
+        let (ws, subject) = (workspace.to_string(), subject.to_string());
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "DELETE FROM members WHERE workspace = ?1 AND subject = ?2",
+                    params![ws, subject],
+                )
+                .doing(|| "removing a member".to_string())?;
+            if n > 0 {
+                ctx.audit(&[audit])?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_roles(&self, workspace: &str) -> StorageResult<Vec<Role>> {
+        let ws = workspace.to_string();
+        let mut roles: Vec<Role> = auth::BUILTIN_ROLES
+            .iter()
+            .filter_map(|name| {
+                auth::builtin_role(name).map(|permissions| Role {
+                    name: (*name).to_string(),
+                    permissions,
+                    builtin: true,
+                })
+            })
+            .collect();
+        let custom = self
+            .read(move |conn| {
+                let doing = || "listing roles".to_string();
+                let mut stmt = conn
+                    .prepare("SELECT name, permissions FROM roles WHERE workspace = ?1 ORDER BY name")
+                    .doing(doing)?;
+                let rows = stmt
+                    .query_map(params![ws], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .doing(doing)?;
+                let rows = rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?;
+                rows.into_iter()
+                    .map(|(name, p)| {
+                        let list: Vec<String> =
+                            serde_json::from_str(&p).map_err(damaged(format!("role `{name}`")))?;
+                        let permissions = PermissionSet::parse(&list).map_err(|e| {
+                            StorageError::Damaged {
+                                what: format!("role `{name}`"),
+                                reason: e.to_string(),
+                            }
+                        })?;
+                        Ok(Role {
+                            name,
+                            permissions,
+                            builtin: false,
+                        })
+                    })
+                    .collect::<StorageResult<Vec<_>>>()
+            })
+            .await?;
+        roles.extend(custom);
+        Ok(roles)
+    }
+
+    async fn put_role(
+        &self,
+        workspace: &str,
+        name: &str,
+        permissions: PermissionSet,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        if auth::builtin_role(name).is_some() {
+            return Err(StorageError::Conflict(format!(
+                "`{name}` is a built-in role and cannot be changed"
+            )));
+        }
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        let perms = serde_json::to_string(&permissions.to_strings()).map_err(damaged("permissions"))?;
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "INSERT INTO roles (workspace, name, permissions) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (workspace, name) DO UPDATE SET permissions = excluded.permissions",
+                    params![ws, name, perms],
+                )
+                .doing(|| "storing a role".to_string())?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn delete_role(&self, workspace: &str, name: &str, audit: Entry) -> StorageResult<bool> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.write(move |ctx| {
+            let used = ctx
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM members WHERE workspace = ?1 AND role = ?2",
+                    params![ws, name],
+                    |r| r.get::<_, i64>(0),
+                )
+                .doing(|| "deleting a role".to_string())?;
+            if used > 0 {
+                return Err(StorageError::Conflict(format!(
+                    "role `{name}` is held by {used} member(s); change their role first"
+                )));
+            }
+            let n = ctx
+                .conn
+                .execute(
+                    "DELETE FROM roles WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                )
+                .doing(|| "deleting a role".to_string())?;
+            if n > 0 {
+                ctx.audit(&[audit])?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+        manifest: String,
+        components: BTreeMap<String, Vec<u8>>,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        check_name("recipe", name)?;
+        self.data_key(workspace, true).await?;
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        let hashes: BTreeMap<String, String> = components
+            .iter()
+            .map(|(path, bytes)| (path.clone(), crate::bundle::sha256_hex(bytes)))
+            .collect();
+        let lock = serde_json::to_string(&hashes).map_err(damaged("components"))?;
+        self.write(move |ctx| {
+            for (path, bytes) in &components {
+                let Some(sha) = hashes.get(path) else { continue };
+                ctx.conn
+                    .execute(
+                        "INSERT INTO components (sha256, bytes) VALUES (?1, ?2) ON CONFLICT (sha256) DO NOTHING",
+                        params![sha, bytes],
+                    )
+                    .doing(|| format!("storing component {path}"))?;
+            }
+            ctx.conn
+                .execute(
+                    "INSERT INTO recipes (workspace, name, manifest, lock, imported_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (workspace, name) DO UPDATE SET manifest = excluded.manifest, lock = excluded.lock, imported_at = excluded.imported_at",
+                    params![ws, name, manifest, lock, now_millis()],
+                )
+                .doing(|| format!("storing recipe `{name}`"))?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn recipe(&self, workspace: &str, name: &str) -> StorageResult<Option<StoredRecipe>> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.read(move |conn| {
+            let row: Option<(String, String, i64)> = conn
+                .query_row(
+                    "SELECT manifest, lock, imported_at FROM recipes WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .doing(|| format!("reading recipe `{name}`"))?;
+            row.map(|(manifest, lock, updated_at)| {
+                Ok(StoredRecipe {
+                    manifest,
+                    components: serde_json::from_str(&lock)
+                        .map_err(damaged(format!("the components of recipe `{name}`")))?,
+                    updated_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn component(&self, sha256: &str) -> StorageResult<Option<Vec<u8>>> {
+        let sha = sha256.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT bytes FROM components WHERE sha256 = ?1",
+                    params![sha],
+                    |r| r.get(0),
+                )
+                .optional()
+                .doing(|| format!("reading component {sha}"))?)
+        })
+        .await
+    }
+
+    async fn list_recipes(&self, workspace: &str) -> StorageResult<Vec<RecipeSummary>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            let doing = || "listing recipes".to_string();
+            let mut stmt = conn
+                .prepare("SELECT name, imported_at FROM recipes WHERE workspace = ?1 ORDER BY name")
+                .doing(doing)?;
+            let rows = stmt
+                .query_map(params![ws], |r| {
+                    Ok(RecipeSummary {
+                        name: r.get(0)?,
+                        updated_at: r.get(1)?,
+                    })
+                })
+                .doing(doing)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+        })
+        .await
+    }
+
+    async fn delete_recipe(&self, workspace: &str, name: &str, audit: Entry) -> StorageResult<bool> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "DELETE FROM recipes WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                )
+                .doing(|| format!("deleting recipe `{name}`"))?;
+            if n > 0 {
+                ctx.conn
+                    .execute(
+                        "DELETE FROM triggers WHERE workspace = ?1 AND recipe = ?2",
+                        params![ws, name],
+                    )
+                    .doing(|| format!("deleting the triggers of recipe `{name}`"))?;
+                ctx.audit(&[audit])?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn create_trigger(&self, t: TriggerRecord, audit: Entry) -> StorageResult<()> {
+        let dk = self.data_key(&t.workspace, true).await?;
+        let sealed = match &t.secret {
+            Some(secret) => Some(
+                keys::seal(&dk, secret, &trigger_aad(&t.workspace, &t.id)).map_err(|e| {
+                    StorageError::Damaged {
+                        what: "a webhook secret".into(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            ),
+            None => None,
+        };
+        let input = t
+            .input
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(damaged("a schedule input"))?;
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    &format!("INSERT INTO triggers ({TRIGGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                    params![
+                        t.id,
+                        t.workspace,
+                        t.recipe,
+                        t.kind.as_str(),
+                        t.environment,
+                        sealed,
+                        t.cron,
+                        t.timezone,
+                        input,
+                        t.last_slot,
+                        t.created_at
+                    ],
+                )
+                .doing(|| "storing a trigger".to_string())?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn trigger(&self, id: &str) -> StorageResult<Option<TriggerRecord>> {
+        let id = id.to_string();
+        let row = self
+            .read(move |conn| {
+                Ok(conn
+                    .query_row(
+                        &format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE id = ?1"),
+                        params![id],
+                        trigger_row,
+                    )
+                    .optional()
+                    .doing(|| "reading a trigger".to_string())?)
+            })
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.finish_trigger(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_triggers(
+        &self,
+        workspace: &str,
+        recipe: &str,
+    ) -> StorageResult<Vec<TriggerRecord>> {
+        let (ws, recipe) = (workspace.to_string(), recipe.to_string());
+        let rows = self
+            .read(move |conn| {
+                let doing = || "listing triggers".to_string();
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT {TRIGGER_COLUMNS} FROM triggers WHERE workspace = ?1 AND recipe = ?2 ORDER BY created_at, id"
+                    ))
+                    .doing(doing)?;
+                let rows = stmt.query_map(params![ws, recipe], trigger_row).doing(doing)?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut t = self.finish_trigger(row).await?;
+            t.secret = None;
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    async fn delete_trigger(&self, workspace: &str, id: &str, audit: Entry) -> StorageResult<bool> {
+        let (ws, id) = (workspace.to_string(), id.to_string());
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "DELETE FROM triggers WHERE workspace = ?1 AND id = ?2",
+                    params![ws, id],
+                )
+                .doing(|| "deleting a trigger".to_string())?;
+            if n > 0 {
+                ctx.audit(&[audit])?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn schedules(&self) -> StorageResult<Vec<TriggerRecord>> {
+        let rows = self
+            .read(move |conn| {
+                let doing = || "listing schedules".to_string();
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT {TRIGGER_COLUMNS} FROM triggers WHERE kind = 'schedule' ORDER BY id"
+                    ))
+                    .doing(doing)?;
+                let rows = stmt.query_map([], trigger_row).doing(doing)?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.finish_trigger(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn fire_schedule(&self, trigger: &str, slot: i64, job: NewJob) -> StorageResult<bool> {
+        let sealed = self
+            .seal_json(&job.workspace, &job_aad(&job.workspace, &job.id, "payload"), &job.payload)
+            .await?;
+        let trigger = trigger.to_string();
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "UPDATE triggers SET last_slot = ?2 WHERE id = ?1 AND (last_slot IS NULL OR last_slot < ?2)",
+                    params![trigger, slot],
+                )
+                .doing(|| "recording a schedule slot".to_string())?;
+            if n == 0 {
+                return Ok(false);
+            }
+            insert_job(ctx.conn, &job, &sealed)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_connections(&self, workspace: &str) -> StorageResult<Vec<ConnectionSummary>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            let doing = || "listing connections".to_string();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT name, hosts, placement, created_at, rotated_at FROM connections WHERE workspace = ?1 ORDER BY name",
+                )
+                .doing(doing)?;
+            let rows = stmt
+                .query_map(params![ws], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                    ))
+                })
+                .doing(doing)?;
+            let rows = rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?;
+            rows.into_iter()
+                .map(|(name, hosts, placement, created_at, rotated_at)| {
+                    Ok(ConnectionSummary {
+                        hosts: parse_hosts(&ws, &name, &hosts)?,
+                        name,
+                        placement,
+                        created_at,
+                        rotated_at,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_connection(
+        &self,
+        workspace: &str,
+        c: ConnectionInput,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        check_name("connection", &c.name)?;
+        check_placement(&c.placement)?;
+        let hosts = hosts_json(&c.hosts)?;
+        let dk = self.data_key(workspace, true).await?;
+        let aad = connection_aad(workspace, &c.name, &c.placement, &hosts);
+        let sealed = keys::seal(&dk, c.value.as_bytes(), &aad).map_err(|e| StorageError::Damaged {
+            what: format!("connection `{}`", c.name),
+            reason: e.to_string(),
+        })?;
+        let ws = workspace.to_string();
+        let (name, placement) = (c.name, c.placement);
+        self.write(move |ctx| {
+            let now = store::now();
+            ctx.conn
+                .execute(
+                    "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
+                     ON CONFLICT (workspace, name) DO UPDATE SET sealed = excluded.sealed, hosts = excluded.hosts,
+                        placement = excluded.placement, rotated_at = ?6",
+                    params![ws, name, sealed, hosts, placement, now],
+                )
+                .doing(|| format!("storing connection `{name}`"))?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn delete_connection(
+        &self,
+        workspace: &str,
+        name: &str,
+        audit: Entry,
+    ) -> StorageResult<bool> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "DELETE FROM connections WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                )
+                .doing(|| format!("deleting connection `{name}`"))?;
+            if n > 0 {
+                ctx.audit(&[audit])?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn environment(
+        &self,
+        workspace: &str,
+        environment: &str,
+    ) -> StorageResult<EnvironmentView> {
+        let (ws, env) = (workspace.to_string(), environment.to_string());
+        self.read(move |conn| {
+            let pairs = |sql: &str| -> StorageResult<BTreeMap<String, String>> {
+                let doing = || format!("reading environment `{env}`");
+                let mut stmt = conn.prepare(sql).doing(doing)?;
+                let rows = stmt
+                    .query_map(params![ws, env], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .doing(doing)?;
+                Ok(rows.collect::<rusqlite::Result<BTreeMap<_, _>>>().doing(doing)?)
+            };
+            Ok(EnvironmentView {
+                properties: pairs(
+                    "SELECT name, value FROM properties WHERE workspace = ?1 AND environment = ?2",
+                )?,
+                bindings: pairs(
+                    "SELECT logical, connection FROM bindings WHERE workspace = ?1 AND environment = ?2",
+                )?,
+            })
+        })
+        .await
+    }
+
+    async fn change_environment(
+        &self,
+        workspace: &str,
+        environment: &str,
+        change: EnvChange,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        check_name("environment", environment)?;
+        let (ws, env) = (workspace.to_string(), environment.to_string());
+        self.write(move |ctx| {
+            let doing = || format!("changing environment `{env}`");
+            let n = match &change {
+                EnvChange::SetProperty(name, value) => {
+                    check_name("property", name)?;
+                    ctx.conn
+                        .execute(
+                            "INSERT INTO properties (workspace, environment, name, value) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (workspace, environment, name) DO UPDATE SET value = excluded.value",
+                            params![ws, env, name, value],
+                        )
+                        .doing(doing)?
+                }
+                EnvChange::RemoveProperty(name) => ctx
+                    .conn
+                    .execute(
+                        "DELETE FROM properties WHERE workspace = ?1 AND environment = ?2 AND name = ?3",
+                        params![ws, env, name],
+                    )
+                    .doing(doing)?,
+                EnvChange::Bind(logical, connection) => {
+                    check_name("logical connection", logical)?;
+                    check_name("connection", connection)?;
+                    ctx.conn
+                        .execute(
+                            "INSERT INTO bindings (workspace, environment, logical, connection) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (workspace, environment, logical) DO UPDATE SET connection = excluded.connection",
+                            params![ws, env, logical, connection],
+                        )
+                        .doing(doing)?
+                }
+                EnvChange::Unbind(logical) => ctx
+                    .conn
+                    .execute(
+                        "DELETE FROM bindings WHERE workspace = ?1 AND environment = ?2 AND logical = ?3",
+                        params![ws, env, logical],
+                    )
+                    .doing(doing)?,
+            };
+            if n == 0 {
+                let (what, name) = match change {
+                    EnvChange::RemoveProperty(n) => ("property", n),
+                    EnvChange::Unbind(n) => ("binding", n),
+                    EnvChange::SetProperty(n, _) | EnvChange::Bind(n, _) => ("entry", n),
+                };
+                return Err(StorageError::NotFound { what, name });
+            }
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn enqueue(&self, job: NewJob, audit: Option<Entry>) -> StorageResult<Enqueued> {
+        let sealed = self
+            .seal_json(&job.workspace, &job_aad(&job.workspace, &job.id, "payload"), &job.payload)
+            .await?;
+        self.write(move |ctx| {
+            let result = insert_job(ctx.conn, &job, &sealed)?;
+            if let Some(entry) = audit {
+                ctx.audit(&[entry])?;
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn unfinished_jobs(&self) -> StorageResult<Vec<(String, String)>> {
+        self.read(move |conn| {
+            let doing = || "listing unfinished jobs".to_string();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, workspace FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id",
+                )
+                .doing(doing)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .doing(doing)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+        })
+        .await
+    }
+
+    async fn start_job(&self, id: &str) -> StorageResult<Option<StartedJob>> {
+        let id_owned = id.to_string();
+        let started = self
+            .write(move |ctx| {
+                let doing = || format!("starting job {id_owned}");
+                let row = ctx
+                    .conn
+                    .query_row(
+                        &format!("SELECT {JOB_COLUMNS}, payload FROM jobs WHERE id = ?1"),
+                        params![id_owned],
+                        |r| Ok((job_row(r)?, r.get::<_, Vec<u8>>(11)?)),
+                    )
+                    .optional()
+                    .doing(doing)?;
+                let Some((row, payload)) = row else {
+                    return Ok(None);
+                };
+                let mut summary = finish_job_row(row)?;
+                if summary.state.is_final() {
+                    return Ok(None);
+                }
+                let at = now_millis();
+                ctx.conn
+                    .execute(
+                        "UPDATE jobs SET state = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
+                        params![id_owned, at],
+                    )
+                    .doing(doing)?;
+                summary.state = JobState::Running;
+                summary.started_at.get_or_insert(at);
+                let mut stmt = ctx
+                    .conn
+                    .prepare("SELECT idx, step, checkpoint FROM job_steps WHERE job = ?1 ORDER BY idx")
+                    .doing(doing)?;
+                let steps = stmt
+                    .query_map(params![id_owned], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
+                    })
+                    .doing(doing)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .doing(doing)?;
+                Ok(Some((summary, payload, steps)))
+            })
+            .await?;
+        let Some((summary, payload, steps)) = started else {
+            return Ok(None);
+        };
+        let dk = self.data_key(&summary.workspace, false).await?;
+        let payload = SqliteStorage::open_json(
+            &dk,
+            &payload,
+            &job_aad(&summary.workspace, &summary.id, "payload"),
+            &format!("the payload of job {}", summary.id),
+        )?;
+        let mut resume = Resume::default();
+        for (idx, step, checkpoint) in steps {
+            let idx = usize::try_from(idx).unwrap_or(usize::MAX);
+            // Steps are committed in order; a gap would mean a lost commit.
+            if idx != resume.next {
+                break;
+            }
+            if let Some(sealed) = checkpoint {
+                let v = SqliteStorage::open_json(
+                    &dk,
+                    &sealed,
+                    &job_aad(&summary.workspace, &summary.id, &format!("checkpoint:{idx}")),
+                    &format!("the checkpoint of job {} step {idx}", summary.id),
+                )?;
+                if let Some(output) = v.get("output") {
+                    resume.outputs.insert(step, output.clone());
+                }
+                if let Some(marked) = v.get("marked").and_then(Value::as_array) {
+                    resume
+                        .marked
+                        .extend(marked.iter().filter_map(|m| m.as_str().map(String::from)));
+                }
+            }
+            resume.next = idx + 1;
+        }
+        Ok(Some(StartedJob {
+            summary,
+            payload,
+            resume,
+        }))
+    }
+
+    async fn commit_step(&self, step: StepCommit) -> StorageResult<()> {
+        let history = self
+            .seal_json(
+                &step.workspace,
+                &job_aad(&step.workspace, &step.job, &format!("history:{}", step.index)),
+                &step.history,
+            )
+            .await?;
+        let checkpoint = match &step.checkpoint {
+            Some((output, marked)) => Some(
+                self.seal_json(
+                    &step.workspace,
+                    &job_aad(&step.workspace, &step.job, &format!("checkpoint:{}", step.index)),
+                    &serde_json::json!({ "output": output, "marked": marked }),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "INSERT INTO job_steps (job, idx, step, status, history, checkpoint) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (job, idx) DO UPDATE SET status = excluded.status, history = excluded.history, checkpoint = excluded.checkpoint",
+                    params![step.job, step.index as i64, step.step, step.status, history, checkpoint],
+                )
+                .doing(|| format!("committing step {} of job {}", step.index, step.job))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_job(
+        &self,
+        id: &str,
+        state: JobState,
+        error: Option<String>,
+        audit: Vec<Entry>,
+    ) -> StorageResult<JobState> {
+        let id = id.to_string();
+        self.write(move |ctx| {
+            let doing = || format!("finishing job {id}");
+            let current: Option<String> = ctx
+                .conn
+                .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| r.get(0))
+                .optional()
+                .doing(doing)?;
+            let current = current.as_deref().and_then(JobState::parse);
+            let end = match current {
+                Some(JobState::Cancelled) => JobState::Cancelled,
+                Some(_) => state,
+                None => {
+                    return Err(StorageError::NotFound {
+                        what: "job",
+                        name: id,
+                    });
+                }
+            };
+            ctx.conn
+                .execute(
+                    "UPDATE jobs SET state = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
+                    params![id, end.as_str(), now_millis(), error],
+                )
+                .doing(doing)?;
+            ctx.conn
+                .execute(
+                    "UPDATE job_steps SET checkpoint = NULL WHERE job = ?1 AND checkpoint IS NOT NULL",
+                    params![id],
+                )
+                .doing(doing)?;
+            ctx.audit(&audit)?;
+            Ok(end)
+        })
+        .await
+    }
+
+    async fn job(&self, workspace: &str, id: &str) -> StorageResult<Option<JobDetail>> {
+        let (ws, id) = (workspace.to_string(), id.to_string());
+        let row = self
+            .read(move |conn| {
+                let doing = || format!("reading job {id}");
+                let row = conn
+                    .query_row(
+                        &format!("SELECT {JOB_COLUMNS}, payload FROM jobs WHERE workspace = ?1 AND id = ?2"),
+                        params![ws, id],
+                        |r| Ok((job_row(r)?, r.get::<_, Vec<u8>>(11)?)),
+                    )
+                    .optional()
+                    .doing(doing)?;
+                let Some((row, payload)) = row else {
+                    return Ok(None);
+                };
+                let mut stmt = conn
+                    .prepare("SELECT idx, history FROM job_steps WHERE job = ?1 ORDER BY idx")
+                    .doing(doing)?;
+                let steps = stmt
+                    .query_map(params![id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                    .doing(doing)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .doing(doing)?;
+                Ok(Some((finish_job_row(row)?, payload, steps)))
+            })
+            .await?;
+        let Some((summary, payload, steps)) = row else {
+            return Ok(None);
+        };
+        let dk = self.data_key(&summary.workspace, false).await?;
+        let input = SqliteStorage::open_json(
+            &dk,
+            &payload,
+            &job_aad(&summary.workspace, &summary.id, "payload"),
+            &format!("the payload of job {}", summary.id),
+        )?;
+        let steps = steps
+            .into_iter()
+            .map(|(idx, sealed)| {
+                SqliteStorage::open_json(
+                    &dk,
+                    &sealed,
+                    &job_aad(&summary.workspace, &summary.id, &format!("history:{idx}")),
+                    &format!("the history of job {} step {idx}", summary.id),
+                )
+            })
+            .collect::<StorageResult<Vec<_>>>()?;
+        Ok(Some(JobDetail {
+            summary,
+            input,
+            steps,
+        }))
+    }
+
+    async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> StorageResult<Vec<JobSummary>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            let doing = || "listing jobs".to_string();
+            let limit = filter.limit.unwrap_or(50).clamp(1, 500) as i64;
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1
+                       AND (?2 IS NULL OR recipe = ?2) AND (?3 IS NULL OR state = ?3)
+                       AND (?4 IS NULL OR created_at < ?4)
+                     ORDER BY created_at DESC, id DESC LIMIT ?5"
+                ))
+                .doing(doing)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        ws,
+                        filter.recipe,
+                        filter.state.map(JobState::as_str),
+                        filter.before,
+                        limit
+                    ],
+                    job_row,
+                )
+                .doing(doing)?;
+            rows.map(|r| finish_job_row(r.doing(doing)?)).collect()
+        })
+        .await
+    }
+
+    async fn cancel_job(
+        &self,
+        workspace: &str,
+        id: &str,
+        audit: Entry,
+    ) -> StorageResult<Option<JobState>> {
+        let (ws, id) = (workspace.to_string(), id.to_string());
+        self.write(move |ctx| {
+            let doing = || format!("cancelling job {id}");
+            let current: Option<String> = ctx
+                .conn
+                .query_row(
+                    "SELECT state FROM jobs WHERE workspace = ?1 AND id = ?2",
+                    params![ws, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .doing(doing)?;
+            let Some(current) = current.as_deref().and_then(JobState::parse) else {
+                return Ok(None);
+            };
+            if current.is_final() {
+                return Ok(Some(current));
+            }
+            ctx.conn
+                .execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1",
+                    params![id, now_millis()],
+                )
+                .doing(doing)?;
+            ctx.audit(&[audit])?;
+            Ok(Some(JobState::Cancelled))
+        })
+        .await
+    }
+
+    async fn delete_jobs(
+        &self,
+        workspace: &str,
+        criteria: DeleteCriteria,
+        audit: Entry,
+    ) -> StorageResult<u64> {
+        let ws = workspace.to_string();
+        let c = criteria.clone();
+        let candidates = self
+            .read(move |conn| {
+                let doing = || "finding jobs to delete".to_string();
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT id, payload FROM jobs WHERE workspace = ?1
+                           AND (?2 IS NULL OR recipe = ?2) AND (?3 IS NULL OR created_at >= ?3)
+                           AND (?4 IS NULL OR created_at < ?4)
+                           AND state IN ('succeeded', 'failed', 'cancelled')",
+                    )
+                    .doing(doing)?;
+                let rows = stmt
+                    .query_map(params![ws, c.recipe, c.from, c.to], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .doing(doing)?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+            })
+            .await?;
+        let mut ids = Vec::new();
+        if let Some(field) = &criteria.field {
+            let dk = self.data_key(workspace, false).await?;
+            for (id, sealed) in candidates {
+                let payload = SqliteStorage::open_json(
+                    &dk,
+                    &sealed,
+                    &job_aad(workspace, &id, "payload"),
+                    &format!("the payload of job {id}"),
+                )?;
+                if payload.pointer(field) == criteria.value.as_ref() {
+                    ids.push(id);
+                }
+            }
+        } else {
+            ids = candidates.into_iter().map(|(id, _)| id).collect();
+        }
+        self.write(move |ctx| {
+            let n = delete_job_ids(ctx.conn, &ids)?;
+            let mut audit = audit;
+            if let Some(obj) = audit.detail.as_object_mut() {
+                obj.insert("deleted".into(), n.into());
+            }
+            ctx.audit(&[audit])?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn set_retention(
+        &self,
+        workspace: &str,
+        days: Option<u32>,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        let ws = workspace.to_string();
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "INSERT INTO settings (workspace, retention_days) VALUES (?1, ?2)
+                     ON CONFLICT (workspace) DO UPDATE SET retention_days = excluded.retention_days",
+                    params![ws, days],
+                )
+                .doing(|| "setting the retention".to_string())?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn retention(&self, workspace: &str) -> StorageResult<Option<u32>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT retention_days FROM settings WHERE workspace = ?1",
+                    params![ws],
+                    |r| r.get::<_, Option<u32>>(0),
+                )
+                .optional()
+                .doing(|| "reading the retention".to_string())?
+                .flatten())
+        })
+        .await
+    }
+
+    async fn sweep_retention(&self, now: i64) -> StorageResult<u64> {
+        self.write(move |ctx| {
+            let doing = || "deleting expired job history".to_string();
+            let mut stmt = ctx
+                .conn
+                .prepare(
+                    "SELECT j.id, j.workspace FROM jobs j JOIN settings s ON s.workspace = j.workspace
+                     WHERE s.retention_days IS NOT NULL
+                       AND j.state IN ('succeeded', 'failed', 'cancelled')
+                       AND j.created_at < ?1 - s.retention_days * 86400000",
+                )
+                .doing(doing)?;
+            let rows = stmt
+                .query_map(params![now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .doing(doing)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .doing(doing)?;
+            let mut per_ws: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (id, ws) in rows {
+                per_ws.entry(ws).or_default().push(id);
+            }
+            let mut total = 0;
+            for (ws, ids) in per_ws {
+                let n = delete_job_ids(ctx.conn, &ids)?;
+                total += n;
+                ctx.audit(&[Entry {
+                    workspace: Some(ws),
+                    actor: "daemon".into(),
+                    action: "jobs.retention".into(),
+                    target: "jobs".into(),
+                    source: None,
+                    outcome: audit::Outcome::Success,
+                    detail: serde_json::json!({ "deleted": n }),
+                }])?;
+            }
+            Ok(total)
+        })
+        .await
+    }
+
+    async fn audit(&self, entries: Vec<Entry>) -> StorageResult<()> {
+        self.write(move |ctx| ctx.audit(&entries)).await
+    }
+
+    async fn read_audit(
+        &self,
+        workspace: &str,
+        after: u64,
+        limit: usize,
+    ) -> StorageResult<Vec<Stored>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| Ok(audit::read(conn, after, limit, Some(&ws))?))
+            .await
+    }
+}

@@ -1,0 +1,603 @@
+//! The daemon's storage boundary: everything the API layer, the workers and
+//! the scheduler read or write goes through [`Storage`], so a backend for
+//! several nodes (PostgreSQL) can follow without touching them. The embedded
+//! default is [`super::sqlite::SqliteStorage`].
+//!
+//! Every method that changes something takes the audit entries that record
+//! the change and commits them in the same transaction: an acknowledged
+//! change is always audited, and an audit entry never describes a change
+//! that did not happen.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use wrun_runtime::recipe::Resume;
+use zeroize::Zeroizing;
+
+use super::audit::{AuditError, Entry, Stored};
+use super::auth::PermissionSet;
+use crate::store_sqlite::StoreError;
+
+/// What a storage operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StorageError {
+    /// The embedded store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log could not be written or read.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A referenced object does not exist (in this workspace).
+    #[error("{what} `{name}` does not exist")]
+    NotFound {
+        /// The kind of object.
+        what: &'static str,
+        /// Its name or id.
+        name: String,
+    },
+    /// The change conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A stored record cannot be decrypted or parsed.
+    #[error("{what} cannot be read: {reason}")]
+    Damaged {
+        /// Which record.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The writer thread has stopped (the daemon is shutting down).
+    #[error("the storage writer has stopped")]
+    Closed,
+}
+
+/// Shorthand for storage results.
+pub(crate) type StorageResult<T> = Result<T, StorageError>;
+
+/// An API token as stored (the secret itself is never stored: only its
+/// SHA-256).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TokenRecord {
+    /// The public id (the part after `wrun_pat_`).
+    pub(crate) id: String,
+    /// Workspace the token acts in.
+    pub(crate) workspace: String,
+    /// A label chosen by its creator.
+    pub(crate) name: String,
+    /// SHA-256 of the secret part.
+    #[serde(skip)]
+    pub(crate) hash: [u8; 32],
+    /// The member whose role bounds the token.
+    pub(crate) owner: String,
+    /// Who created it (an admin may create one for a member).
+    pub(crate) creator: String,
+    /// What the token may do (intersected with the owner's role).
+    pub(crate) scopes: PermissionSet,
+    /// CIDRs the token may be used from (empty: anywhere).
+    pub(crate) allow_ips: Vec<String>,
+    /// Unix seconds.
+    pub(crate) created_at: i64,
+    /// Unix seconds; mandatory.
+    pub(crate) expires_at: i64,
+    /// Unix seconds, once revoked.
+    pub(crate) revoked_at: Option<i64>,
+    /// Unix seconds of the last authenticated use.
+    pub(crate) last_used_at: Option<i64>,
+    /// Client address of the last authenticated use.
+    pub(crate) last_used_ip: Option<String>,
+}
+
+/// A member of a workspace.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Member {
+    /// The member's subject (a user id, or a JWT `sub`).
+    pub(crate) subject: String,
+    /// Role name (built in or custom).
+    pub(crate) role: String,
+    /// Unix seconds.
+    pub(crate) created_at: i64,
+}
+
+/// A custom role: a named permission set.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Role {
+    /// Role name.
+    pub(crate) name: String,
+    /// Its permissions.
+    pub(crate) permissions: PermissionSet,
+    /// Whether it is one of the built-in roles.
+    pub(crate) builtin: bool,
+}
+
+/// A deployed recipe: its manifest and the components it names.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredRecipe {
+    /// The manifest (TOML).
+    pub(crate) manifest: String,
+    /// Component path (as the manifest names it) -> SHA-256 (hex).
+    pub(crate) components: BTreeMap<String, String>,
+    /// Unix milliseconds of the last deployment: a version for caches.
+    pub(crate) updated_at: i64,
+}
+
+/// A deployed recipe as listed.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RecipeSummary {
+    /// Recipe name.
+    pub(crate) name: String,
+    /// Unix milliseconds of the last deployment.
+    pub(crate) updated_at: i64,
+}
+
+/// What starts jobs of a recipe besides manual runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum TriggerKind {
+    /// `POST /hooks/{id}`.
+    Webhook,
+    /// A cron schedule.
+    Schedule,
+}
+
+impl TriggerKind {
+    /// The stored spelling.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Webhook => "webhook",
+            TriggerKind::Schedule => "schedule",
+        }
+    }
+}
+
+/// A webhook or schedule of a recipe.
+#[derive(Clone, Serialize)]
+pub(crate) struct TriggerRecord {
+    /// Unguessable id (the webhook URL's last segment).
+    pub(crate) id: String,
+    /// Workspace.
+    pub(crate) workspace: String,
+    /// Recipe it starts.
+    pub(crate) recipe: String,
+    /// Webhook or schedule.
+    pub(crate) kind: TriggerKind,
+    /// Environment the jobs run in.
+    pub(crate) environment: String,
+    /// HMAC secret of a signed webhook (decrypted; never serialised).
+    #[serde(skip)]
+    pub(crate) secret: Option<Zeroizing<Vec<u8>>>,
+    /// Whether the webhook checks signatures.
+    pub(crate) signed: bool,
+    /// Cron expression of a schedule.
+    pub(crate) cron: Option<String>,
+    /// Time zone of a schedule.
+    pub(crate) timezone: Option<String>,
+    /// Trigger payload of a schedule's jobs.
+    pub(crate) input: Option<Value>,
+    /// Last slot (unix seconds) a schedule fired for.
+    pub(crate) last_slot: Option<i64>,
+    /// Unix seconds.
+    pub(crate) created_at: i64,
+}
+
+impl std::fmt::Debug for TriggerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TriggerRecord")
+            .field("id", &self.id)
+            .field("workspace", &self.workspace)
+            .field("recipe", &self.recipe)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The life of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum JobState {
+    /// Accepted, durable, not started.
+    Queued,
+    /// A worker runs it (or ran it when the daemon stopped).
+    Running,
+    /// Every step succeeded or was skipped.
+    Succeeded,
+    /// A step failed (after its retries).
+    Failed,
+    /// Cancelled through the API.
+    Cancelled,
+}
+
+impl JobState {
+    /// The stored spelling.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub(crate) fn parse(s: &str) -> Option<JobState> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job has ended.
+    pub(crate) fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub(crate) struct NewJob {
+    /// Its id.
+    pub(crate) id: String,
+    /// Workspace.
+    pub(crate) workspace: String,
+    /// Recipe.
+    pub(crate) recipe: String,
+    /// Environment.
+    pub(crate) environment: String,
+    /// `webhook`, `schedule`, `manual` or `rerun`.
+    pub(crate) trigger_kind: String,
+    /// The trigger payload (sealed at rest).
+    pub(crate) payload: Value,
+    /// Deduplicates webhook deliveries per recipe.
+    pub(crate) idempotency_key: Option<String>,
+    /// The job this one reruns.
+    pub(crate) rerun_of: Option<String>,
+    /// Unix milliseconds.
+    pub(crate) created_at: i64,
+}
+
+/// Whether [`Storage::enqueue`] created a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// A new job with this id.
+    New(String),
+    /// The idempotency key was seen before: the existing job's id.
+    Duplicate(String),
+}
+
+/// A job as listed.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct JobSummary {
+    /// Job id.
+    pub(crate) id: String,
+    /// Workspace.
+    pub(crate) workspace: String,
+    /// Recipe.
+    pub(crate) recipe: String,
+    /// Environment.
+    pub(crate) environment: String,
+    /// State.
+    pub(crate) state: JobState,
+    /// What started it.
+    pub(crate) trigger: String,
+    /// The job it reruns.
+    pub(crate) rerun_of: Option<String>,
+    /// Unix milliseconds.
+    pub(crate) created_at: i64,
+    /// Unix milliseconds.
+    pub(crate) started_at: Option<i64>,
+    /// Unix milliseconds.
+    pub(crate) finished_at: Option<i64>,
+    /// The failure, masked.
+    pub(crate) error: Option<String>,
+}
+
+/// A job with its history.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct JobDetail {
+    /// The summary.
+    #[serde(flatten)]
+    pub(crate) summary: JobSummary,
+    /// The trigger payload.
+    pub(crate) input: Value,
+    /// One record per step that ran (masked: inputs, outputs, logs, errors,
+    /// timings).
+    pub(crate) steps: Vec<Value>,
+}
+
+/// A job a worker starts or resumes.
+#[derive(Debug, Clone)]
+pub(crate) struct StartedJob {
+    /// The summary.
+    pub(crate) summary: JobSummary,
+    /// The trigger payload.
+    pub(crate) payload: Value,
+    /// Where to resume (step outputs committed before a crash).
+    pub(crate) resume: Resume,
+}
+
+/// What a completed step leaves behind.
+#[derive(Debug, Clone)]
+pub(crate) struct StepCommit {
+    /// Job id.
+    pub(crate) job: String,
+    /// Workspace (for the seal).
+    pub(crate) workspace: String,
+    /// Step index in the recipe.
+    pub(crate) index: usize,
+    /// Step name.
+    pub(crate) step: String,
+    /// `succeeded`, `skipped` or `failed`.
+    pub(crate) status: String,
+    /// The masked record for history.
+    pub(crate) history: Value,
+    /// The unmasked output and the job's marked values, to resume from;
+    /// deleted when the job ends.
+    pub(crate) checkpoint: Option<(Value, Vec<String>)>,
+}
+
+/// Filters of a job listing.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub(crate) struct JobFilter {
+    /// Only this recipe.
+    pub(crate) recipe: Option<String>,
+    /// Only this state.
+    pub(crate) state: Option<JobState>,
+    /// Only jobs created before this id's job (paging), newest first.
+    pub(crate) before: Option<i64>,
+    /// At most this many (default 50, at most 500).
+    pub(crate) limit: Option<usize>,
+}
+
+/// Which jobs a deletion (a GDPR request) removes. At least one criterion
+/// is required.
+#[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteCriteria {
+    /// Jobs of this recipe.
+    pub(crate) recipe: Option<String>,
+    /// Created at or after (unix milliseconds).
+    pub(crate) from: Option<i64>,
+    /// Created before (unix milliseconds).
+    pub(crate) to: Option<i64>,
+    /// A JSON pointer into the trigger payload (`/customer/email`).
+    pub(crate) field: Option<String>,
+    /// The value the field must equal.
+    pub(crate) value: Option<Value>,
+}
+
+/// A connection as listed: never its value.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ConnectionSummary {
+    /// Connection name.
+    pub(crate) name: String,
+    /// Hosts it may be sent to.
+    pub(crate) hosts: Vec<String>,
+    /// Where it goes in a request.
+    pub(crate) placement: String,
+    /// Unix seconds.
+    pub(crate) created_at: i64,
+    /// Unix seconds of the last value change.
+    pub(crate) rotated_at: Option<i64>,
+}
+
+/// A connection to write.
+pub(crate) struct ConnectionInput {
+    /// Connection name.
+    pub(crate) name: String,
+    /// The secret value.
+    pub(crate) value: Zeroizing<String>,
+    /// Hosts it may be sent to.
+    pub(crate) hosts: Vec<String>,
+    /// Where it goes in a request.
+    pub(crate) placement: String,
+}
+
+/// An environment's properties and bindings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct EnvironmentView {
+    /// Non-secret properties.
+    pub(crate) properties: BTreeMap<String, String>,
+    /// Recipe connection name -> stored connection.
+    pub(crate) bindings: BTreeMap<String, String>,
+}
+
+/// A change to an environment.
+#[derive(Debug, Clone)]
+pub(crate) enum EnvChange {
+    /// Set a property.
+    SetProperty(String, String),
+    /// Remove a property.
+    RemoveProperty(String),
+    /// Bind a recipe's connection name to a stored connection.
+    Bind(String, String),
+    /// Remove a binding.
+    Unbind(String),
+}
+
+/// The storage of the daemon.
+#[async_trait::async_trait]
+pub(crate) trait Storage: Send + Sync + 'static {
+    // -- Identity ---------------------------------------------------------
+
+    /// The connections of a job: names resolved through the environment's
+    /// bindings, values decrypted when a step asks for them.
+    fn connections(&self, workspace: &str, environment: &str)
+    -> std::sync::Arc<dyn wrun_runtime::ConnectionSource>;
+
+    /// Creates the workspace (and its data key) unless it exists.
+    async fn ensure_workspace(&self, workspace: &str) -> StorageResult<()>;
+    /// The token with this id, in any workspace.
+    async fn token(&self, id: &str) -> StorageResult<Option<TokenRecord>>;
+    /// Stores a new token.
+    async fn create_token(&self, token: TokenRecord, audit: Entry) -> StorageResult<()>;
+    /// The tokens of a workspace.
+    async fn list_tokens(&self, workspace: &str) -> StorageResult<Vec<TokenRecord>>;
+    /// Revokes a token of the workspace; `false` if there is none.
+    async fn revoke_token(&self, workspace: &str, id: &str, audit: Entry) -> StorageResult<bool>;
+    /// Records a token's last use (batched; not awaited by requests).
+    async fn touch_token(&self, id: &str, at: i64, ip: &str) -> StorageResult<()>;
+    /// The role of a member, if the subject is one.
+    async fn member_role(&self, workspace: &str, subject: &str) -> StorageResult<Option<String>>;
+    /// The permissions of a role (built in or custom) in a workspace.
+    async fn role_permissions(
+        &self,
+        workspace: &str,
+        role: &str,
+    ) -> StorageResult<Option<PermissionSet>>;
+    /// The members of a workspace.
+    async fn list_members(&self, workspace: &str) -> StorageResult<Vec<Member>>;
+    /// Adds a member or changes their role.
+    async fn set_member(
+        &self,
+        workspace: &str,
+        subject: &str,
+        role: &str,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// Removes a member; `false` if there is none.
+    async fn remove_member(&self, workspace: &str, subject: &str, audit: Entry)
+    -> StorageResult<bool>;
+    /// Built-in and custom roles of a workspace.
+    async fn list_roles(&self, workspace: &str) -> StorageResult<Vec<Role>>;
+    /// Creates or replaces a custom role.
+    async fn put_role(
+        &self,
+        workspace: &str,
+        name: &str,
+        permissions: PermissionSet,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// Deletes a custom role; `false` if there is none.
+    async fn delete_role(&self, workspace: &str, name: &str, audit: Entry) -> StorageResult<bool>;
+
+    // -- Recipes and triggers --------------------------------------------
+
+    /// Deploys (creates or replaces) a recipe with its components.
+    async fn put_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+        manifest: String,
+        components: BTreeMap<String, Vec<u8>>,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// A deployed recipe.
+    async fn recipe(&self, workspace: &str, name: &str) -> StorageResult<Option<StoredRecipe>>;
+    /// A stored component by SHA-256.
+    async fn component(&self, sha256: &str) -> StorageResult<Option<Vec<u8>>>;
+    /// The deployed recipes of a workspace.
+    async fn list_recipes(&self, workspace: &str) -> StorageResult<Vec<RecipeSummary>>;
+    /// Removes a recipe and its triggers; `false` if there is none.
+    async fn delete_recipe(&self, workspace: &str, name: &str, audit: Entry)
+    -> StorageResult<bool>;
+    /// Stores a webhook or schedule.
+    async fn create_trigger(&self, trigger: TriggerRecord, audit: Entry) -> StorageResult<()>;
+    /// A trigger by id, in any workspace (the id is the webhook's capability).
+    async fn trigger(&self, id: &str) -> StorageResult<Option<TriggerRecord>>;
+    /// The triggers of a recipe.
+    async fn list_triggers(&self, workspace: &str, recipe: &str)
+    -> StorageResult<Vec<TriggerRecord>>;
+    /// Deletes a trigger of the workspace; `false` if there is none.
+    async fn delete_trigger(&self, workspace: &str, id: &str, audit: Entry) -> StorageResult<bool>;
+    /// Every schedule, for the scheduler.
+    async fn schedules(&self) -> StorageResult<Vec<TriggerRecord>>;
+    /// Records that a schedule fired for `slot` and enqueues its job, in one
+    /// transaction; `false` (and no job) if that slot already fired.
+    async fn fire_schedule(&self, trigger: &str, slot: i64, job: NewJob) -> StorageResult<bool>;
+
+    // -- Connections and environments -------------------------------------
+
+    /// The connections of a workspace (never their values).
+    async fn list_connections(&self, workspace: &str) -> StorageResult<Vec<ConnectionSummary>>;
+    /// Adds or replaces a connection (the value is sealed).
+    async fn put_connection(
+        &self,
+        workspace: &str,
+        connection: ConnectionInput,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// Removes a connection; `false` if there is none.
+    async fn delete_connection(&self, workspace: &str, name: &str, audit: Entry)
+    -> StorageResult<bool>;
+    /// An environment's properties and bindings.
+    async fn environment(&self, workspace: &str, environment: &str)
+    -> StorageResult<EnvironmentView>;
+    /// Changes an environment.
+    async fn change_environment(
+        &self,
+        workspace: &str,
+        environment: &str,
+        change: EnvChange,
+        audit: Entry,
+    ) -> StorageResult<()>;
+
+    // -- Jobs -------------------------------------------------------------
+
+    /// Commits a job (and its audit entry) durably; returns once it is on
+    /// disk.
+    async fn enqueue(&self, job: NewJob, audit: Option<Entry>) -> StorageResult<Enqueued>;
+    /// Ids of jobs that are queued or were running, oldest first (at
+    /// start-up).
+    async fn unfinished_jobs(&self) -> StorageResult<Vec<(String, String)>>;
+    /// Marks a job running and returns what it needs; `None` if it has
+    /// ended (cancelled meanwhile) or does not exist.
+    async fn start_job(&self, id: &str) -> StorageResult<Option<StartedJob>>;
+    /// Commits a completed step.
+    async fn commit_step(&self, step: StepCommit) -> StorageResult<()>;
+    /// Ends a job and deletes its checkpoints; returns the state it ended
+    /// in (a cancellation that raced the end wins).
+    async fn finish_job(
+        &self,
+        id: &str,
+        state: JobState,
+        error: Option<String>,
+        audit: Vec<Entry>,
+    ) -> StorageResult<JobState>;
+    /// A job with its history.
+    async fn job(&self, workspace: &str, id: &str) -> StorageResult<Option<JobDetail>>;
+    /// Jobs of a workspace, newest first.
+    async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> StorageResult<Vec<JobSummary>>;
+    /// Cancels a queued or running job; returns its state after, or `None`
+    /// if there is no such job.
+    async fn cancel_job(&self, workspace: &str, id: &str, audit: Entry)
+    -> StorageResult<Option<JobState>>;
+    /// Deletes the jobs matching `criteria`; returns how many.
+    async fn delete_jobs(
+        &self,
+        workspace: &str,
+        criteria: DeleteCriteria,
+        audit: Entry,
+    ) -> StorageResult<u64>;
+    /// Sets a workspace's history retention (`None`: keep forever).
+    async fn set_retention(
+        &self,
+        workspace: &str,
+        days: Option<u32>,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// A workspace's history retention in days.
+    async fn retention(&self, workspace: &str) -> StorageResult<Option<u32>>;
+    /// Deletes ended jobs older than their workspace's retention.
+    async fn sweep_retention(&self, now_millis: i64) -> StorageResult<u64>;
+
+    // -- Audit ------------------------------------------------------------
+
+    /// Appends entries (authentication failures, refusals reported by the
+    /// runtime); committed with the next group.
+    async fn audit(&self, entries: Vec<Entry>) -> StorageResult<()>;
+    /// Audit entries after `after`, of one workspace.
+    async fn read_audit(
+        &self,
+        workspace: &str,
+        after: u64,
+        limit: usize,
+    ) -> StorageResult<Vec<Stored>>;
+}
