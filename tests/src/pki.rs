@@ -30,6 +30,8 @@ pub struct TestPki {
     ca_der: CertificateDer<'static>,
     ca_pem: String,
     server_der: CertificateDer<'static>,
+    server_pem: String,
+    server_key_pem: String,
     server_config: Arc<ServerConfig>,
 }
 
@@ -87,8 +89,20 @@ impl TestPki {
             ca_der: ca_cert.der().clone(),
             ca_pem: ca_cert.pem(),
             server_der,
+            server_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
             server_config,
         }
+    }
+
+    /// The server certificate (PEM), for servers configured by file.
+    pub fn server_cert_pem(&self) -> String {
+        self.server_pem.clone()
+    }
+
+    /// The server's private key (PKCS#8 PEM), for servers configured by file.
+    pub fn server_key_pem(&self) -> String {
+        self.server_key_pem.clone()
     }
 
     /// Generates a second, unrelated CA and server certificate for the same names.
