@@ -210,8 +210,7 @@ pub(crate) fn read(source: impl Read, shown: &str) -> Result<BundleContents> {
         .entries()
         .with_context(|| format!("{} is not a wrun bundle", shown))?
     {
-        let mut entry =
-            entry.with_context(|| format!("{} is not a valid wrun bundle", shown))?;
+        let mut entry = entry.with_context(|| format!("{} is not a valid wrun bundle", shown))?;
         let name = entry.path()?.to_string_lossy().into_owned();
         let allowed = name == "wrun-lock.json"
             || name == "recipe.toml"

@@ -470,7 +470,9 @@ fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
                 },
             )?;
             if g.json {
-                output::json(&json!({ "id": id, "token": token.as_str(), "expires_at": expires_at }));
+                output::json(
+                    &json!({ "id": id, "token": token.as_str(), "expires_at": expires_at }),
+                );
             } else {
                 println!("{}", token.as_str());
                 eprintln!("token {id} created; it is shown only this once");
@@ -482,7 +484,11 @@ fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
                 output::json(&json!({ "tokens": tokens }));
             } else {
                 for t in tokens {
-                    let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                    let state = if t.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
                     println!(
                         "{}  {}  owner={}  scopes={}  expires_at={}  {}",
                         t.id,

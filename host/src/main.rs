@@ -25,7 +25,9 @@ fn main() -> ExitCode {
     // other commands are silent unless RUST_LOG asks.
     let default = if args.is_serve() { "error" } else { "off" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(std::env::var("WRUN_LOG").unwrap_or_default()))
+        .or_else(|_| {
+            tracing_subscriber::EnvFilter::try_new(std::env::var("WRUN_LOG").unwrap_or_default())
+        })
         .unwrap_or_else(|_| default.into());
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)

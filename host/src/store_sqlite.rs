@@ -556,7 +556,11 @@ pub(crate) fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
 }
 
 /// Parses the stored hosts of a connection.
-pub(crate) fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec<String>, StoreError> {
+pub(crate) fn parse_hosts(
+    workspace: &str,
+    name: &str,
+    json: &str,
+) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json).map_err(|_| StoreError::Malformed {
         what: format!("the hosts of connection `{name}` in workspace `{workspace}`"),
         reason: "not a JSON array of strings",
@@ -564,7 +568,12 @@ pub(crate) fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec
 }
 
 /// The associated data of a sealed connection value.
-pub(crate) fn connection_aad(workspace: &str, name: &str, placement: &str, hosts_json: &str) -> Vec<u8> {
+pub(crate) fn connection_aad(
+    workspace: &str,
+    name: &str,
+    placement: &str,
+    hosts_json: &str,
+) -> Vec<u8> {
     let mut aad = Vec::with_capacity(
         CONNECTION_AAD_PREFIX.len()
             + workspace.len()
@@ -865,20 +874,23 @@ impl Store {
                     .unwrap_or_default()
             });
         let audit_key = match stored {
-            Some(wrapped) => keys::unwrap_data_key(key, &wrapped, AUDIT_KEY_NAME).map_err(|_| {
-                StoreError::DataKeyTampered {
-                    workspace: "(audit log)".into(),
-                }
-            })?,
+            Some(wrapped) => {
+                keys::unwrap_data_key(key, &wrapped, AUDIT_KEY_NAME).map_err(|_| {
+                    StoreError::DataKeyTampered {
+                        workspace: "(audit log)".into(),
+                    }
+                })?
+            }
             None => {
                 use base64::Engine as _;
                 let fresh = DataKey::generate();
-                let wrapped = keys::wrap_data_key(key, &fresh, AUDIT_KEY_NAME).map_err(
-                    |source| StoreError::Key {
-                        doing: "wrapping the audit log key".into(),
-                        source,
-                    },
-                )?;
+                let wrapped =
+                    keys::wrap_data_key(key, &fresh, AUDIT_KEY_NAME).map_err(|source| {
+                        StoreError::Key {
+                            doing: "wrapping the audit log key".into(),
+                            source,
+                        }
+                    })?;
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('audit_key', ?1)",
                     params![base64::engine::general_purpose::STANDARD.encode(wrapped)],
@@ -1712,12 +1724,13 @@ impl Store {
             let wrapped = b64e.decode(b64).map_err(|_| tampered())?;
             let audit_key =
                 keys::unwrap_data_key(old, &wrapped, AUDIT_KEY_NAME).map_err(|_| tampered())?;
-            let rewrapped = keys::wrap_data_key(new, &audit_key, AUDIT_KEY_NAME).map_err(
-                |source| StoreError::Key {
-                    doing: "re-wrapping the audit log key".into(),
-                    source,
-                },
-            )?;
+            let rewrapped =
+                keys::wrap_data_key(new, &audit_key, AUDIT_KEY_NAME).map_err(|source| {
+                    StoreError::Key {
+                        doing: "re-wrapping the audit log key".into(),
+                        source,
+                    }
+                })?;
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'audit_key'",
                 params![b64e.encode(rewrapped)],
@@ -2069,6 +2082,49 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_is_migrated_keeping_its_data() {
+        let dir = tempdir();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.pragma_update(None, "application_id", APPLICATION_ID)
+                .unwrap();
+            conn.execute(
+                "INSERT INTO properties (workspace, environment, name, value) VALUES ('ws', 'dev', 'base', 'x')",
+                [],
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let store = Store::open(&path, OpenMode::MustExist).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(store.properties("ws", "dev").unwrap()["base"], "x");
+        for table in [
+            "members",
+            "tokens",
+            "jobs",
+            "job_steps",
+            "triggers",
+            "audit",
+        ] {
+            let n: i64 = store
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{table} was not created");
+        }
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let env = Env::new();
         env.store
@@ -2082,8 +2138,8 @@ mod tests {
             matches!(
                 err,
                 StoreError::TooNew {
-                    found: 2,
-                    known: 1,
+                    found: 3,
+                    known: 2,
                     ..
                 }
             ),
@@ -2091,7 +2147,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("schema version 2") && msg.contains("newer"),
+            msg.contains("schema version 3") && msg.contains("newer"),
             "{msg}"
         );
         assert!(msg.contains(&db.display().to_string()), "{msg}");

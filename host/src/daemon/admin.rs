@@ -37,7 +37,12 @@ fn audited<T>(
     conn.execute_batch("BEGIN IMMEDIATE")
         .context("starting a transaction")?;
     let result = f(conn).and_then(|(value, entries)| {
-        audit::append(conn, &audit_key, crate::daemon::sqlite::now_millis(), &entries)?;
+        audit::append(
+            conn,
+            &audit_key,
+            crate::daemon::sqlite::now_millis(),
+            &entries,
+        )?;
         Ok(value)
     });
     match result {
@@ -129,7 +134,12 @@ pub(crate) fn remove_member(
         }
         Ok((
             (),
-            vec![entry(workspace, "member.remove", format!("member:{subject}"), json!({}))],
+            vec![entry(
+                workspace,
+                "member.remove",
+                format!("member:{subject}"),
+                json!({}),
+            )],
         ))
     })
 }
@@ -227,7 +237,12 @@ pub(crate) fn create_token(
 }
 
 /// Revokes a token of a workspace.
-pub(crate) fn revoke_token(store: &Store, key: &MasterKey, workspace: &str, id: &str) -> Result<()> {
+pub(crate) fn revoke_token(
+    store: &Store,
+    key: &MasterKey,
+    workspace: &str,
+    id: &str,
+) -> Result<()> {
     audited(store, key, |conn| {
         let n = conn.execute(
             "UPDATE tokens SET revoked_at = ?3 WHERE workspace = ?1 AND id = ?2 AND revoked_at IS NULL",
@@ -236,7 +251,15 @@ pub(crate) fn revoke_token(store: &Store, key: &MasterKey, workspace: &str, id: 
         if n == 0 {
             bail!("workspace `{workspace}` has no active token `{id}`");
         }
-        Ok(((), vec![entry(workspace, "token.revoke", format!("token:{id}"), json!({}))]))
+        Ok((
+            (),
+            vec![entry(
+                workspace,
+                "token.revoke",
+                format!("token:{id}"),
+                json!({}),
+            )],
+        ))
     })
 }
 

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,11 +28,9 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::audit::{Entry, Outcome};
-use super::auth::{
-    self, Access, IpAllowlist, JwtVerifier, NewToken, PermissionSet, Resource,
-};
+use super::auth::{self, Access, IpAllowlist, JwtVerifier, NewToken, PermissionSet, Resource};
 use super::config::DaemonConfig;
-use super::http_error::{ApiError, JsonBody};
+use super::http_error::{ApiError, JsonBody, body_read_error};
 use super::jobs::{Runner, new_job_id};
 use super::metrics::{Metrics, WebhookOutcome};
 use super::ratelimit::{RateLimiter, retry_after_secs};
@@ -39,7 +38,7 @@ use super::schedule::Schedule;
 use super::signature;
 use super::sqlite::now_millis;
 use super::storage::{
-    ConnectionInput, DeleteCriteria, EnvChange, Enqueued, JobFilter, JobState, NewJob, Storage,
+    ConnectionInput, DeleteCriteria, Enqueued, EnvChange, JobFilter, JobState, NewJob, Storage,
     StorageError, TokenRecord, TriggerKind, TriggerRecord,
 };
 
@@ -102,9 +101,7 @@ impl Principal {
 /// The client address, without the IPv4-mapped IPv6 form.
 fn client_ip(addr: SocketAddr) -> IpAddr {
     match addr.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         ip => ip,
     }
 }
@@ -112,18 +109,16 @@ fn client_ip(addr: SocketAddr) -> IpAddr {
 /// Maps storage errors to API errors (never leaking internals).
 fn storage_error(e: StorageError) -> ApiError {
     match e {
-        StorageError::NotFound { what, name } => {
-            ApiError::not_found(&format!("{what} `{name}`"))
-        }
+        StorageError::NotFound { what, name } => ApiError::not_found(format!("{what} `{name}`")),
         StorageError::Conflict(msg) => ApiError::conflict("conflict", msg),
         StorageError::Store(crate::store_sqlite::StoreError::InvalidName { what, shown }) => {
             ApiError::bad_request(
                 "invalid_name",
-                &format!("{what} `{shown}` is not a valid name: use 1 to 64 of A-Z a-z 0-9 - _ ."),
+                format!("{what} `{shown}` is not a valid name: use 1 to 64 of A-Z a-z 0-9 - _ ."),
             )
         }
         StorageError::Store(crate::store_sqlite::StoreError::InvalidInput { what, reason }) => {
-            ApiError::bad_request("invalid_input", &format!("{what}: {reason}"))
+            ApiError::bad_request("invalid_input", format!("{what}: {reason}"))
         }
         other => {
             tracing::error!(error = %other, "a storage operation failed");
@@ -134,7 +129,13 @@ fn storage_error(e: StorageError) -> ApiError {
 
 impl AppState {
     /// Records an authentication failure and builds its 401.
-    async fn auth_failure(&self, ip: IpAddr, code: &'static str, message: &str, actor: &str) -> ApiError {
+    async fn auth_failure(
+        &self,
+        ip: IpAddr,
+        code: &'static str,
+        message: &str,
+        actor: &str,
+    ) -> ApiError {
         self.metrics.auth_failure(code);
         let entry = Entry {
             workspace: None,
@@ -163,10 +164,10 @@ impl AppState {
     ) -> Result<Principal, ApiError> {
         let principal = self.authenticate(headers, addr).await?;
         if principal.workspace != workspace {
-            return Err(ApiError::not_found(&format!("workspace `{workspace}`")));
+            return Err(ApiError::not_found(format!("workspace `{workspace}`")));
         }
         if !principal.permissions.allows(resource, access) {
-            return Err(ApiError::forbidden(&format!(
+            return Err(ApiError::forbidden(format!(
                 "this credential may not {} {}",
                 match access {
                     Access::Read => "read",
@@ -179,21 +180,38 @@ impl AppState {
     }
 
     /// Authenticates the caller (token or JWT) and applies its rate limit.
-    async fn authenticate(&self, headers: &HeaderMap, addr: SocketAddr) -> Result<Principal, ApiError> {
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        addr: SocketAddr,
+    ) -> Result<Principal, ApiError> {
         let ip = client_ip(addr);
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(self
-                .auth_failure(ip, "missing_credentials", "send `Authorization: Bearer <token>`", "anonymous")
+                .auth_failure(
+                    ip,
+                    "missing_credentials",
+                    "send `Authorization: Bearer <token>`",
+                    "anonymous",
+                )
                 .await);
         };
         let Some(presented) = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
         else {
             return Err(self
-                .auth_failure(ip, "malformed_credentials", "the Authorization header is not `Bearer <token>`", "anonymous")
+                .auth_failure(
+                    ip,
+                    "malformed_credentials",
+                    "the Authorization header is not `Bearer <token>`",
+                    "anonymous",
+                )
                 .await);
         };
         let principal = if presented.starts_with("wrun_pat_") {
@@ -218,7 +236,11 @@ impl AppState {
             }
         };
         let actor = format!("token:{}", parsed.id);
-        let record = self.storage.token(&parsed.id).await.map_err(storage_error)?;
+        let record = self
+            .storage
+            .token(&parsed.id)
+            .await
+            .map_err(storage_error)?;
         let Some(record) = record.filter(|r| auth::hashes_match(&r.hash, &parsed.hash)) else {
             return Err(self
                 .auth_failure(ip, "token_unknown", "the token is not valid", &actor)
@@ -238,7 +260,12 @@ impl AppState {
         let allow = IpAllowlist::parse(&record.allow_ips).map_err(|_| ApiError::internal())?;
         if !allow.allows(ip) {
             return Err(self
-                .auth_failure(ip, "token_ip_not_allowed", "the token may not be used from this address", &actor)
+                .auth_failure(
+                    ip,
+                    "token_ip_not_allowed",
+                    "the token may not be used from this address",
+                    &actor,
+                )
                 .await);
         }
         let role = self
@@ -255,7 +282,10 @@ impl AppState {
                 .unwrap_or_default(),
             None => PermissionSet::default(),
         };
-        let _ = self.storage.touch_token(&record.id, now, &ip.to_string()).await;
+        let _ = self
+            .storage
+            .touch_token(&record.id, now, &ip.to_string())
+            .await;
         Ok(Principal {
             subject: record.owner.clone(),
             workspace: record.workspace.clone(),
@@ -268,16 +298,19 @@ impl AppState {
     async fn authenticate_jwt(&self, presented: &str, ip: IpAddr) -> Result<Principal, ApiError> {
         let Some(jwt) = &self.jwt else {
             return Err(self
-                .auth_failure(ip, "token_malformed", "the token is not a wrun API token", "anonymous")
+                .auth_failure(
+                    ip,
+                    "token_malformed",
+                    "the token is not a wrun API token",
+                    "anonymous",
+                )
                 .await);
         };
         let now = u64::try_from(crate::store_sqlite::now()).unwrap_or(0);
         let identity = match jwt.verify(presented, now) {
             Ok(identity) => identity,
             Err(e) => {
-                return Err(self
-                    .auth_failure(ip, e.code(), &e.to_string(), "jwt")
-                    .await);
+                return Err(self.auth_failure(ip, e.code(), &e.to_string(), "jwt").await);
             }
         };
         let permissions = self
@@ -385,16 +418,16 @@ async fn readyz(State(s): State<AppState>) -> ApiResult {
     if s.ready.load(Ordering::SeqCst) {
         reply(StatusCode::OK, json!({ "status": "ready" }))
     } else {
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the daemon is starting or stopping"))
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the daemon is starting or stopping",
+        ))
     }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
-        s.metrics.render(),
-    )
-        .into_response()
+    s.metrics.response()
 }
 
 async fn openapi() -> ApiResult {
@@ -421,13 +454,15 @@ async fn webhook(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let ip = client_ip(addr);
     if let Err(wait) = s.webhook_limits.check(&id) {
         s.metrics.webhook(WebhookOutcome::RateLimited);
         return Err(ApiError::too_many_requests(retry_after_secs(wait)));
     }
+    // An unreadable or oversized body answers in the error format too.
+    let body = body.map_err(body_read_error)?;
     let trigger = s.storage.trigger(&id).await.map_err(storage_error)?;
     let Some(trigger) = trigger.filter(|t| t.kind == TriggerKind::Webhook) else {
         s.metrics.webhook(WebhookOutcome::Rejected);
@@ -456,24 +491,28 @@ async fn webhook(
                 detail: json!({ "reason": e.code() }),
             };
             let _ = s.storage.audit(vec![entry]).await;
-            return Err(ApiError::unauthorized(e.code(), &e.to_string()));
+            return Err(ApiError::unauthorized(e.code(), e.to_string()));
         }
     }
     let payload: Value = if body.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("malformed_json", &format!("the payload is not JSON: {e}"))
+            ApiError::bad_request("malformed_json", format!("the payload is not JSON: {e}"))
         })?
     };
     let idempotency_key = match headers.get(IDEMPOTENCY_HEADER) {
         Some(v) => {
-            let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 256).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be 1 to 256 visible ASCII characters",
-                )
-            })?;
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 256)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 256 visible ASCII characters",
+                    )
+                })?;
             Some(key.to_string())
         }
         None => None,
@@ -495,9 +534,7 @@ async fn webhook(
             s.runner.submit(&id, &trigger.workspace);
             reply(StatusCode::ACCEPTED, json!({ "job": id }))
         }
-        Enqueued::Duplicate(id) => {
-            reply(StatusCode::OK, json!({ "job": id, "duplicate": true }))
-        }
+        Enqueued::Duplicate(id) => reply(StatusCode::OK, json!({ "job": id, "duplicate": true })),
     }
 }
 
@@ -507,7 +544,8 @@ async fn list_recipes(
     Path(ws): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read).await?;
+    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read)
+        .await?;
     let list = s.storage.list_recipes(&ws).await.map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "recipes": list }))
 }
@@ -517,15 +555,18 @@ async fn put_recipe(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
+        .await?;
+    let body = body.map_err(body_read_error)?;
     let (manifest, lock, entries) = crate::bundle::read(&body[..], "the uploaded bundle")
-        .map_err(|e| ApiError::bad_request("invalid_bundle", &format!("{e:#}")))?;
+        .map_err(|e| ApiError::bad_request("invalid_bundle", format!("{e:#}")))?;
     if manifest.recipe.name != name {
         return Err(ApiError::bad_request(
             "name_mismatch",
-            &format!(
+            format!(
                 "the bundle holds recipe `{}`, not `{name}`",
                 manifest.recipe.name
             ),
@@ -552,11 +593,11 @@ async fn put_recipe(
     .await
     .map_err(|_| ApiError::internal())?;
     if let Err(errors) = loaded {
-        return Err(ApiError::bad_request("invalid_recipe", &errors.to_string()));
+        return Err(ApiError::bad_request("invalid_recipe", errors.to_string()));
     }
     let text = manifest
         .to_toml()
-        .map_err(|e| ApiError::bad_request("invalid_recipe", &e.to_string()))?;
+        .map_err(|e| ApiError::bad_request("invalid_recipe", e.to_string()))?;
     let audit = p.entry(
         "recipe.deploy",
         format!("recipe:{name}"),
@@ -578,9 +619,10 @@ async fn get_recipe(
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read).await?;
+    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read)
+        .await?;
     let Some(r) = s.storage.recipe(&ws, &name).await.map_err(storage_error)? else {
-        return Err(ApiError::not_found(&format!("recipe `{name}`")));
+        return Err(ApiError::not_found(format!("recipe `{name}`")));
     };
     reply(
         StatusCode::OK,
@@ -594,12 +636,18 @@ async fn delete_recipe(
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
+        .await?;
     let audit = p.entry("recipe.delete", format!("recipe:{name}"), json!({}));
-    if s.storage.delete_recipe(&ws, &name, audit).await.map_err(storage_error)? {
+    if s.storage
+        .delete_recipe(&ws, &name, audit)
+        .await
+        .map_err(storage_error)?
+    {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ApiError::not_found(&format!("recipe `{name}`")))
+        Err(ApiError::not_found(format!("recipe `{name}`")))
     }
 }
 
@@ -609,8 +657,13 @@ async fn list_triggers(
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read).await?;
-    let list = s.storage.list_triggers(&ws, &name).await.map_err(storage_error)?;
+    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read)
+        .await?;
+    let list = s
+        .storage
+        .list_triggers(&ws, &name)
+        .await
+        .map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "triggers": list }))
 }
 
@@ -638,7 +691,7 @@ fn yes() -> bool {
 async fn require_recipe(s: &AppState, ws: &str, name: &str) -> Result<(), ApiError> {
     match s.storage.recipe(ws, name).await.map_err(storage_error)? {
         Some(_) => Ok(()),
-        None => Err(ApiError::not_found(&format!("recipe `{name}`"))),
+        None => Err(ApiError::not_found(format!("recipe `{name}`"))),
     }
 }
 
@@ -649,19 +702,20 @@ async fn create_webhook(
     headers: HeaderMap,
     JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
+        .await?;
     require_recipe(&s, &ws, &name).await?;
-    crate::store_sqlite::check_name("environment", &body.environment).map_err(|e| {
-        ApiError::bad_request("invalid_name", &e.to_string())
-    })?;
+    crate::store_sqlite::check_name("environment", &body.environment)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
     let id = trigger_id("wh");
     let secret = body.signed.then(|| {
         let bytes: [u8; 32] = rand::random();
         Zeroizing::new(bytes.to_vec())
     });
-    let secret_hex = secret.as_ref().map(|s| {
-        Zeroizing::new(s.iter().map(|b| format!("{b:02x}")).collect::<String>())
-    });
+    let secret_hex = secret
+        .as_ref()
+        .map(|s| Zeroizing::new(s.iter().map(|b| format!("{b:02x}")).collect::<String>()));
     let record = TriggerRecord {
         id: id.clone(),
         workspace: ws.clone(),
@@ -679,8 +733,15 @@ async fn create_webhook(
         last_slot: None,
         created_at: crate::store_sqlite::now(),
     };
-    let audit = p.entry("webhook.create", format!("recipe:{name}/webhook:{id}"), json!({ "signed": body.signed }));
-    s.storage.create_trigger(record, audit).await.map_err(storage_error)?;
+    let audit = p.entry(
+        "webhook.create",
+        format!("recipe:{name}/webhook:{id}"),
+        json!({ "signed": body.signed }),
+    );
+    s.storage
+        .create_trigger(record, audit)
+        .await
+        .map_err(storage_error)?;
     let url = format!("{}/hooks/{id}", s.config.public_url.trim_end_matches('/'));
     reply(
         StatusCode::CREATED,
@@ -720,13 +781,14 @@ async fn create_schedule(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ScheduleBody>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
+        .await?;
     require_recipe(&s, &ws, &name).await?;
-    crate::store_sqlite::check_name("environment", &body.environment).map_err(|e| {
-        ApiError::bad_request("invalid_name", &e.to_string())
-    })?;
+    crate::store_sqlite::check_name("environment", &body.environment)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
     let schedule = Schedule::parse(&body.cron, &body.timezone)
-        .map_err(|e| ApiError::bad_request("invalid_schedule", &e.to_string()))?;
+        .map_err(|e| ApiError::bad_request("invalid_schedule", e.to_string()))?;
     let id = trigger_id("sch");
     let now = crate::store_sqlite::now();
     let record = TriggerRecord {
@@ -748,7 +810,10 @@ async fn create_schedule(
         format!("recipe:{name}/schedule:{id}"),
         json!({ "cron": body.cron, "timezone": body.timezone }),
     );
-    s.storage.create_trigger(record, audit).await.map_err(storage_error)?;
+    s.storage
+        .create_trigger(record, audit)
+        .await
+        .map_err(storage_error)?;
     reply(
         StatusCode::CREATED,
         json!({ "id": id, "next": schedule.next_after(now) }),
@@ -761,9 +826,15 @@ async fn delete_trigger(
     Path((ws, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
+        .await?;
     let audit = p.entry("trigger.delete", format!("trigger:{id}"), json!({}));
-    if s.storage.delete_trigger(&ws, &id, audit).await.map_err(storage_error)? {
+    if s.storage
+        .delete_trigger(&ws, &id, audit)
+        .await
+        .map_err(storage_error)?
+    {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found("trigger"))
@@ -788,11 +859,12 @@ async fn run_recipe(
     headers: HeaderMap,
     JsonBody(body): JsonBody<RunBody>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
+        .await?;
     require_recipe(&s, &ws, &name).await?;
-    crate::store_sqlite::check_name("environment", &body.environment).map_err(|e| {
-        ApiError::bad_request("invalid_name", &e.to_string())
-    })?;
+    crate::store_sqlite::check_name("environment", &body.environment)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
     let job = NewJob {
         id: new_job_id(),
         workspace: ws.clone(),
@@ -804,9 +876,16 @@ async fn run_recipe(
         rerun_of: None,
         created_at: now_millis(),
     };
-    let audit = p.entry("job.run", format!("recipe:{name}/job:{}", job.id), json!({}));
-    let (Enqueued::New(id) | Enqueued::Duplicate(id)) =
-        s.storage.enqueue(job, Some(audit)).await.map_err(storage_error)?;
+    let audit = p.entry(
+        "job.run",
+        format!("recipe:{name}/job:{}", job.id),
+        json!({}),
+    );
+    let (Enqueued::New(id) | Enqueued::Duplicate(id)) = s
+        .storage
+        .enqueue(job, Some(audit))
+        .await
+        .map_err(storage_error)?;
     s.runner.submit(&id, &ws);
     reply(StatusCode::ACCEPTED, json!({ "job": id }))
 }
@@ -818,8 +897,13 @@ async fn list_jobs(
     headers: HeaderMap,
     Query(filter): Query<JobFilter>,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Read).await?;
-    let jobs = s.storage.list_jobs(&ws, filter).await.map_err(storage_error)?;
+    s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Read)
+        .await?;
+    let jobs = s
+        .storage
+        .list_jobs(&ws, filter)
+        .await
+        .map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "jobs": jobs }))
 }
 
@@ -829,10 +913,14 @@ async fn get_job(
     Path((ws, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Read).await?;
+    s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Read)
+        .await?;
     match s.storage.job(&ws, &id).await.map_err(storage_error)? {
-        Some(job) => reply(StatusCode::OK, serde_json::to_value(job).map_err(|_| ApiError::internal())?),
-        None => Err(ApiError::not_found(&format!("job `{id}`"))),
+        Some(job) => reply(
+            StatusCode::OK,
+            serde_json::to_value(job).map_err(|_| ApiError::internal())?,
+        ),
+        None => Err(ApiError::not_found(format!("job `{id}`"))),
     }
 }
 
@@ -842,14 +930,21 @@ async fn cancel_job(
     Path((ws, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
+        .await?;
     let audit = p.entry("job.cancel", format!("job:{id}"), json!({}));
-    match s.storage.cancel_job(&ws, &id, audit).await.map_err(storage_error)? {
+    match s
+        .storage
+        .cancel_job(&ws, &id, audit)
+        .await
+        .map_err(storage_error)?
+    {
         Some(state) => {
             s.runner.cancel(&id);
             reply(StatusCode::OK, json!({ "job": id, "state": state }))
         }
-        None => Err(ApiError::not_found(&format!("job `{id}`"))),
+        None => Err(ApiError::not_found(format!("job `{id}`"))),
     }
 }
 
@@ -859,12 +954,17 @@ async fn rerun_job(
     Path((ws, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
+        .await?;
     let Some(old) = s.storage.job(&ws, &id).await.map_err(storage_error)? else {
-        return Err(ApiError::not_found(&format!("job `{id}`")));
+        return Err(ApiError::not_found(format!("job `{id}`")));
     };
     if !old.summary.state.is_final() {
-        return Err(ApiError::conflict("job_not_ended", "the job has not ended; cancel it first or wait"));
+        return Err(ApiError::conflict(
+            "job_not_ended",
+            "the job has not ended; cancel it first or wait",
+        ));
     }
     let job = NewJob {
         id: new_job_id(),
@@ -877,11 +977,21 @@ async fn rerun_job(
         rerun_of: Some(id.clone()),
         created_at: now_millis(),
     };
-    let audit = p.entry("job.rerun", format!("job:{id}"), json!({ "new_job": job.id }));
-    let (Enqueued::New(new_id) | Enqueued::Duplicate(new_id)) =
-        s.storage.enqueue(job, Some(audit)).await.map_err(storage_error)?;
+    let audit = p.entry(
+        "job.rerun",
+        format!("job:{id}"),
+        json!({ "new_job": job.id }),
+    );
+    let (Enqueued::New(new_id) | Enqueued::Duplicate(new_id)) = s
+        .storage
+        .enqueue(job, Some(audit))
+        .await
+        .map_err(storage_error)?;
     s.runner.submit(&new_id, &ws);
-    reply(StatusCode::ACCEPTED, json!({ "job": new_id, "rerun_of": id }))
+    reply(
+        StatusCode::ACCEPTED,
+        json!({ "job": new_id, "rerun_of": id }),
+    )
 }
 
 async fn delete_jobs(
@@ -891,15 +1001,24 @@ async fn delete_jobs(
     headers: HeaderMap,
     JsonBody(criteria): JsonBody<DeleteCriteria>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Write).await?;
-    if criteria.recipe.is_none() && criteria.from.is_none() && criteria.to.is_none() && criteria.field.is_none() {
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
+        .await?;
+    if criteria.recipe.is_none()
+        && criteria.from.is_none()
+        && criteria.to.is_none()
+        && criteria.field.is_none()
+    {
         return Err(ApiError::bad_request(
             "no_criteria",
             "give at least one of recipe, from, to, field (deleting everything needs an explicit range)",
         ));
     }
     if criteria.field.is_some() != criteria.value.is_some() {
-        return Err(ApiError::bad_request("invalid_criteria", "`field` and `value` go together"));
+        return Err(ApiError::bad_request(
+            "invalid_criteria",
+            "`field` and `value` go together",
+        ));
     }
     if let Some(field) = &criteria.field
         && !field.starts_with('/')
@@ -916,7 +1035,11 @@ async fn delete_jobs(
         "jobs",
         json!({ "recipe": criteria.recipe, "from": criteria.from, "to": criteria.to, "field": criteria.field }),
     );
-    let n = s.storage.delete_jobs(&ws, criteria, audit).await.map_err(storage_error)?;
+    let n = s
+        .storage
+        .delete_jobs(&ws, criteria, audit)
+        .await
+        .map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "deleted": n }))
 }
 
@@ -926,8 +1049,13 @@ async fn list_connections(
     Path(ws): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Connections, Access::Read).await?;
-    let list = s.storage.list_connections(&ws).await.map_err(storage_error)?;
+    s.authorize(&headers, addr, &ws, Resource::Connections, Access::Read)
+        .await?;
+    let list = s
+        .storage
+        .list_connections(&ws)
+        .await
+        .map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "connections": list }))
 }
 
@@ -942,7 +1070,7 @@ struct ConnectionBody {
 }
 
 fn bearer() -> String {
-    "header:Authorization=Bearer {value}".into()
+    "header:Authorization=Bearer {}".into()
 }
 
 async fn put_connection(
@@ -952,19 +1080,21 @@ async fn put_connection(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ConnectionBody>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Connections, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Connections, Access::Write)
+        .await?;
     wrun_runtime::policy::NetGrant::parse(&body.hosts)
         .map_err(|e| ApiError::bad_request("invalid_host", format!("hosts: {e}")))?;
     body.placement
         .parse::<wrun_runtime::Placement>()
-        .map_err(|e| ApiError::bad_request("invalid_placement", &e.to_string()))?;
+        .map_err(|e| ApiError::bad_request("invalid_placement", e.to_string()))?;
     wrun_runtime::Connection::new(
         &name,
         wrun_runtime::SecretValue::new(body.value.as_str()),
         body.hosts.clone(),
         body.placement.parse().map_err(|_| ApiError::internal())?,
     )
-    .map_err(|e| ApiError::bad_request("invalid_connection", &e.to_string()))?;
+    .map_err(|e| ApiError::bad_request("invalid_connection", e.to_string()))?;
     let audit = p.entry(
         "connection.put",
         format!("connection:{name}"),
@@ -992,12 +1122,18 @@ async fn delete_connection(
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Connections, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Connections, Access::Write)
+        .await?;
     let audit = p.entry("connection.delete", format!("connection:{name}"), json!({}));
-    if s.storage.delete_connection(&ws, &name, audit).await.map_err(storage_error)? {
+    if s.storage
+        .delete_connection(&ws, &name, audit)
+        .await
+        .map_err(storage_error)?
+    {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ApiError::not_found(&format!("connection `{name}`")))
+        Err(ApiError::not_found(format!("connection `{name}`")))
     }
 }
 
@@ -1007,9 +1143,17 @@ async fn get_environment(
     Path((ws, env)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Environments, Access::Read).await?;
-    let view = s.storage.environment(&ws, &env).await.map_err(storage_error)?;
-    reply(StatusCode::OK, serde_json::to_value(view).map_err(|_| ApiError::internal())?)
+    s.authorize(&headers, addr, &ws, Resource::Environments, Access::Read)
+        .await?;
+    let view = s
+        .storage
+        .environment(&ws, &env)
+        .await
+        .map_err(storage_error)?;
+    reply(
+        StatusCode::OK,
+        serde_json::to_value(view).map_err(|_| ApiError::internal())?,
+    )
 }
 
 /// Applies an environment change for a principal with write access.
@@ -1021,7 +1165,9 @@ async fn change_env(
     env: &str,
     change: EnvChange,
 ) -> ApiResult {
-    let p = s.authorize(headers, addr, ws, Resource::Environments, Access::Write).await?;
+    let p = s
+        .authorize(headers, addr, ws, Resource::Environments, Access::Write)
+        .await?;
     let (action, target) = match &change {
         EnvChange::SetProperty(n, _) => ("environment.property.set", n),
         EnvChange::RemoveProperty(n) => ("environment.property.remove", n),
@@ -1054,7 +1200,15 @@ async fn set_property(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PropertyBody>,
 ) -> ApiResult {
-    change_env(&s, &headers, addr, &ws, &env, EnvChange::SetProperty(name, body.value)).await
+    change_env(
+        &s,
+        &headers,
+        addr,
+        &ws,
+        &env,
+        EnvChange::SetProperty(name, body.value),
+    )
+    .await
 }
 
 async fn remove_property(
@@ -1063,7 +1217,15 @@ async fn remove_property(
     Path((ws, env, name)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    change_env(&s, &headers, addr, &ws, &env, EnvChange::RemoveProperty(name)).await
+    change_env(
+        &s,
+        &headers,
+        addr,
+        &ws,
+        &env,
+        EnvChange::RemoveProperty(name),
+    )
+    .await
 }
 
 /// Body of a binding.
@@ -1080,7 +1242,15 @@ async fn bind(
     headers: HeaderMap,
     JsonBody(body): JsonBody<BindBody>,
 ) -> ApiResult {
-    change_env(&s, &headers, addr, &ws, &env, EnvChange::Bind(logical, body.connection)).await
+    change_env(
+        &s,
+        &headers,
+        addr,
+        &ws,
+        &env,
+        EnvChange::Bind(logical, body.connection),
+    )
+    .await
 }
 
 async fn unbind(
@@ -1098,7 +1268,9 @@ async fn list_tokens(
     Path(ws): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Tokens, Access::Read).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Tokens, Access::Read)
+        .await?;
     let mut tokens = s.storage.list_tokens(&ws).await.map_err(storage_error)?;
     if !p.admin {
         tokens.retain(|t| t.owner == p.subject);
@@ -1131,15 +1303,15 @@ pub(crate) fn validate_token_request(
     allow_ips: &[String],
 ) -> Result<(PermissionSet, IpAllowlist), ApiError> {
     let scopes = PermissionSet::parse(scopes)
-        .map_err(|e| ApiError::bad_request("invalid_scopes", &e.to_string()))?;
+        .map_err(|e| ApiError::bad_request("invalid_scopes", e.to_string()))?;
     if expires_in == 0 || expires_in > max_lifetime {
         return Err(ApiError::bad_request(
             "invalid_expiry",
-            &format!("expires_in must be between 1 and {max_lifetime} seconds"),
+            format!("expires_in must be between 1 and {max_lifetime} seconds"),
         ));
     }
     let allow = IpAllowlist::parse(allow_ips)
-        .map_err(|e| ApiError::bad_request("invalid_allowlist", &e.to_string()))?;
+        .map_err(|e| ApiError::bad_request("invalid_allowlist", e.to_string()))?;
     Ok((scopes, allow))
 }
 
@@ -1150,15 +1322,24 @@ async fn create_token(
     headers: HeaderMap,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Tokens, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Tokens, Access::Write)
+        .await?;
     let owner = body.owner.clone().unwrap_or_else(|| p.subject.clone());
     if owner != p.subject && !p.admin {
-        return Err(ApiError::forbidden("only an admin may create a token for another member"));
+        return Err(ApiError::forbidden(
+            "only an admin may create a token for another member",
+        ));
     }
-    if s.storage.member_role(&ws, &owner).await.map_err(storage_error)?.is_none() {
+    if s.storage
+        .member_role(&ws, &owner)
+        .await
+        .map_err(storage_error)?
+        .is_none()
+    {
         return Err(ApiError::bad_request(
             "unknown_member",
-            &format!("`{owner}` is not a member of this workspace"),
+            format!("`{owner}` is not a member of this workspace"),
         ));
     }
     let (scopes, allow) = validate_token_request(
@@ -1169,7 +1350,9 @@ async fn create_token(
     )?;
     // A token cannot carry more than its creator may do.
     if !scopes.is_subset_of(p.permissions) && !p.admin {
-        return Err(ApiError::forbidden("a token cannot have scopes its creator lacks"));
+        return Err(ApiError::forbidden(
+            "a token cannot have scopes its creator lacks",
+        ));
     }
     let token = NewToken::generate();
     let now = crate::store_sqlite::now();
@@ -1194,7 +1377,10 @@ async fn create_token(
         json!({ "owner": owner, "scopes": scopes.to_strings(), "expires_at": record.expires_at, "allow_ips": record.allow_ips }),
     );
     let expires_at = record.expires_at;
-    s.storage.create_token(record, audit).await.map_err(storage_error)?;
+    s.storage
+        .create_token(record, audit)
+        .await
+        .map_err(storage_error)?;
     reply(
         StatusCode::CREATED,
         json!({ "id": token.id, "token": token.display.as_str(), "owner": owner, "expires_at": expires_at, "scopes": scopes.to_strings() }),
@@ -1207,7 +1393,9 @@ async fn revoke_token(
     Path((ws, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Tokens, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Tokens, Access::Write)
+        .await?;
     let tokens = s.storage.list_tokens(&ws).await.map_err(storage_error)?;
     let Some(t) = tokens.iter().find(|t| t.id == id) else {
         return Err(ApiError::not_found("token"));
@@ -1215,8 +1403,15 @@ async fn revoke_token(
     if t.owner != p.subject && !p.admin {
         return Err(ApiError::not_found("token"));
     }
-    let audit = p.entry("token.revoke", format!("token:{id}"), json!({ "owner": t.owner }));
-    s.storage.revoke_token(&ws, &id, audit).await.map_err(storage_error)?;
+    let audit = p.entry(
+        "token.revoke",
+        format!("token:{id}"),
+        json!({ "owner": t.owner }),
+    );
+    s.storage
+        .revoke_token(&ws, &id, audit)
+        .await
+        .map_err(storage_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1226,7 +1421,8 @@ async fn list_members(
     Path(ws): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read).await?;
+    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read)
+        .await?;
     let list = s.storage.list_members(&ws).await.map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "members": list }))
 }
@@ -1245,11 +1441,20 @@ async fn set_member(
     headers: HeaderMap,
     JsonBody(body): JsonBody<MemberBody>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
+        .await?;
     if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("invalid_subject", "a subject is 1 to 256 printable characters"));
+        return Err(ApiError::bad_request(
+            "invalid_subject",
+            "a subject is 1 to 256 printable characters",
+        ));
     }
-    let before = s.storage.member_role(&ws, &subject).await.map_err(storage_error)?;
+    let before = s
+        .storage
+        .member_role(&ws, &subject)
+        .await
+        .map_err(storage_error)?;
     let audit = p.entry(
         "member.role",
         format!("member:{subject}"),
@@ -1259,7 +1464,10 @@ async fn set_member(
         .set_member(&ws, &subject, &body.role, audit)
         .await
         .map_err(storage_error)?;
-    reply(StatusCode::OK, json!({ "subject": subject, "role": body.role }))
+    reply(
+        StatusCode::OK,
+        json!({ "subject": subject, "role": body.role }),
+    )
 }
 
 async fn remove_member(
@@ -1268,9 +1476,15 @@ async fn remove_member(
     Path((ws, subject)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
+        .await?;
     let audit = p.entry("member.remove", format!("member:{subject}"), json!({}));
-    if s.storage.remove_member(&ws, &subject, audit).await.map_err(storage_error)? {
+    if s.storage
+        .remove_member(&ws, &subject, audit)
+        .await
+        .map_err(storage_error)?
+    {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found("member"))
@@ -1283,7 +1497,8 @@ async fn list_roles(
     Path(ws): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read).await?;
+    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read)
+        .await?;
     let roles = s.storage.list_roles(&ws).await.map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "roles": roles }))
 }
@@ -1302,15 +1517,30 @@ async fn put_role(
     headers: HeaderMap,
     JsonBody(body): JsonBody<RoleBody>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
+        .await?;
     if !auth::valid_role_name(&name) {
-        return Err(ApiError::bad_request("invalid_name", "a role name is 1 to 64 of a-z 0-9 _ -"));
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a role name is 1 to 64 of a-z 0-9 _ -",
+        ));
     }
     let perms = PermissionSet::parse(&body.permissions)
-        .map_err(|e| ApiError::bad_request("invalid_scopes", &e.to_string()))?;
-    let audit = p.entry("role.put", format!("role:{name}"), json!({ "permissions": perms.to_strings() }));
-    s.storage.put_role(&ws, &name, perms, audit).await.map_err(storage_error)?;
-    reply(StatusCode::OK, json!({ "role": name, "permissions": perms.to_strings() }))
+        .map_err(|e| ApiError::bad_request("invalid_scopes", e.to_string()))?;
+    let audit = p.entry(
+        "role.put",
+        format!("role:{name}"),
+        json!({ "permissions": perms.to_strings() }),
+    );
+    s.storage
+        .put_role(&ws, &name, perms, audit)
+        .await
+        .map_err(storage_error)?;
+    reply(
+        StatusCode::OK,
+        json!({ "role": name, "permissions": perms.to_strings() }),
+    )
 }
 
 async fn delete_role(
@@ -1319,12 +1549,18 @@ async fn delete_role(
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
+        .await?;
     let audit = p.entry("role.delete", format!("role:{name}"), json!({}));
-    if s.storage.delete_role(&ws, &name, audit).await.map_err(storage_error)? {
+    if s.storage
+        .delete_role(&ws, &name, audit)
+        .await
+        .map_err(storage_error)?
+    {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ApiError::not_found(&format!("role `{name}`")))
+        Err(ApiError::not_found(format!("role `{name}`")))
     }
 }
 
@@ -1334,7 +1570,8 @@ async fn get_settings(
     Path(ws): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read).await?;
+    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read)
+        .await?;
     let days = s.storage.retention(&ws).await.map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "retention_days": days }))
 }
@@ -1354,16 +1591,28 @@ async fn put_settings(
     headers: HeaderMap,
     JsonBody(body): JsonBody<SettingsBody>,
 ) -> ApiResult {
-    let p = s.authorize(&headers, addr, &ws, Resource::Members, Access::Write).await?;
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
+        .await?;
     if body.retention_days == Some(0) {
-        return Err(ApiError::bad_request("invalid_retention", "retention_days is at least 1, or null"));
+        return Err(ApiError::bad_request(
+            "invalid_retention",
+            "retention_days is at least 1, or null",
+        ));
     }
-    let audit = p.entry("settings.retention", "settings", json!({ "retention_days": body.retention_days }));
+    let audit = p.entry(
+        "settings.retention",
+        "settings",
+        json!({ "retention_days": body.retention_days }),
+    );
     s.storage
         .set_retention(&ws, body.retention_days, audit)
         .await
         .map_err(storage_error)?;
-    reply(StatusCode::OK, json!({ "retention_days": body.retention_days }))
+    reply(
+        StatusCode::OK,
+        json!({ "retention_days": body.retention_days }),
+    )
 }
 
 /// Query of an audit read.
@@ -1381,7 +1630,8 @@ async fn read_audit(
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Audit, Access::Read).await?;
+    s.authorize(&headers, addr, &ws, Resource::Audit, Access::Read)
+        .await?;
     let entries = s
         .storage
         .read_audit(&ws, q.after, q.limit.unwrap_or(100).clamp(1, 1000))

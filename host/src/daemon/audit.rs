@@ -336,26 +336,6 @@ pub(crate) struct Entry {
     pub(crate) detail: serde_json::Value,
 }
 
-impl Entry {
-    /// An entry without workspace, source or detail (an empty JSON object).
-    pub(crate) fn new(
-        actor: impl Into<String>,
-        action: impl Into<String>,
-        target: impl Into<String>,
-        outcome: Outcome,
-    ) -> Self {
-        Self {
-            workspace: None,
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            source: None,
-            outcome,
-            detail: serde_json::Value::Object(serde_json::Map::new()),
-        }
-    }
-}
-
 /// An entry as stored, also the JSON line format for SIEMs.
 ///
 /// Serialised as one JSON object with exactly these fields; `workspace` and

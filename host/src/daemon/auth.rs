@@ -479,6 +479,7 @@ impl PermissionSet {
     }
 
     /// Returns whether the set grants nothing.
+    #[cfg(test)]
     pub(crate) fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -812,6 +813,7 @@ impl IpAllowlist {
     }
 
     /// Returns whether the list is empty (allows everything).
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -946,6 +948,7 @@ impl JwtConfig {
     /// and every other field at its default (no key file, no secret variable,
     /// 3600 s lifetime, 30 s leeway, claims `sub`, `wrun_workspace`,
     /// `wrun_role`, empty role map).
+    #[cfg(test)]
     pub(crate) fn new(issuer: &str, audience: &str, algorithm: &str) -> JwtConfig {
         JwtConfig {
             issuer: issuer.to_owned(),

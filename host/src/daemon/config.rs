@@ -244,7 +244,7 @@ fn default_schedule_tick() -> u64 {
     1000
 }
 fn default_window() -> i64 {
-    300
+    super::signature::DEFAULT_WINDOW_SECS
 }
 
 /// What was wrong with the configuration.
@@ -294,11 +294,10 @@ impl DaemonConfig {
             })?,
             None => String::new(),
         };
-        let mut config: DaemonConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-                path: path.map(Path::to_path_buf).unwrap_or_default(),
-                message: e.to_string(),
-            })?;
+        let mut config: DaemonConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.map(Path::to_path_buf).unwrap_or_default(),
+            message: e.to_string(),
+        })?;
         config.apply_env(|name| std::env::var(name).ok())?;
         config.check()?;
         Ok(config)

@@ -87,6 +87,7 @@ impl ApiError {
     }
 
     /// 413 `body_too_large`: the body is over `limit` bytes.
+    #[cfg(test)]
     pub(crate) fn payload_too_large(limit: usize) -> Self {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -142,18 +143,15 @@ impl ApiError {
     }
 
     /// The HTTP status.
+    #[cfg(test)]
     pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The machine-readable code.
+    #[cfg(test)]
     pub(crate) fn code(&self) -> &'static str {
         self.code
-    }
-
-    /// The human-readable message.
-    pub(crate) fn message(&self) -> &str {
-        &self.message
     }
 }
 
@@ -258,7 +256,7 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
 }
 
 /// Maps a failure to read the body into the error format.
-fn body_read_error(rejection: BytesRejection) -> ApiError {
+pub(crate) fn body_read_error(rejection: BytesRejection) -> ApiError {
     match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
             ApiError::new(
@@ -406,6 +404,7 @@ mod tests {
         name: String,
         count: u32,
         #[serde(default)]
+        #[allow(dead_code, reason = "parsed to check the error paths, never read")]
         kind: Option<Kind>,
         #[serde(default)]
         nested: Vec<Nested>,
@@ -419,6 +418,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     struct Nested {
+        #[allow(dead_code, reason = "parsed to check the error paths, never read")]
         size: u64,
     }
 

@@ -42,6 +42,9 @@ pub(crate) struct RunnerLimits {
     pub(crate) per_workspace: usize,
 }
 
+/// A loaded recipe and the deployment (`updated_at`) it was loaded from.
+type LoadedRecipe = (i64, Arc<Recipe>);
+
 /// Runs jobs.
 pub(crate) struct Runner {
     storage: Arc<dyn Storage>,
@@ -51,7 +54,7 @@ pub(crate) struct Runner {
     queue: mpsc::UnboundedSender<(String, String)>,
     global: Arc<Semaphore>,
     per_workspace: Mutex<HashMap<String, Arc<Semaphore>>>,
-    recipes: Mutex<HashMap<(String, String), (i64, Arc<Recipe>)>>,
+    recipes: Mutex<HashMap<(String, String), LoadedRecipe>>,
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
     stopping: watch::Sender<bool>,
 }
@@ -382,7 +385,10 @@ impl Runner {
                 None => return Ok(()),
             }
         };
-        let end = self.storage.finish_job(id, state, error, Vec::new()).await?;
+        let end = self
+            .storage
+            .finish_job(id, state, error, Vec::new())
+            .await?;
         self.metrics.job_finished(end);
         Ok(())
     }

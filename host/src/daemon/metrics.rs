@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | `wrun_jobs_total` | counter | `state`: queued, succeeded, failed, cancelled |
 //! | `wrun_jobs_current` | gauge | `state`: queued, running |
-//! | `wrun_step_duration_seconds` | histogram, 100 µs to 60 s | `outcome`: succeeded, failed, timed_out, cancelled |
+//! | `wrun_step_duration_seconds` | histogram, 100 µs to 60 s | `outcome`: succeeded, failed |
 //! | `wrun_egress_refusals_total` | counter | |
 //! | `wrun_secret_misuse_total` | counter | |
 //! | `wrun_auth_failures_total` | counter | `reason`: missing, malformed, invalid, expired, forbidden |
@@ -97,10 +97,6 @@ pub(crate) enum StepOutcome {
     Succeeded,
     /// The step returned an error or trapped.
     Failed,
-    /// The step hit its time limit.
-    TimedOut,
-    /// The job was cancelled while the step ran.
-    Cancelled,
 }
 
 impl StepOutcome {
@@ -109,8 +105,6 @@ impl StepOutcome {
         match self {
             StepOutcome::Succeeded => "succeeded",
             StepOutcome::Failed => "failed",
-            StepOutcome::TimedOut => "timed_out",
-            StepOutcome::Cancelled => "cancelled",
         }
     }
 }
@@ -292,6 +286,7 @@ impl Metrics {
 
     /// Sets how many jobs are in `state` now (`wrun_jobs_current`), for
     /// example from the store's counts at startup.
+    #[cfg(test)]
     pub(crate) fn set_jobs(&self, state: LiveJobState, count: i64) {
         self.inner
             .jobs_current
@@ -391,114 +386,6 @@ pub(crate) async fn count_http_responses(
     response
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    use axum::Router;
-    use axum::body::Body;
-    use axum::routing::get;
-    use tower::ServiceExt as _;
-
-    #[test]
-    fn render_contains_names_and_values() {
-        let metrics = Metrics::new();
-        metrics.record_job(JobEvent::Queued);
-        metrics.record_job(JobEvent::Queued);
-        metrics.record_job(JobEvent::Failed);
-        metrics.set_jobs(LiveJobState::Running, 3);
-        metrics.add_jobs(LiveJobState::Queued, 2);
-        metrics.add_jobs(LiveJobState::Queued, -1);
-        metrics.observe_step(StepOutcome::Succeeded, Duration::from_micros(50));
-        metrics.observe_step(StepOutcome::Succeeded, Duration::from_millis(300));
-        metrics.observe_step(StepOutcome::TimedOut, Duration::from_secs(120));
-        metrics.record_egress_refusal();
-        metrics.record_secret_misuse();
-        metrics.record_secret_misuse();
-        metrics.record_auth_failure(AuthFailure::Invalid);
-        metrics.record_http_response(StatusCode::OK);
-        metrics.record_http_response(StatusCode::NOT_FOUND);
-        metrics.record_http_response(StatusCode::SERVICE_UNAVAILABLE);
-        metrics.record_webhook(WebhookOutcome::RateLimited);
-
-        let text = metrics.clone().render();
-        for line in [
-            "# TYPE wrun_jobs counter",
-            r#"wrun_jobs_total{state="queued"} 2"#,
-            r#"wrun_jobs_total{state="failed"} 1"#,
-            "# TYPE wrun_jobs_current gauge",
-            r#"wrun_jobs_current{state="running"} 3"#,
-            r#"wrun_jobs_current{state="queued"} 1"#,
-            "# TYPE wrun_step_duration_seconds histogram",
-            "# UNIT wrun_step_duration_seconds seconds",
-            r#"wrun_step_duration_seconds_count{outcome="succeeded"} 2"#,
-            r#"wrun_step_duration_seconds_bucket{le="0.0001",outcome="succeeded"} 1"#,
-            r#"wrun_step_duration_seconds_bucket{le="0.5",outcome="succeeded"} 2"#,
-            r#"wrun_step_duration_seconds_bucket{le="60.0",outcome="timed_out"} 0"#,
-            r#"wrun_step_duration_seconds_bucket{le="+Inf",outcome="timed_out"} 1"#,
-            "wrun_egress_refusals_total 1",
-            "wrun_secret_misuse_total 2",
-            r#"wrun_auth_failures_total{reason="invalid"} 1"#,
-            r#"wrun_http_requests_total{status_class="2xx"} 1"#,
-            r#"wrun_http_requests_total{status_class="4xx"} 1"#,
-            r#"wrun_http_requests_total{status_class="5xx"} 1"#,
-            r#"wrun_webhooks_total{outcome="rate_limited"} 1"#,
-            "# EOF",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing line {line:?} in:\n{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn unlabelled_metrics_render_at_zero() {
-        let text = Metrics::new().render();
-        assert!(text.contains("wrun_egress_refusals_total 0"), "{text}");
-        assert!(text.contains("wrun_secret_misuse_total 0"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn middleware_and_response() {
-        let metrics = Metrics::new();
-        let app = Router::new()
-            .route(
-                "/metrics",
-                get({
-                    let metrics = metrics.clone();
-                    move || async move { metrics.response() }
-                }),
-            )
-            .layer(axum::middleware::from_fn_with_state(
-                metrics.clone(),
-                count_http_responses,
-            ));
-        let request = || http::Request::get("/metrics").body(Body::empty()).unwrap();
-        let missing = http::Request::get("/nope").body(Body::empty()).unwrap();
-        app.clone().oneshot(missing).await.unwrap();
-        app.clone().oneshot(request()).await.unwrap();
-        let response = app.oneshot(request()).await.unwrap();
-        assert_eq!(
-            response.headers().get(CONTENT_TYPE_HEADER).unwrap(),
-            CONTENT_TYPE
-        );
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let text = String::from_utf8(body.to_vec()).unwrap();
-        // The 404 and the first scrape were counted before this render.
-        assert!(
-            text.contains(r#"wrun_http_requests_total{status_class="2xx"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"wrun_http_requests_total{status_class="4xx"} 1"#),
-            "{text}"
-        );
-    }
-}
-
 /// What the runner and the API record, in their own words.
 impl Metrics {
     /// A job was committed to the queue.
@@ -564,5 +451,113 @@ impl Metrics {
     /// A webhook delivery's outcome.
     pub(crate) fn webhook(&self, outcome: WebhookOutcome) {
         self.record_webhook(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    #[test]
+    fn render_contains_names_and_values() {
+        let metrics = Metrics::new();
+        metrics.record_job(JobEvent::Queued);
+        metrics.record_job(JobEvent::Queued);
+        metrics.record_job(JobEvent::Failed);
+        metrics.set_jobs(LiveJobState::Running, 3);
+        metrics.add_jobs(LiveJobState::Queued, 2);
+        metrics.add_jobs(LiveJobState::Queued, -1);
+        metrics.observe_step(StepOutcome::Succeeded, Duration::from_micros(50));
+        metrics.observe_step(StepOutcome::Succeeded, Duration::from_millis(300));
+        metrics.observe_step(StepOutcome::Failed, Duration::from_secs(120));
+        metrics.record_egress_refusal();
+        metrics.record_secret_misuse();
+        metrics.record_secret_misuse();
+        metrics.record_auth_failure(AuthFailure::Invalid);
+        metrics.record_http_response(StatusCode::OK);
+        metrics.record_http_response(StatusCode::NOT_FOUND);
+        metrics.record_http_response(StatusCode::SERVICE_UNAVAILABLE);
+        metrics.record_webhook(WebhookOutcome::RateLimited);
+
+        let text = metrics.clone().render();
+        for line in [
+            "# TYPE wrun_jobs counter",
+            r#"wrun_jobs_total{state="queued"} 2"#,
+            r#"wrun_jobs_total{state="failed"} 1"#,
+            "# TYPE wrun_jobs_current gauge",
+            r#"wrun_jobs_current{state="running"} 3"#,
+            r#"wrun_jobs_current{state="queued"} 1"#,
+            "# TYPE wrun_step_duration_seconds histogram",
+            "# UNIT wrun_step_duration_seconds seconds",
+            r#"wrun_step_duration_seconds_count{outcome="succeeded"} 2"#,
+            r#"wrun_step_duration_seconds_bucket{le="0.0001",outcome="succeeded"} 1"#,
+            r#"wrun_step_duration_seconds_bucket{le="0.5",outcome="succeeded"} 2"#,
+            r#"wrun_step_duration_seconds_bucket{le="60.0",outcome="failed"} 0"#,
+            r#"wrun_step_duration_seconds_bucket{le="+Inf",outcome="failed"} 1"#,
+            "wrun_egress_refusals_total 1",
+            "wrun_secret_misuse_total 2",
+            r#"wrun_auth_failures_total{reason="invalid"} 1"#,
+            r#"wrun_http_requests_total{status_class="2xx"} 1"#,
+            r#"wrun_http_requests_total{status_class="4xx"} 1"#,
+            r#"wrun_http_requests_total{status_class="5xx"} 1"#,
+            r#"wrun_webhooks_total{outcome="rate_limited"} 1"#,
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing line {line:?} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn unlabelled_metrics_render_at_zero() {
+        let text = Metrics::new().render();
+        assert!(text.contains("wrun_egress_refusals_total 0"), "{text}");
+        assert!(text.contains("wrun_secret_misuse_total 0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn middleware_and_response() {
+        let metrics = Metrics::new();
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get({
+                    let metrics = metrics.clone();
+                    move || async move { metrics.response() }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                metrics.clone(),
+                count_http_responses,
+            ));
+        let request = || http::Request::get("/metrics").body(Body::empty()).unwrap();
+        let missing = http::Request::get("/nope").body(Body::empty()).unwrap();
+        app.clone().oneshot(missing).await.unwrap();
+        app.clone().oneshot(request()).await.unwrap();
+        let response = app.oneshot(request()).await.unwrap();
+        assert_eq!(
+            response.headers().get(CONTENT_TYPE_HEADER).unwrap(),
+            CONTENT_TYPE
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        // The 404 and the first scrape were counted before this render.
+        assert!(
+            text.contains(r#"wrun_http_requests_total{status_class="2xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"wrun_http_requests_total{status_class="4xx"} 1"#),
+            "{text}"
+        );
     }
 }

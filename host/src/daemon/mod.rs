@@ -67,8 +67,9 @@ pub(crate) async fn serve(
             );
             tracing::warn!("serving with a self-signed development certificate");
             if let Some(out) = &config.tls.dev_cert_out {
-                std::fs::write(out, pem)
-                    .with_context(|| format!("writing the development certificate to {}", out.display()))?;
+                std::fs::write(out, pem).with_context(|| {
+                    format!("writing the development certificate to {}", out.display())
+                })?;
             }
             tls
         }
@@ -88,7 +89,10 @@ pub(crate) async fn serve(
     );
     let recovered = runner.recover().await?;
     if recovered > 0 {
-        tracing::info!(jobs = recovered, "resuming jobs that were queued or running");
+        tracing::info!(
+            jobs = recovered,
+            "resuming jobs that were queued or running"
+        );
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

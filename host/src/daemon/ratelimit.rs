@@ -112,11 +112,13 @@ impl<C: Clock> RateLimiter<C> {
     }
 
     /// Returns how many keys the limiter currently holds state for.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.inner.len()
     }
 
     /// Returns `true` if the limiter holds no key state.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }

@@ -178,11 +178,13 @@ impl Schedule {
     }
 
     /// Returns the cron expression as given (trimmed).
+    #[cfg(test)]
     pub(crate) fn expression(&self) -> &str {
         &self.expression
     }
 
     /// Returns the IANA name of the schedule's time zone.
+    #[cfg(test)]
     pub(crate) fn timezone(&self) -> &'static str {
         self.timezone.name()
     }

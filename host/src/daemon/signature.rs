@@ -83,6 +83,7 @@ impl SignatureError {
 }
 
 /// Returns the `X-Wrun-Signature` header value for `body` sent at `t`.
+#[cfg(test)]
 pub(crate) fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
     let tag = mac(secret, t, body).finalize().into_bytes();
     let mut out = String::with_capacity(24 + 2 * MAC_LEN);
@@ -235,6 +236,7 @@ fn hex_value(c: u8) -> Option<u8> {
 }
 
 /// Lowercase hex digits.
+#[cfg(test)]
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Returns an HMAC-SHA256 state keyed with `secret` that has absorbed `<t>.<body>`.

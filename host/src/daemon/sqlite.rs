@@ -55,8 +55,27 @@ const MAX_READERS: usize = 8;
 /// What an operation tells its caller once the group is committed (or not).
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 
-/// An operation for the writer thread.
-type Op = Box<dyn FnOnce(&WriteCtx<'_>) -> Completion + Send>;
+/// An operation for the writer thread, and whether its caller needs it
+/// synced to disk (not just committed) before being answered.
+type Op = (
+    Durability,
+    Box<dyn FnOnce(&WriteCtx<'_>) -> Completion + Send>,
+);
+
+/// How durable a write must be when its caller is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Committed and synced (`synchronous = FULL`): survives a power loss.
+    /// Everything acknowledged to a client: accepted webhooks and runs,
+    /// job ends, configuration changes, audit entries.
+    Disk,
+    /// Committed to the WAL (`synchronous = NORMAL`): survives the process
+    /// being killed, and reaches the disk with the next synced commit.
+    /// Progress nobody was promised: step checkpoints, a job marked
+    /// running, a token's last use. After a power loss such a job resumes
+    /// from an earlier step (steps run at least once in any case).
+    Process,
+}
 
 /// What an operation can use on the writer thread.
 pub(crate) struct WriteCtx<'a> {
@@ -169,37 +188,49 @@ impl SqliteStorage {
         T: Send + 'static,
         F: FnOnce(&WriteCtx<'_>) -> StorageResult<T> + Send + 'static,
     {
+        self.write_with(Durability::Disk, f).await
+    }
+
+    /// Like [`write`](Self::write), with the durability the caller needs.
+    pub(crate) async fn write_with<T, F>(&self, sync: Durability, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteCtx<'_>) -> StorageResult<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<StorageResult<T>>();
-        let op: Op = Box::new(move |ctx| {
-            if let Err(e) = ctx.conn.execute_batch("SAVEPOINT op") {
-                let e = StorageError::Store(StoreError::Sql {
-                    doing: "starting a write".into(),
-                    source: e,
-                });
-                return Box::new(move |_| {
-                    let _ = tx.send(Err(e));
-                });
-            }
-            match f(ctx) {
-                Ok(value) => {
-                    let _ = ctx.conn.execute_batch("RELEASE op");
-                    Box::new(move |committed| {
-                        let _ = tx.send(match committed {
-                            Ok(()) => Ok(value),
-                            Err(e) => Err(StorageError::Conflict(format!(
-                                "committing to the database failed: {e}"
-                            ))),
-                        });
-                    })
-                }
-                Err(e) => {
-                    let _ = ctx.conn.execute_batch("ROLLBACK TO op; RELEASE op");
-                    Box::new(move |_| {
+        let op: Op = (
+            sync,
+            Box::new(move |ctx| {
+                if let Err(e) = ctx.conn.execute_batch("SAVEPOINT op") {
+                    let e = StorageError::Store(StoreError::Sql {
+                        doing: "starting a write".into(),
+                        source: e,
+                    });
+                    return Box::new(move |_| {
                         let _ = tx.send(Err(e));
-                    })
+                    });
                 }
-            }
-        });
+                match f(ctx) {
+                    Ok(value) => {
+                        let _ = ctx.conn.execute_batch("RELEASE op");
+                        Box::new(move |committed| {
+                            let _ = tx.send(match committed {
+                                Ok(()) => Ok(value),
+                                Err(e) => Err(StorageError::Conflict(format!(
+                                    "committing to the database failed: {e}"
+                                ))),
+                            });
+                        })
+                    }
+                    Err(e) => {
+                        let _ = ctx.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                        Box::new(move |_| {
+                            let _ = tx.send(Err(e));
+                        })
+                    }
+                }
+            }),
+        );
         self.ops.send(op).map_err(|_| StorageError::Closed)?;
         rx.await.map_err(|_| StorageError::Closed)?
     }
@@ -235,7 +266,11 @@ impl SqliteStorage {
     /// The data key of a workspace (cached), created with the workspace if
     /// `create` is set. Reloads the master key once if the database has
     /// been rotated to a new one.
-    async fn data_key(self: &Arc<Self>, workspace: &str, create: bool) -> StorageResult<Arc<DataKey>> {
+    async fn data_key(
+        self: &Arc<Self>,
+        workspace: &str,
+        create: bool,
+    ) -> StorageResult<Arc<DataKey>> {
         if let Some(k) = self
             .data_keys
             .read()
@@ -247,8 +282,17 @@ impl SqliteStorage {
         let this = Arc::clone(self);
         let ws = workspace.to_string();
         let joined = tokio::task::spawn_blocking(move || -> StorageResult<Option<DataKey>> {
-            let store = this.keys_store.lock().unwrap_or_else(PoisonError::into_inner);
-            let key = Arc::clone(&this.master.key.read().unwrap_or_else(PoisonError::into_inner));
+            let store = this
+                .keys_store
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let key = Arc::clone(
+                &this
+                    .master
+                    .key
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
             match store.data_key(&ws, &key, create) {
                 Err(StoreError::KeyMismatch { .. }) if this.master.source.is_some() => {
                     let reloaded = this
@@ -262,8 +306,11 @@ impl SqliteStorage {
                         return Ok(None);
                     };
                     let dk = store.data_key(&ws, &reloaded, create)?;
-                    *this.master.key.write().unwrap_or_else(PoisonError::into_inner) =
-                        Arc::new(reloaded);
+                    *this
+                        .master
+                        .key
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = Arc::new(reloaded);
                     Ok(dk)
                 }
                 other => Ok(other?),
@@ -327,6 +374,7 @@ impl SqliteStorage {
 fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedReceiver<Op>) {
     let conn = store.conn();
     let ctx = WriteCtx { conn, audit_key };
+    let mut synchronous = Durability::Disk;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -335,16 +383,34 @@ fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedRecei
                 Err(_) => break,
             }
         }
+        // One synced commit covers every op of the group (and every
+        // process-durable commit before it: the WAL is synced up to here).
+        let wanted = if batch.iter().any(|(s, _)| *s == Durability::Disk) {
+            Durability::Disk
+        } else {
+            Durability::Process
+        };
+        if wanted != synchronous {
+            let level = if wanted == Durability::Disk {
+                "FULL"
+            } else {
+                "NORMAL"
+            };
+            if conn.pragma_update(None, "synchronous", level).is_ok() {
+                synchronous = wanted;
+            }
+        }
+        let ops = batch.into_iter().map(|(_, op)| op);
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = e.to_string();
-            for op in batch {
+            for op in ops {
                 // Each op answers with its own savepoint error; the group is
                 // reported as not committed.
                 op(&ctx)(Err(msg.clone()));
             }
             continue;
         }
-        let completions: Vec<Completion> = batch.into_iter().map(|op| op(&ctx)).collect();
+        let completions: Vec<Completion> = ops.map(|op| op(&ctx)).collect();
         let committed = conn.execute_batch("COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             e.to_string()
@@ -450,24 +516,21 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, String, St
 }
 
 /// Completes a token read from its row.
-fn finish_token(
-    (mut t, scopes, ips): (TokenRecord, String, String),
-) -> StorageResult<TokenRecord> {
+fn finish_token((mut t, scopes, ips): (TokenRecord, String, String)) -> StorageResult<TokenRecord> {
     let scopes: Vec<String> =
         serde_json::from_str(&scopes).map_err(damaged(format!("the scopes of token {}", t.id)))?;
     t.scopes = PermissionSet::parse(&scopes).map_err(|e| StorageError::Damaged {
         what: format!("the scopes of token {}", t.id),
         reason: e.to_string(),
     })?;
-    t.allow_ips =
-        serde_json::from_str(&ips).map_err(damaged(format!("the IP allowlist of token {}", t.id)))?;
+    t.allow_ips = serde_json::from_str(&ips)
+        .map_err(damaged(format!("the IP allowlist of token {}", t.id)))?;
     Ok(t)
 }
 
 const TOKEN_COLUMNS: &str = "id, workspace, name, hash, owner, creator, scopes, allow_ips, created_at, expires_at, revoked_at, last_used_at, last_used_ip";
 
-const JOB_COLUMNS: &str =
-    "id, workspace, recipe, environment, state, trigger_kind, rerun_of, created_at, started_at, finished_at, error";
+const JOB_COLUMNS: &str = "id, workspace, recipe, environment, state, trigger_kind, rerun_of, created_at, started_at, finished_at, error";
 
 /// Reads a job summary row.
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobSummary, String)> {
@@ -500,7 +563,9 @@ fn finish_job_row((mut s, state): (JobSummary, String)) -> StorageResult<JobSumm
 }
 
 /// Reads a trigger row (the secret still sealed).
-fn trigger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TriggerRecord, Option<Vec<u8>>, Option<String>)> {
+fn trigger_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(TriggerRecord, Option<Vec<u8>>, Option<String>)> {
     let kind: String = r.get(3)?;
     let sealed: Option<Vec<u8>> = r.get(5)?;
     Ok((
@@ -527,8 +592,7 @@ fn trigger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TriggerRecord, Option
     ))
 }
 
-const TRIGGER_COLUMNS: &str =
-    "id, workspace, recipe, kind, environment, secret, cron, timezone, input, last_slot, created_at";
+const TRIGGER_COLUMNS: &str = "id, workspace, recipe, kind, environment, secret, cron, timezone, input, last_slot, created_at";
 
 impl SqliteStorage {
     /// Completes a trigger read: opens its secret and parses its input.
@@ -538,17 +602,19 @@ impl SqliteStorage {
     ) -> StorageResult<TriggerRecord> {
         if let Some(sealed) = sealed {
             let dk = self.data_key(&t.workspace, false).await?;
-            let plain = keys::open(&dk, &sealed, &trigger_aad(&t.workspace, &t.id)).map_err(|e| {
-                StorageError::Damaged {
-                    what: format!("the secret of webhook {}", t.id),
-                    reason: e.to_string(),
-                }
-            })?;
+            let plain =
+                keys::open(&dk, &sealed, &trigger_aad(&t.workspace, &t.id)).map_err(|e| {
+                    StorageError::Damaged {
+                        what: format!("the secret of webhook {}", t.id),
+                        reason: e.to_string(),
+                    }
+                })?;
             t.secret = Some(Zeroizing::new(plain.to_vec()));
         }
         if let Some(input) = input {
             t.input = Some(
-                serde_json::from_str(&input).map_err(damaged(format!("the input of trigger {}", t.id)))?,
+                serde_json::from_str(&input)
+                    .map_err(damaged(format!("the input of trigger {}", t.id)))?,
             );
         }
         Ok(t)
@@ -605,10 +671,6 @@ fn delete_job_ids(conn: &Connection, ids: &[String]) -> StorageResult<u64> {
 impl Storage for Arc<SqliteStorage> {
     fn connections(&self, workspace: &str, environment: &str) -> Arc<dyn ConnectionSource> {
         self.job_connections(workspace, environment)
-    }
-
-    async fn ensure_workspace(&self, workspace: &str) -> StorageResult<()> {
-        self.data_key(workspace, true).await.map(|_| ())
     }
 
     async fn token(&self, id: &str) -> StorageResult<Option<TokenRecord>> {
@@ -709,7 +771,7 @@ impl Storage for Arc<SqliteStorage> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let _ = this
-                .write(move |ctx| {
+                .write_with(Durability::Process, move |ctx| {
                     ctx.conn
                         .execute(
                             "UPDATE tokens SET last_used_at = ?2, last_used_ip = ?3 WHERE id = ?1",
@@ -870,22 +932,25 @@ impl Storage for Arc<SqliteStorage> {
             .read(move |conn| {
                 let doing = || "listing roles".to_string();
                 let mut stmt = conn
-                    .prepare("SELECT name, permissions FROM roles WHERE workspace = ?1 ORDER BY name")
+                    .prepare(
+                        "SELECT name, permissions FROM roles WHERE workspace = ?1 ORDER BY name",
+                    )
                     .doing(doing)?;
                 let rows = stmt
-                    .query_map(params![ws], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .query_map(params![ws], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
                     .doing(doing)?;
                 let rows = rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?;
                 rows.into_iter()
                     .map(|(name, p)| {
                         let list: Vec<String> =
                             serde_json::from_str(&p).map_err(damaged(format!("role `{name}`")))?;
-                        let permissions = PermissionSet::parse(&list).map_err(|e| {
-                            StorageError::Damaged {
+                        let permissions =
+                            PermissionSet::parse(&list).map_err(|e| StorageError::Damaged {
                                 what: format!("role `{name}`"),
                                 reason: e.to_string(),
-                            }
-                        })?;
+                            })?;
                         Ok(Role {
                             name,
                             permissions,
@@ -912,7 +977,8 @@ impl Storage for Arc<SqliteStorage> {
             )));
         }
         let (ws, name) = (workspace.to_string(), name.to_string());
-        let perms = serde_json::to_string(&permissions.to_strings()).map_err(damaged("permissions"))?;
+        let perms =
+            serde_json::to_string(&permissions.to_strings()).map_err(damaged("permissions"))?;
         self.write(move |ctx| {
             ctx.conn
                 .execute(
@@ -1054,7 +1120,12 @@ impl Storage for Arc<SqliteStorage> {
         .await
     }
 
-    async fn delete_recipe(&self, workspace: &str, name: &str, audit: Entry) -> StorageResult<bool> {
+    async fn delete_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+        audit: Entry,
+    ) -> StorageResult<bool> {
         let (ws, name) = (workspace.to_string(), name.to_string());
         self.write(move |ctx| {
             let n = ctx
@@ -1208,7 +1279,11 @@ impl Storage for Arc<SqliteStorage> {
 
     async fn fire_schedule(&self, trigger: &str, slot: i64, job: NewJob) -> StorageResult<bool> {
         let sealed = self
-            .seal_json(&job.workspace, &job_aad(&job.workspace, &job.id, "payload"), &job.payload)
+            .seal_json(
+                &job.workspace,
+                &job_aad(&job.workspace, &job.id, "payload"),
+                &job.payload,
+            )
             .await?;
         let trigger = trigger.to_string();
         self.write(move |ctx| {
@@ -1275,10 +1350,11 @@ impl Storage for Arc<SqliteStorage> {
         let hosts = hosts_json(&c.hosts)?;
         let dk = self.data_key(workspace, true).await?;
         let aad = connection_aad(workspace, &c.name, &c.placement, &hosts);
-        let sealed = keys::seal(&dk, c.value.as_bytes(), &aad).map_err(|e| StorageError::Damaged {
-            what: format!("connection `{}`", c.name),
-            reason: e.to_string(),
-        })?;
+        let sealed =
+            keys::seal(&dk, c.value.as_bytes(), &aad).map_err(|e| StorageError::Damaged {
+                what: format!("connection `{}`", c.name),
+                reason: e.to_string(),
+            })?;
         let ws = workspace.to_string();
         let (name, placement) = (c.name, c.placement);
         self.write(move |ctx| {
@@ -1410,7 +1486,11 @@ impl Storage for Arc<SqliteStorage> {
 
     async fn enqueue(&self, job: NewJob, audit: Option<Entry>) -> StorageResult<Enqueued> {
         let sealed = self
-            .seal_json(&job.workspace, &job_aad(&job.workspace, &job.id, "payload"), &job.payload)
+            .seal_json(
+                &job.workspace,
+                &job_aad(&job.workspace, &job.id, "payload"),
+                &job.payload,
+            )
             .await?;
         self.write(move |ctx| {
             let result = insert_job(ctx.conn, &job, &sealed)?;
@@ -1441,7 +1521,7 @@ impl Storage for Arc<SqliteStorage> {
     async fn start_job(&self, id: &str) -> StorageResult<Option<StartedJob>> {
         let id_owned = id.to_string();
         let started = self
-            .write(move |ctx| {
+            .write_with(Durability::Process, move |ctx| {
                 let doing = || format!("starting job {id_owned}");
                 let row = ctx
                     .conn
@@ -1503,7 +1583,11 @@ impl Storage for Arc<SqliteStorage> {
                 let v = SqliteStorage::open_json(
                     &dk,
                     &sealed,
-                    &job_aad(&summary.workspace, &summary.id, &format!("checkpoint:{idx}")),
+                    &job_aad(
+                        &summary.workspace,
+                        &summary.id,
+                        &format!("checkpoint:{idx}"),
+                    ),
                     &format!("the checkpoint of job {} step {idx}", summary.id),
                 )?;
                 if let Some(output) = v.get("output") {
@@ -1528,7 +1612,11 @@ impl Storage for Arc<SqliteStorage> {
         let history = self
             .seal_json(
                 &step.workspace,
-                &job_aad(&step.workspace, &step.job, &format!("history:{}", step.index)),
+                &job_aad(
+                    &step.workspace,
+                    &step.job,
+                    &format!("history:{}", step.index),
+                ),
                 &step.history,
             )
             .await?;
@@ -1536,14 +1624,18 @@ impl Storage for Arc<SqliteStorage> {
             Some((output, marked)) => Some(
                 self.seal_json(
                     &step.workspace,
-                    &job_aad(&step.workspace, &step.job, &format!("checkpoint:{}", step.index)),
+                    &job_aad(
+                        &step.workspace,
+                        &step.job,
+                        &format!("checkpoint:{}", step.index),
+                    ),
                     &serde_json::json!({ "output": output, "marked": marked }),
                 )
                 .await?,
             ),
             None => None,
         };
-        self.write(move |ctx| {
+        self.write_with(Durability::Process, move |ctx| {
             ctx.conn
                 .execute(
                     "INSERT INTO job_steps (job, idx, step, status, history, checkpoint) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -1655,7 +1747,11 @@ impl Storage for Arc<SqliteStorage> {
         }))
     }
 
-    async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> StorageResult<Vec<JobSummary>> {
+    async fn list_jobs(
+        &self,
+        workspace: &str,
+        filter: JobFilter,
+    ) -> StorageResult<Vec<JobSummary>> {
         let ws = workspace.to_string();
         self.read(move |conn| {
             let doing = || "listing jobs".to_string();
@@ -1664,7 +1760,7 @@ impl Storage for Arc<SqliteStorage> {
                 .prepare(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1
                        AND (?2 IS NULL OR recipe = ?2) AND (?3 IS NULL OR state = ?3)
-                       AND (?4 IS NULL OR created_at < ?4)
+                       AND (?4 IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?4))
                      ORDER BY created_at DESC, id DESC LIMIT ?5"
                 ))
                 .doing(doing)?;

@@ -350,8 +350,9 @@ pub(crate) struct JobFilter {
     pub(crate) recipe: Option<String>,
     /// Only this state.
     pub(crate) state: Option<JobState>,
-    /// Only jobs created before this id's job (paging), newest first.
-    pub(crate) before: Option<i64>,
+    /// Only jobs listed after this job id (paging; jobs are listed newest
+    /// first, so pass the last id of the previous page).
+    pub(crate) before: Option<String>,
     /// At most this many (default 50, at most 500).
     pub(crate) limit: Option<usize>,
 }
@@ -429,11 +430,12 @@ pub(crate) trait Storage: Send + Sync + 'static {
 
     /// The connections of a job: names resolved through the environment's
     /// bindings, values decrypted when a step asks for them.
-    fn connections(&self, workspace: &str, environment: &str)
-    -> std::sync::Arc<dyn wrun_runtime::ConnectionSource>;
+    fn connections(
+        &self,
+        workspace: &str,
+        environment: &str,
+    ) -> std::sync::Arc<dyn wrun_runtime::ConnectionSource>;
 
-    /// Creates the workspace (and its data key) unless it exists.
-    async fn ensure_workspace(&self, workspace: &str) -> StorageResult<()>;
     /// The token with this id, in any workspace.
     async fn token(&self, id: &str) -> StorageResult<Option<TokenRecord>>;
     /// Stores a new token.
@@ -463,8 +465,12 @@ pub(crate) trait Storage: Send + Sync + 'static {
         audit: Entry,
     ) -> StorageResult<()>;
     /// Removes a member; `false` if there is none.
-    async fn remove_member(&self, workspace: &str, subject: &str, audit: Entry)
-    -> StorageResult<bool>;
+    async fn remove_member(
+        &self,
+        workspace: &str,
+        subject: &str,
+        audit: Entry,
+    ) -> StorageResult<bool>;
     /// Built-in and custom roles of a workspace.
     async fn list_roles(&self, workspace: &str) -> StorageResult<Vec<Role>>;
     /// Creates or replaces a custom role.
@@ -503,8 +509,11 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// A trigger by id, in any workspace (the id is the webhook's capability).
     async fn trigger(&self, id: &str) -> StorageResult<Option<TriggerRecord>>;
     /// The triggers of a recipe.
-    async fn list_triggers(&self, workspace: &str, recipe: &str)
-    -> StorageResult<Vec<TriggerRecord>>;
+    async fn list_triggers(
+        &self,
+        workspace: &str,
+        recipe: &str,
+    ) -> StorageResult<Vec<TriggerRecord>>;
     /// Deletes a trigger of the workspace; `false` if there is none.
     async fn delete_trigger(&self, workspace: &str, id: &str, audit: Entry) -> StorageResult<bool>;
     /// Every schedule, for the scheduler.
@@ -525,11 +534,18 @@ pub(crate) trait Storage: Send + Sync + 'static {
         audit: Entry,
     ) -> StorageResult<()>;
     /// Removes a connection; `false` if there is none.
-    async fn delete_connection(&self, workspace: &str, name: &str, audit: Entry)
-    -> StorageResult<bool>;
+    async fn delete_connection(
+        &self,
+        workspace: &str,
+        name: &str,
+        audit: Entry,
+    ) -> StorageResult<bool>;
     /// An environment's properties and bindings.
-    async fn environment(&self, workspace: &str, environment: &str)
-    -> StorageResult<EnvironmentView>;
+    async fn environment(
+        &self,
+        workspace: &str,
+        environment: &str,
+    ) -> StorageResult<EnvironmentView>;
     /// Changes an environment.
     async fn change_environment(
         &self,
@@ -564,11 +580,16 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// A job with its history.
     async fn job(&self, workspace: &str, id: &str) -> StorageResult<Option<JobDetail>>;
     /// Jobs of a workspace, newest first.
-    async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> StorageResult<Vec<JobSummary>>;
+    async fn list_jobs(&self, workspace: &str, filter: JobFilter)
+    -> StorageResult<Vec<JobSummary>>;
     /// Cancels a queued or running job; returns its state after, or `None`
     /// if there is no such job.
-    async fn cancel_job(&self, workspace: &str, id: &str, audit: Entry)
-    -> StorageResult<Option<JobState>>;
+    async fn cancel_job(
+        &self,
+        workspace: &str,
+        id: &str,
+        audit: Entry,
+    ) -> StorageResult<Option<JobState>>;
     /// Deletes the jobs matching `criteria`; returns how many.
     async fn delete_jobs(
         &self,

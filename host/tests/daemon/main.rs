@@ -4,6 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod access;
+mod crash;
+mod credentials;
+mod history;
+mod requests;
 mod support;
 
 use http::StatusCode;

@@ -12,25 +12,25 @@ use serde_json::Value;
 use wrun_tests::{DirectClient, TestPki, guests_dir};
 
 /// A fresh directory under the system temp dir.
-pub fn tempdir() -> PathBuf {
+pub(crate) fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wrun-daemon-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 /// A daemon's files: database, key, TLS certificate, configuration.
-pub struct Site {
+pub(crate) struct Site {
     /// The directory holding everything.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The CA the daemon's certificate chains to.
-    pub ca_pem: String,
+    pub(crate) ca_pem: String,
 }
 
 impl Site {
     /// A new site: key and database initialised, a CA-signed certificate
     /// for 127.0.0.1, and `config` (TOML) appended to a base configuration
     /// that listens on a random loopback port.
-    pub fn new(config: &str) -> Site {
+    pub(crate) fn new(config: &str) -> Site {
         let dir = tempdir();
         let pki = TestPki::new(&["localhost"]);
         std::fs::write(dir.join("tls.crt"), pki.server_cert_pem()).unwrap();
@@ -50,12 +50,12 @@ impl Site {
     }
 
     /// The database.
-    pub fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.dir.join("wrun.db")
     }
 
     /// The `wrun` binary with this site's database and key.
-    pub fn wrun(&self) -> Command {
+    pub(crate) fn wrun(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrun"));
         cmd.current_dir(&self.dir)
             .env("WRUN_DB", self.db())
@@ -73,7 +73,7 @@ impl Site {
     }
 
     /// Runs a command that must succeed; returns its stdout.
-    pub fn ok(&self, cmd: &mut Command) -> String {
+    pub(crate) fn ok(&self, cmd: &mut Command) -> String {
         let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
@@ -85,14 +85,14 @@ impl Site {
     }
 
     /// Adds a member with a role in a workspace (through the CLI).
-    pub fn member(&self, workspace: &str, subject: &str, role: &str) {
+    pub(crate) fn member(&self, workspace: &str, subject: &str, role: &str) {
         self.ok(self
             .wrun()
             .args(["--workspace", workspace, "member", "set", subject, role]));
     }
 
     /// Creates a token through the CLI; returns its text.
-    pub fn token(&self, workspace: &str, owner: &str, scopes: &str) -> String {
+    pub(crate) fn token(&self, workspace: &str, owner: &str, scopes: &str) -> String {
         self.ok(self.wrun().args([
             "--workspace",
             workspace,
@@ -112,12 +112,12 @@ impl Site {
     }
 
     /// Starts the daemon and waits until it listens.
-    pub fn start(&self) -> Daemon {
+    pub(crate) fn start(&self) -> Daemon {
         self.start_with(&[])
     }
 
     /// Starts the daemon with extra environment variables.
-    pub fn start_with(&self, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_with(&self, env: &[(&str, &str)]) -> Daemon {
         let log = std::fs::File::create(
             self.dir
                 .join(format!("serve-{:08x}.log", rand::random::<u32>())),
@@ -161,7 +161,7 @@ impl Site {
     }
 
     /// Every log file the daemon wrote in this site.
-    pub fn logs(&self) -> Vec<u8> {
+    pub(crate) fn logs(&self) -> Vec<u8> {
         let mut all = Vec::new();
         for entry in std::fs::read_dir(&self.dir).unwrap() {
             let path = entry.unwrap().path();
@@ -173,7 +173,7 @@ impl Site {
     }
 
     /// The database, its WAL and shared-memory files, concatenated.
-    pub fn db_bytes(&self) -> Vec<u8> {
+    pub(crate) fn db_bytes(&self) -> Vec<u8> {
         let mut all = Vec::new();
         for suffix in ["", "-wal", "-shm"] {
             let mut p = self.db().into_os_string();
@@ -187,16 +187,16 @@ impl Site {
 }
 
 /// A running daemon.
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     /// Where it listens.
-    pub addr: std::net::SocketAddr,
+    pub(crate) addr: std::net::SocketAddr,
     ca_pem: String,
 }
 
 impl Daemon {
     /// A client on a new connection.
-    pub async fn client(&self) -> Api {
+    pub(crate) async fn client(&self) -> Api {
         Api {
             client: DirectClient::connect(self.addr, "127.0.0.1", &self.ca_pem)
                 .await
@@ -205,7 +205,7 @@ impl Daemon {
     }
 
     /// Kills the process with SIGKILL (no chance to clean up).
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -213,7 +213,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -229,26 +229,26 @@ impl Drop for Daemon {
 }
 
 /// An HTTPS client of the daemon on one connection.
-pub struct Api {
+pub(crate) struct Api {
     client: DirectClient,
 }
 
 /// A response: status, headers and the body as JSON (`Null` if empty or
 /// not JSON).
-pub struct Reply {
+pub(crate) struct Reply {
     /// Status.
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// Headers.
-    pub headers: http::HeaderMap,
+    pub(crate) headers: http::HeaderMap,
     /// Raw body.
-    pub raw: Bytes,
+    pub(crate) raw: Bytes,
     /// Body as JSON.
-    pub json: Value,
+    pub(crate) json: Value,
 }
 
 impl Api {
     /// Sends a request with an optional bearer token and JSON body.
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: Method,
         path: &str,
@@ -270,7 +270,7 @@ impl Api {
     }
 
     /// Sends a prepared request.
-    pub async fn raw(&mut self, req: Request<Full<Bytes>>) -> Reply {
+    pub(crate) async fn raw(&mut self, req: Request<Full<Bytes>>) -> Reply {
         let (status, headers, raw) = self.client.send(req).await.unwrap();
         let json = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         Reply {
@@ -282,22 +282,22 @@ impl Api {
     }
 
     /// GET with a token.
-    pub async fn get(&mut self, path: &str, token: &str) -> Reply {
+    pub(crate) async fn get(&mut self, path: &str, token: &str) -> Reply {
         self.send(Method::GET, path, Some(token), None).await
     }
 
     /// POST JSON with a token.
-    pub async fn post(&mut self, path: &str, token: &str, body: &Value) -> Reply {
+    pub(crate) async fn post(&mut self, path: &str, token: &str, body: &Value) -> Reply {
         self.send(Method::POST, path, Some(token), Some(body)).await
     }
 
     /// PUT JSON with a token.
-    pub async fn put(&mut self, path: &str, token: &str, body: &Value) -> Reply {
+    pub(crate) async fn put(&mut self, path: &str, token: &str, body: &Value) -> Reply {
         self.send(Method::PUT, path, Some(token), Some(body)).await
     }
 
     /// Deploys a bundle file.
-    pub async fn deploy(
+    pub(crate) async fn deploy(
         &mut self,
         workspace: &str,
         name: &str,
@@ -315,7 +315,7 @@ impl Api {
     }
 
     /// Waits until a job has ended; returns its detail.
-    pub async fn wait_job(&mut self, workspace: &str, id: &str, token: &str) -> Value {
+    pub(crate) async fn wait_job(&mut self, workspace: &str, id: &str, token: &str) -> Value {
         for _ in 0..600 {
             let r = self
                 .get(&format!("/v1/workspaces/{workspace}/jobs/{id}"), token)
@@ -333,7 +333,7 @@ impl Api {
 
 /// Writes a recipe of `steps` no-op steps (each passing `value` on) and
 /// exports it as a bundle; returns the bundle's path.
-pub fn noop_bundle(site: &Site, name: &str, steps: usize) -> PathBuf {
+pub(crate) fn noop_bundle(site: &Site, name: &str, steps: usize) -> PathBuf {
     let dir = site.dir.join(format!("recipe-{name}"));
     std::fs::create_dir_all(dir.join("components")).unwrap();
     std::fs::copy(
