@@ -24,7 +24,7 @@
 //! one whose schema is newer than this code are refused with an error that
 //! says what is wrong and where, before anything is written.
 //!
-//! # Schema (version 1, kept in `PRAGMA user_version`)
+//! # Schema (version 2, kept in `PRAGMA user_version`)
 //!
 //! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
 //! run inside one `BEGIN IMMEDIATE` transaction together with the
@@ -39,6 +39,13 @@
 //! | `properties` | (`workspace`, `environment`, `name`) PK, `value` | non-secret |
 //! | `bindings` | (`workspace`, `environment`, `logical`) PK, `connection` | a recipe's connection name → a stored connection |
 //! | `recipes` | (`workspace`, `name`) PK, `manifest`, `lock`, `imported_at` | imported or cloned recipes |
+//!
+//! Version 2 adds the daemon's tables (`members`, `roles`, `tokens`,
+//! `components`, `triggers`, `jobs`, `job_steps`, `settings`, see
+//! `SCHEMA_V2` and `daemon::sqlite` for what is sealed) and the audit log
+//! (`audit`, `audit_head`, see `daemon::audit`); `meta.audit_key` holds the
+//! audit MAC key wrapped by the master key. The daemon stores deployed
+//! recipes in `recipes` with `lock` holding component path -> SHA-256.
 //!
 //! Times are unix seconds ([`now`]).
 //!

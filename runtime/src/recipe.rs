@@ -84,7 +84,7 @@ pub struct RunReport {
 
 /// Where [`Recipe::run_from`] starts: the index of the first step to run
 /// and the unmasked outputs of the steps before it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Resume {
     /// Index of the first step to run.
     pub next: usize,
@@ -93,6 +93,17 @@ pub struct Resume {
     /// Values the guests of completed steps marked as sensitive
     /// ([`Job::marked`]): restored into the job before it goes on.
     pub marked: Vec<String>,
+}
+
+impl std::fmt::Debug for Resume {
+    /// Leaves out the outputs and marked values: they are unmasked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("next", &self.next)
+            .field("outputs", &self.outputs.len())
+            .field("marked", &self.marked.len())
+            .finish()
+    }
 }
 
 /// Returned by a [`Recipe::run_from`] checkpoint to end the run early (the

@@ -17,6 +17,9 @@
 //! cargo build --release -p wrun -p wrun-benches
 //! target/release/wrun-load --rate 2000 --seconds 10
 //! ```
+//!
+//! `--baseline 127.0.0.1:8080` instead sends the same POSTs, at the same
+//! rate, over plain HTTP to a `wasmtime serve` of the `hello-http` fixture.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -37,6 +40,9 @@ struct Args {
     seconds: f64,
     connections: usize,
     workers: usize,
+    /// Instead of wrun: send the same webhooks over plain HTTP to this
+    /// address (a `wasmtime serve` of the hello-http fixture).
+    baseline: Option<std::net::SocketAddr>,
 }
 
 fn args() -> Args {
@@ -46,6 +52,7 @@ fn args() -> Args {
         seconds: 10.0,
         connections: 32,
         workers: 64,
+        baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +63,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = value.parse().unwrap(),
             "--connections" => a.connections = value.parse().unwrap(),
             "--workers" => a.workers = value.parse().unwrap(),
+            "--baseline" => a.baseline = Some(value.parse().unwrap()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -97,9 +105,64 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Sends POSTs at the target rate over plain HTTP to `addr` and reports
+/// throughput and latency (the `wasmtime serve` baseline).
+async fn baseline(a: &Args, addr: std::net::SocketAddr) {
+    let (connections, seconds, rate) = (a.connections, a.seconds, a.rate);
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(connections as f64 / rate);
+    let deadline = Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let mut client = DirectClient::connect_plain(addr).await.unwrap();
+            let mut lat = Vec::new();
+            let mut next = started + interval.mul_f64(c as f64 / connections as f64);
+            let mut n = 0u64;
+            while started.elapsed() < deadline {
+                let now = Instant::now();
+                if next > now {
+                    tokio::time::sleep(next - now).await;
+                }
+                next += interval;
+                let t0 = Instant::now();
+                let req = Request::builder()
+                    .method(Method::POST)
+                    .uri("/")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(format!(r#"{{"order":"c{c}-{n}"}}"#))))
+                    .unwrap();
+                let (s, _, _) = client.send(req).await.unwrap();
+                assert!(s.is_success());
+                lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                n += 1;
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let took = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "baseline {addr}: {} requests in {took:.2} s ({:.0}/s); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        lat.len() as f64 / took,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
+    if let Some(addr) = a.baseline {
+        baseline(&a, addr).await;
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("wrun-load-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(dir.join("recipe/components")).unwrap();
     let pki = TestPki::new(&["localhost"]);

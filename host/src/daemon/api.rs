@@ -59,6 +59,12 @@ pub(crate) struct AppState {
     pub(crate) token_limits: Arc<RateLimiter>,
     /// Per-webhook request limits.
     pub(crate) webhook_limits: Arc<RateLimiter>,
+    /// Per-client-address limits of failed authentications and unknown
+    /// webhooks: past it, failures are answered 429 and not audited one by
+    /// one, so nobody can fill the audit log from outside.
+    pub(crate) failure_limits: Arc<RateLimiter>,
+    /// Bundle deployments parsed and compiled at once.
+    pub(crate) deploys: Arc<tokio::sync::Semaphore>,
     /// Whether the daemon serves jobs (false while starting and stopping).
     pub(crate) ready: Arc<AtomicBool>,
 }
@@ -136,9 +142,24 @@ impl AppState {
         message: &str,
         actor: &str,
     ) -> ApiError {
+        self.auth_failure_in(ip, code, message, actor, None).await
+    }
+
+    /// Records an authentication failure of a known workspace's credential.
+    async fn auth_failure_in(
+        &self,
+        ip: IpAddr,
+        code: &'static str,
+        message: &str,
+        actor: &str,
+        workspace: Option<&str>,
+    ) -> ApiError {
         self.metrics.auth_failure(code);
+        if let Err(wait) = self.failure_limits.check(&ip.to_string()) {
+            return ApiError::too_many_requests(retry_after_secs(wait));
+        }
         let entry = Entry {
-            workspace: None,
+            workspace: workspace.map(String::from),
             actor: actor.into(),
             action: "auth.failure".into(),
             target: "api".into(),
@@ -219,11 +240,14 @@ impl AppState {
         } else {
             self.authenticate_jwt(presented, ip).await?
         };
-        let key = format!("{}\0{}", principal.workspace, principal.subject);
-        if let Err(wait) = self.token_limits.check(&key) {
-            return Err(ApiError::too_many_requests(retry_after_secs(wait)));
-        }
         Ok(principal)
+    }
+
+    /// The per-credential rate limit, checked before any database work.
+    fn limit(&self, key: &str) -> Result<(), ApiError> {
+        self.token_limits
+            .check(key)
+            .map_err(|wait| ApiError::too_many_requests(retry_after_secs(wait)))
     }
 
     async fn authenticate_token(&self, presented: &str, ip: IpAddr) -> Result<Principal, ApiError> {
@@ -236,6 +260,7 @@ impl AppState {
             }
         };
         let actor = format!("token:{}", parsed.id);
+        self.limit(&actor)?;
         let record = self
             .storage
             .token(&parsed.id)
@@ -249,22 +274,35 @@ impl AppState {
         let now = crate::store_sqlite::now();
         if record.revoked_at.is_some() {
             return Err(self
-                .auth_failure(ip, "token_revoked", "the token was revoked", &actor)
+                .auth_failure_in(
+                    ip,
+                    "token_revoked",
+                    "the token was revoked",
+                    &actor,
+                    Some(&record.workspace),
+                )
                 .await);
         }
         if record.expires_at <= now {
             return Err(self
-                .auth_failure(ip, "token_expired", "the token has expired", &actor)
+                .auth_failure_in(
+                    ip,
+                    "token_expired",
+                    "the token has expired",
+                    &actor,
+                    Some(&record.workspace),
+                )
                 .await);
         }
         let allow = IpAllowlist::parse(&record.allow_ips).map_err(|_| ApiError::internal())?;
         if !allow.allows(ip) {
             return Err(self
-                .auth_failure(
+                .auth_failure_in(
                     ip,
                     "token_ip_not_allowed",
                     "the token may not be used from this address",
                     &actor,
+                    Some(&record.workspace),
                 )
                 .await);
         }
@@ -308,7 +346,10 @@ impl AppState {
         };
         let now = u64::try_from(crate::store_sqlite::now()).unwrap_or(0);
         let identity = match jwt.verify(presented, now) {
-            Ok(identity) => identity,
+            Ok(identity) => {
+                self.limit(&format!("jwt:{}\0{}", identity.workspace, identity.subject))?;
+                identity
+            }
             Err(e) => {
                 return Err(self.auth_failure(ip, e.code(), &e.to_string(), "jwt").await);
             }
@@ -457,17 +498,28 @@ async fn webhook(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let ip = client_ip(addr);
-    if let Err(wait) = s.webhook_limits.check(&id) {
+    let well_formed =
+        id.len() == 35 && id.starts_with("wh_") && id[3..].bytes().all(|b| b.is_ascii_hexdigit());
+    let trigger = if well_formed {
+        s.storage.trigger(&id).await.map_err(storage_error)?
+    } else {
+        None
+    };
+    let Some(trigger) = trigger.filter(|t| t.kind == TriggerKind::Webhook) else {
+        s.metrics.webhook(WebhookOutcome::Rejected);
+        // Guessing webhook ids is limited per client address.
+        if let Err(wait) = s.failure_limits.check(&ip.to_string()) {
+            return Err(ApiError::too_many_requests(retry_after_secs(wait)));
+        }
+        return Err(ApiError::not_found("webhook"));
+    };
+    // Keyed by an id that exists: the limiter's map stays bounded.
+    if let Err(wait) = s.webhook_limits.check(&trigger.id) {
         s.metrics.webhook(WebhookOutcome::RateLimited);
         return Err(ApiError::too_many_requests(retry_after_secs(wait)));
     }
     // An unreadable or oversized body answers in the error format too.
     let body = body.map_err(body_read_error)?;
-    let trigger = s.storage.trigger(&id).await.map_err(storage_error)?;
-    let Some(trigger) = trigger.filter(|t| t.kind == TriggerKind::Webhook) else {
-        s.metrics.webhook(WebhookOutcome::Rejected);
-        return Err(ApiError::not_found("webhook"));
-    };
     if let Some(secret) = &trigger.secret {
         let header = headers
             .get(signature::HEADER_NAME)
@@ -485,7 +537,11 @@ async fn webhook(
                 workspace: Some(trigger.workspace.clone()),
                 actor: "webhook".into(),
                 action: "webhook.signature".into(),
-                target: format!("recipe:{}/webhook:{}", trigger.recipe, trigger.id),
+                target: format!(
+                    "recipe:{}/webhook:{}",
+                    trigger.recipe,
+                    public_id(&trigger.id)
+                ),
                 source: Some(ip.to_string()),
                 outcome: Outcome::Denied,
                 detail: json!({ "reason": e.code() }),
@@ -516,6 +572,23 @@ async fn webhook(
             Some(key.to_string())
         }
         None => None,
+    };
+    // A signed delivery is deduplicated by its signature, which a replayer
+    // cannot change (the Idempotency-Key header is not signed): a captured
+    // delivery replayed within the window finds the job it already made.
+    let idempotency_key = match (&trigger.secret, headers.get(signature::HEADER_NAME)) {
+        (Some(_), Some(sig)) => {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(sig.as_bytes());
+            Some(format!(
+                "sig:{}",
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ))
+        }
+        _ => idempotency_key,
     };
     let job = NewJob {
         id: new_job_id(),
@@ -555,14 +628,35 @@ async fn put_recipe(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
         .await?;
-    let body = body.map_err(body_read_error)?;
-    let (manifest, lock, entries) = crate::bundle::read(&body[..], "the uploaded bundle")
-        .map_err(|e| ApiError::bad_request("invalid_bundle", format!("{e:#}")))?;
+    // The body is read only once the caller is known to be allowed.
+    let body = axum::body::to_bytes(body, s.config.limits.max_bundle_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the bundle is larger than the {} bytes the server accepts",
+                    s.config.limits.max_bundle_bytes
+                ),
+            )
+        })?;
+    let _deploying = s
+        .deploys
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let parsed =
+        tokio::task::spawn_blocking(move || crate::bundle::read(&body[..], "the uploaded bundle"))
+            .await
+            .map_err(|_| ApiError::internal())?;
+    let (manifest, lock, entries) =
+        parsed.map_err(|e| ApiError::bad_request("invalid_bundle", format!("{e:#}")))?;
     if manifest.recipe.name != name {
         return Err(ApiError::bad_request(
             "name_mismatch",
@@ -579,16 +673,16 @@ async fn put_recipe(
     // Compile before storing: a recipe that does not load is refused whole.
     let engine = s.runner.engine();
     let check_manifest = manifest.clone();
-    let check_components = components.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        wrun_runtime::recipe::Recipe::load(&engine, check_manifest, |path| {
+    let (loaded, components) = tokio::task::spawn_blocking(move || {
+        let loaded = wrun_runtime::recipe::Recipe::load(&engine, check_manifest, |path| {
             let key = path.to_string_lossy().replace('\\', "/");
-            check_components
+            components
                 .get(&key)
                 .cloned()
                 .ok_or_else(|| std::io::Error::other(format!("{key} is not in the bundle")))
         })
-        .map(|_| ())
+        .map(|_| ());
+        (loaded, components)
     })
     .await
     .map_err(|_| ApiError::internal())?;
@@ -657,14 +751,31 @@ async fn list_triggers(
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read)
+    let p = s
+        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Read)
         .await?;
     let list = s
         .storage
         .list_triggers(&ws, &name)
         .await
         .map_err(storage_error)?;
+    // A webhook id is its URL, a capability to start jobs: readers who may
+    // not change recipes see only its first characters.
+    let mut list = list;
+    if !p.permissions.allows(Resource::Recipes, Access::Write) {
+        for t in &mut list {
+            if t.kind == TriggerKind::Webhook {
+                t.id = public_id(&t.id);
+            }
+        }
+    }
     reply(StatusCode::OK, json!({ "triggers": list }))
+}
+
+/// The part of a webhook id that may be shown to readers and written to
+/// the audit log: the id is the webhook's URL, a capability, in full.
+fn public_id(id: &str) -> String {
+    format!("{}…", id.get(..11).unwrap_or(id))
 }
 
 /// A random id for a webhook URL or schedule: 128 bits.
@@ -735,7 +846,7 @@ async fn create_webhook(
     };
     let audit = p.entry(
         "webhook.create",
-        format!("recipe:{name}/webhook:{id}"),
+        format!("recipe:{name}/webhook:{}", public_id(&id)),
         json!({ "signed": body.signed }),
     );
     s.storage
@@ -1349,7 +1460,7 @@ async fn create_token(
         &body.allow_ips,
     )?;
     // A token cannot carry more than its creator may do.
-    if !scopes.is_subset_of(p.permissions) && !p.admin {
+    if !scopes.is_subset_of(p.permissions) {
         return Err(ApiError::forbidden(
             "a token cannot have scopes its creator lacks",
         ));
@@ -1450,6 +1561,24 @@ async fn set_member(
             "a subject is 1 to 256 printable characters",
         ));
     }
+    // Nobody hands out more than they hold: the role's permissions must be
+    // within the caller's, and only an admin makes admins.
+    let granted = s
+        .storage
+        .role_permissions(&ws, &body.role)
+        .await
+        .map_err(storage_error)?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_role",
+                format!("role `{}` does not exist", body.role),
+            )
+        })?;
+    if !granted.is_subset_of(p.permissions) || (body.role == "admin" && !p.admin) {
+        return Err(ApiError::forbidden(
+            "a member cannot be given a role with permissions the caller lacks",
+        ));
+    }
     let before = s
         .storage
         .member_role(&ws, &subject)
@@ -1528,6 +1657,11 @@ async fn put_role(
     }
     let perms = PermissionSet::parse(&body.permissions)
         .map_err(|e| ApiError::bad_request("invalid_scopes", e.to_string()))?;
+    if !perms.is_subset_of(p.permissions) {
+        return Err(ApiError::forbidden(
+            "a role cannot have permissions the caller lacks",
+        ));
+    }
     let audit = p.entry(
         "role.put",
         format!("role:{name}"),

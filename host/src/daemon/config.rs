@@ -19,6 +19,8 @@
 //! burst = 100
 //! webhook_per_second = 500                  # per webhook
 //! webhook_burst = 1000
+//! failures_per_second = 10                  # failed logins per client address
+//! failure_burst = 100
 //!
 //! [workers]
 //! concurrency = 64
@@ -127,6 +129,13 @@ pub(crate) struct Limits {
     /// Burst per webhook.
     #[serde(default = "default_webhook_burst")]
     pub(crate) webhook_burst: u32,
+    /// Failed authentications (and unknown webhooks) per second per client
+    /// address before they are answered 429 and no longer audited singly.
+    #[serde(default = "default_failures")]
+    pub(crate) failures_per_second: u32,
+    /// Burst of failures per client address.
+    #[serde(default = "default_failure_burst")]
+    pub(crate) failure_burst: u32,
 }
 
 impl Default for Limits {
@@ -140,6 +149,8 @@ impl Default for Limits {
             burst: default_burst(),
             webhook_per_second: default_webhook_rps(),
             webhook_burst: default_webhook_burst(),
+            failures_per_second: default_failures(),
+            failure_burst: default_failure_burst(),
         }
     }
 }
@@ -230,6 +241,12 @@ fn default_webhook_rps() -> u32 {
 }
 fn default_webhook_burst() -> u32 {
     1000
+}
+fn default_failures() -> u32 {
+    10
+}
+fn default_failure_burst() -> u32 {
+    100
 }
 fn default_concurrency() -> usize {
     64

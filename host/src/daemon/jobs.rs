@@ -77,7 +77,14 @@ pub(crate) fn new_job_id() -> String {
 struct JobObserver {
     storage: Arc<dyn Storage>,
     metrics: Metrics,
+    /// Audit entries written for this job so far: a guest looping over
+    /// refused requests must not flood the audit log.
+    audited: std::sync::atomic::AtomicUsize,
 }
+
+/// Most runtime audit entries written per job; later ones are counted in
+/// the metrics only.
+const MAX_AUDITS_PER_JOB: usize = 100;
 
 impl Observer for JobObserver {
     fn event(&self, event: &Event) {
@@ -87,6 +94,12 @@ impl Observer for JobObserver {
     }
 
     fn audit(&self, event: &AuditEvent) {
+        if self.audited.fetch_add(1, Ordering::Relaxed) >= MAX_AUDITS_PER_JOB {
+            if event.kind == AuditKind::SecretMisuse {
+                self.metrics.secret_misuse();
+            }
+            return;
+        }
         let action = match event.kind {
             AuditKind::EgressRefused => "egress.refused",
             AuditKind::SecretMisuse => {
@@ -327,6 +340,7 @@ impl Runner {
             .observer(Arc::new(JobObserver {
                 storage: Arc::clone(&self.storage),
                 metrics: self.metrics.clone(),
+                audited: std::sync::atomic::AtomicUsize::new(0),
             }));
         options.id = summary.id.clone();
         for (k, v) in env.properties {

@@ -119,17 +119,25 @@ pub(crate) async fn serve(
         config.limits.webhook_per_second,
         config.limits.webhook_burst,
     ));
+    // Failed authentications and unknown webhooks per client address:
+    // past this, 429 without an audit entry each, so nobody fills the
+    // audit log from outside.
+    let failure_limits = Arc::new(RateLimiter::new(
+        config.limits.failures_per_second,
+        config.limits.failure_burst,
+    ));
     {
-        let (t, w, mut stop) = (
+        let (t, w, f, mut stop) = (
             Arc::clone(&token_limits),
             Arc::clone(&webhook_limits),
+            Arc::clone(&failure_limits),
             stop_rx.clone(),
         );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ratelimit::RETAIN_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { t.retain_recent(); w.retain_recent(); }
+                    _ = tick.tick() => { t.retain_recent(); w.retain_recent(); f.retain_recent(); }
                     _ = stop.changed() => return,
                 }
             }
@@ -145,6 +153,8 @@ pub(crate) async fn serve(
         config: Arc::clone(&config),
         token_limits,
         webhook_limits,
+        failure_limits: Arc::clone(&failure_limits),
+        deploys: Arc::new(tokio::sync::Semaphore::new(2)),
         ready: Arc::clone(&ready),
     };
     let app = api::router(&config)

@@ -3,15 +3,23 @@
 //!
 //! # Durability and group commit
 //!
-//! The database runs in WAL mode with `synchronous = FULL` (see
-//! `store_sqlite`): a commit returns once the WAL is synced, so an
-//! acknowledged write survives `kill -9` and a power loss. Syncing once per
-//! write would cap the daemon at a few hundred writes per second, so every
-//! write goes to one writer thread as an operation; the thread takes every
-//! operation that is waiting (up to [`MAX_BATCH`]), runs each in its own
-//! savepoint inside one transaction, commits once, and only then answers
-//! each caller. A caller is never answered before its write is on disk, and
-//! one failing operation rolls back its savepoint only.
+//! The database runs in WAL mode. Every write goes to one writer thread as
+//! an operation; the thread takes every operation that is waiting (up to
+//! [`MAX_BATCH`]), runs each in its own savepoint inside one transaction,
+//! commits once, and only then answers each caller. One failing operation
+//! rolls back its savepoint only.
+//!
+//! Each operation says how durable it must be ([`Durability`]). A group
+//! holding anything acknowledged to a client (an accepted webhook or run,
+//! a job's end, a configuration change, an audit entry) commits with
+//! `synchronous = FULL`: the WAL is synced before anyone is answered, so the
+//! write survives `kill -9` and a power loss, and so does every commit
+//! before it. A group of progress only (step checkpoints, a job marked
+//! running, a token's last use) commits with `synchronous = NORMAL`: in the
+//! WAL at once (it survives the process being killed), on disk with the
+//! next synced group. Syncing every write would cap the daemon at a few
+//! hundred jobs per second on this class of disk; grouping gives the
+//! throughput back without weakening what a client was told.
 //!
 //! Reads run on a small pool of read connections on the blocking thread
 //! pool; WAL lets them run beside the writer.
@@ -82,6 +90,8 @@ pub(crate) struct WriteCtx<'a> {
     /// The writer's connection, inside the group's transaction.
     pub(crate) conn: &'a Connection,
     audit_key: &'a AuditKey,
+    /// Why the group could not start: its ops answer with it, unrun.
+    failed: Option<String>,
 }
 
 impl WriteCtx<'_> {
@@ -167,7 +177,7 @@ impl SqliteStorage {
         std::thread::Builder::new()
             .name("wrun-db-writer".into())
             .spawn(move || writer_loop(&writer, &audit_key, rx))
-            .map_err(|e| StorageError::Conflict(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StorageError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(SqliteStorage {
             path: path.into(),
             ops: tx,
@@ -201,6 +211,13 @@ impl SqliteStorage {
         let op: Op = (
             sync,
             Box::new(move |ctx| {
+                if let Some(reason) = &ctx.failed {
+                    let e =
+                        StorageError::Internal(format!("the database refused a write: {reason}"));
+                    return Box::new(move |_| {
+                        let _ = tx.send(Err(e));
+                    });
+                }
                 if let Err(e) = ctx.conn.execute_batch("SAVEPOINT op") {
                     let e = StorageError::Store(StoreError::Sql {
                         doing: "starting a write".into(),
@@ -216,7 +233,7 @@ impl SqliteStorage {
                         Box::new(move |committed| {
                             let _ = tx.send(match committed {
                                 Ok(()) => Ok(value),
-                                Err(e) => Err(StorageError::Conflict(format!(
+                                Err(e) => Err(StorageError::Internal(format!(
                                     "committing to the database failed: {e}"
                                 ))),
                             });
@@ -260,7 +277,7 @@ impl SqliteStorage {
             result
         })
         .await;
-        joined.map_err(|e| StorageError::Conflict(format!("a database read failed: {e}")))?
+        joined.map_err(|e| StorageError::Internal(format!("a database read failed: {e}")))?
     }
 
     /// The data key of a workspace (cached), created with the workspace if
@@ -301,7 +318,7 @@ impl SqliteStorage {
                         .clone()
                         .map(MasterKey::load)
                         .transpose()
-                        .map_err(|e| StorageError::Conflict(e.to_string()))?;
+                        .map_err(|e| StorageError::Internal(e.to_string()))?;
                     let Some(reloaded) = reloaded else {
                         return Ok(None);
                     };
@@ -317,7 +334,7 @@ impl SqliteStorage {
             }
         })
         .await
-        .map_err(|e| StorageError::Conflict(format!("reading a data key failed: {e}")))??;
+        .map_err(|e| StorageError::Internal(format!("reading a data key failed: {e}")))??;
         let Some(dk) = joined else {
             return Err(StorageError::NotFound {
                 what: "workspace",
@@ -373,7 +390,6 @@ impl SqliteStorage {
 /// The writer thread: group commits until every sender is gone.
 fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedReceiver<Op>) {
     let conn = store.conn();
-    let ctx = WriteCtx { conn, audit_key };
     let mut synchronous = Durability::Disk;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -390,26 +406,43 @@ fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedRecei
         } else {
             Durability::Process
         };
+        let mut failed = None;
         if wanted != synchronous {
             let level = if wanted == Durability::Disk {
                 "FULL"
             } else {
                 "NORMAL"
             };
-            if conn.pragma_update(None, "synchronous", level).is_ok() {
-                synchronous = wanted;
+            match conn.pragma_update(None, "synchronous", level) {
+                Ok(()) => synchronous = wanted,
+                // A group that must be synced is not committed unsynced.
+                Err(e) if wanted == Durability::Disk => failed = Some(e.to_string()),
+                Err(_) => {}
             }
         }
+        if failed.is_none()
+            && let Err(e) = conn.execute_batch("BEGIN IMMEDIATE")
+        {
+            failed = Some(e.to_string());
+        }
         let ops = batch.into_iter().map(|(_, op)| op);
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = e.to_string();
+        if let Some(reason) = failed {
+            tracing::error!(error = %reason, "a group of writes could not start");
+            let ctx = WriteCtx {
+                conn,
+                audit_key,
+                failed: Some(reason.clone()),
+            };
             for op in ops {
-                // Each op answers with its own savepoint error; the group is
-                // reported as not committed.
-                op(&ctx)(Err(msg.clone()));
+                op(&ctx)(Err(reason.clone()));
             }
             continue;
         }
+        let ctx = WriteCtx {
+            conn,
+            audit_key,
+            failed: None,
+        };
         let completions: Vec<Completion> = ops.map(|op| op(&ctx)).collect();
         let committed = conn.execute_batch("COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
@@ -1169,6 +1202,22 @@ impl Storage for Arc<SqliteStorage> {
             .transpose()
             .map_err(damaged("a schedule input"))?;
         self.write(move |ctx| {
+            let recipe_exists = ctx
+                .conn
+                .query_row(
+                    "SELECT 1 FROM recipes WHERE workspace = ?1 AND name = ?2",
+                    params![t.workspace, t.recipe],
+                    |_| Ok(()),
+                )
+                .optional()
+                .doing(|| "checking the recipe of a trigger".to_string())?
+                .is_some();
+            if !recipe_exists {
+                return Err(StorageError::NotFound {
+                    what: "recipe",
+                    name: t.recipe,
+                });
+            }
             ctx.conn
                 .execute(
                     &format!("INSERT INTO triggers ({TRIGGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
@@ -1760,7 +1809,7 @@ impl Storage for Arc<SqliteStorage> {
                 .prepare(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1
                        AND (?2 IS NULL OR recipe = ?2) AND (?3 IS NULL OR state = ?3)
-                       AND (?4 IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?4))
+                       AND (?4 IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE workspace = ?1 AND id = ?4))
                      ORDER BY created_at DESC, id DESC LIMIT ?5"
                 ))
                 .doing(doing)?;
@@ -1830,14 +1879,14 @@ impl Storage for Arc<SqliteStorage> {
                 let doing = || "finding jobs to delete".to_string();
                 let mut stmt = conn
                     .prepare(
-                        "SELECT id, payload FROM jobs WHERE workspace = ?1
+                        "SELECT id, CASE WHEN ?5 THEN payload ELSE x'' END FROM jobs WHERE workspace = ?1
                            AND (?2 IS NULL OR recipe = ?2) AND (?3 IS NULL OR created_at >= ?3)
                            AND (?4 IS NULL OR created_at < ?4)
                            AND state IN ('succeeded', 'failed', 'cancelled')",
                     )
                     .doing(doing)?;
                 let rows = stmt
-                    .query_map(params![ws, c.recipe, c.from, c.to], |r| {
+                    .query_map(params![ws, c.recipe, c.from, c.to, c.field.is_some()], |r| {
                         Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
                     })
                     .doing(doing)?;

@@ -47,6 +47,9 @@ pub(crate) enum StorageError {
         /// Why.
         reason: String,
     },
+    /// An internal failure (logged; clients get a generic error).
+    #[error("{0}")]
+    Internal(String),
     /// The writer thread has stopped (the daemon is shutting down).
     #[error("the storage writer has stopped")]
     Closed,
@@ -241,7 +244,7 @@ impl JobState {
 }
 
 /// A job to enqueue.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct NewJob {
     /// Its id.
     pub(crate) id: String,
@@ -261,6 +264,17 @@ pub(crate) struct NewJob {
     pub(crate) rerun_of: Option<String>,
     /// Unix milliseconds.
     pub(crate) created_at: i64,
+}
+
+impl std::fmt::Debug for NewJob {
+    /// Leaves out payloads and outputs: they are unmasked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewJob")
+            .field("id", &self.id)
+            .field("workspace", &self.workspace)
+            .field("recipe", &self.recipe)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether [`Storage::enqueue`] created a job.
@@ -313,7 +327,7 @@ pub(crate) struct JobDetail {
 }
 
 /// A job a worker starts or resumes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct StartedJob {
     /// The summary.
     pub(crate) summary: JobSummary,
@@ -323,8 +337,17 @@ pub(crate) struct StartedJob {
     pub(crate) resume: Resume,
 }
 
+impl std::fmt::Debug for StartedJob {
+    /// Leaves out payloads and outputs: they are unmasked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedJob")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a completed step leaves behind.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct StepCommit {
     /// Job id.
     pub(crate) job: String,
@@ -341,6 +364,18 @@ pub(crate) struct StepCommit {
     /// The unmasked output and the job's marked values, to resume from;
     /// deleted when the job ends.
     pub(crate) checkpoint: Option<(Value, Vec<String>)>,
+}
+
+impl std::fmt::Debug for StepCommit {
+    /// Leaves out payloads and outputs: they are unmasked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepCommit")
+            .field("job", &self.job)
+            .field("index", &self.index)
+            .field("step", &self.step)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Filters of a job listing.

@@ -588,3 +588,74 @@ async fn tokens_are_bounded_by_their_creator_and_private_to_their_owner() {
     let r = api.get("/v1/whoami", &own).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.json);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrow_admin_tokens_cannot_escalate_and_readers_do_not_see_webhook_urls() {
+    let f = fixture().await;
+    let mut api = f.daemon.client().await;
+    let narrow = |scopes: Value| json!({ "name": "narrow", "scopes": scopes, "expires_in": 600 });
+    // An admin's token limited to tokens:write cannot mint a full token.
+    let r = api
+        .post(
+            "/v1/workspaces/team-a/tokens",
+            &f.admin,
+            &narrow(json!(["tokens:write"])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let tokens_only = r.json["token"].as_str().unwrap().to_string();
+    let r = api
+        .post(
+            "/v1/workspaces/team-a/tokens",
+            &tokens_only,
+            &narrow(json!(["*:write"])),
+        )
+        .await;
+    assert_forbidden(&r, "a tokens-only admin token minting *:write");
+    // An admin's token limited to members:write cannot hand out admin, nor
+    // define a role wider than itself and take it.
+    let r = api
+        .post(
+            "/v1/workspaces/team-a/tokens",
+            &f.admin,
+            &narrow(json!(["members:write"])),
+        )
+        .await;
+    let members_only = r.json["token"].as_str().unwrap().to_string();
+    let r = api
+        .put(
+            "/v1/workspaces/team-a/members/mallory",
+            &members_only,
+            &json!({ "role": "admin" }),
+        )
+        .await;
+    assert_forbidden(&r, "a members-only token making an admin");
+    let r = api
+        .put(
+            "/v1/workspaces/team-a/roles/everything",
+            &members_only,
+            &json!({ "permissions": ["*:write"] }),
+        )
+        .await;
+    assert_forbidden(&r, "a members-only token defining a *:write role");
+    let r = api.get("/v1/workspaces/team-a/members", &f.admin).await;
+    assert!(!r.json.to_string().contains("mallory"), "{}", r.json);
+    // Analysts may read recipes but not start jobs: the webhook URL (a
+    // capability) is shown to them only in part.
+    let (_, ann) = f.tokens[&("ann".to_string(), "write".to_string())].clone();
+    let r = api
+        .get("/v1/workspaces/team-a/recipes/three/triggers", &ann)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert!(
+        !r.raw
+            .windows(f.trigger.len())
+            .any(|w| w == f.trigger.as_bytes()),
+        "{}",
+        r.json
+    );
+    let r = api
+        .get("/v1/workspaces/team-a/recipes/three/triggers", &f.admin)
+        .await;
+    assert!(r.json.to_string().contains(&f.trigger), "{}", r.json);
+}
