@@ -689,6 +689,26 @@ fn insert_job(conn: &Connection, job: &NewJob, sealed: &[u8]) -> StorageResult<E
     Ok(Enqueued::New(job.id.clone()))
 }
 
+/// Deletes the rows `sql` matches (parameters: workspace, key) and, if
+/// there were any, appends `audit` in the same transaction; whether any
+/// were deleted.
+fn delete_audited(
+    ctx: &WriteCtx<'_>,
+    sql: &str,
+    workspace: &str,
+    key: &str,
+    audit: Entry,
+) -> StorageResult<bool> {
+    let n = ctx
+        .conn
+        .execute(sql, params![workspace, key])
+        .doing(|| format!("deleting `{key}` from workspace `{workspace}`"))?;
+    if n > 0 {
+        ctx.audit(&[audit])?;
+    }
+    Ok(n > 0)
+}
+
 /// Deletes jobs by id (their steps go by cascade).
 fn delete_job_ids(conn: &Connection, ids: &[String]) -> StorageResult<u64> {
     let mut n = 0;
@@ -934,17 +954,13 @@ impl Storage for Arc<SqliteStorage> {
     ) -> StorageResult<bool> {
         let (ws, subject) = (workspace.to_string(), subject.to_string());
         self.write(move |ctx| {
-            let n = ctx
-                .conn
-                .execute(
-                    "DELETE FROM members WHERE workspace = ?1 AND subject = ?2",
-                    params![ws, subject],
-                )
-                .doing(|| "removing a member".to_string())?;
-            if n > 0 {
-                ctx.audit(&[audit])?;
-            }
-            Ok(n > 0)
+            delete_audited(
+                ctx,
+                "DELETE FROM members WHERE workspace = ?1 AND subject = ?2",
+                &ws,
+                &subject,
+                audit,
+            )
         })
         .await
     }
@@ -1291,17 +1307,13 @@ impl Storage for Arc<SqliteStorage> {
     async fn delete_trigger(&self, workspace: &str, id: &str, audit: Entry) -> StorageResult<bool> {
         let (ws, id) = (workspace.to_string(), id.to_string());
         self.write(move |ctx| {
-            let n = ctx
-                .conn
-                .execute(
-                    "DELETE FROM triggers WHERE workspace = ?1 AND id = ?2",
-                    params![ws, id],
-                )
-                .doing(|| "deleting a trigger".to_string())?;
-            if n > 0 {
-                ctx.audit(&[audit])?;
-            }
-            Ok(n > 0)
+            delete_audited(
+                ctx,
+                "DELETE FROM triggers WHERE workspace = ?1 AND id = ?2",
+                &ws,
+                &id,
+                audit,
+            )
         })
         .await
     }
@@ -1430,17 +1442,13 @@ impl Storage for Arc<SqliteStorage> {
     ) -> StorageResult<bool> {
         let (ws, name) = (workspace.to_string(), name.to_string());
         self.write(move |ctx| {
-            let n = ctx
-                .conn
-                .execute(
-                    "DELETE FROM connections WHERE workspace = ?1 AND name = ?2",
-                    params![ws, name],
-                )
-                .doing(|| format!("deleting connection `{name}`"))?;
-            if n > 0 {
-                ctx.audit(&[audit])?;
-            }
-            Ok(n > 0)
+            delete_audited(
+                ctx,
+                "DELETE FROM connections WHERE workspace = ?1 AND name = ?2",
+                &ws,
+                &name,
+                audit,
+            )
         })
         .await
     }
