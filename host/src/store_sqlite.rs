@@ -219,7 +219,7 @@ CREATE TABLE jobs (
     created_at      INTEGER NOT NULL,
     started_at      INTEGER,
     finished_at     INTEGER,
-    error           TEXT,
+    error           BLOB,
     UNIQUE (workspace, recipe, idempotency_key)
 ) STRICT;
 CREATE INDEX jobs_state ON jobs (state);

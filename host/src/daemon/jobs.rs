@@ -322,7 +322,7 @@ impl Runner {
             Err(reason) => {
                 let end = self
                     .storage
-                    .finish_job(id, JobState::Failed, Some(reason), Vec::new())
+                    .finish_job(workspace, id, JobState::Failed, Some(reason), Vec::new())
                     .await?;
                 self.metrics.job_finished(end);
                 return Ok(());
@@ -401,7 +401,7 @@ impl Runner {
         };
         let end = self
             .storage
-            .finish_job(id, state, error, Vec::new())
+            .finish_job(&workspace, id, state, error, Vec::new())
             .await?;
         self.metrics.job_finished(end);
         Ok(())

@@ -566,7 +566,7 @@ const TOKEN_COLUMNS: &str = "id, workspace, name, hash, owner, creator, scopes, 
 const JOB_COLUMNS: &str = "id, workspace, recipe, environment, state, trigger_kind, rerun_of, created_at, started_at, finished_at, error";
 
 /// Reads a job summary row.
-fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobSummary, String)> {
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let state: String = r.get(4)?;
     Ok((
         JobSummary {
@@ -580,19 +580,37 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobSummary, String)> {
             created_at: r.get(7)?,
             started_at: r.get(8)?,
             finished_at: r.get(9)?,
-            error: r.get(10)?,
+            error: None,
         },
         state,
+        r.get(10)?,
     ))
 }
 
+/// A job row: the summary, its state text, its sealed error.
+type JobRow = (JobSummary, String, Option<Vec<u8>>);
+
 /// Completes a job summary from its row.
-fn finish_job_row((mut s, state): (JobSummary, String)) -> StorageResult<JobSummary> {
+fn finish_job_row((mut s, state, error): JobRow) -> StorageResult<(JobSummary, Option<Vec<u8>>)> {
     s.state = JobState::parse(&state).ok_or_else(|| StorageError::Damaged {
         what: format!("job {}", s.id),
         reason: format!("unknown state `{state}`"),
     })?;
-    Ok(s)
+    Ok((s, error))
+}
+
+/// Opens a job's sealed error into its summary.
+fn open_error(dk: &DataKey, s: &mut JobSummary, sealed: Option<Vec<u8>>) -> StorageResult<()> {
+    if let Some(sealed) = sealed {
+        let v = SqliteStorage::open_json(
+            dk,
+            &sealed,
+            &job_aad(&s.workspace, &s.id, "error"),
+            &format!("the error of job {}", s.id),
+        )?;
+        s.error = v.as_str().map(String::from);
+    }
+    Ok(())
 }
 
 /// Reads a trigger row (the secret still sealed).
@@ -657,6 +675,23 @@ impl SqliteStorage {
 /// Inserts a job row (the payload already sealed); `Duplicate` if the
 /// idempotency key was seen for this recipe.
 fn insert_job(conn: &Connection, job: &NewJob, sealed: &[u8]) -> StorageResult<Enqueued> {
+    // Checked in the job's own transaction: a recipe deleted (with its
+    // triggers) after a webhook was looked up gets no job.
+    let deployed = conn
+        .query_row(
+            "SELECT 1 FROM recipes WHERE workspace = ?1 AND name = ?2",
+            params![job.workspace, job.recipe],
+            |_| Ok(()),
+        )
+        .optional()
+        .doing(|| format!("checking recipe `{}`", job.recipe))?
+        .is_some();
+    if !deployed {
+        return Err(StorageError::NotFound {
+            what: "recipe",
+            name: job.recipe.clone(),
+        });
+    }
     if let Some(key) = &job.idempotency_key {
         let existing: Option<String> = conn
             .query_row(
@@ -1592,7 +1627,7 @@ impl Storage for Arc<SqliteStorage> {
                 let Some((row, payload)) = row else {
                     return Ok(None);
                 };
-                let mut summary = finish_job_row(row)?;
+                let (mut summary, _) = finish_job_row(row)?;
                 if summary.state.is_final() {
                     return Ok(None);
                 }
@@ -1707,11 +1742,23 @@ impl Storage for Arc<SqliteStorage> {
 
     async fn finish_job(
         &self,
+        workspace: &str,
         id: &str,
         state: JobState,
         error: Option<String>,
         audit: Vec<Entry>,
     ) -> StorageResult<JobState> {
+        let error = match error {
+            Some(e) => Some(
+                self.seal_json(
+                    workspace,
+                    &job_aad(workspace, id, "error"),
+                    &Value::String(e),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let id = id.to_string();
         self.write(move |ctx| {
             let doing = || format!("finishing job {id}");
@@ -1776,10 +1823,11 @@ impl Storage for Arc<SqliteStorage> {
                 Ok(Some((finish_job_row(row)?, payload, steps)))
             })
             .await?;
-        let Some((summary, payload, steps)) = row else {
+        let Some(((mut summary, error), payload, steps)) = row else {
             return Ok(None);
         };
         let dk = self.data_key(&summary.workspace, false).await?;
+        open_error(&dk, &mut summary, error)?;
         let input = SqliteStorage::open_json(
             &dk,
             &payload,
@@ -1810,7 +1858,7 @@ impl Storage for Arc<SqliteStorage> {
         filter: JobFilter,
     ) -> StorageResult<Vec<JobSummary>> {
         let ws = workspace.to_string();
-        self.read(move |conn| {
+        let rows = self.read(move |conn| {
             let doing = || "listing jobs".to_string();
             let limit = filter.limit.unwrap_or(50).clamp(1, 500) as i64;
             let mut stmt = conn
@@ -1833,9 +1881,20 @@ impl Storage for Arc<SqliteStorage> {
                     job_row,
                 )
                 .doing(doing)?;
-            rows.map(|r| finish_job_row(r.doing(doing)?)).collect()
+            rows.map(|r| finish_job_row(r.doing(doing)?))
+                .collect::<StorageResult<Vec<_>>>()
         })
-        .await
+        .await?;
+        if rows.iter().all(|(_, e)| e.is_none()) {
+            return Ok(rows.into_iter().map(|(s, _)| s).collect());
+        }
+        let dk = self.data_key(workspace, false).await?;
+        rows.into_iter()
+            .map(|(mut s, error)| {
+                open_error(&dk, &mut s, error)?;
+                Ok(s)
+            })
+            .collect()
     }
 
     async fn cancel_job(

@@ -607,6 +607,7 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// in (a cancellation that raced the end wins).
     async fn finish_job(
         &self,
+        workspace: &str,
         id: &str,
         state: JobState,
         error: Option<String>,

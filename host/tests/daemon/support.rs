@@ -222,6 +222,13 @@ impl Daemon {
     }
 }
 
+impl Drop for Site {
+    /// Removes the site's directory (database, logs, bundles).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
