@@ -28,7 +28,7 @@
 //!
 //! With the workspace data key (AES-256-GCM) and associated data
 //! `"wrun:job:v1:" workspace NUL job NUL part`: `jobs.payload` (part
-//! `payload`), `job_steps.history` (`history:<idx>`), `job_steps.checkpoint`
+//! `payload`), `jobs.error` (`error`), `job_steps.history` (`history:<idx>`), `job_steps.checkpoint`
 //! (`checkpoint:<idx>`), `triggers.secret` (`"wrun:trigger:v1:" workspace
 //! NUL id`). Connections use the CLI's sealing (bound to name, hosts and
 //! placement). A sealed record moved to another job, step or workspace does
