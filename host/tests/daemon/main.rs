@@ -49,3 +49,63 @@ async fn a_webhook_runs_a_three_step_job_end_to_end() {
     assert_eq!(detail["steps"].as_array().unwrap().len(), 3);
     assert_eq!(detail["steps"][2]["output"]["value"], "hello");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_rotates_while_the_daemon_runs() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let alice = site.token("team-a", "alice", "*:write");
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let conn = |value: &str| json!({ "value": value, "hosts": ["api.example.com"] });
+    let r = api
+        .put(
+            "/v1/workspaces/team-a/connections/one",
+            &alice,
+            &conn("value-one"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+
+    // Rotate with the daemon running, then put the new key where the
+    // daemon reads it.
+    site.ok(site
+        .wrun()
+        .args(["key", "rotate", "--new-key-file"])
+        .arg(site.dir.join("new.key")));
+    std::fs::rename(site.dir.join("new.key"), site.dir.join("master.key")).unwrap();
+
+    // A workspace created under the new key: the daemon reloads the key.
+    site.member("team-b", "bob", "admin");
+    let bob = site.token("team-b", "bob", "*:write");
+    let r = api
+        .put(
+            "/v1/workspaces/team-b/connections/two",
+            &bob,
+            &conn("value-two"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // The workspace it knew keeps working.
+    let r = api
+        .put(
+            "/v1/workspaces/team-a/connections/three",
+            &alice,
+            &conn("value-three"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    drop(api);
+    drop(daemon);
+
+    // Everything opens with the new key, and the audit chain is intact.
+    let listed = site.ok(site
+        .wrun()
+        .args(["--workspace", "team-a", "connection", "list"]));
+    assert!(
+        listed.contains("one") && listed.contains("three"),
+        "{listed}"
+    );
+    let verify = site.ok(site.wrun().args(["audit", "verify"]));
+    assert!(verify.contains("intact"), "{verify}");
+}
