@@ -739,6 +739,7 @@ async fn delete_recipe(
         .await
         .map_err(storage_error)?
     {
+        s.runner.forget(&ws, &name);
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!("recipe `{name}`")))

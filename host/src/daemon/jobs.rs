@@ -198,6 +198,14 @@ impl Runner {
         self.engine.clone()
     }
 
+    /// Drops a recipe's loaded components (after it was deleted).
+    pub(crate) fn forget(&self, workspace: &str, recipe: &str) {
+        self.recipes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(workspace.to_string(), recipe.to_string()));
+    }
+
     /// Jobs running now.
     pub(crate) fn running(&self) -> usize {
         self.running
