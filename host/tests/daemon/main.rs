@@ -23,17 +23,10 @@ async fn a_webhook_runs_a_three_step_job_end_to_end() {
     let bundle = noop_bundle(&site, "three", 3);
     let daemon = site.start();
     let mut api = daemon.client().await;
-    let r = api.deploy("team-a", "three", &token, &bundle).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-    let r = api
-        .post(
-            "/v1/workspaces/team-a/recipes/three/webhooks",
-            &token,
-            &json!({ "environment": "prod", "signed": false }),
-        )
+    let webhook = api
+        .deploy_with_webhook("team-a", "three", &token, &bundle, false)
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
-    let hook = r.json["id"].as_str().unwrap().to_string();
+    let hook = webhook["id"].as_str().unwrap().to_string();
     let r = api
         .send(
             http::Method::POST,

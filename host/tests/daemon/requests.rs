@@ -266,17 +266,10 @@ async fn request_and_webhook_rates_are_limited() {
     let bundle = noop_bundle(&site, "three", 1);
     let daemon = site.start();
     let mut api = daemon.client().await;
-    let r = api.deploy("team-a", "three", &admin, &bundle).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-    let r = api
-        .post(
-            "/v1/workspaces/team-a/recipes/three/webhooks",
-            &admin,
-            &json!({ "environment": "prod", "signed": false }),
-        )
+    let webhook = api
+        .deploy_with_webhook("team-a", "three", &admin, &bundle, false)
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
-    let hook = r.json["id"].as_str().unwrap().to_string();
+    let hook = webhook["id"].as_str().unwrap().to_string();
 
     let mut statuses = Vec::new();
     let mut retry = None;
@@ -328,22 +321,15 @@ async fn webhook_signatures_and_idempotency_keys_are_enforced() {
     let bundle = noop_bundle(&site, "three", 1);
     let daemon = site.start();
     let mut api = daemon.client().await;
-    let r = api.deploy("team-a", "three", &token, &bundle).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-    let r = api
-        .post(
-            "/v1/workspaces/team-a/recipes/three/webhooks",
-            &token,
-            &json!({ "environment": "prod" }),
-        )
+    let webhook = api
+        .deploy_with_webhook("team-a", "three", &token, &bundle, true)
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
-    let hook = r.json["id"].as_str().unwrap().to_string();
-    let secret = r.json["secret"].as_str().unwrap().to_string();
+    let hook = webhook["id"].as_str().unwrap().to_string();
+    let secret = webhook["secret"].as_str().unwrap().to_string();
     assert_eq!(secret.len(), 64);
-    assert_eq!(r.json["signature_header"], "X-Wrun-Signature");
+    assert_eq!(webhook["signature_header"], "X-Wrun-Signature");
     assert!(
-        r.json["url"]
+        webhook["url"]
             .as_str()
             .unwrap()
             .ends_with(&format!("/hooks/{hook}"))

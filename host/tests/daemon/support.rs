@@ -321,6 +321,29 @@ impl Api {
         self.raw(req).await
     }
 
+    /// Deploys a bundle and creates a webhook for it in `environment`
+    /// `prod`; returns the webhook creation's JSON (`id`, `url`, `secret`).
+    pub(crate) async fn deploy_with_webhook(
+        &mut self,
+        workspace: &str,
+        name: &str,
+        token: &str,
+        bundle: &Path,
+        signed: bool,
+    ) -> Value {
+        let r = self.deploy(workspace, name, token, bundle).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+        let r = self
+            .post(
+                &format!("/v1/workspaces/{workspace}/recipes/{name}/webhooks"),
+                token,
+                &serde_json::json!({ "environment": "prod", "signed": signed }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+        r.json
+    }
+
     /// Waits until a job has ended; returns its detail.
     pub(crate) async fn wait_job(&mut self, workspace: &str, id: &str, token: &str) -> Value {
         for _ in 0..600 {
