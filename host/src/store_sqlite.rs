@@ -201,7 +201,7 @@ CREATE TABLE triggers (
     secret      BLOB,
     cron        TEXT,
     timezone    TEXT,
-    input       TEXT,
+    input       BLOB,
     last_slot   INTEGER,
     created_at  INTEGER NOT NULL
 ) STRICT;

@@ -901,8 +901,27 @@ async fn create_schedule(
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
     let schedule = Schedule::parse(&body.cron, &body.timezone)
         .map_err(|e| ApiError::bad_request("invalid_schedule", e.to_string()))?;
-    let id = trigger_id("sch");
     let now = crate::store_sqlite::now();
+    // The shortest gap over the next slots (irregular expressions too).
+    let min = s.config.workers.min_schedule_interval_secs;
+    let mut slot = schedule.next_after(now);
+    for _ in 0..64 {
+        let (Some(a), Some(b)) = (slot, slot.and_then(|a| schedule.next_after(a))) else {
+            break;
+        };
+        if b - a < min {
+            return Err(ApiError::bad_request(
+                "schedule_too_frequent",
+                format!(
+                    "`{}` fires {} s apart; the operator allows at least {min} s",
+                    body.cron,
+                    b - a
+                ),
+            ));
+        }
+        slot = Some(b);
+    }
+    let id = trigger_id("sch");
     let record = TriggerRecord {
         id: id.clone(),
         workspace: ws.clone(),

@@ -26,6 +26,7 @@
 //! concurrency = 64
 //! per_workspace = 16
 //! shutdown_grace_secs = 30
+//! min_schedule_interval_secs = 60          # shortest gap between two slots
 //!
 //! [webhooks]
 //! signature_window_secs = 300
@@ -171,6 +172,9 @@ pub(crate) struct Workers {
     /// How often schedules are checked.
     #[serde(default = "default_schedule_tick")]
     pub(crate) schedule_tick_ms: u64,
+    /// Shortest interval between two slots of a schedule.
+    #[serde(default = "default_min_schedule_interval")]
+    pub(crate) min_schedule_interval_secs: i64,
 }
 
 impl Default for Workers {
@@ -180,6 +184,7 @@ impl Default for Workers {
             per_workspace: default_per_workspace(),
             shutdown_grace_secs: default_grace(),
             schedule_tick_ms: default_schedule_tick(),
+            min_schedule_interval_secs: default_min_schedule_interval(),
         }
     }
 }
@@ -259,6 +264,9 @@ fn default_grace() -> u64 {
 }
 fn default_schedule_tick() -> u64 {
     1000
+}
+fn default_min_schedule_interval() -> i64 {
+    60
 }
 fn default_window() -> i64 {
     super::signature::DEFAULT_WINDOW_SECS

@@ -30,7 +30,7 @@
 //! `"wrun:job:v1:" workspace NUL job NUL part`: `jobs.payload` (part
 //! `payload`), `jobs.error` (`error`), `job_steps.history` (`history:<idx>`), `job_steps.checkpoint`
 //! (`checkpoint:<idx>`), `triggers.secret` (`"wrun:trigger:v1:" workspace
-//! NUL id`). Connections use the CLI's sealing (bound to name, hosts and
+//! NUL id`), `triggers.input` (`"wrun:trigger-input:v1:" workspace NUL id`). Connections use the CLI's sealing (bound to name, hosts and
 //! placement). A sealed record moved to another job, step or workspace does
 //! not open.
 
@@ -149,6 +149,11 @@ fn damaged(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Storage
 /// The associated data of a sealed job part.
 fn job_aad(workspace: &str, job: &str, part: &str) -> Vec<u8> {
     format!("wrun:job:v1:{workspace}\0{job}\0{part}").into_bytes()
+}
+
+/// The associated data of a schedule's sealed trigger input.
+fn trigger_input_aad(workspace: &str, id: &str) -> Vec<u8> {
+    format!("wrun:trigger-input:v1:{workspace}\0{id}").into_bytes()
 }
 
 /// The associated data of a sealed webhook secret.
@@ -613,10 +618,11 @@ fn open_error(dk: &DataKey, s: &mut JobSummary, sealed: Option<Vec<u8>>) -> Stor
     Ok(())
 }
 
+/// A trigger row: the record, its sealed secret, its sealed input.
+type TriggerRow = (TriggerRecord, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Reads a trigger row (the secret still sealed).
-fn trigger_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(TriggerRecord, Option<Vec<u8>>, Option<String>)> {
+fn trigger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TriggerRow> {
     let kind: String = r.get(3)?;
     let sealed: Option<Vec<u8>> = r.get(5)?;
     Ok((
@@ -649,7 +655,7 @@ impl SqliteStorage {
     /// Completes a trigger read: opens its secret and parses its input.
     async fn finish_trigger(
         self: &Arc<Self>,
-        (mut t, sealed, input): (TriggerRecord, Option<Vec<u8>>, Option<String>),
+        (mut t, sealed, input): TriggerRow,
     ) -> StorageResult<TriggerRecord> {
         if let Some(sealed) = sealed {
             let dk = self.data_key(&t.workspace, false).await?;
@@ -663,10 +669,13 @@ impl SqliteStorage {
             t.secret = Some(Zeroizing::new(plain.to_vec()));
         }
         if let Some(input) = input {
-            t.input = Some(
-                serde_json::from_str(&input)
-                    .map_err(damaged(format!("the input of trigger {}", t.id)))?,
-            );
+            let dk = self.data_key(&t.workspace, false).await?;
+            t.input = Some(SqliteStorage::open_json(
+                &dk,
+                &input,
+                &trigger_input_aad(&t.workspace, &t.id),
+                &format!("the input of schedule {}", t.id),
+            )?);
         }
         Ok(t)
     }
@@ -1246,12 +1255,13 @@ impl Storage for Arc<SqliteStorage> {
             ),
             None => None,
         };
-        let input = t
-            .input
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(damaged("a schedule input"))?;
+        let input = match &t.input {
+            Some(input) => Some(
+                self.seal_json(&t.workspace, &trigger_input_aad(&t.workspace, &t.id), input)
+                    .await?,
+            ),
+            None => None,
+        };
         self.write(move |ctx| {
             let recipe_exists = ctx
                 .conn

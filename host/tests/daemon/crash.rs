@@ -426,7 +426,7 @@ async fn a_job_resumes_after_its_last_committed_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_fire_once_per_slot_across_restarts() {
-    let (site, token) = site("[workers]\nschedule_tick_ms = 100\n");
+    let (site, token) = site("[workers]\nschedule_tick_ms = 100\nmin_schedule_interval_secs = 1\n");
     let text = "[recipe]\nname = \"tick\"\n\n[trigger]\nkind = \"manual\"\n\n[[steps]]\nname = \"s0\"\ncomponent = \"components/noop.wasm\"\naction = \"noop\"\ninput = { slot = \"{{ trigger.slot }}\" }\n";
     let tick = bundle(&site, "tick", "noop.wasm", text);
     let mut daemon = site.start();

@@ -102,3 +102,42 @@ async fn the_master_key_rotates_while_the_daemon_runs() {
     let verify = site.ok(site.wrun().args(["audit", "verify"]));
     assert!(verify.contains("intact"), "{verify}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_bounded_and_their_inputs_sealed() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let token = site.token("team-a", "alice", "*:write");
+    let bundle = noop_bundle(&site, "three", 1);
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api.deploy("team-a", "three", &token, &bundle).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let path = "/v1/workspaces/team-a/recipes/three/schedules";
+    let secret_input = wrun_tests::canary("schedule-input");
+    let body = |cron: &str| json!({ "cron": cron, "environment": "prod", "input": { "customer": secret_input } });
+    // Every second, and an irregular expression with a 10-second gap once an hour.
+    for cron in ["* * * * * *", "0,10 0 * * * *"] {
+        let r = api.post(path, &token, &body(cron)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{cron}: {}", r.json);
+        assert_eq!(
+            r.json["error"]["code"], "schedule_too_frequent",
+            "{}",
+            r.json
+        );
+    }
+    let r = api.post(path, &token, &body("*/5 * * * *")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let r = api
+        .get("/v1/workspaces/team-a/recipes/three/triggers", &token)
+        .await;
+    assert_eq!(
+        r.json["triggers"][0]["input"]["customer"],
+        secret_input.as_str(),
+        "{}",
+        r.json
+    );
+    drop(api);
+    drop(daemon);
+    wrun_tests::assert_absent(&site.db_bytes(), &[secret_input.as_str()], "the database");
+}
