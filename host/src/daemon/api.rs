@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 use super::audit::{Entry, Outcome};
 use super::auth::{self, Access, IpAllowlist, JwtVerifier, NewToken, PermissionSet, Resource};
 use super::config::DaemonConfig;
-use super::http_error::{ApiError, JsonBody, body_read_error};
+use super::http_error::{ApiError, LazyJson, body_read_error};
 use super::jobs::{Runner, new_job_id};
 use super::metrics::{Metrics, WebhookOutcome};
 use super::ratelimit::{RateLimiter, retry_after_secs};
@@ -812,11 +812,12 @@ async fn create_webhook(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<WebhookBody>,
+    body: LazyJson<WebhookBody>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
         .await?;
+    let body = body.read(s.config.limits.max_body_bytes).await?;
     require_recipe(&s, &ws, &name).await?;
     crate::store_sqlite::check_name("environment", &body.environment)
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
@@ -891,11 +892,12 @@ async fn create_schedule(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<ScheduleBody>,
+    body: LazyJson<ScheduleBody>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
         .await?;
+    let body = body.read(s.config.limits.max_body_bytes).await?;
     require_recipe(&s, &ws, &name).await?;
     crate::store_sqlite::check_name("environment", &body.environment)
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
@@ -988,11 +990,12 @@ async fn run_recipe(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<RunBody>,
+    body: LazyJson<RunBody>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
         .await?;
+    let body = body.read(s.config.limits.max_body_bytes).await?;
     require_recipe(&s, &ws, &name).await?;
     crate::store_sqlite::check_name("environment", &body.environment)
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
@@ -1130,11 +1133,12 @@ async fn delete_jobs(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(ws): Path<String>,
     headers: HeaderMap,
-    JsonBody(criteria): JsonBody<DeleteCriteria>,
+    criteria: LazyJson<DeleteCriteria>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
         .await?;
+    let criteria = criteria.read(s.config.limits.max_body_bytes).await?;
     if criteria.recipe.is_none()
         && criteria.from.is_none()
         && criteria.to.is_none()
@@ -1209,11 +1213,12 @@ async fn put_connection(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<ConnectionBody>,
+    body: LazyJson<ConnectionBody>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Connections, Access::Write)
         .await?;
+    let body = body.read(s.config.limits.max_body_bytes).await?;
     wrun_runtime::policy::NetGrant::parse(&body.hosts)
         .map_err(|e| ApiError::bad_request("invalid_host", format!("hosts: {e}")))?;
     body.placement
@@ -1294,11 +1299,13 @@ async fn change_env(
     addr: SocketAddr,
     ws: &str,
     env: &str,
-    change: EnvChange,
+    change: impl AsyncFnOnce() -> Result<EnvChange, ApiError>,
 ) -> ApiResult {
     let p = s
         .authorize(headers, addr, ws, Resource::Environments, Access::Write)
         .await?;
+    // Read (and parse) only once the caller is allowed.
+    let change = change().await?;
     let (action, target) = match &change {
         EnvChange::SetProperty(n, _) => ("environment.property.set", n),
         EnvChange::RemoveProperty(n) => ("environment.property.remove", n),
@@ -1329,16 +1336,13 @@ async fn set_property(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, env, name)): Path<(String, String, String)>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<PropertyBody>,
+    body: LazyJson<PropertyBody>,
 ) -> ApiResult {
-    change_env(
-        &s,
-        &headers,
-        addr,
-        &ws,
-        &env,
-        EnvChange::SetProperty(name, body.value),
-    )
+    let limit = s.config.limits.max_body_bytes;
+    change_env(&s, &headers, addr, &ws, &env, async || {
+        let body = body.read(limit).await?;
+        Ok(EnvChange::SetProperty(name, body.value))
+    })
     .await
 }
 
@@ -1348,14 +1352,9 @@ async fn remove_property(
     Path((ws, env, name)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    change_env(
-        &s,
-        &headers,
-        addr,
-        &ws,
-        &env,
-        EnvChange::RemoveProperty(name),
-    )
+    change_env(&s, &headers, addr, &ws, &env, async || {
+        Ok(EnvChange::RemoveProperty(name))
+    })
     .await
 }
 
@@ -1371,16 +1370,13 @@ async fn bind(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, env, logical)): Path<(String, String, String)>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<BindBody>,
+    body: LazyJson<BindBody>,
 ) -> ApiResult {
-    change_env(
-        &s,
-        &headers,
-        addr,
-        &ws,
-        &env,
-        EnvChange::Bind(logical, body.connection),
-    )
+    let limit = s.config.limits.max_body_bytes;
+    change_env(&s, &headers, addr, &ws, &env, async || {
+        let body = body.read(limit).await?;
+        Ok(EnvChange::Bind(logical, body.connection))
+    })
     .await
 }
 
@@ -1390,7 +1386,10 @@ async fn unbind(
     Path((ws, env, logical)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    change_env(&s, &headers, addr, &ws, &env, EnvChange::Unbind(logical)).await
+    change_env(&s, &headers, addr, &ws, &env, async || {
+        Ok(EnvChange::Unbind(logical))
+    })
+    .await
 }
 
 async fn list_tokens(
@@ -1451,11 +1450,12 @@ async fn create_token(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(ws): Path<String>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<TokenBody>,
+    body: LazyJson<TokenBody>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Tokens, Access::Write)
         .await?;
+    let body = body.read(s.config.limits.max_body_bytes).await?;
     let owner = body.owner.clone().unwrap_or_else(|| p.subject.clone());
     if owner != p.subject && !p.admin {
         return Err(ApiError::forbidden(
@@ -1570,11 +1570,12 @@ async fn set_member(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, subject)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<MemberBody>,
+    body: LazyJson<MemberBody>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
         .await?;
+    let body = body.read(s.config.limits.max_body_bytes).await?;
     if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "invalid_subject",
@@ -1664,11 +1665,12 @@ async fn put_role(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, name)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<RoleBody>,
+    body: LazyJson<RoleBody>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
         .await?;
+    let body = body.read(s.config.limits.max_body_bytes).await?;
     if !auth::valid_role_name(&name) {
         return Err(ApiError::bad_request(
             "invalid_name",
@@ -1743,11 +1745,12 @@ async fn put_settings(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(ws): Path<String>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<SettingsBody>,
+    body: LazyJson<SettingsBody>,
 ) -> ApiResult {
     let p = s
         .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
         .await?;
+    let body = body.read(s.config.limits.max_body_bytes).await?;
     if body.retention_days == Some(0) {
         return Err(ApiError::bad_request(
             "invalid_retention",

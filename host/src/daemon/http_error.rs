@@ -4,7 +4,7 @@
 //! `{"error":{"code":"...","message":"..."}}` with
 //! `content-type: application/json`. `code` is a stable, machine-readable
 //! snake_case word; `message` is for people and may change. [`ApiError`] is
-//! that response; [`JsonBody`] is a JSON extractor whose rejections use it;
+//! that response; [`LazyJson`] is a JSON extractor whose rejections use it;
 //! [`with_json_errors`] makes unknown routes (404) and wrong methods (405)
 //! answer in it too.
 //!
@@ -17,7 +17,6 @@ use std::fmt;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};
@@ -205,35 +204,67 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body of type `T` whose rejections are [`ApiError`]s.
-///
-/// Use it in place of `axum::Json` as an extractor. It refuses:
+/// A JSON request body read only when asked ([`LazyJson::read`]), so a
+/// handler checks credentials before it reads or parses anything: an
+/// unauthenticated request gets 401 whatever its body. Reading refuses:
 ///
 /// - a content type other than `application/json` (or `application/*+json`):
 ///   415 `unsupported_media_type`;
-/// - a body over the router's `DefaultBodyLimit`: 413 `body_too_large`;
+/// - a body over the limit: 413 `body_too_large`;
 /// - a body that is not JSON (including an empty one or trailing data):
 ///   400 `malformed_json`, with the line and column;
 /// - JSON of the wrong shape (missing field, wrong type, unknown variant):
 ///   422 `invalid_body`, with the field path, line and column.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct JsonBody<T>(pub(crate) T);
+pub(crate) struct LazyJson<T> {
+    body: axum::body::Body,
+    json: bool,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
 
-impl<S, T> FromRequest<S> for JsonBody<T>
+impl<S, T> FromRequest<S> for LazyJson<T>
 where
     S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json_content_type(request.headers()) {
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json_content_type(request.headers());
+        Ok(LazyJson {
+            body: request.into_body(),
+            json,
+            _type: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: DeserializeOwned> LazyJson<T> {
+    /// Reads at most `limit` bytes and parses them.
+    ///
+    /// # Errors
+    ///
+    /// 415, 413, 400 `malformed_json` or 422 `invalid_body`, as listed on
+    /// [`LazyJson`].
+    pub(crate) async fn read(self, limit: usize) -> Result<T, ApiError> {
+        if !self.json {
             return Err(ApiError::unsupported_media_type("application/json"));
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(body_read_error)?;
-        parse_json(&bytes).map(JsonBody)
+        let bytes = axum::body::to_bytes(self.body, limit).await.map_err(|e| {
+            let inner = e.into_inner();
+            if inner
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "request body is larger than the server accepts",
+                )
+            } else {
+                ApiError::bad_request("invalid_body", "the request body could not be read")
+            }
+        })?;
+        parse_json(&bytes)
     }
 }
 
@@ -426,8 +457,14 @@ mod tests {
         let router = Router::new()
             .route(
                 "/items",
-                post(|JsonBody(item): JsonBody<Item>| async move {
-                    format!("{}:{}:{}", item.name, item.count, item.nested.len())
+                post(|body: LazyJson<Item>| async move {
+                    let item = body.read(256).await?;
+                    Ok::<_, ApiError>(format!(
+                        "{}:{}:{}",
+                        item.name,
+                        item.count,
+                        item.nested.len()
+                    ))
                 }),
             )
             .route("/missing", get(|| async { ApiError::not_found("job 42") }))

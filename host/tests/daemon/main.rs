@@ -141,3 +141,29 @@ async fn schedules_are_bounded_and_their_inputs_sealed() {
     drop(daemon);
     wrun_tests::assert_absent(&site.db_bytes(), &[secret_input.as_str()], "the database");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked_before_a_body_is_read() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let token = site.token("team-a", "alice", "*:write");
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let bad = |auth: Option<&str>| {
+        let mut req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri("/v1/workspaces/team-a/tokens")
+            .header("content-type", "text/plain");
+        if let Some(token) = auth {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        req.body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{not json",
+        )))
+        .unwrap()
+    };
+    let r = api.raw(bad(None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.json);
+    let r = api.raw(bad(Some(&token))).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.json);
+}
