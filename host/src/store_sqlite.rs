@@ -600,6 +600,51 @@ pub(crate) fn connection_aad(
     aad
 }
 
+/// Seals a connection value with its workspace's data key, bound to
+/// (workspace, name, placement, hosts): the one sealing path of the CLI
+/// store and the daemon.
+pub(crate) fn seal_connection(
+    data_key: &DataKey,
+    workspace: &str,
+    name: &str,
+    value: &str,
+    placement: &str,
+    hosts_json: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let aad = connection_aad(workspace, name, placement, hosts_json);
+    keys::seal(data_key, value.as_bytes(), &aad).map_err(|source| StoreError::Key {
+        doing: format!("sealing connection `{name}` of workspace `{workspace}`"),
+        source,
+    })
+}
+
+/// Opens a sealed connection value and parses its hosts: the one opening
+/// path of the CLI store and the daemon. The value is moved out of the
+/// decrypted buffer without a copy, so only zeroizing owners hold it.
+pub(crate) fn open_connection(
+    data_key: &DataKey,
+    workspace: &str,
+    name: &str,
+    sealed: &[u8],
+    placement: &str,
+    hosts_json: &str,
+) -> Result<(Zeroizing<String>, Vec<String>), StoreError> {
+    let tampered = || StoreError::Tampered {
+        workspace: workspace.into(),
+        name: name.into(),
+    };
+    let aad = connection_aad(workspace, name, placement, hosts_json);
+    let mut plain = keys::open(data_key, sealed, &aad).map_err(|_| tampered())?;
+    let value = match String::from_utf8(std::mem::take(&mut *plain)) {
+        Ok(value) => Zeroizing::new(value),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            return Err(tampered());
+        }
+    };
+    Ok((value, parse_hosts(workspace, name, hosts_json)?))
+}
+
 /// Makes sure `path` is a regular file, creating it (mode 0600) if allowed.
 fn prepare_file(path: &Path, mode: OpenMode) -> Result<(), StoreError> {
     match std::fs::metadata(path) {
@@ -1099,12 +1144,7 @@ impl Store {
                 name: name.into(),
             });
         }
-        let aad = connection_aad(workspace, name, placement, &hosts);
-        let sealed =
-            keys::seal(&data_key, value.as_bytes(), &aad).map_err(|source| StoreError::Key {
-                doing: doing(),
-                source,
-            })?;
+        let sealed = seal_connection(&data_key, workspace, name, value, placement, &hosts)?;
         tx.execute(
             "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
@@ -1308,21 +1348,8 @@ impl Store {
                 reason: "it has a connection but no data key",
             });
         };
-        let tampered = || StoreError::Tampered {
-            workspace: workspace.into(),
-            name: name.into(),
-        };
-        let aad = connection_aad(workspace, name, &placement, &hosts);
-        let mut plain = keys::open(&data_key, &sealed, &aad).map_err(|_| tampered())?;
-        // Move the bytes out without copying, so only zeroizing owners hold them.
-        let value = match String::from_utf8(std::mem::take(&mut *plain)) {
-            Ok(value) => Zeroizing::new(value),
-            Err(e) => {
-                drop(Zeroizing::new(e.into_bytes()));
-                return Err(tampered());
-            }
-        };
-        let hosts = parse_hosts(workspace, name, &hosts)?;
+        let (value, hosts) =
+            open_connection(&data_key, workspace, name, &sealed, &placement, &hosts)?;
         tx.commit().doing(doing)?;
         Ok(Some((value, hosts, placement)))
     }

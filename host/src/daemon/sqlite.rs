@@ -28,11 +28,13 @@
 //!
 //! With the workspace data key (AES-256-GCM) and associated data
 //! `"wrun:job:v1:" workspace NUL job NUL part`: `jobs.payload` (part
-//! `payload`), `jobs.error` (`error`), `job_steps.history` (`history:<idx>`), `job_steps.checkpoint`
-//! (`checkpoint:<idx>`), `triggers.secret` (`"wrun:trigger:v1:" workspace
-//! NUL id`), `triggers.input` (`"wrun:trigger-input:v1:" workspace NUL id`). Connections use the CLI's sealing (bound to name, hosts and
-//! placement). A sealed record moved to another job, step or workspace does
-//! not open.
+//! `payload`), `jobs.error` (`error`), `job_steps.history`
+//! (`history:<idx>`), `job_steps.checkpoint` (`checkpoint:<idx>`);
+//! `triggers.secret` (`"wrun:trigger:v1:" workspace NUL id`) and
+//! `triggers.input` (`"wrun:trigger-input:v1:" workspace NUL id`).
+//! Connections use the CLI's sealing (`store_sqlite::seal_connection`,
+//! bound to name, hosts and placement). A sealed record moved to another
+//! job, step or workspace does not open.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,7 +53,7 @@ use super::storage::*;
 use crate::keys::{self, DataKey, KeySource, MasterKey};
 use crate::store_sqlite::{
     self as store, Doing as _, OpenMode, Store, StoreError, check_name, check_placement,
-    connection_aad, hosts_json, parse_hosts,
+    hosts_json, open_connection, parse_hosts, seal_connection,
 };
 
 /// Most operations committed in one transaction.
@@ -510,19 +512,29 @@ impl ConnectionSource for DaemonConnections {
             .data_key(&self.workspace, false)
             .await
             .map_err(|e| e.to_string())?;
-        let aad = connection_aad(&self.workspace, &stored, &placement, &hosts);
-        let plain = keys::open(&dk, &sealed, &aad)
-            .map_err(|_| format!("connection `{stored}` does not decrypt: it was altered"))?;
-        let value = std::str::from_utf8(&plain)
-            .map_err(|_| format!("connection `{stored}` is not text"))?;
-        let hosts = parse_hosts(&self.workspace, &stored, &hosts).map_err(|e| e.to_string())?;
+        let (value, hosts) =
+            open_connection(&dk, &self.workspace, &stored, &sealed, &placement, &hosts)
+                .map_err(|e| e.to_string())?;
         let placement: Placement = placement
             .parse()
             .map_err(|e| format!("connection `{stored}`: {e}"))?;
-        wrun_runtime::Connection::new(name, SecretValue::new(value), hosts, placement)
+        wrun_runtime::Connection::new(name, SecretValue::new(value.as_str()), hosts, placement)
             .map(Some)
             .map_err(|e| e.to_string())
     }
+}
+
+/// Runs a query and collects its rows; `doing` names the work in errors.
+fn query_rows<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    doing: impl Fn() -> String,
+) -> StorageResult<Vec<T>> {
+    let mut stmt = conn.prepare(sql).doing(&doing)?;
+    let rows = stmt.query_map(params, f).doing(&doing)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(&doing)?)
 }
 
 /// Reads a token row.
@@ -933,19 +945,23 @@ impl Storage for Arc<SqliteStorage> {
         let ws = workspace.to_string();
         self.read(move |conn| {
             let doing = || "listing members".to_string();
-            let mut stmt = conn
-                .prepare("SELECT subject, role, created_at FROM members WHERE workspace = ?1 ORDER BY subject")
-                .doing(doing)?;
-            let rows = stmt
-                .query_map(params![ws], |r| {
+            let rows = query_rows(
+                conn,
+                "SELECT subject, role, created_at
+                     FROM members
+                     WHERE workspace = ?1
+                     ORDER BY subject",
+                params![ws],
+                |r| {
                     Ok(Member {
                         subject: r.get(0)?,
                         role: r.get(1)?,
                         created_at: r.get(2)?,
                     })
-                })
-                .doing(doing)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+                },
+                doing,
+            )?;
+            Ok(rows)
         })
         .await
     }
@@ -1024,17 +1040,14 @@ impl Storage for Arc<SqliteStorage> {
         let custom = self
             .read(move |conn| {
                 let doing = || "listing roles".to_string();
-                let mut stmt = conn
-                    .prepare(
-                        "SELECT name, permissions FROM roles WHERE workspace = ?1 ORDER BY name",
-                    )
-                    .doing(doing)?;
-                let rows = stmt
-                    .query_map(params![ws], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                    })
-                    .doing(doing)?;
-                let rows = rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?;
+                let rows = query_rows(
+                    conn,
+                    "SELECT name, permissions FROM roles WHERE workspace = ?1 ORDER BY name",
+                    params![ws],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                    doing,
+                )?;
+
                 rows.into_iter()
                     .map(|(name, p)| {
                         let list: Vec<String> =
@@ -1197,18 +1210,19 @@ impl Storage for Arc<SqliteStorage> {
         let ws = workspace.to_string();
         self.read(move |conn| {
             let doing = || "listing recipes".to_string();
-            let mut stmt = conn
-                .prepare("SELECT name, imported_at FROM recipes WHERE workspace = ?1 ORDER BY name")
-                .doing(doing)?;
-            let rows = stmt
-                .query_map(params![ws], |r| {
+            let rows = query_rows(
+                conn,
+                "SELECT name, imported_at FROM recipes WHERE workspace = ?1 ORDER BY name",
+                params![ws],
+                |r| {
                     Ok(RecipeSummary {
                         name: r.get(0)?,
                         updated_at: r.get(1)?,
                     })
-                })
-                .doing(doing)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+                },
+                doing,
+            )?;
+            Ok(rows)
         })
         .await
     }
@@ -1331,13 +1345,20 @@ impl Storage for Arc<SqliteStorage> {
         let rows = self
             .read(move |conn| {
                 let doing = || "listing triggers".to_string();
-                let mut stmt = conn
-                    .prepare(&format!(
-                        "SELECT {TRIGGER_COLUMNS} FROM triggers WHERE workspace = ?1 AND recipe = ?2 ORDER BY created_at, id"
-                    ))
-                    .doing(doing)?;
-                let rows = stmt.query_map(params![ws, recipe], trigger_row).doing(doing)?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+                let rows = query_rows(
+                    conn,
+                    &format!(
+                        "SELECT {TRIGGER_COLUMNS}
+                     FROM triggers
+                     WHERE workspace = ?1
+                     AND recipe = ?2
+                     ORDER BY created_at, id"
+                    ),
+                    params![ws, recipe],
+                    trigger_row,
+                    doing,
+                )?;
+                Ok(rows)
             })
             .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -1367,13 +1388,16 @@ impl Storage for Arc<SqliteStorage> {
         let rows = self
             .read(move |conn| {
                 let doing = || "listing schedules".to_string();
-                let mut stmt = conn
-                    .prepare(&format!(
+                let rows = query_rows(
+                    conn,
+                    &format!(
                         "SELECT {TRIGGER_COLUMNS} FROM triggers WHERE kind = 'schedule' ORDER BY id"
-                    ))
-                    .doing(doing)?;
-                let rows = stmt.query_map([], trigger_row).doing(doing)?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+                    ),
+                    [],
+                    trigger_row,
+                    doing,
+                )?;
+                Ok(rows)
             })
             .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -1413,13 +1437,14 @@ impl Storage for Arc<SqliteStorage> {
         let ws = workspace.to_string();
         self.read(move |conn| {
             let doing = || "listing connections".to_string();
-            let mut stmt = conn
-                .prepare(
-                    "SELECT name, hosts, placement, created_at, rotated_at FROM connections WHERE workspace = ?1 ORDER BY name",
-                )
-                .doing(doing)?;
-            let rows = stmt
-                .query_map(params![ws], |r| {
+            let rows = query_rows(
+                conn,
+                "SELECT name, hosts, placement, created_at, rotated_at
+                     FROM connections
+                     WHERE workspace = ?1
+                     ORDER BY name",
+                params![ws],
+                |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
@@ -1427,9 +1452,10 @@ impl Storage for Arc<SqliteStorage> {
                         r.get::<_, i64>(3)?,
                         r.get::<_, Option<i64>>(4)?,
                     ))
-                })
-                .doing(doing)?;
-            let rows = rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?;
+                },
+                doing,
+            )?;
+
             rows.into_iter()
                 .map(|(name, hosts, placement, created_at, rotated_at)| {
                     Ok(ConnectionSummary {
@@ -1455,12 +1481,7 @@ impl Storage for Arc<SqliteStorage> {
         check_placement(&c.placement)?;
         let hosts = hosts_json(&c.hosts)?;
         let dk = self.data_key(workspace, true).await?;
-        let aad = connection_aad(workspace, &c.name, &c.placement, &hosts);
-        let sealed =
-            keys::seal(&dk, c.value.as_bytes(), &aad).map_err(|e| StorageError::Damaged {
-                what: format!("connection `{}`", c.name),
-                reason: e.to_string(),
-            })?;
+        let sealed = seal_connection(&dk, workspace, &c.name, &c.value, &c.placement, &hosts)?;
         let ws = workspace.to_string();
         let (name, placement) = (c.name, c.placement);
         self.write(move |ctx| {
@@ -1507,11 +1528,14 @@ impl Storage for Arc<SqliteStorage> {
         self.read(move |conn| {
             let pairs = |sql: &str| -> StorageResult<BTreeMap<String, String>> {
                 let doing = || format!("reading environment `{env}`");
-                let mut stmt = conn.prepare(sql).doing(doing)?;
-                let rows = stmt
-                    .query_map(params![ws, env], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .doing(doing)?;
-                Ok(rows.collect::<rusqlite::Result<BTreeMap<_, _>>>().doing(doing)?)
+            let rows = query_rows(
+                conn,
+                sql,
+                params![ws, env],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+                doing,
+            )?;
+                Ok(rows.into_iter().collect::<BTreeMap<_, _>>())
             };
             Ok(EnvironmentView {
                 properties: pairs(
@@ -1607,15 +1631,17 @@ impl Storage for Arc<SqliteStorage> {
     async fn unfinished_jobs(&self) -> StorageResult<Vec<(String, String)>> {
         self.read(move |conn| {
             let doing = || "listing unfinished jobs".to_string();
-            let mut stmt = conn
-                .prepare(
-                    "SELECT id, workspace FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id",
-                )
-                .doing(doing)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .doing(doing)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+            let rows = query_rows(
+                conn,
+                "SELECT id, workspace
+                     FROM jobs
+                     WHERE state IN ('queued', 'running')
+                     ORDER BY created_at, id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+                doing,
+            )?;
+            Ok(rows)
         })
         .await
     }
@@ -1868,19 +1894,24 @@ impl Storage for Arc<SqliteStorage> {
         filter: JobFilter,
     ) -> StorageResult<Vec<JobSummary>> {
         let ws = workspace.to_string();
-        let rows = self.read(move |conn| {
-            let doing = || "listing jobs".to_string();
-            let limit = filter.limit.unwrap_or(50).clamp(1, 500) as i64;
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1
-                       AND (?2 IS NULL OR recipe = ?2) AND (?3 IS NULL OR state = ?3)
-                       AND (?4 IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE workspace = ?1 AND id = ?4))
+        let rows = self
+            .read(move |conn| {
+                let doing = || "listing jobs".to_string();
+                let limit = filter.limit.unwrap_or(50).clamp(1, 500) as i64;
+                let rows = query_rows(
+                    conn,
+                    &format!(
+                        "SELECT {JOB_COLUMNS}
+                     FROM jobs
+                     WHERE workspace = ?1
+                     AND (?2 IS NULL OR recipe = ?2)
+                     AND (?3 IS NULL OR state = ?3)
+                     AND (?4 IS NULL OR (created_at, id) < (SELECT created_at, id
+                     FROM jobs
+                     WHERE workspace = ?1
+                     AND id = ?4))
                      ORDER BY created_at DESC, id DESC LIMIT ?5"
-                ))
-                .doing(doing)?;
-            let rows = stmt
-                .query_map(
+                    ),
                     params![
                         ws,
                         filter.recipe,
@@ -1889,12 +1920,13 @@ impl Storage for Arc<SqliteStorage> {
                         limit
                     ],
                     job_row,
-                )
-                .doing(doing)?;
-            rows.map(|r| finish_job_row(r.doing(doing)?))
-                .collect::<StorageResult<Vec<_>>>()
-        })
-        .await?;
+                    doing,
+                )?;
+                rows.into_iter()
+                    .map(finish_job_row)
+                    .collect::<StorageResult<Vec<_>>>()
+            })
+            .await?;
         if rows.iter().all(|(_, e)| e.is_none()) {
             return Ok(rows.into_iter().map(|(s, _)| s).collect());
         }
@@ -1954,20 +1986,20 @@ impl Storage for Arc<SqliteStorage> {
         let candidates = self
             .read(move |conn| {
                 let doing = || "finding jobs to delete".to_string();
-                let mut stmt = conn
-                    .prepare(
-                        "SELECT id, CASE WHEN ?5 THEN payload ELSE x'' END FROM jobs WHERE workspace = ?1
-                           AND (?2 IS NULL OR recipe = ?2) AND (?3 IS NULL OR created_at >= ?3)
-                           AND (?4 IS NULL OR created_at < ?4)
-                           AND state IN ('succeeded', 'failed', 'cancelled')",
-                    )
-                    .doing(doing)?;
-                let rows = stmt
-                    .query_map(params![ws, c.recipe, c.from, c.to, c.field.is_some()], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-                    })
-                    .doing(doing)?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?)
+                let rows = query_rows(
+                    conn,
+                    "SELECT id, CASE WHEN ?5 THEN payload ELSE x'' END
+                     FROM jobs
+                     WHERE workspace = ?1
+                     AND (?2 IS NULL OR recipe = ?2)
+                     AND (?3 IS NULL OR created_at >= ?3)
+                     AND (?4 IS NULL OR created_at < ?4)
+                     AND state IN ('succeeded', 'failed', 'cancelled')",
+                    params![ws, c.recipe, c.from, c.to, c.field.is_some()],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                    doing,
+                )?;
+                Ok(rows)
             })
             .await?;
         let mut ids = Vec::new();
