@@ -12,9 +12,9 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
-use wrun_tests::{DirectClient, MockServer, TestPki, guests_dir};
+use wrun_tests::{DirectClient, MockServer, TestPki};
 
-use crate::support::{Api, Daemon, Site, noop_bundle};
+use crate::support::{Api, Daemon, Site, bundle, noop_bundle};
 
 /// The workspace of every test here.
 const WS: &str = "team-a";
@@ -38,27 +38,6 @@ fn site(config: &str) -> (Site, String) {
     site.member(WS, "alice", "admin");
     let token = site.token(WS, "alice", "*:write");
     (site, token)
-}
-
-/// Writes a recipe with one component from the guests directory and exports
-/// it as a bundle; returns the bundle's path.
-fn bundle(site: &Site, name: &str, component: &str, text: &str) -> PathBuf {
-    let dir = site.dir.join(format!("recipe-{name}"));
-    std::fs::create_dir_all(dir.join("components")).unwrap();
-    std::fs::copy(
-        guests_dir().join(component),
-        dir.join("components").join(component),
-    )
-    .unwrap();
-    std::fs::write(dir.join("recipe.toml"), text).unwrap();
-    let out = site.dir.join(format!("{name}.tgz"));
-    site.ok(site
-        .wrun()
-        .args(["export"])
-        .arg(dir.join("recipe.toml"))
-        .arg("-o")
-        .arg(&out));
-    out
 }
 
 /// Deploys a bundle.

@@ -167,3 +167,81 @@ async fn credentials_are_checked_before_a_body_is_read() {
     let r = api.raw(bad(Some(&token))).await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.json);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_from_one_address_are_limited_before_they_are_audited() {
+    let site = Site::new("[limits]\nfailures_per_second = 1\nfailure_burst = 3\n");
+    site.member("team-a", "alice", "admin");
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = api.get("/v1/whoami", "not-a-token").await;
+        statuses.push(r.status.as_u16());
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+        }
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    // Guessing webhook ids from the same address is limited by the same budget.
+    let r = api
+        .send(
+            http::Method::POST,
+            "/hooks/wh_00000000000000000000000000000000",
+            None,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.json);
+    drop(api);
+    drop(daemon);
+    let stream = site.ok(site.wrun().args(["audit", "stream"]));
+    let audited = stream
+        .lines()
+        .filter(|l| l.contains("\"auth.failure\""))
+        .count();
+    assert_eq!(audited, 3, "{stream}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_hammering_refused_hosts_cannot_flood_the_audit_log() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let token = site.token("team-a", "alice", "*:write");
+    let text = "[recipe]\nname = \"hammer\"\n\n[trigger]\nkind = \"webhook\"\n\n[[steps]]\nname = \"hammer\"\ncomponent = \"components/hostile.wasm\"\naction = \"many-requests\"\ninput = { url = \"https://not-granted.example/x\", count = 150, keep_going = true }\n\n[steps.grants]\nnet = [\"api.example.com\"]\nsecrets = { api = \"api\" }\nenv = [\"unused\"]\n";
+    let hammer = support::bundle(&site, "hammer", "hostile.wasm", text);
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api.deploy("team-a", "hammer", &token, &hammer).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = api
+        .put(
+            "/v1/workspaces/team-a/connections/api",
+            &token,
+            &json!({ "value": "unused-value", "hosts": ["api.example.com"] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = api
+        .post(
+            "/v1/workspaces/team-a/recipes/hammer/runs",
+            &token,
+            &json!({ "environment": "prod" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = r.json["job"].as_str().unwrap().to_string();
+    let detail = api.wait_job("team-a", &job, &token).await;
+    assert_eq!(detail["steps"][0]["output"]["failed"], 150, "{detail}");
+    drop(api);
+    drop(daemon);
+    let stream = site.ok(site.wrun().args(["audit", "stream"]));
+    let refused = stream
+        .lines()
+        .filter(|l| l.contains("\"egress.refused\""))
+        .count();
+    assert_eq!(
+        refused, 100,
+        "the runtime's audit entries are capped per job"
+    );
+}

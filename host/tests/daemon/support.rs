@@ -361,16 +361,30 @@ impl Api {
     }
 }
 
-/// Writes a recipe of `steps` no-op steps (each passing `value` on) and
-/// exports it as a bundle; returns the bundle's path.
-pub(crate) fn noop_bundle(site: &Site, name: &str, steps: usize) -> PathBuf {
+/// Writes a recipe directory holding `component` (from the built guests)
+/// and the manifest `text`, and exports it as a bundle; returns its path.
+pub(crate) fn bundle(site: &Site, name: &str, component: &str, text: &str) -> PathBuf {
     let dir = site.dir.join(format!("recipe-{name}"));
     std::fs::create_dir_all(dir.join("components")).unwrap();
     std::fs::copy(
-        guests_dir().join("noop.wasm"),
-        dir.join("components/noop.wasm"),
+        guests_dir().join(component),
+        dir.join("components").join(component),
     )
     .unwrap();
+    std::fs::write(dir.join("recipe.toml"), text).unwrap();
+    let out = site.dir.join(format!("{name}.tgz"));
+    site.ok(site
+        .wrun()
+        .args(["export"])
+        .arg(dir.join("recipe.toml"))
+        .arg("-o")
+        .arg(&out));
+    out
+}
+
+/// Writes a recipe of `steps` no-op steps (each passing `value` on) and
+/// exports it as a bundle; returns the bundle's path.
+pub(crate) fn noop_bundle(site: &Site, name: &str, steps: usize) -> PathBuf {
     let mut text = format!("[recipe]\nname = \"{name}\"\n\n[trigger]\nkind = \"webhook\"\n");
     for i in 0..steps {
         let input = if i == 0 {
@@ -385,13 +399,5 @@ pub(crate) fn noop_bundle(site: &Site, name: &str, steps: usize) -> PathBuf {
             "\n[[steps]]\nname = \"s{i}\"\ncomponent = \"components/noop.wasm\"\naction = \"noop\"\ninput = {input}\n"
         ));
     }
-    std::fs::write(dir.join("recipe.toml"), text).unwrap();
-    let bundle = site.dir.join(format!("{name}.tgz"));
-    site.ok(site
-        .wrun()
-        .args(["export"])
-        .arg(dir.join("recipe.toml"))
-        .arg("-o")
-        .arg(&bundle));
-    bundle
+    bundle(site, name, "noop.wasm", &text)
 }
