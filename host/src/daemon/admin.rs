@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::audit::{self, AuditKey, Entry, Outcome, VerifyReport};
-use super::auth::{self, IpAllowlist, NewToken, PermissionSet};
+use super::auth::{self, NewToken};
 use crate::keys::MasterKey;
 use crate::store_sqlite::{OpenMode, Store, check_name, now};
 
@@ -179,14 +179,13 @@ pub(crate) fn create_token(
     req: &TokenRequest<'_>,
 ) -> Result<(String, zeroize::Zeroizing<String>, i64)> {
     check_name("workspace", req.workspace)?;
-    let scopes = PermissionSet::parse(req.scopes)?;
-    let allow = IpAllowlist::parse(req.allow_ips)?;
-    if req.expires_in.is_zero() || req.expires_in > req.max_lifetime {
-        bail!(
-            "the expiry must be between 1 second and {} (--max-lifetime)",
-            humantime::format_duration(req.max_lifetime)
-        );
-    }
+    let (scopes, allow) = super::api::validate_token_request(
+        req.scopes,
+        req.expires_in.as_secs(),
+        req.max_lifetime.as_secs(),
+        req.allow_ips,
+    )
+    .map_err(|e| anyhow::anyhow!("{} (the lifetime limit is --max-lifetime)", e.message()))?;
     let token = NewToken::generate();
     let created = now();
     let expires_at =

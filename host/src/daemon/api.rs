@@ -1425,7 +1425,8 @@ struct TokenBody {
     owner: Option<String>,
 }
 
-/// Creates a token; shared by the API and the CLI's checks.
+/// Checks a token request (scopes, lifetime within the operator's bound,
+/// allowlist); shared by the API and `wrun token create`.
 pub(crate) fn validate_token_request(
     scopes: &[String],
     expires_in: u64,

@@ -154,6 +154,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The human-readable message (what the client reads after the code).
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -239,22 +239,31 @@ impl Runner {
 
     /// The loaded recipe, from the cache while its deployment is unchanged.
     async fn recipe(&self, workspace: &str, name: &str) -> Result<Arc<Recipe>, String> {
+        let not_deployed = || format!("recipe `{name}` is not deployed");
+        // Every job checks the version only; the manifest and components are
+        // read when the deployment changed.
+        let version = self
+            .storage
+            .recipe_version(workspace, name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(not_deployed)?;
+        let key = (workspace.to_string(), name.to_string());
+        if let Some((cached, recipe)) = self
+            .recipes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            && *cached == version
+        {
+            return Ok(Arc::clone(recipe));
+        }
         let stored = self
             .storage
             .recipe(workspace, name)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("recipe `{name}` is not deployed"))?;
-        let key = (workspace.to_string(), name.to_string());
-        if let Some((version, recipe)) = self
-            .recipes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            && *version == stored.updated_at
-        {
-            return Ok(Arc::clone(recipe));
-        }
+            .ok_or_else(not_deployed)?;
         let manifest = Manifest::parse(&stored.manifest).map_err(|e| e.to_string())?;
         let mut bytes = HashMap::new();
         for (path, sha) in &stored.components {

@@ -1191,6 +1191,21 @@ impl Storage for Arc<SqliteStorage> {
         .await
     }
 
+    async fn recipe_version(&self, workspace: &str, name: &str) -> StorageResult<Option<i64>> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT imported_at FROM recipes WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .doing(|| format!("reading the version of recipe `{name}`"))?)
+        })
+        .await
+    }
+
     async fn component(&self, sha256: &str) -> StorageResult<Option<Vec<u8>>> {
         let sha = sha256.to_string();
         self.read(move |conn| {

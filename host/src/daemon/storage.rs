@@ -532,6 +532,9 @@ pub(crate) trait Storage: Send + Sync + 'static {
     ) -> StorageResult<()>;
     /// A deployed recipe.
     async fn recipe(&self, workspace: &str, name: &str) -> StorageResult<Option<StoredRecipe>>;
+    /// The deployment time of a recipe (its version), without its content:
+    /// what a runner checks its cache against on every job.
+    async fn recipe_version(&self, workspace: &str, name: &str) -> StorageResult<Option<i64>>;
     /// A stored component by SHA-256.
     async fn component(&self, sha256: &str) -> StorageResult<Option<Vec<u8>>>;
     /// The deployed recipes of a workspace.

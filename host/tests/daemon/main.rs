@@ -41,6 +41,25 @@ async fn a_webhook_runs_a_three_step_job_end_to_end() {
     assert_eq!(detail["state"], "succeeded", "{detail}");
     assert_eq!(detail["steps"].as_array().unwrap().len(), 3);
     assert_eq!(detail["steps"][2]["output"]["value"], "hello");
+
+    // A redeployment replaces what the next job runs (the runner's cache
+    // follows the deployment).
+    let two = noop_bundle(&site, "three", 2);
+    let r = api.deploy("team-a", "three", &token, &two).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = api
+        .send(
+            http::Method::POST,
+            &format!("/hooks/{hook}"),
+            None,
+            Some(&json!({ "value": "again" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = r.json["job"].as_str().unwrap().to_string();
+    let detail = api.wait_job("team-a", &job, &token).await;
+    assert_eq!(detail["state"], "succeeded", "{detail}");
+    assert_eq!(detail["steps"].as_array().unwrap().len(), 2, "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
