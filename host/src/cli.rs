@@ -563,8 +563,10 @@ fn audit_command(g: &Global, cmd: AuditCommand) -> Result<ExitCode> {
     }
 }
 
-/// Reads a connection value from stdin, or prompts for it without echo.
-fn read_secret_value(name: &str) -> Result<String> {
+/// Reads a connection value from stdin, or prompts for it without echo, and
+/// checks that it resists guessing (`check_value_strength`) for its
+/// placement `apply`.
+fn read_secret_value(name: &str, apply: &str) -> Result<String> {
     let value = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(format!("value of connection `{name}`: "))
             .context("reading the value")?
@@ -586,6 +588,10 @@ fn read_secret_value(name: &str) -> Result<String> {
         "the value of connection `{name}` is shorter than {} bytes, too short to be masked reliably",
         wrun_runtime::mask::MIN_VALUE_LEN
     );
+    let placement: Placement = apply.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret = wrun_runtime::SecretValue::new(value.as_str());
+    wrun_runtime::secrets::check_value_strength(name, &secret, &placement)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(value)
 }
 
@@ -595,7 +601,7 @@ fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
         ConnectionCommand::Add { name, hosts, apply } => {
             validate_connection(&name, &hosts, &apply)?;
             let key = g.key()?;
-            let value = read_secret_value(&name)?;
+            let value = read_secret_value(&name, &apply)?;
             store.ensure_workspace(&g.workspace, &key)?;
             store.add_connection(&g.workspace, &name, &value, &hosts, &apply, &key)?;
             output::line(&format!(
@@ -659,7 +665,7 @@ fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
             let value = if keep_value {
                 None
             } else {
-                Some(read_secret_value(&name)?)
+                Some(read_secret_value(&name, &new_apply)?)
             };
             store.update_connection(
                 &g.workspace,

@@ -375,6 +375,49 @@ async fn connection_values_never_come_from_the_command_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessable_connection_values_are_refused_with_the_rule() {
+    let s = Setup::new().await;
+    s.init();
+    let add = |name: &str, apply: &str, value: &str| {
+        let mut cmd = s.wrun();
+        cmd.args(["connection", "add", name, "--host", "a.example.com"])
+            .args(["--apply", apply])
+            .write_stdin(value.to_string());
+        cmd
+    };
+    let bearer = "header:Authorization=Bearer {}";
+    for (apply, weak) in [
+        (bearer, "pin-4817"),
+        (bearer, "password1234"),
+        ("basic", "admin:password1234"),
+        ("basic", "ghp_R8fK2pQ9vX3mZ7wR1tY5uJ6nB4cL0sD2eH8a"),
+    ] {
+        let all = s.fails(&mut add("weak", apply, weak), 2);
+        assert!(
+            all.contains("10^12 guesses") || all.contains("user:password"),
+            "{weak}: {all}"
+        );
+        assert!(!all.contains(weak), "{all}");
+    }
+    let listed = text(&s.ok(s.wrun().args(["connection", "list"])).stdout);
+    assert!(!listed.contains("weak"), "{listed}");
+    s.ok(&mut add("strong", bearer, &canary("strong")));
+    s.ok(&mut add(
+        "svc",
+        "basic",
+        "svc-user:Zk9QwErTy8UiOpAs7DfGhJkL",
+    ));
+    // Rotating to a guessable value is refused as well.
+    let all = s.fails(
+        s.wrun()
+            .args(["connection", "update", "strong"])
+            .write_stdin("pin-4817"),
+        2,
+    );
+    assert!(all.contains("10^12 guesses"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environments_hold_their_own_properties_and_bindings() {
     let s = Setup::new().await;
     s.init();

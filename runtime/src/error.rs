@@ -143,6 +143,23 @@ pub enum Error {
         message: String,
     },
 
+    /// A connection value appeared in the step's input or in something the
+    /// guest produced (its output, a log line, stdout or stderr, an error or
+    /// panic message, a request). A guest never holds a connection value, so
+    /// this is a guess or a leak: the step fails, its input and events are
+    /// withheld from its record, and the message says where, never what or
+    /// which candidate.
+    #[error(
+        "step `{step}`: a connection value appeared in its {channel}, where none belongs: secret misuse (the step's events were withheld)"
+    )]
+    SecretMisuse {
+        /// The step.
+        step: String,
+        /// Where: `input`, `output`, `log`, `stdout`, `stderr`,
+        /// `error message` or `request`.
+        channel: &'static str,
+    },
+
     /// The engine is running as many steps as its instance pool holds
     /// ([`crate::EngineBuilder::max_concurrent_steps`]); retry later.
     #[error("step `{step}` could not start: the engine is at its concurrency limit ({reason})")]
@@ -178,6 +195,7 @@ impl Error {
             | Error::MemoryLimit { step, .. }
             | Error::Timeout { step, .. }
             | Error::Trap { step, .. }
+            | Error::SecretMisuse { step, .. }
             | Error::Busy { step, .. }
             | Error::Internal { step, .. } => Some(step),
         }

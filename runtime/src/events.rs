@@ -112,8 +112,10 @@ pub enum AuditKind {
     SecretMisuse,
 }
 
-/// Receives events and audit events as they happen. Both methods default to
-/// doing nothing. Called from async tasks: keep them quick.
+/// Receives events and audit events. A step's events arrive when the step
+/// ends (those of a step failed for secret misuse are withheld); audit
+/// events arrive as they happen. Both methods default to doing nothing.
+/// Called from async tasks: keep them quick.
 pub trait Observer: Send + Sync {
     /// A step event.
     fn event(&self, event: &Event) {

@@ -20,6 +20,7 @@ use crate::bindings::{log, mask, properties, secrets};
 use crate::egress::{Egress, Scope};
 use crate::events::{Event, Level, LogSource};
 use crate::job::JobShared;
+use crate::misuse::{Channel, StepMisuse};
 use crate::secrets::JobSecret;
 
 /// The host object behind a `secret` resource: which alias, which secret.
@@ -50,10 +51,22 @@ pub(crate) struct GuestScope {
     pub(crate) env: BTreeSet<String>,
     pub(crate) events: Arc<Mutex<Vec<Event>>>,
     pub(crate) log_budget: usize,
+    /// The step's misuse watch.
+    pub(crate) misuse: Arc<StepMisuse>,
 }
 
 impl GuestScope {
     pub(crate) fn push_log(&mut self, level: Level, source: LogSource, message: &str) {
+        // Runtime lines may carry names the guest chose (an alias, a
+        // property): they are searched like the guest's own lines.
+        let channel = match source {
+            LogSource::Stdout => Channel::Stdout,
+            LogSource::Stderr => Channel::Stderr,
+            LogSource::Guest | LogSource::Runtime => Channel::Log,
+        };
+        if self.misuse.check(channel, message.as_bytes()) {
+            return;
+        }
         let masked = self.job.mask().mask_str(message).into_owned();
         if self.log_budget == 0 {
             return;
@@ -74,7 +87,6 @@ impl GuestScope {
             source,
             message,
         };
-        self.job.observer.event(&event);
         if let Ok(mut events) = self.events.lock() {
             events.push(event);
         }
@@ -321,6 +333,10 @@ impl log::Host for StepState {
             log::Level::Error => Level::Error,
         };
         self.guest.push_log(level, LogSource::Guest, &message);
+        if self.guest.misuse.is_caught() {
+            // Stop the guest now: nothing it does after this is reported.
+            return Err(wasmtime::Error::msg("secret misuse"));
+        }
         Ok(())
     }
 }

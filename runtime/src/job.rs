@@ -25,6 +25,7 @@ use crate::host_impl::{
     Capture, EgressHooks, GuestScope, MemoryLimitExceeded, StepLimiter, StepState, truncate,
 };
 use crate::mask::{Masker, mask_pointers};
+use crate::misuse::{Channel, Detector, StepIdentity, StepMisuse};
 use crate::secrets::{
     ConnectionSource, JobSecret, PlaceholderMatcher, StaticConnections, new_placeholder,
 };
@@ -106,6 +107,8 @@ struct Sensitive {
     mask: Masker,
     /// Secret values only, to scrub responses.
     scrub: Masker,
+    /// Secret values, to catch them in what guests produce (misuse).
+    detector: Detector,
     placeholders: Option<PlaceholderMatcher>,
 }
 
@@ -230,6 +233,7 @@ impl JobShared {
                     step: step.name().into(),
                     reason,
                 })?;
+            s.detector = Detector::new(scrub.clone(), s.secrets.values().cloned().collect());
             s.scrub = scrub;
             s.mask = everything;
             s.placeholders = Some(placeholders);
@@ -361,8 +365,22 @@ impl Job {
             .run_inner(step, action, input, events.clone())
             .instrument(span)
             .await;
-        let events = events.lock().map(|e| e.clone()).unwrap_or_default();
+        let mut events = events.lock().map(|e| e.clone()).unwrap_or_default();
         let elapsed = started.elapsed();
+        if let Err(Error::SecretMisuse { .. }) = &result {
+            // The events, and their order, would point at the candidate.
+            events = vec![Event::Log {
+                step: step.name().into(),
+                level: Level::Error,
+                source: LogSource::Runtime,
+                message: "the step's events were withheld: a connection value appeared in what it produced".into(),
+            }];
+        }
+        // The observer gets the step's events once it has ended, so that a
+        // step caught guessing shows nothing, in any order.
+        for event in &events {
+            self.shared.observer.event(event);
+        }
         match result {
             Ok(output) => {
                 let mut stored = output.clone();
@@ -388,6 +406,7 @@ impl Job {
         step: &Step,
         secrets: &HashMap<String, Arc<JobSecret>>,
         events: Arc<Mutex<Vec<Event>>>,
+        misuse: Arc<StepMisuse>,
     ) -> Result<Arc<Scope>> {
         let job = &self.shared;
         let (scrub, placeholders) = {
@@ -411,7 +430,24 @@ impl Job {
             requests: AtomicU32::new(0),
             observer: job.observer.clone(),
             events,
+            misuse,
         }))
+    }
+
+    /// A fresh misuse watch for one run of `step`, over every connection
+    /// value the job has loaded so far.
+    fn step_misuse(&self, step: &Step) -> Arc<StepMisuse> {
+        let job = &self.shared;
+        Arc::new(StepMisuse::new(
+            job.sensitive().detector.clone(),
+            StepIdentity {
+                job: job.id.clone(),
+                workspace: job.workspace.clone(),
+                recipe: job.recipe.clone(),
+                step: step.name().into(),
+            },
+            job.observer.clone(),
+        ))
     }
 
     /// Sends one request through a step's egress exactly as the guest's
@@ -431,7 +467,12 @@ impl Job {
             .await
             .map_err(|e| e.to_string())?;
         let scope = self
-            .scope(step, &secrets, Arc::new(Mutex::new(Vec::new())))
+            .scope(
+                step,
+                &secrets,
+                Arc::new(Mutex::new(Vec::new())),
+                self.step_misuse(step),
+            )
             .map_err(|e| e.to_string())?;
         let request = request.map(|b| {
             http_body_util::Full::new(b)
@@ -487,7 +528,8 @@ impl Job {
         let job = &self.shared;
         let step_name = step.name.to_string();
 
-        let scope = self.scope(step, &secrets, events.clone())?;
+        let misuse = self.step_misuse(step);
+        let scope = self.scope(step, &secrets, events.clone(), misuse.clone())?;
 
         let stdout = Capture::new(engine.log_limit);
         let stderr = Capture::new(engine.log_limit);
@@ -525,17 +567,20 @@ impl Job {
                 env: step.grants.env().clone(),
                 events: events.clone(),
                 log_budget: engine.log_limit,
+                misuse: misuse.clone(),
             },
         };
         let mut store = Store::new(&engine.wasmtime, state);
         store.limiter(|s| &mut s.limiter);
         // The epoch callback yields to the executor every tick (so a spinning
         // guest does not hold a worker thread) and traps once the step's
-        // deadline has passed; the async timeout below also covers a guest
-        // blocked in a host call.
+        // deadline has passed or misuse was caught; the async timeout below
+        // also covers a guest blocked in a host call.
         let deadline = Instant::now() + step.timeout;
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            if misuse.is_caught() {
+                Err(wasmtime::Error::msg("secret misuse"))
+            } else if Instant::now() >= deadline {
                 Err(wasmtime::Trap::Interrupt.into())
             } else {
                 Ok(UpdateDeadline::Yield(1))
@@ -592,6 +637,11 @@ impl Job {
             step: step_name.clone(),
             reason: format!("input is not serialisable: {e}"),
         })?;
+        let misuse = store.data().guest.misuse.clone();
+        misuse.check(Channel::Input, input_text.as_bytes());
+        if let Some(error) = misuse.error() {
+            return Err(error);
+        }
         let call = async {
             let instance = step.component.pre.instantiate_async(&mut store).await?;
             let actions = instance.wrun_recipe_actions();
@@ -609,6 +659,12 @@ impl Job {
         // Whatever happened (the call future is gone, so the store is free
         // again), the captured output goes to the job log.
         let stderr_text = log_output(&mut store.data_mut().guest, &stdout, &stderr);
+        if let Ok(outcome) = &outcome {
+            check_produced(&misuse, outcome);
+        }
+        if let Some(error) = misuse.error() {
+            return Err(error);
+        }
         let outcome = match outcome {
             Err(_elapsed) => {
                 return Err(Error::Timeout {
@@ -709,6 +765,13 @@ fn log_output(guest: &mut GuestScope, stdout: &Capture, stderr: &Capture) -> Str
         if bytes.is_empty() {
             continue;
         }
+        let channel = match source {
+            LogSource::Stderr => Channel::Stderr,
+            _ => Channel::Stdout,
+        };
+        if guest.misuse.check(channel, &bytes) {
+            continue;
+        }
         let text = guest
             .job
             .mask()
@@ -729,4 +792,27 @@ fn log_output(guest: &mut GuestScope, stdout: &Capture, stderr: &Capture) -> Str
         }
     }
     stderr_text
+}
+
+/// Searches what the action returned (output or error) and the trap
+/// message for connection values.
+fn check_produced(
+    misuse: &StepMisuse,
+    outcome: &std::result::Result<std::result::Result<String, ActionError>, wasmtime::Error>,
+) {
+    match outcome {
+        Ok(Ok(output)) => {
+            misuse.check(Channel::Output, output.as_bytes());
+        }
+        Ok(Err(
+            ActionError::UnknownAction(text)
+            | ActionError::InvalidInput(text)
+            | ActionError::Failed(text),
+        )) => {
+            misuse.check(Channel::Error, text.as_bytes());
+        }
+        Err(trap) => {
+            misuse.check(Channel::Error, format!("{trap:#}").as_bytes());
+        }
+    }
 }

@@ -54,6 +54,7 @@ mod host_impl;
 mod job;
 pub mod manifest;
 pub mod mask;
+mod misuse;
 pub mod policy;
 pub mod recipe;
 pub mod secrets;

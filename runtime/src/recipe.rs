@@ -331,6 +331,12 @@ impl Recipe {
                     break;
                 }
                 Err(failure) => {
+                    if let Error::SecretMisuse { .. } = failure.error {
+                        // The masked input would show which part matched;
+                        // earlier attempts' events likewise.
+                        record.input = None;
+                        record.events.clear();
+                    }
                     record.events.extend(failure.events);
                     let again = attempt < attempts && retryable(&failure.error);
                     record.error = Some(failure.error.to_string());

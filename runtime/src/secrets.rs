@@ -25,7 +25,12 @@ use http::{HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::egress::addr::Host;
+use crate::misuse::{Channel, MISUSE_REFUSAL, StepMisuse};
 use crate::policy::NetGrant;
+
+mod body;
+
+use self::body::{BodyKind, FieldScanner};
 
 /// Prefix of every placeholder; the rest is 128 random bits in hex.
 pub(crate) const PLACEHOLDER_PREFIX: &str = "wrun_ph_";
@@ -225,6 +230,73 @@ impl Connection {
     pub fn value(&self) -> &SecretValue {
         &self.value
     }
+}
+
+/// The fewest guesses, as estimated by zxcvbn, that a new connection value
+/// (for `basic`, its password) must take: 10^12.
+pub const MIN_GUESSES_LOG10: f64 = 12.0;
+
+/// How much of a value the strength estimate reads: a longer value is at
+/// least as hard to guess as its first this many characters.
+const STRENGTH_PREFIX: usize = 128;
+
+/// Checks that a connection value given by an operator resists guessing.
+///
+/// The rule: the zxcvbn estimate (dictionaries of common passwords, words
+/// and names, keyboard patterns, repeats, sequences, dates, then brute
+/// force) of the number of guesses needed to find the value must be at
+/// least 10^12 ([`MIN_GUESSES_LOG10`]). For `basic` the value is
+/// `user:password` and the rule applies to the password. Values longer than
+/// 128 characters are judged by their first 128. Random API tokens pass
+/// (`ghp_` and 36 letters and digits, Slack `xoxb-…`, 32 hex digits, a
+/// UUID, a JWT); `pin-1234` and `password1234` do not.
+///
+/// Why: a guest may produce candidate values; the runtime fails such a
+/// step without saying which candidate matched (secret misuse), but each
+/// failed job still answers "one of these"; a value that takes 10^12
+/// guesses makes that useless. Values already stored are not checked again,
+/// so old stores keep working: [`Connection::new`] does not apply this rule.
+///
+/// # Errors
+///
+/// The value is too easy to guess, or a `basic` value has no `:`. The
+/// message states the rule, never the value or its estimate.
+pub fn check_value_strength(
+    name: &str,
+    value: &SecretValue,
+    placement: &Placement,
+) -> Result<(), ConnectionError> {
+    let secret = match placement {
+        Placement::Basic => match value.expose().split_once(':') {
+            Some((_, password)) => password,
+            None => {
+                return Err(ConnectionError(format!(
+                    "connection `{name}`: a `basic` value is `user:password`"
+                )));
+            }
+        },
+        _ => value.expose(),
+    };
+    let end = secret
+        .char_indices()
+        .nth(STRENGTH_PREFIX)
+        .map_or(secret.len(), |(i, _)| i);
+    let guesses = if secret.is_empty() {
+        0.0
+    } else {
+        zxcvbn::zxcvbn(&secret[..end], &[name]).guesses_log10()
+    };
+    if guesses < MIN_GUESSES_LOG10 {
+        let what = if matches!(placement, Placement::Basic) {
+            "the password of"
+        } else {
+            "the value of"
+        };
+        return Err(ConnectionError(format!(
+            "connection `{name}`: {what} the connection is too easy to guess: a value must take at least 10^12 guesses by the zxcvbn estimate (use a random token, e.g. 24 or more random letters and digits)"
+        )));
+    }
+    Ok(())
 }
 
 /// Where the runtime gets connections from. The CLI and the daemon implement
@@ -509,11 +581,7 @@ impl Injector<'_> {
 
     /// Prepares the streaming body check for a request with this content type.
     pub(crate) fn body(&self, content_type: Option<&str>) -> BodyInjector {
-        let kind = match content_type.map(str::to_ascii_lowercase) {
-            Some(ct) if ct.contains("json") => BodyKind::Json,
-            Some(ct) if ct.starts_with("application/x-www-form-urlencoded") => BodyKind::Form,
-            _ => BodyKind::Other,
-        };
+        let kind = BodyKind::of(content_type);
         let decisions = self
             .matcher
             .secrets
@@ -533,9 +601,10 @@ impl Injector<'_> {
                         .to_string()
                         .replace("%20", "+"),
                     BodyKind::Other => {
-                        return Err(
-                            self.misplaced(secret, "a body that is neither JSON nor form-encoded")
-                        );
+                        return Err(self.misplaced(
+                            secret,
+                            "a body whose content type is neither `application/json` (or `+json`) nor `application/x-www-form-urlencoded`",
+                        ));
                     }
                 };
                 Ok(BodyUse {
@@ -548,10 +617,10 @@ impl Injector<'_> {
         BodyInjector {
             matcher: self.matcher.clone(),
             decisions,
-            kind,
+            scanner: FieldScanner::new(kind),
             pending: Vec::new(),
-            context: Vec::new(),
             used: Vec::new(),
+            watch: None,
         }
     }
 }
@@ -565,13 +634,6 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 /// Form values use the same set (space becomes `+` afterwards).
 const FORM_VALUE: &AsciiSet = QUERY_VALUE;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
-    Json,
-    Form,
-    Other,
-}
 
 struct BodyUse {
     field: String,
@@ -589,29 +651,38 @@ impl fmt::Debug for BodyUse {
     }
 }
 
-/// How many bytes before a placeholder are kept to check the field name.
-const CONTEXT: usize = 256;
-
 /// The streaming half of [`Injector`]: checks and rewrites a request body
 /// chunk by chunk.
 ///
 /// It holds back the last [`PLACEHOLDER_LEN`] bytes of input (a placeholder
 /// may start there, and the byte after a placeholder must be seen to check
-/// its place) and keeps [`CONTEXT`] bytes of what came before, to check the
-/// field name. Memory use is bounded whatever the body size.
+/// its place) and feeds everything before to a [`FieldScanner`], which knows
+/// whether a placeholder starts the whole value of its top-level field (see
+/// [`body`]). Memory use is bounded whatever the body size.
 #[derive(Debug)]
 pub(crate) struct BodyInjector {
     matcher: PlaceholderMatcher,
     decisions: Vec<Result<BodyUse, Refusal>>,
-    kind: BodyKind,
+    scanner: FieldScanner,
     pending: Vec<u8>,
-    context: Vec<u8>,
     used: Vec<String>,
+    /// Watches the guest's bytes for connection values (misuse).
+    watch: Option<BodyWatch>,
 }
 
 impl BodyInjector {
+    /// Also watches the guest's bytes for a connection value: one found
+    /// refuses the request and is recorded as misuse of the step.
+    pub(crate) fn watched(mut self, misuse: Arc<StepMisuse>) -> BodyInjector {
+        self.watch = Some(BodyWatch::new(misuse));
+        self
+    }
+
     /// Feeds a chunk; returns the bytes that may be sent now.
     pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Bytes, Refusal> {
+        if let Some(watch) = &mut self.watch {
+            watch.check(chunk)?;
+        }
         self.pending.extend_from_slice(chunk);
         self.drain(false)
     }
@@ -654,28 +725,23 @@ impl BodyInjector {
                 Ok(u) => (u.field.clone(), u.encoded.clone(), u.connection.clone()),
                 Err(refusal) => return Err(refusal.clone()),
             };
-            let from = start.saturating_sub(CONTEXT).max(pos);
-            let mut before = if from == pos {
-                self.context.clone()
-            } else {
-                Vec::new()
-            };
-            before.extend_from_slice(&self.pending[from..start]);
+            self.scanner.feed(&self.pending[pos..start]);
             let after = self.pending.get(end).copied();
-            if !field_context_ok(self.kind, &before, after, &field) {
+            if !self.scanner.whole_value_of(&field, after) {
                 let secret = &self.matcher.secrets[index];
                 return Err(Refusal::secret(
                     secret,
                     format!(
-                        "the placeholder of connection `{}` is in the request body outside field `{}`",
+                        "the placeholder of connection `{}` is in the request body, but not as the whole value of top-level field `{}`",
                         secret.connection.name(),
                         field
                     ),
                 ));
             }
+            // The scanner sees the guest's bytes, never the value.
+            self.scanner.feed(&self.pending[start..end]);
             out.extend_from_slice(&self.pending[pos..start]);
             out.extend_from_slice(&encoded);
-            self.remember(pos, end);
             if !self.used.contains(&connection) {
                 self.used.push(connection);
             }
@@ -686,52 +752,40 @@ impl BodyInjector {
             None if last => self.pending.len(),
             None => self.pending.len().saturating_sub(PLACEHOLDER_LEN).max(pos),
         };
+        self.scanner.feed(&self.pending[pos..keep_from]);
         out.extend_from_slice(&self.pending[pos..keep_from]);
-        self.remember(pos, keep_from);
         self.pending.drain(..keep_from);
         Ok(Bytes::from(out))
     }
-
-    /// Keeps the tail of the input in `pending[from..to]` as context. The
-    /// context holds guest bytes (placeholders included), never values.
-    fn remember(&mut self, from: usize, to: usize) {
-        let from = from.max(to.saturating_sub(CONTEXT));
-        self.context.extend_from_slice(&self.pending[from..to]);
-        if self.context.len() > CONTEXT {
-            let cut = self.context.len() - CONTEXT;
-            self.context.drain(..cut);
-        }
-    }
 }
 
-/// Whether a placeholder preceded by `before` and followed by `after` is the
-/// whole value of `field`: `"field": "<ph>"` in JSON, `field=<ph>` in a form.
-fn field_context_ok(kind: BodyKind, before: &[u8], after: Option<u8>, field: &str) -> bool {
-    match kind {
-        BodyKind::Json => {
-            if after != Some(b'"') {
-                return false;
-            }
-            let Some(rest) = before.strip_suffix(b"\"") else {
-                return false;
-            };
-            let rest = rest.trim_ascii_end();
-            let Some(rest) = rest.strip_suffix(b":") else {
-                return false;
-            };
-            let key = format!("\"{field}\"");
-            let rest = rest.trim_ascii_end();
-            rest.ends_with(key.as_bytes()) && !rest[..rest.len() - key.len()].ends_with(b"\\")
+/// The misuse watch of a request body: each chunk is searched together with
+/// the end of the one before, so a value split across chunks is found.
+#[derive(Debug)]
+struct BodyWatch {
+    misuse: Arc<StepMisuse>,
+    tail: Vec<u8>,
+}
+
+impl BodyWatch {
+    fn new(misuse: Arc<StepMisuse>) -> BodyWatch {
+        BodyWatch {
+            misuse,
+            tail: Vec::new(),
         }
-        BodyKind::Form => {
-            if !matches!(after, None | Some(b'&')) {
-                return false;
-            }
-            let key = format!("{field}=");
-            before.ends_with(key.as_bytes())
-                && (before.len() == key.len() || before[before.len() - key.len() - 1] == b'&')
+    }
+
+    fn check(&mut self, chunk: &[u8]) -> Result<(), Refusal> {
+        let keep = self.misuse.max_pattern_len().saturating_sub(1);
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(chunk);
+        if self.misuse.check(Channel::Request, &window) {
+            return Err(Refusal::egress(MISUSE_REFUSAL));
         }
-        BodyKind::Other => false,
+        let cut = window.len().saturating_sub(keep);
+        window.drain(..cut);
+        self.tail = window;
+        Ok(())
     }
 }
 
@@ -842,6 +896,54 @@ mod tests {
             Placement::bearer(),
         );
         assert!(short.unwrap_err().to_string().contains("too short"));
+    }
+
+    #[test]
+    fn guessable_values_are_refused_and_random_tokens_accepted() {
+        let check = |value: &str, placement: &str| {
+            check_value_strength("c", &SecretValue::new(value), &placement.parse().unwrap())
+        };
+        let bearer = "header:Authorization=Bearer {}";
+        for weak in [
+            "pin-1234",
+            "pin-9071",
+            "password1234",
+            "Password1234!",
+            "correcthorse",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "abcdefghijklmnopqrstuvwxyz",
+            "1234567890123456",
+            "qwertyuiopasdfgh",
+            "",
+        ] {
+            let err = check(weak, bearer).unwrap_err().to_string();
+            assert!(
+                err.contains("too easy to guess") && err.contains("10^12"),
+                "{err}"
+            );
+            assert!(weak.is_empty() || !err.contains(weak), "{err}");
+        }
+        for weak in [
+            "admin:password1234",
+            "svc:pin-1234",
+            "no-colon-8fK2pQ9vX3mZ7wR1tY5u",
+        ] {
+            assert!(check(weak, "basic").is_err(), "{weak}");
+        }
+        for strong in [
+            "ghp_R8fK2pQ9vX3mZ7wR1tY5uJ6nB4cL0sD2eH8a",
+            "xoxb-2718281828-3141592653589-Zk9QwErTy8UiOpAs7DfGhJkL",
+            "9f86d081884c7d659a2feaa0c55ad015",
+            "3f2b8c1e-7a4d-4e9b-b6c2-5d8e1f0a9c73",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ3cnVuIn0.dGhpcyBpcyBub3QgYSByZWFsIHNpZw",
+            "canary-api-5e1c0a7f3b9d2e6a8c4f1b0d7e3a9c52",
+        ] {
+            check(strong, bearer).unwrap();
+        }
+        check("svc-user:Zk9QwErTy8UiOpAs7DfGhJkL", "basic").unwrap();
+        // A long value is judged by its start, in linear time.
+        let long = format!("9f86d081884c7d659a2feaa0c55ad015{}", "a".repeat(1 << 20));
+        check(&long, bearer).unwrap();
     }
 
     #[test]
@@ -990,6 +1092,37 @@ mod tests {
                 format!("xclient_secret={}", f.ph(3)),
             ),
             ("text/plain", format!("client_secret={}", f.ph(3))),
+            (
+                "multipart/form-data; boundary=json",
+                format!(
+                    "--json\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n{{\"client_secret\": \"{}\"}}\r\n--json--",
+                    f.ph(3)
+                ),
+            ),
+            (
+                "application/json",
+                format!("{{\"data\": {{\"client_secret\": \"{}\"}}}}", f.ph(3)),
+            ),
+            (
+                "application/json",
+                format!("{{\"client_secret\": [\"{}\"]}}", f.ph(3)),
+            ),
+            (
+                "application/json",
+                format!("[{{\"client_secret\": \"{}\"}}]", f.ph(3)),
+            ),
+            (
+                "application/json",
+                format!("{{\"{}\": \"client_secret\"}}", f.ph(3)),
+            ),
+            (
+                "application/jsonp",
+                format!("{{\"client_secret\": \"{}\"}}", f.ph(3)),
+            ),
+            (
+                "application/x-www-form-urlencoded",
+                format!("client_secret=x&other={}", f.ph(3)),
+            ),
             (
                 "application/json",
                 format!("{{\"client_secret\": \"{}\"}}", f.ph(0)),

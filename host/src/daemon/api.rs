@@ -1224,13 +1224,15 @@ async fn put_connection(
     body.placement
         .parse::<wrun_runtime::Placement>()
         .map_err(|e| ApiError::bad_request("invalid_placement", e.to_string()))?;
-    wrun_runtime::Connection::new(
+    let connection = wrun_runtime::Connection::new(
         &name,
         wrun_runtime::SecretValue::new(body.value.as_str()),
         body.hosts.clone(),
         body.placement.parse().map_err(|_| ApiError::internal())?,
     )
     .map_err(|e| ApiError::bad_request("invalid_connection", e.to_string()))?;
+    wrun_runtime::secrets::check_value_strength(&name, connection.value(), connection.placement())
+        .map_err(|e| ApiError::bad_request("weak_connection_value", e.to_string()))?;
     let audit = p.entry(
         "connection.put",
         format!("connection:{name}"),

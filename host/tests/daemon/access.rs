@@ -123,7 +123,7 @@ async fn fixture() -> Fixture {
         .put(
             &format!("/v1/workspaces/team-a/connections/{connection}"),
             &admin,
-            &json!({ "value": "not-a-real-secret", "hosts": ["api.github.test:*"] }),
+            &json!({ "value": "not-a-real-secret-9c733f2b8c1e7a4d4e9bb6c2", "hosts": ["api.github.test:*"] }),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
@@ -181,7 +181,9 @@ fn write_probe(resource: &str, n: usize) -> Option<Probe> {
         "connections" => (
             Method::PUT,
             format!("{ws}/connections/matrix-{n}"),
-            Some(json!({ "value": "matrix-value", "hosts": ["api.github.test:*"] })),
+            Some(
+                json!({ "value": "matrix-value-4e9bb6c25d8e1f0a9c733f2b", "hosts": ["api.github.test:*"] }),
+            ),
             StatusCode::OK,
         ),
         "environments" => (

@@ -323,7 +323,7 @@ async fn deploy_slow(api: &mut Api, token: &str, bundle: &std::path::Path) {
         .put(
             &format!("/v1/workspaces/{WS}/connections/api"),
             token,
-            &json!({ "value": "unused-secret", "hosts": ["mock.test"] }),
+            &json!({ "value": "unused-secret-5d8e1f0a9c733f2b8c1e7a4d", "hosts": ["mock.test"] }),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);

@@ -115,6 +115,26 @@ async fn secrets_and_trigger_data_stay_out_of_responses_logs_and_disk() {
         );
         assert!(r.status.is_client_error(), "{}", r.json);
     }
+    // A guessable value is refused with the rule, without the value.
+    for (value, placement) in [
+        ("pin-4817", "header:Authorization=Bearer {}"),
+        ("admin:password1234", "basic"),
+    ] {
+        let body =
+            json!({ "value": value, "hosts": ["api.github.test:*"], "placement": placement });
+        let r = api
+            .put(&format!("{ws}/connections/weak"), &token, &body)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.json);
+        assert_eq!(
+            r.json["error"]["code"], "weak_connection_value",
+            "{}",
+            r.json
+        );
+        let message = r.json["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("10^12 guesses"), "{message}");
+        assert!(!r.json.to_string().contains(value), "{}", r.json);
+    }
     let r = seen.keep(
         api.put(
             &format!("{ws}/environments/prod/bindings/github"),

@@ -74,7 +74,7 @@ async fn the_master_key_rotates_while_the_daemon_runs() {
         .put(
             "/v1/workspaces/team-a/connections/one",
             &alice,
-            &conn("value-one"),
+            &conn("value-one-3f2b8c1e7a4d4e9bb6c25d8e"),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
@@ -94,7 +94,7 @@ async fn the_master_key_rotates_while_the_daemon_runs() {
         .put(
             "/v1/workspaces/team-b/connections/two",
             &bob,
-            &conn("value-two"),
+            &conn("value-two-7a4d4e9bb6c25d8e1f0a9c73"),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
@@ -103,7 +103,7 @@ async fn the_master_key_rotates_while_the_daemon_runs() {
         .put(
             "/v1/workspaces/team-a/connections/three",
             &alice,
-            &conn("value-three"),
+            &conn("value-three-b6c25d8e1f0a9c733f2b8c1e"),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
@@ -237,7 +237,7 @@ async fn a_guest_hammering_refused_hosts_cannot_flood_the_audit_log() {
         .put(
             "/v1/workspaces/team-a/connections/api",
             &token,
-            &json!({ "value": "unused-value", "hosts": ["api.example.com"] }),
+            &json!({ "value": "unused-value-1f0a9c733f2b8c1e7a4d4e9b", "hosts": ["api.example.com"] }),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
@@ -263,4 +263,74 @@ async fn a_guest_hammering_refused_hosts_cannot_flood_the_audit_log() {
         refused, 100,
         "the runtime's audit entries are capped per job"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guessing_step_fails_is_audited_and_counted_without_naming_the_candidate() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let token = site.token("team-a", "alice", "*:write");
+    let text = "[recipe]\nname = \"guess\"\n\n[trigger]\nkind = \"webhook\"\n\n[[steps]]\nname = \"guess\"\ncomponent = \"components/hostile.wasm\"\naction = \"guess\"\ninput = { candidates = \"{{ trigger.candidates }}\", how = \"{{ trigger.how }}\" }\n\n[steps.grants]\nnet = [\"api.example.com\"]\nsecrets = { api = \"api\" }\n";
+    let bundle = support::bundle(&site, "guess", "hostile.wasm", text);
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api.deploy("team-a", "guess", &token, &bundle).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let value = wrun_tests::canary("guess");
+    let r = api
+        .put(
+            "/v1/workspaces/team-a/connections/api",
+            &token,
+            &json!({ "value": value, "hosts": ["api.example.com"] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let mut candidates: Vec<String> = (0..20).map(|_| wrun_tests::canary("guess")).collect();
+    candidates[7] = value.clone();
+    let backwards: Vec<String> = candidates
+        .iter()
+        .map(|c| c.chars().rev().collect())
+        .collect();
+    // Through the guest's log (it turns the candidates around), and through
+    // the step's input itself.
+    for (list, how, channel) in [(&backwards, "log", "log"), (&candidates, "output", "input")] {
+        let r = api
+            .post(
+                "/v1/workspaces/team-a/recipes/guess/runs",
+                &token,
+                &json!({ "environment": "prod", "input": { "candidates": list, "how": how } }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+        let job = r.json["job"].as_str().unwrap().to_string();
+        let detail = api.wait_job("team-a", &job, &token).await;
+        assert_eq!(detail["state"], "failed", "{detail}");
+        let step = &detail["steps"][0];
+        let error = step["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("secret misuse") && error.contains(&format!("in its {channel},")),
+            "{detail}"
+        );
+        // The record names no candidate and masks none.
+        let record = step.to_string();
+        assert!(!record.contains("***"), "{record}");
+        for c in candidates.iter().chain(&backwards) {
+            assert!(!record.contains(c.as_str()), "{record}");
+        }
+    }
+    let r = api.send(http::Method::GET, "/metrics", None, None).await;
+    let metrics = String::from_utf8_lossy(&r.raw).into_owned();
+    assert!(
+        metrics.lines().any(|l| l == "wrun_secret_misuse_total 2"),
+        "{metrics}"
+    );
+    drop(api);
+    drop(daemon);
+    let stream = site.ok(site.wrun().args(["audit", "stream"]));
+    let misuse: Vec<&str> = stream
+        .lines()
+        .filter(|l| l.contains("\"secret.misuse\""))
+        .collect();
+    assert_eq!(misuse.len(), 2, "{stream}");
+    assert!(!stream.contains(&value), "the audit log holds the value");
 }

@@ -45,6 +45,7 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 use self::addr::{AddressPolicy, Host};
 use crate::events::{AuditEvent, AuditKind, Event};
 use crate::mask::{Masker, StreamMasker};
+use crate::misuse::{Channel, MISUSE_REFUSAL, StepMisuse};
 use crate::policy::NetGrant;
 use crate::secrets::{BodyInjector, Injector, PlaceholderMatcher, Refusal};
 
@@ -269,11 +270,42 @@ pub(crate) struct Scope {
     pub(crate) requests: AtomicU32,
     pub(crate) observer: Arc<dyn crate::events::Observer>,
     pub(crate) events: Arc<Mutex<Vec<Event>>>,
+    /// The step's misuse watch: connection values in the guest's requests.
+    pub(crate) misuse: Arc<StepMisuse>,
 }
 
 impl Scope {
+    /// Searches the guest's URL and headers for connection values, before
+    /// anything about the request is reported (a reported URL holding a
+    /// value would be masked, which would answer a guess). After a catch,
+    /// every request of the step is refused.
+    fn check_misuse(&self, parts: &http::request::Parts) -> Result<(), HttpError> {
+        let caught = self
+            .misuse
+            .check(Channel::Request, parts.uri.to_string().as_bytes())
+            || parts.headers.iter().any(|(name, value)| {
+                self.misuse
+                    .check(Channel::Request, name.as_str().as_bytes())
+                    || self.misuse.check(Channel::Request, value.as_bytes())
+            });
+        if caught {
+            Err(misuse_refusal())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A refusal of the body: misuse was recorded by the body's watch
+    /// already; anything else is refused as usual.
+    fn refuse_body(&self, url: &str, refusal: Refusal) -> HttpError {
+        if self.misuse.is_caught() {
+            return misuse_refusal();
+        }
+        self.refuse(url, refusal, AuditKind::EgressRefused)
+    }
+    /// Adds an event to the step's record (the observer gets it when the
+    /// step ends, see `Job::run`).
     fn report(&self, event: Event) {
-        self.observer.event(&event);
         if let Ok(mut events) = self.events.lock() {
             events.push(event);
         }
@@ -306,6 +338,11 @@ impl Scope {
         });
         HttpError::InternalError(Some(format!("wrun egress refused: {reason}")))
     }
+}
+
+/// What the guest gets for a request refused for misuse (recorded already).
+fn misuse_refusal() -> HttpError {
+    HttpError::InternalError(Some(format!("wrun egress refused: {MISUSE_REFUSAL}")))
 }
 
 /// The URL as it may be reported: scheme, authority and path, no query.
@@ -344,6 +381,10 @@ impl Egress {
     ) -> Result<Response<WasiBody>, HttpError> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
+        if let Err(e) = scope.check_misuse(&parts) {
+            drain_in_background(body);
+            return Err(e);
+        }
         let url = reportable_url(&parts.uri);
         let refuse_egress =
             |reason: String| scope.refuse(&url, Refusal::egress(reason), AuditKind::EgressRefused);
@@ -438,7 +479,9 @@ impl Egress {
             drain_in_background(body);
             RequestBody::empty()
         } else {
-            let injector = injector.body(content_type.as_deref());
+            let injector = injector
+                .body(content_type.as_deref())
+                .watched(scope.misuse.clone());
             match RequestBody::prefetch(
                 body,
                 injector,
@@ -449,7 +492,7 @@ impl Egress {
             {
                 Ok(body) => body,
                 Err(PrefetchError::Refused(refusal)) => {
-                    return Err(scope.refuse(&url, refusal, AuditKind::EgressRefused));
+                    return Err(scope.refuse_body(&url, refusal));
                 }
                 Err(PrefetchError::Http(e)) => return Err(e),
             }
@@ -523,7 +566,7 @@ impl Egress {
             Err(e) => {
                 let refused = refusal_slot.lock().ok().and_then(|mut s| s.take());
                 if let Some(refusal) = refused {
-                    return Err(scope.refuse(&url, refusal, AuditKind::EgressRefused));
+                    return Err(scope.refuse_body(&url, refusal));
                 }
                 // The request may have left with a value in it: record it,
                 // without a status.

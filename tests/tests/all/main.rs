@@ -11,5 +11,6 @@ mod egress;
 mod examples;
 mod limits;
 mod load;
+mod misuse;
 mod polyglot;
 mod secrets;
