@@ -169,6 +169,7 @@ fn body_env(env: &mut TestEnv) -> (String, Grants) {
     let grants = Grants::builder()
         .net(env.host(AUTH))
         .secret("client", "oauth-client")
+        .env("api_base")
         .build()
         .unwrap();
     (value, grants)
