@@ -270,7 +270,7 @@ async fn a_guessing_step_fails_is_audited_and_counted_without_naming_the_candida
     let site = Site::new("");
     site.member("team-a", "alice", "admin");
     let token = site.token("team-a", "alice", "*:write");
-    let text = "[recipe]\nname = \"guess\"\n\n[trigger]\nkind = \"webhook\"\n\n[[steps]]\nname = \"guess\"\ncomponent = \"components/hostile.wasm\"\naction = \"guess\"\ninput = { candidates = \"{{ trigger.candidates }}\", how = \"{{ trigger.how }}\" }\n\n[steps.grants]\nnet = [\"api.example.com\"]\nsecrets = { api = \"api\" }\n";
+    let text = "[recipe]\nname = \"guess\"\n\n[trigger]\nkind = \"webhook\"\n\n[[steps]]\nname = \"guess\"\ncomponent = \"components/hostile.wasm\"\naction = \"guess\"\ninput = { candidates = \"{{ trigger.candidates }}\", how = \"{{ trigger.how }}\" }\n\n[steps.grants]\nnet = [\"api.example.com\"]\nsecrets = { api = \"api\" }\nenv = [\"unused\"]\n";
     let bundle = support::bundle(&site, "guess", "hostile.wasm", text);
     let daemon = site.start();
     let mut api = daemon.client().await;
