@@ -187,13 +187,11 @@ impl JsonScanner {
                 }
             }
             b'{' | b'[' => {
-                if self.depth == 0 {
-                    if self.closed {
-                        // A second top-level value: not one JSON document.
-                    } else {
-                        self.top_object = b == b'{';
-                        self.member = Member::Key;
-                    }
+                // (A second top-level value is not one JSON document: it
+                // stays `closed`.)
+                if self.depth == 0 && !self.closed {
+                    self.top_object = b == b'{';
+                    self.member = Member::Key;
                 } else if self.at_top() {
                     // A nested container is the member's value.
                     self.member = Member::Next;
