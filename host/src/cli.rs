@@ -687,7 +687,7 @@ fn validate_connection(name: &str, hosts: &[String], apply: &str) -> Result<()> 
     apply
         .parse::<Placement>()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let hosts = wrun_runtime::policy::NetGrant::parse(hosts)
+    let hosts = wrun_runtime::policy::NetGrant::parse_for_connection(hosts)
         .map_err(|e| anyhow::anyhow!("connection `{name}`: {e}"))?;
     ensure!(
         !hosts.is_empty(),

@@ -18,6 +18,15 @@
 //! spells the address (`127.0.0.1` matches `2130706433`). A grant says which
 //! hosts a step may name; whether the address actually connected to may be
 //! reached is a separate check ([`crate::egress::addr::AddressPolicy`]).
+//!
+//! The hosts of a connection (where a credential may be sent) are parsed
+//! with [`NetGrant::parse_for_connection`], which also refuses a wildcard
+//! over a public suffix (`*.co.uk`, `*.herokuapp.com`,
+//! `*.s3.amazonaws.com`): the names under one belong to unrelated owners,
+//! so any of them could receive the credential. The Public Suffix List comes
+//! from the `psl` crate, compiled in, so no file or network is read. A step's
+//! `net` grant may still name such a wildcard: it is broad, but it sends no
+//! credential anywhere that the connection does not allow.
 
 use std::fmt;
 use std::str::FromStr;
@@ -181,6 +190,17 @@ impl HostPattern {
     pub fn is_wildcard(&self) -> bool {
         matches!(self.target, Target::Wildcard(_))
     }
+
+    /// Whether the pattern is a wildcard directly over a public suffix of
+    /// the Public Suffix List (ICANN or private section): `*.co.uk`,
+    /// `*.herokuapp.com`, `*.s3.amazonaws.com`. Exact hosts never are.
+    pub fn covers_public_suffix(&self) -> bool {
+        match &self.target {
+            Target::Wildcard(base) => psl::suffix(base.as_bytes())
+                .is_some_and(|suffix| suffix.is_known() && suffix.as_bytes() == base.as_bytes()),
+            Target::Exact(_) => false,
+        }
+    }
 }
 
 impl FromStr for HostPattern {
@@ -229,6 +249,28 @@ impl NetGrant {
             .map(|item| HostPattern::parse(item.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(NetGrant { patterns })
+    }
+
+    /// Parses the hosts of a connection: like [`NetGrant::parse`], and
+    /// refuses a wildcard over a public suffix
+    /// ([`HostPattern::covers_public_suffix`]).
+    ///
+    /// # Errors
+    ///
+    /// The [`PatternError`] of the first entry that does not parse, or
+    /// [`PatternError::PublicSuffix`] for the first one over a public suffix.
+    pub fn parse_for_connection<I, S>(items: I) -> Result<NetGrant, PatternError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let grant = NetGrant::parse(items)?;
+        if let Some(broad) = grant.patterns.iter().find(|p| p.covers_public_suffix()) {
+            return Err(PatternError::PublicSuffix {
+                input: broad.to_string(),
+            });
+        }
+        Ok(grant)
     }
 
     /// Whether the grant lists no host, and so denies every request.
@@ -294,6 +336,15 @@ pub enum PatternError {
     )]
     WildcardTooBroad {
         /// The entry as written.
+        input: String,
+    },
+    /// A connection host wildcard over a public suffix (`*.co.uk`,
+    /// `*.herokuapp.com`): names under it belong to unrelated owners.
+    #[error(
+        "connection host {input:?} covers a public suffix, whose names belong to unrelated owners; name the hosts exactly (as in `myapp.herokuapp.com`) or a wildcard under your own domain"
+    )]
+    PublicSuffix {
+        /// The entry, normalised.
         input: String,
     },
     /// A `*` somewhere other than a leading `*.` label.
@@ -662,6 +713,43 @@ mod tests {
             matches!(err, PatternError::Scheme { ref suggestion, .. } if suggestion == "bad.example"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn connection_hosts_refuse_wildcards_over_public_suffixes() {
+        for input in [
+            "*.herokuapp.com",
+            "*.co.uk",
+            "*.s3.amazonaws.com",
+            "*.github.io",
+            "*.CO.UK.",
+            "*.co.uk:8443",
+        ] {
+            let err = NetGrant::parse_for_connection(["api.example.com", input]).expect_err(input);
+            assert!(
+                matches!(err, PatternError::PublicSuffix { .. }),
+                "{input}: {err:?}"
+            );
+            assert!(err.to_string().contains("public suffix"), "{err}");
+            // A step's net grant may still name it.
+            assert!(NetGrant::parse([input]).is_ok(), "{input}");
+        }
+        // `*.com` is refused for being a single label already.
+        assert!(matches!(
+            NetGrant::parse_for_connection(["*.com"]),
+            Err(PatternError::WildcardTooBroad { .. })
+        ));
+        for input in [
+            "*.example.com",
+            "*.myapp.herokuapp.com",
+            "*.example.co.uk",
+            "myapp.herokuapp.com",
+            "co.uk",
+            "*.corp.internal",
+            "127.0.0.1:*",
+        ] {
+            assert!(NetGrant::parse_for_connection([input]).is_ok(), "{input}");
+        }
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl Connection {
         S: AsRef<str>,
     {
         let name = name.into();
-        let hosts = NetGrant::parse(hosts)
+        let hosts = NetGrant::parse_for_connection(hosts)
             .map_err(|e| ConnectionError(format!("connection `{name}`: {e}")))?;
         if hosts.is_empty() {
             return Err(ConnectionError(format!(

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::audit::{self, AuditKey, Entry, Outcome, VerifyReport};
 use super::auth::{self, NewToken};
+use super::sqlite::last_admin_refusal;
 use crate::keys::MasterKey;
 use crate::store_sqlite::{OpenMode, Store, check_name, now};
 
@@ -100,6 +101,9 @@ pub(crate) fn set_member(
                 |r| r.get(0),
             )
             .ok();
+        if let Some(refusal) = last_admin_refusal(conn, workspace, subject, Some(role))? {
+            bail!("{refusal}");
+        }
         conn.execute(
             "INSERT INTO members (workspace, subject, role, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (workspace, subject) DO UPDATE SET role = excluded.role",
@@ -125,6 +129,9 @@ pub(crate) fn remove_member(
     subject: &str,
 ) -> Result<()> {
     audited(store, key, |conn| {
+        if let Some(refusal) = last_admin_refusal(conn, workspace, subject, None)? {
+            bail!("{refusal}");
+        }
         let n = conn.execute(
             "DELETE FROM members WHERE workspace = ?1 AND subject = ?2",
             params![workspace, subject],

@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,10 +28,10 @@ use zeroize::Zeroizing;
 use super::audit::{Entry, Outcome};
 use super::auth::{self, Access, IpAllowlist, JwtVerifier, NewToken, PermissionSet, Resource};
 use super::config::DaemonConfig;
-use super::http_error::{ApiError, LazyJson, body_read_error};
+use super::http_error::{ApiError, LazyJson, read_body};
 use super::jobs::{Runner, new_job_id};
 use super::metrics::{Metrics, WebhookOutcome};
-use super::ratelimit::{RateLimiter, retry_after_secs};
+use super::ratelimit::{RateLimiter, client_key, retry_after_secs};
 use super::schedule::Schedule;
 use super::signature;
 use super::sqlite::now_millis;
@@ -55,13 +53,18 @@ pub(crate) struct AppState {
     pub(crate) jwt: Option<Arc<JwtVerifier>>,
     /// Configuration.
     pub(crate) config: Arc<DaemonConfig>,
-    /// Per-token (or per-subject) request limits.
+    /// Per-token (or per-subject) request limits, counted only once the
+    /// credential is verified.
     pub(crate) token_limits: Arc<RateLimiter>,
+    /// Per-client-address (IPv6: per /64) API request limits, counted before
+    /// any credential is verified.
+    pub(crate) address_limits: Arc<RateLimiter>,
     /// Per-webhook request limits.
     pub(crate) webhook_limits: Arc<RateLimiter>,
-    /// Per-client-address limits of failed authentications and unknown
-    /// webhooks: past it, failures are answered 429 and not audited one by
-    /// one, so nobody can fill the audit log from outside.
+    /// Per-client-address limits of failed authentications, unknown
+    /// webhooks and bad webhook signatures: past it, failures are answered
+    /// 429 and not audited one by one, so nobody can fill the audit log
+    /// from outside.
     pub(crate) failure_limits: Arc<RateLimiter>,
     /// Bundle deployments parsed and compiled at once.
     pub(crate) deploys: Arc<tokio::sync::Semaphore>,
@@ -155,8 +158,8 @@ impl AppState {
         workspace: Option<&str>,
     ) -> ApiError {
         self.metrics.auth_failure(code);
-        if let Err(wait) = self.failure_limits.check(&ip.to_string()) {
-            return ApiError::too_many_requests(retry_after_secs(wait));
+        if let Err(limited) = self.limit_failure(ip) {
+            return limited;
         }
         let entry = Entry {
             workspace: workspace.map(String::from),
@@ -200,13 +203,29 @@ impl AppState {
         Ok(principal)
     }
 
-    /// Authenticates the caller (token or JWT) and applies its rate limit.
+    /// Counts one failure from `ip`'s network.
+    ///
+    /// # Errors
+    ///
+    /// 429 once the network is past its failure budget.
+    fn limit_failure(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.failure_limits
+            .check(&client_key(ip))
+            .map_err(|wait| ApiError::too_many_requests(retry_after_secs(wait)))
+    }
+
+    /// Authenticates the caller (token or JWT) and applies the rate limits:
+    /// the client address's before anything is verified, the credential's
+    /// only once it is.
     async fn authenticate(
         &self,
         headers: &HeaderMap,
         addr: SocketAddr,
     ) -> Result<Principal, ApiError> {
         let ip = client_ip(addr);
+        self.address_limits
+            .check(&client_key(ip))
+            .map_err(|wait| ApiError::too_many_requests(retry_after_secs(wait)))?;
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(self
                 .auth_failure(
@@ -243,7 +262,8 @@ impl AppState {
         Ok(principal)
     }
 
-    /// The per-credential rate limit, checked before any database work.
+    /// The per-credential rate limit, checked once the credential is
+    /// verified (so nobody spends another's budget by naming it).
     fn limit(&self, key: &str) -> Result<(), ApiError> {
         self.token_limits
             .check(key)
@@ -260,7 +280,6 @@ impl AppState {
             }
         };
         let actor = format!("token:{}", parsed.id);
-        self.limit(&actor)?;
         let record = self
             .storage
             .token(&parsed.id)
@@ -271,6 +290,7 @@ impl AppState {
                 .auth_failure(ip, "token_unknown", "the token is not valid", &actor)
                 .await);
         };
+        self.limit(&actor)?;
         let now = crate::store_sqlite::now();
         if record.revoked_at.is_some() {
             return Err(self
@@ -387,14 +407,19 @@ macro_rules! api_routes {
         pub(crate) fn router(config: &DaemonConfig) -> Router<AppState> {
             let mut router = Router::new();
             $(
-                let limit = if $path == "/v1/workspaces/{ws}/recipes/{name}" {
-                    config.limits.max_bundle_bytes
+                let (limit, read_secs) = if $path == "/v1/workspaces/{ws}/recipes/{name}" {
+                    (config.limits.max_bundle_bytes, config.limits.bundle_read_timeout_secs)
                 } else {
-                    config.limits.max_body_bytes
+                    (config.limits.max_body_bytes, config.limits.body_read_timeout_secs)
                 };
                 router = router.route(
                     $path,
-                    axum::routing::$method($handler).layer(DefaultBodyLimit::max(limit)),
+                    axum::routing::$method($handler)
+                        .layer(DefaultBodyLimit::max(limit))
+                        .layer(axum::middleware::from_fn_with_state(
+                            std::time::Duration::from_secs(read_secs),
+                            super::http_error::body_deadline,
+                        )),
                 );
             )*
             super::http_error::with_json_errors(router)
@@ -495,7 +520,7 @@ async fn webhook(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> ApiResult {
     let ip = client_ip(addr);
     let well_formed =
@@ -508,48 +533,24 @@ async fn webhook(
     let Some(trigger) = trigger.filter(|t| t.kind == TriggerKind::Webhook) else {
         s.metrics.webhook(WebhookOutcome::Rejected);
         // Guessing webhook ids is limited per client address.
-        if let Err(wait) = s.failure_limits.check(&ip.to_string()) {
-            return Err(ApiError::too_many_requests(retry_after_secs(wait)));
-        }
+        s.limit_failure(ip)?;
         return Err(ApiError::not_found("webhook"));
     };
-    // Keyed by an id that exists: the limiter's map stays bounded.
-    if let Err(wait) = s.webhook_limits.check(&trigger.id) {
-        s.metrics.webhook(WebhookOutcome::RateLimited);
-        return Err(ApiError::too_many_requests(retry_after_secs(wait)));
+    // An unsigned webhook has nothing to verify: its budget is counted now.
+    // A signed one's is counted only once the signature holds, so nobody
+    // without the secret can spend the real sender's budget.
+    if trigger.secret.is_none() {
+        s.limit_webhook(&trigger.id)?;
     }
-    // An unreadable or oversized body answers in the error format too.
-    let body = body.map_err(body_read_error)?;
-    if let Some(secret) = &trigger.secret {
-        let header = headers
-            .get(signature::HEADER_NAME)
-            .and_then(|v| v.to_str().ok());
-        if let Err(e) = signature::verify(
-            secret,
-            header,
-            &body,
-            crate::store_sqlite::now(),
-            s.config.webhooks.signature_window_secs,
-        ) {
-            s.metrics.webhook(WebhookOutcome::Rejected);
-            s.metrics.auth_failure(e.code());
-            let entry = Entry {
-                workspace: Some(trigger.workspace.clone()),
-                actor: "webhook".into(),
-                action: "webhook.signature".into(),
-                target: format!(
-                    "recipe:{}/webhook:{}",
-                    trigger.recipe,
-                    public_id(&trigger.id)
-                ),
-                source: Some(ip.to_string()),
-                outcome: Outcome::Denied,
-                detail: json!({ "reason": e.code() }),
-            };
-            let _ = s.storage.audit(vec![entry]).await;
-            return Err(ApiError::unauthorized(e.code(), e.to_string()));
+    let body = read_body(body, s.config.limits.max_body_bytes).await?;
+    let verified = match &trigger.secret {
+        Some(secret) => {
+            let verified = verify_delivery(&s, &trigger, secret, &headers, &body, ip).await?;
+            s.limit_webhook(&trigger.id)?;
+            Some(verified)
         }
-    }
+        None => None,
+    };
     let payload: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -557,38 +558,9 @@ async fn webhook(
             ApiError::bad_request("malformed_json", format!("the payload is not JSON: {e}"))
         })?
     };
-    let idempotency_key = match headers.get(IDEMPOTENCY_HEADER) {
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 256)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1 to 256 visible ASCII characters",
-                    )
-                })?;
-            Some(key.to_string())
-        }
-        None => None,
-    };
-    // A signed delivery is deduplicated by its signature, which a replayer
-    // cannot change (the Idempotency-Key header is not signed): a captured
-    // delivery replayed within the window finds the job it already made.
-    let idempotency_key = match (&trigger.secret, headers.get(signature::HEADER_NAME)) {
-        (Some(_), Some(sig)) => {
-            use sha2::Digest as _;
-            let digest = sha2::Sha256::digest(sig.as_bytes());
-            Some(format!(
-                "sig:{}",
-                digest
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            ))
-        }
-        _ => idempotency_key,
+    let idempotency_key = match verified {
+        Some(verified) => Some(delivery_key(&trigger.id, &verified)),
+        None => idempotency_header(&headers)?,
     };
     let job = NewJob {
         id: new_job_id(),
@@ -609,6 +581,95 @@ async fn webhook(
         }
         Enqueued::Duplicate(id) => reply(StatusCode::OK, json!({ "job": id, "duplicate": true })),
     }
+}
+
+impl AppState {
+    /// Counts one delivery against a webhook's budget.
+    fn limit_webhook(&self, id: &str) -> Result<(), ApiError> {
+        // Keyed by an id that exists: the limiter's map stays bounded.
+        self.webhook_limits.check(id).map_err(|wait| {
+            self.metrics.webhook(WebhookOutcome::RateLimited);
+            ApiError::too_many_requests(retry_after_secs(wait))
+        })
+    }
+}
+
+/// Checks a signed delivery's signature.
+///
+/// # Errors
+///
+/// 401 with the signature error's code; a failure is audited unless the
+/// client address is past its failure budget, which answers 429 instead.
+async fn verify_delivery(
+    s: &AppState,
+    trigger: &TriggerRecord,
+    secret: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+    ip: IpAddr,
+) -> Result<signature::Verified, ApiError> {
+    let header = headers
+        .get(signature::HEADER_NAME)
+        .and_then(|v| v.to_str().ok());
+    let window = s.config.webhooks.signature_window_secs;
+    let e = match signature::verify(secret, header, body, crate::store_sqlite::now(), window) {
+        Ok(verified) => return Ok(verified),
+        Err(e) => e,
+    };
+    s.metrics.webhook(WebhookOutcome::Rejected);
+    s.metrics.auth_failure(e.code());
+    s.limit_failure(ip)?;
+    let entry = Entry {
+        workspace: Some(trigger.workspace.clone()),
+        actor: "webhook".into(),
+        action: "webhook.signature".into(),
+        target: format!(
+            "recipe:{}/webhook:{}",
+            trigger.recipe,
+            public_id(&trigger.id)
+        ),
+        source: Some(ip.to_string()),
+        outcome: Outcome::Denied,
+        detail: json!({ "reason": e.code() }),
+    };
+    if let Err(err) = s.storage.audit(vec![entry]).await {
+        tracing::error!(error = %err, "a webhook signature failure was not audited");
+    }
+    Err(ApiError::unauthorized(e.code(), e.to_string()))
+}
+
+/// The deduplication key of a signed delivery: its canonical form (webhook,
+/// `t`, the MAC that matched), so every spelling of one signed request, which
+/// a replayer can vary at will, finds the job the first one made. The
+/// `Idempotency-Key` header is not signed, so it is not used.
+fn delivery_key(webhook: &str, verified: &signature::Verified) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(webhook.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(verified.t.to_be_bytes())
+        .chain_update(verified.mac)
+        .finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sig:{hex}")
+}
+
+/// The `Idempotency-Key` of an unsigned delivery, if it sent one.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 256 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_string()))
 }
 
 async fn list_recipes(
@@ -634,18 +695,7 @@ async fn put_recipe(
         .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
         .await?;
     // The body is read only once the caller is known to be allowed.
-    let body = axum::body::to_bytes(body, s.config.limits.max_bundle_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the bundle is larger than the {} bytes the server accepts",
-                    s.config.limits.max_bundle_bytes
-                ),
-            )
-        })?;
+    let body = read_body(body, s.config.limits.max_bundle_bytes).await?;
     let _deploying = s
         .deploys
         .acquire()
@@ -1219,7 +1269,7 @@ async fn put_connection(
         .authorize(&headers, addr, &ws, Resource::Connections, Access::Write)
         .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
-    wrun_runtime::policy::NetGrant::parse(&body.hosts)
+    wrun_runtime::policy::NetGrant::parse_for_connection(&body.hosts)
         .map_err(|e| ApiError::bad_request("invalid_host", format!("hosts: {e}")))?;
     body.placement
         .parse::<wrun_runtime::Placement>()
@@ -1603,11 +1653,8 @@ async fn set_member(
             "a member cannot be given a role with permissions the caller lacks",
         ));
     }
-    let before = s
-        .storage
-        .member_role(&ws, &subject)
-        .await
-        .map_err(storage_error)?;
+    // Nor takes a role away from someone who holds more than they do.
+    let before = current_role_within_reach(&s, &p, &ws, &subject).await?;
     let audit = p.entry(
         "member.role",
         format!("member:{subject}"),
@@ -1616,7 +1663,7 @@ async fn set_member(
     s.storage
         .set_member(&ws, &subject, &body.role, audit)
         .await
-        .map_err(storage_error)?;
+        .map_err(member_change_error)?;
     reply(
         StatusCode::OK,
         json!({ "subject": subject, "role": body.role }),
@@ -1632,15 +1679,64 @@ async fn remove_member(
     let p = s
         .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
         .await?;
+    if current_role_within_reach(&s, &p, &ws, &subject)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("member"));
+    }
     let audit = p.entry("member.remove", format!("member:{subject}"), json!({}));
     if s.storage
         .remove_member(&ws, &subject, audit)
         .await
-        .map_err(storage_error)?
+        .map_err(member_change_error)?
     {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found("member"))
+    }
+}
+
+/// The current role of `subject`, if a member, after checking that the
+/// caller holds everything that role grants (and is an admin to touch an
+/// admin): nobody removes or demotes someone who outranks them.
+///
+/// # Errors
+///
+/// 403 if the member's role grants more than the caller holds.
+async fn current_role_within_reach(
+    s: &AppState,
+    p: &Principal,
+    ws: &str,
+    subject: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(role) = s
+        .storage
+        .member_role(ws, subject)
+        .await
+        .map_err(storage_error)?
+    else {
+        return Ok(None);
+    };
+    let held = s
+        .storage
+        .role_permissions(ws, &role)
+        .await
+        .map_err(storage_error)?
+        .unwrap_or(PermissionSet::ALL);
+    if !held.is_subset_of(p.permissions) || (role == "admin" && !p.admin) {
+        return Err(ApiError::forbidden(format!(
+            "`{subject}` has role `{role}`, which grants more than this credential holds"
+        )));
+    }
+    Ok(Some(role))
+}
+
+/// Maps a member change's storage error; a conflict is the last admin.
+fn member_change_error(e: StorageError) -> ApiError {
+    match e {
+        StorageError::Conflict(msg) => ApiError::conflict("last_admin", msg),
+        other => storage_error(other),
     }
 }
 

@@ -21,6 +21,10 @@
 //! webhook_burst = 1000
 //! failures_per_second = 10                  # failed logins per client address
 //! failure_burst = 100
+//! address_per_second = 100                  # API requests per client address
+//! address_burst = 200                       #   (IPv6: per /64), before verification
+//! body_read_timeout_secs = 10               # a whole request body must arrive in this
+//! bundle_read_timeout_secs = 300            # ... and a recipe bundle in this
 //!
 //! [workers]
 //! concurrency = 64
@@ -137,6 +141,19 @@ pub(crate) struct Limits {
     /// Burst of failures per client address.
     #[serde(default = "default_failure_burst")]
     pub(crate) failure_burst: u32,
+    /// API requests per second per client address (IPv6: per /64), counted
+    /// before any credential is verified.
+    #[serde(default = "default_address_rps")]
+    pub(crate) address_per_second: u32,
+    /// Burst of API requests per client address.
+    #[serde(default = "default_address_burst")]
+    pub(crate) address_burst: u32,
+    /// Seconds a whole request body may take to arrive after the head.
+    #[serde(default = "default_body_read_timeout")]
+    pub(crate) body_read_timeout_secs: u64,
+    /// Seconds a recipe bundle upload may take to arrive after the head.
+    #[serde(default = "default_bundle_read_timeout")]
+    pub(crate) bundle_read_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -152,6 +169,10 @@ impl Default for Limits {
             webhook_burst: default_webhook_burst(),
             failures_per_second: default_failures(),
             failure_burst: default_failure_burst(),
+            address_per_second: default_address_rps(),
+            address_burst: default_address_burst(),
+            body_read_timeout_secs: default_body_read_timeout(),
+            bundle_read_timeout_secs: default_bundle_read_timeout(),
         }
     }
 }
@@ -252,6 +273,18 @@ fn default_failures() -> u32 {
 }
 fn default_failure_burst() -> u32 {
     100
+}
+fn default_address_rps() -> u32 {
+    100
+}
+fn default_address_burst() -> u32 {
+    200
+}
+fn default_body_read_timeout() -> u64 {
+    10
+}
+fn default_bundle_read_timeout() -> u64 {
+    300
 }
 fn default_concurrency() -> usize {
     64
@@ -379,6 +412,12 @@ impl DaemonConfig {
         if self.workers.concurrency == 0 || self.workers.per_workspace == 0 {
             return Err(ConfigError::Inconsistent(
                 "[workers] concurrency and per_workspace must be at least 1".into(),
+            ));
+        }
+        if self.limits.body_read_timeout_secs == 0 || self.limits.bundle_read_timeout_secs == 0 {
+            return Err(ConfigError::Inconsistent(
+                "[limits] body_read_timeout_secs and bundle_read_timeout_secs must be at least 1"
+                    .into(),
             ));
         }
         if self.limits.token_max_lifetime_secs == 0 {

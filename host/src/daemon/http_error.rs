@@ -8,20 +8,34 @@
 //! [`with_json_errors`] makes unknown routes (404) and wrong methods (405)
 //! answer in it too.
 //!
+//! Request bodies are read by [`read_body`] only, under a deadline that
+//! [`body_deadline`] sets when the request head has arrived: a client that
+//! sends its headers and then trickles or stalls the body gets
+//! `408 body_timeout` with `Connection: close` once the deadline passes, so
+//! slow bodies cannot hold connections (and their slots) forever.
+//!
 //! Messages never carry internals ([`ApiError::internal`] is generic) and
 //! never quote string values from a request body: serde's messages are
 //! redacted, because a secret sent in the wrong field would otherwise be
 //! echoed back.
 
 use std::fmt;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{FromRequest, Request};
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    CONNECTION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use http_body::{Frame, SizeHint};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -207,6 +221,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body is not read: the connection ends here.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -256,22 +274,109 @@ impl<T: DeserializeOwned> LazyJson<T> {
         if !self.json {
             return Err(ApiError::unsupported_media_type("application/json"));
         }
-        let bytes = axum::body::to_bytes(self.body, limit).await.map_err(|e| {
-            let inner = e.into_inner();
-            if inner
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::new(
+        let bytes = read_body(self.body, limit).await?;
+        parse_json(&bytes)
+    }
+}
+
+/// Reads a whole request body of at most `limit` bytes.
+///
+/// # Errors
+///
+/// 413 `body_too_large` past `limit`, 408 `body_timeout` (with
+/// `Connection: close`) when the deadline set by [`body_deadline`] passes
+/// first, and 400 `invalid_body` when the body breaks off.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
+        while let Some(error) = cause {
+            if error.is::<http_body_util::LengthLimitError>() {
+                return ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
-                    "request body is larger than the server accepts",
-                )
-            } else {
-                ApiError::bad_request("invalid_body", "the request body could not be read")
+                    format!("request body is larger than the {limit} bytes the server accepts"),
+                );
             }
-        })?;
-        parse_json(&bytes)
+            if error.is::<BodyTimeout>() {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                );
+            }
+            cause = error.source();
+        }
+        ApiError::bad_request("invalid_body", "the request body could not be read")
+    })
+}
+
+/// The body deadline passed before the whole body arrived.
+#[derive(Debug)]
+struct BodyTimeout;
+
+impl fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body did not arrive before its deadline")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// Middleware: the request's body must arrive completely within `timeout`
+/// of the request head (see [`read_body`]).
+pub(crate) async fn body_deadline(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let request = request.map(|inner| {
+        Body::new(DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        })
+    });
+    next.run(request).await
+}
+
+/// A request body that fails with [`BodyTimeout`] once its deadline passes.
+///
+/// Written by hand because `tower-http`'s `TimeoutBody` restarts its timer
+/// at every frame, so a client trickling one byte at a time would never be
+/// cut off; this deadline is for the whole body.
+struct DeadlineBody {
+    /// The body as received.
+    inner: Body,
+    /// When the whole body must have arrived.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        // Data already received is handed on; the deadline counts only
+        // while the body keeps the reader waiting.
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimeout)))),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => ready,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -290,20 +395,6 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     match essence.strip_prefix("application/") {
         Some(subtype) => subtype == "json" || subtype.ends_with("+json"),
         None => false,
-    }
-}
-
-/// Maps a failure to read the body into the error format.
-pub(crate) fn body_read_error(rejection: BytesRejection) -> ApiError {
-    match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body is larger than the server accepts",
-            )
-        }
-        _ => ApiError::bad_request("invalid_body", "the request body could not be read"),
     }
 }
 
@@ -656,6 +747,48 @@ mod tests {
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
         );
+    }
+
+    /// A body that sends a first chunk and then nothing, forever.
+    struct Stalled(bool);
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.0 {
+                return Poll::Pending;
+            }
+            self.0 = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"{\"name\"")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out_with_408_and_closes() {
+        let app = app().layer(axum::middleware::from_fn_with_state(
+            Duration::from_millis(100),
+            body_deadline,
+        ));
+        let request = http::Request::post("/items")
+            .header("content-type", "application/json")
+            .body(Body::new(Stalled(false)))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), app.oneshot(request))
+            .await
+            .expect("the deadline cut the body off")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers().get(CONNECTION).unwrap(), "close");
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"]["code"], "body_timeout", "{json}");
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@
 //! job ends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -74,17 +74,94 @@ pub(crate) fn new_job_id() -> String {
 
 /// Reports the runtime's events: refusals and secret misuse go to the audit
 /// log and the metrics.
+///
+/// A guest looping over refused requests must not flood the audit log, yet
+/// no refusal may go unrecorded: each kind is written one entry per event up
+/// to its cap, and what is past the cap is counted and written as one
+/// `*.more` entry with the count when the job ends ([`JobObserver::overflow`]).
 struct JobObserver {
     storage: Arc<dyn Storage>,
     metrics: Metrics,
-    /// Audit entries written for this job so far: a guest looping over
-    /// refused requests must not flood the audit log.
-    audited: std::sync::atomic::AtomicUsize,
+    /// Whose job this is, for the aggregate entries.
+    workspace: String,
+    /// The job's id.
+    job: String,
+    /// The job's recipe.
+    recipe: String,
+    /// Egress refusals (and other runtime refusals).
+    refusals: AuditBudget,
+    /// Secret misuse: a generous cap, never silently dropped.
+    misuses: AuditBudget,
 }
 
-/// Most runtime audit entries written per job; later ones are counted in
-/// the metrics only.
-const MAX_AUDITS_PER_JOB: usize = 100;
+/// Most egress refusal entries written one by one per job.
+const MAX_REFUSALS_PER_JOB: usize = 100;
+
+/// Most secret misuse entries written one by one per job.
+const MAX_MISUSES_PER_JOB: usize = 1000;
+
+/// A per-job cap on audit entries of one kind, counting what is past it.
+#[derive(Debug)]
+struct AuditBudget {
+    /// Entries allowed one by one.
+    cap: usize,
+    /// Events seen so far.
+    seen: AtomicUsize,
+}
+
+impl AuditBudget {
+    fn new(cap: usize) -> AuditBudget {
+        AuditBudget {
+            cap,
+            seen: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts one event; `true` if it gets an entry of its own.
+    fn take(&self) -> bool {
+        self.seen.fetch_add(1, Ordering::Relaxed) < self.cap
+    }
+
+    /// How many events had no entry of their own.
+    fn over(&self) -> usize {
+        self.seen.load(Ordering::Relaxed).saturating_sub(self.cap)
+    }
+}
+
+impl JobObserver {
+    fn new(storage: Arc<dyn Storage>, metrics: Metrics, job: &super::storage::JobSummary) -> Self {
+        JobObserver {
+            storage,
+            metrics,
+            workspace: job.workspace.clone(),
+            job: job.id.clone(),
+            recipe: job.recipe.clone(),
+            refusals: AuditBudget::new(MAX_REFUSALS_PER_JOB),
+            misuses: AuditBudget::new(MAX_MISUSES_PER_JOB),
+        }
+    }
+
+    /// One entry per kind whose cap was passed, with how many events it
+    /// stands for; written when the job ends.
+    fn overflow(&self) -> Vec<Entry> {
+        [
+            ("egress.refused.more", &self.refusals),
+            ("secret.misuse.more", &self.misuses),
+        ]
+        .into_iter()
+        .filter(|(_, budget)| budget.over() > 0)
+        .map(|(action, budget)| Entry {
+            workspace: Some(self.workspace.clone()),
+            actor: format!("job:{}", self.job),
+            action: action.into(),
+            target: format!("recipe:{}", self.recipe),
+            source: None,
+            outcome: Outcome::Denied,
+            detail: json!({ "count": budget.over(), "written_singly": budget.cap }),
+        })
+        .collect()
+    }
+}
 
 impl Observer for JobObserver {
     fn event(&self, event: &Event) {
@@ -94,20 +171,17 @@ impl Observer for JobObserver {
     }
 
     fn audit(&self, event: &AuditEvent) {
-        if self.audited.fetch_add(1, Ordering::Relaxed) >= MAX_AUDITS_PER_JOB {
-            if event.kind == AuditKind::SecretMisuse {
-                self.metrics.secret_misuse();
-            }
-            return;
-        }
-        let action = match event.kind {
-            AuditKind::EgressRefused => "egress.refused",
+        let (action, budget) = match event.kind {
             AuditKind::SecretMisuse => {
                 self.metrics.secret_misuse();
-                "secret.misuse"
+                ("secret.misuse", &self.misuses)
             }
-            _ => "runtime.refused",
+            AuditKind::EgressRefused => ("egress.refused", &self.refusals),
+            _ => ("runtime.refused", &self.refusals),
         };
+        if !budget.take() {
+            return;
+        }
         let entry = Entry {
             workspace: Some(event.workspace.clone()),
             actor: format!("job:{}", event.job),
@@ -349,16 +423,17 @@ impl Runner {
             .storage
             .environment(&summary.workspace, &summary.environment)
             .await?;
+        let observer = Arc::new(JobObserver::new(
+            Arc::clone(&self.storage),
+            self.metrics.clone(),
+            &summary,
+        ));
         let mut options = JobOptions::new(&summary.workspace, &summary.recipe)
             .connections(
                 self.storage
                     .connections(&summary.workspace, &summary.environment),
             )
-            .observer(Arc::new(JobObserver {
-                storage: Arc::clone(&self.storage),
-                metrics: self.metrics.clone(),
-                audited: std::sync::atomic::AtomicUsize::new(0),
-            }));
+            .observer(Arc::clone(&observer) as Arc<dyn Observer>);
         options.id = summary.id.clone();
         for (k, v) in env.properties {
             options = options.property(k, v);
@@ -412,13 +487,20 @@ impl Runner {
                 .map(|e| job.mask_text(&e));
             match error {
                 Some(e) => (JobState::Failed, Some(e)),
-                // No step failed: a commit failed; leave it for recovery.
-                None => return Ok(()),
+                // No step failed: a commit failed; leave it for recovery,
+                // but what was past the audit caps is recorded now.
+                None => {
+                    let overflow = observer.overflow();
+                    if !overflow.is_empty() {
+                        self.storage.audit(overflow).await?;
+                    }
+                    return Ok(());
+                }
             }
         };
         let end = self
             .storage
-            .finish_job(&workspace, id, state, error, Vec::new())
+            .finish_job(&workspace, id, state, error, observer.overflow())
             .await?;
         self.metrics.job_finished(end);
         Ok(())
@@ -485,4 +567,20 @@ pub(crate) fn start_scheduler(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_budget_counts_what_is_past_its_cap() {
+        let budget = AuditBudget::new(3);
+        let singly = (0..10).filter(|_| budget.take()).count();
+        assert_eq!(singly, 3);
+        assert_eq!(budget.over(), 7);
+        let untouched = AuditBudget::new(3);
+        assert!(untouched.take());
+        assert_eq!(untouched.over(), 0);
+    }
 }

@@ -126,18 +126,25 @@ pub(crate) async fn serve(
         config.limits.failures_per_second,
         config.limits.failure_burst,
     ));
+    // Every API request per client network, before its credential is
+    // verified: the per-token budget is spent only by the token's holder.
+    let address_limits = Arc::new(RateLimiter::new(
+        config.limits.address_per_second,
+        config.limits.address_burst,
+    ));
     {
-        let (t, w, f, mut stop) = (
+        let limiters = [
             Arc::clone(&token_limits),
             Arc::clone(&webhook_limits),
             Arc::clone(&failure_limits),
-            stop_rx.clone(),
-        );
+            Arc::clone(&address_limits),
+        ];
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ratelimit::RETAIN_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { t.retain_recent(); w.retain_recent(); f.retain_recent(); }
+                    _ = tick.tick() => limiters.iter().for_each(|l| l.retain_recent()),
                     _ = stop.changed() => return,
                 }
             }
@@ -152,6 +159,7 @@ pub(crate) async fn serve(
         jwt,
         config: Arc::clone(&config),
         token_limits,
+        address_limits,
         webhook_limits,
         failure_limits: Arc::clone(&failure_limits),
         deploys: Arc::new(tokio::sync::Semaphore::new(2)),

@@ -9,10 +9,11 @@
 //! # Keys
 //!
 //! Keys are short identifiers the daemon already trusts: an API token's id
-//! (never the token itself, so no secret sits in the map) or a webhook's id.
-//! Requests that have not been resolved to a known token or webhook should
-//! be limited by a separate limiter keyed by client address, so that made-up
-//! keys cannot fill this one.
+//! (never the token itself, so no secret sits in the map) once the token has
+//! been verified, a webhook's id, or a client network ([`client_key`]).
+//! Requests that have not been verified are limited only by client network,
+//! so that neither made-up keys nor someone else's token id can spend a
+//! budget that is not theirs.
 //!
 //! # Bounded memory
 //!
@@ -24,6 +25,7 @@
 //! map holds at most the keys active within the last minute plus the time a
 //! bucket needs to refill (`(burst + 1) / per_second` seconds).
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -121,6 +123,22 @@ impl<C: Clock> RateLimiter<C> {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.inner.is_empty()
+    }
+}
+
+/// The limiter key of a client address: the address itself for IPv4, its
+/// /64 network for IPv6 (one subscriber usually holds a whole /64, so
+/// per-address keys would let it rotate through 2^64 budgets).
+pub(crate) fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(network))
+            }
+        },
     }
 }
 
@@ -240,6 +258,20 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
         assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
         assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn client_keys_group_ipv6_by_64() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            key("2001:db8:1:2::1")
+        );
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
     }
 
     #[test]

@@ -18,6 +18,15 @@
 //! the MAC before the timestamp (so only an authentic but stale or early
 //! request is told [`SignatureError::OutsideWindow`]), and never puts the
 //! secret, the expected MAC or the header's MACs into an error.
+//!
+//! # Replays
+//!
+//! One delivery can be spelled many ways that all verify: an extra unknown
+//! entry, upper-case hex, spaces, a leading zero in `t` (the MAC covers the
+//! decimal `t` as the sender meant it), the `v1` entry repeated. [`verify`]
+//! therefore returns the canonical [`Verified`] form, the parsed `t` and the
+//! MAC that matched, and the daemon deduplicates deliveries on that, never on
+//! the raw header.
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -97,6 +106,16 @@ pub(crate) fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
     out
 }
 
+/// A verified delivery in canonical form: equal for every spelling of one
+/// signed request, whatever else its header carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verified {
+    /// The signing time, in Unix seconds, as parsed (leading zeros gone).
+    pub(crate) t: i64,
+    /// The MAC that matched, as bytes (hex case and position forgotten).
+    pub(crate) mac: [u8; MAC_LEN],
+}
+
 /// Checks a request's signature header against `body`, at server time `now`.
 ///
 /// `header` is the raw `X-Wrun-Signature` value, or `None` if the request had
@@ -115,7 +134,7 @@ pub(crate) fn verify(
     body: &[u8],
     now: i64,
     window_secs: i64,
-) -> Result<(), SignatureError> {
+) -> Result<Verified, SignatureError> {
     let header = match header.map(str::trim) {
         None | Some("") => return Err(SignatureError::Missing),
         Some(h) => h,
@@ -138,7 +157,12 @@ pub(crate) fn verify(
             window_secs,
         });
     }
-    Ok(())
+    // A matching entry equals the expected MAC, so the expected MAC is the
+    // canonical form of whichever entry matched.
+    Ok(Verified {
+        t: parsed.t,
+        mac: expected.finalize().into_bytes().into(),
+    })
 }
 
 /// A parsed signature header.
@@ -273,7 +297,7 @@ mod tests {
 
     /// Checks `header` against `BODY` signed with `SECRET`, at `NOW`.
     fn check(header: &str) -> Result<(), SignatureError> {
-        verify(SECRET, Some(header), BODY, NOW, DEFAULT_WINDOW_SECS)
+        verify(SECRET, Some(header), BODY, NOW, DEFAULT_WINDOW_SECS).map(drop)
     }
 
     /// Asserts that no error message or Debug output contains the secret or a MAC.
@@ -344,13 +368,13 @@ mod tests {
         );
         // Empty body and empty secret are still well defined.
         assert_eq!(
-            verify(b"", Some(&sign(b"", NOW, b"")), b"", NOW, 10),
+            verify(b"", Some(&sign(b"", NOW, b"")), b"", NOW, 10).map(drop),
             Ok(())
         );
         // A secret longer than one block.
         let long = [7u8; 200];
         assert_eq!(
-            verify(&long, Some(&sign(&long, NOW, BODY)), BODY, NOW, 10),
+            verify(&long, Some(&sign(&long, NOW, BODY)), BODY, NOW, 10).map(drop),
             Ok(())
         );
     }
@@ -478,5 +502,30 @@ mod tests {
             check(&format!("t={NOW},v1={stale_mac},v1={stale_mac}")),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    #[test]
+    fn every_spelling_of_one_delivery_has_one_canonical_form() {
+        let good = sign(SECRET, NOW, BODY);
+        let mac = good.rsplit("v1=").next().unwrap().to_owned();
+        let stale = sign(b"whsec_previous", NOW, BODY);
+        let stale_mac = stale.rsplit("v1=").next().unwrap().to_owned();
+        let canonical = verify(SECRET, Some(&good), BODY, NOW, 300).unwrap();
+        assert_eq!(canonical.t, NOW);
+        let spellings = [
+            format!("{good},x=1"),
+            format!("t={NOW},v1={}", mac.to_uppercase()),
+            format!("t={NOW}, v1={mac}"),
+            format!("t=0{NOW},v1={mac}"),
+            format!("t={NOW},v1={mac},v1={mac}"),
+            format!("t={NOW},v1={stale_mac},v1={mac}"),
+        ];
+        for header in spellings {
+            let verified = verify(SECRET, Some(&header), BODY, NOW, 300).unwrap();
+            assert_eq!(verified, canonical, "{header}");
+        }
+        // Another delivery (another time) has another canonical form.
+        let later = verify(SECRET, Some(&sign(SECRET, NOW + 1, BODY)), BODY, NOW, 300).unwrap();
+        assert_ne!(later, canonical);
     }
 }

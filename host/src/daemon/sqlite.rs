@@ -765,6 +765,56 @@ fn delete_audited(
     Ok(n > 0)
 }
 
+/// Why removing or demoting the last admin is refused, or `None` if the
+/// change keeps an admin: removing `subject` (`new_role` `None`) or giving
+/// them `new_role`. Call it in the transaction that makes the change, so two
+/// admins demoting each other at once cannot both succeed.
+pub(crate) fn last_admin_refusal(
+    conn: &Connection,
+    workspace: &str,
+    subject: &str,
+    new_role: Option<&str>,
+) -> rusqlite::Result<Option<String>> {
+    if new_role == Some("admin") {
+        return Ok(None);
+    }
+    let current: Option<String> = conn
+        .query_row(
+            "SELECT role FROM members WHERE workspace = ?1 AND subject = ?2",
+            params![workspace, subject],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if current.as_deref() != Some("admin") {
+        return Ok(None);
+    }
+    let admins: i64 = conn.query_row(
+        "SELECT count(*) FROM members WHERE workspace = ?1 AND role = 'admin'",
+        params![workspace],
+        |r| r.get(0),
+    )?;
+    Ok((admins <= 1).then(|| {
+        format!(
+            "`{subject}` is the last admin of workspace `{workspace}`; make another member admin first"
+        )
+    }))
+}
+
+/// Refuses, as a conflict, a change that would leave no admin.
+fn keep_an_admin(
+    conn: &Connection,
+    workspace: &str,
+    subject: &str,
+    new_role: Option<&str>,
+) -> StorageResult<()> {
+    match last_admin_refusal(conn, workspace, subject, new_role)
+        .doing(|| format!("counting the admins of workspace `{workspace}`"))?
+    {
+        Some(refusal) => Err(StorageError::Conflict(refusal)),
+        None => Ok(()),
+    }
+}
+
 /// Deletes jobs by id (their steps go by cascade).
 fn delete_job_ids(conn: &Connection, ids: &[String]) -> StorageResult<u64> {
     let mut n = 0;
@@ -994,6 +1044,7 @@ impl Storage for Arc<SqliteStorage> {
                     });
                 }
             }
+            keep_an_admin(ctx.conn, &ws, &subject, Some(&role))?;
             ctx.conn
                 .execute(
                     "INSERT INTO members (workspace, subject, role, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -1014,6 +1065,7 @@ impl Storage for Arc<SqliteStorage> {
     ) -> StorageResult<bool> {
         let (ws, subject) = (workspace.to_string(), subject.to_string());
         self.write(move |ctx| {
+            keep_an_admin(ctx.conn, &ws, &subject, None)?;
             delete_audited(
                 ctx,
                 "DELETE FROM members WHERE workspace = ?1 AND subject = ?2",

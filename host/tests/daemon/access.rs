@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::support::{Api, Daemon, Reply, Site, noop_bundle};
 
 /// Generous request limits: the matrix sends many requests per subject.
-const CONFIG: &str = "[limits]\nrequests_per_second = 1000\nburst = 1000\n";
+const CONFIG: &str = "[limits]\nrequests_per_second = 1000\nburst = 1000\naddress_per_second = 1000\naddress_burst = 1000\n";
 
 /// The subjects of team-a and their roles.
 const MEMBERS: [(&str, &str); 4] = [

@@ -20,7 +20,7 @@ use crate::support::{Api, Daemon, Site, bundle, noop_bundle};
 const WS: &str = "team-a";
 
 /// Lifts the per-token rate limit: these tests poll job states a lot.
-const RELAXED: &str = "[limits]\nrequests_per_second = 100000\nburst = 100000\n";
+const RELAXED: &str = "[limits]\nrequests_per_second = 100000\nburst = 100000\naddress_per_second = 100000\naddress_burst = 100000\n";
 
 /// The current time in unix milliseconds.
 fn now_ms() -> i64 {

@@ -7,6 +7,7 @@
 mod access;
 mod crash;
 mod credentials;
+mod edges;
 mod history;
 mod requests;
 mod support;

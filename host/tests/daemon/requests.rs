@@ -15,7 +15,7 @@ use wrun_tests::DirectClient;
 use crate::support::{Api, Reply, Site, noop_bundle};
 
 /// A small body limit and generous request limits.
-const CONFIG: &str = "[limits]\nmax_body_bytes = 4096\nmax_bundle_bytes = 262144\nrequests_per_second = 1000\nburst = 1000\n";
+const CONFIG: &str = "[limits]\nmax_body_bytes = 4096\nmax_bundle_bytes = 262144\nrequests_per_second = 1000\nburst = 1000\naddress_per_second = 1000\naddress_burst = 1000\n";
 
 /// Checks an error reply's status and code.
 fn assert_error(r: &Reply, status: StatusCode, code: &str, what: &str) {
