@@ -697,8 +697,8 @@ impl Egress {
 /// letter case: names arrive lowercased) is dropped, since a name cannot hold
 /// [`crate::mask::MASK`]; every header value is masked; and a body that is
 /// not in identity coding is refused. The status reaches the guest as a
-/// number only (wasi-http has no reason phrase), and trailers never do (see
-/// [`ResponseBody`]).
+/// number only (wasi-http has no reason phrase, and hyper's copy is
+/// removed), and trailers never do (see [`ResponseBody`]).
 ///
 /// # Errors
 ///
@@ -751,6 +751,9 @@ fn scrub_head(
     }
     scrubbed.remove(http::header::CONTENT_LENGTH);
     head.headers = scrubbed;
+    // wasi-http passes only the status code on; the reason phrase hyper
+    // keeps is removed as well, so that no later change can expose it.
+    head.extensions.remove::<hyper::ext::ReasonPhrase>();
     Ok(head)
 }
 

@@ -12,4 +12,5 @@ mod examples;
 mod limits;
 mod load;
 mod polyglot;
+mod reflect;
 mod secrets;
