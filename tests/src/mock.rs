@@ -504,19 +504,23 @@ fn reflect(form: &str, headers: &HeaderMap) -> Response<ResponseBody> {
         | "content-encoding-case"
         | "content-encoding-unknown"
         | "transfer-encoding" => compressed(form, &token),
+        // The echo goes into the body as it is, one level of escaping, as
+        // the upstream's encoder wrote it.
         _ => match reflected(form, &token) {
-            Some(echo) => json_response(
+            Some(echo) => with_body(
                 StatusCode::FORBIDDEN,
-                &json!({ "error": "bad token", "echo": echo }),
+                "application/json",
+                format!(r#"{{"error":"bad token","echo":"{echo}"}}"#),
             ),
             None => text(StatusCode::NOT_FOUND, "unknown form"),
         },
     }
 }
 
-/// The text `/reflect/{form}` puts in its JSON body's `echo` field for
-/// `token` (before JSON encoding), for the forms that reflect in the body;
-/// `None` for the other forms.
+/// The text `/reflect/{form}` puts, as it is, in its JSON body's `echo`
+/// field for `token`, for the forms that reflect in the body; `None` for the
+/// other forms. The token should hold no `"` or `\`, which would end or
+/// escape the JSON string.
 pub fn reflected(form: &str, token: &str) -> Option<String> {
     let escaped = |escape: &dyn Fn(char) -> Option<String>| -> String {
         token

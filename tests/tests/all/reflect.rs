@@ -4,7 +4,6 @@
 //! which must never see the value in any form.
 
 use serde_json::{Value, json};
-use wrun_runtime::Grants;
 use wrun_runtime::mask::Masker;
 use wrun_tests::{REFLECT_FORMS, reflected};
 
@@ -23,9 +22,14 @@ struct Reflected {
 /// everything it got to the other host.
 async fn reflect_and_forward(value: &str, forms: &[&str]) -> Reflected {
     let mut env = TestEnv::new().await;
-    env.connection("reflect-token", value, &[env.host(API)], "bearer");
-    let grants = Grants::builder()
-        .net(env.host(API))
+    env.connection(
+        "reflect-token",
+        value,
+        &[env.host(API)],
+        "header:Authorization=Bearer {}",
+    );
+    let grants = env
+        .hostile_grants()
         .net(env.host(OTHER))
         .secret("reflect", "reflect-token");
     let urls: Vec<String> = forms
@@ -108,14 +112,17 @@ async fn escaped_cut_and_percent_encoded_echoes_reach_the_guest_masked() {
         assert_eq!(result["status"], 403, "{form}: {result}");
         assert_eq!(result["masked"], true, "{form}: {result}");
         let forwarded = &run.forwarded[i];
-        assert!(
-            String::from_utf8_lossy(forwarded).contains(r#""echo":"***"#),
-            "{form}"
-        );
+        assert!(String::from_utf8_lossy(forwarded).contains("***"), "{form}");
         assert_never_forwarded(
             forwarded,
             (&value, &canary),
-            reflected(form, &value).as_deref(),
+            // The cut echo quotes the header: only the value's part counts.
+            Some(if *form == "cut" {
+                value[..20].to_owned()
+            } else {
+                reflected(form, &value).unwrap()
+            })
+            .as_deref(),
             form,
         );
     }
