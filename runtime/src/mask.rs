@@ -10,28 +10,39 @@
 //!
 //! # What is matched
 //!
-//! For every value of at least [`MIN_VALUE_LEN`] bytes the masker searches
-//! for these forms (duplicates are searched once):
+//! The masker searches the *canonical* form of its input, in which one level
+//! of escapes is decoded (see [`canonical`]): JSON and JavaScript `\uXXXX`
+//! escapes of any character in either case (surrogate pairs joined) and the
+//! short escapes such as `\/`, percent-encoding `%XX` of any byte in either
+//! case, and HTML and XML character references (decimal, hex and the named
+//! references of printable ASCII characters). A value written with some or
+//! all of its characters escaped, in any mix of these forms, is found, and the
+//! whole source text of the match is replaced.
 //!
-//! - the raw bytes;
+//! For every value of at least [`MIN_VALUE_LEN`] bytes these patterns are
+//! searched in the canonical form (duplicates once):
+//!
+//! - the value, its canonical form (for a value that itself contains
+//!   escape-like text, echoed as it is), the value with surrounding ASCII
+//!   whitespace trimmed, and the value with spaces written as `+` (HTML
+//!   forms);
+//! - every run of [`CUT_LEN`] consecutive bytes of a longer value, so that an
+//!   echo cut to its first (or any) `N >= CUT_LEN` characters is found;
 //! - standard and URL-safe base64, both as the whole encoding (padded and
 //!   unpadded) and as the fragment that depends only on the value at each of
 //!   the three byte alignments, so the value is found inside a longer base64
 //!   string such as the one in `Authorization: Basic base64("user:" + value)`;
-//!   the few bits at the edges of such a fragment stay visible;
-//! - percent-encoding as produced by common encoders: RFC 3986 (unreserved
-//!   characters kept) with upper- and lower-case hex, HTML form encoding
-//!   (space as `+`, in both the WHATWG and the RFC 3986 flavour),
-//!   JavaScript's `encodeURIComponent`, and "everything but ASCII letters and
-//!   digits";
-//! - the contents of a JSON string as written by serde_json and JavaScript,
-//!   with `/` escaped as `\/`, with non-ASCII characters escaped as `\uXXXX`
-//!   (Python, PHP), and with `<`, `>`, `&`, U+2028 and U+2029 escaped (Go).
+//!   the few bits at the edges of such a fragment stay visible. Base64 that
+//!   is itself percent-encoded is found too.
+//!
+//! [`Masker::contains_any_case`] also finds these patterns in any ASCII letter
+//! case, for text that was case-folded on the way (HTTP header names).
 //!
 //! Not matched: values shorter than [`MIN_VALUE_LEN`] (masking them would
-//! mangle ordinary text), other letter cases of the value, hex encoding,
-//! line-wrapped (MIME) base64 and nested encodings such as percent-encoded
-//! base64.
+//! mangle ordinary text), other letter cases of the value (except with
+//! `contains_any_case`), hex encoding, line-wrapped (MIME) base64, escapes
+//! nested more than one level deep (`%255C` or `\\u0041`), and references to
+//! non-ASCII named HTML entities.
 //!
 //! # Semantics
 //!
@@ -44,8 +55,10 @@
 //!
 //! No value ever appears in a `Debug` representation of the types here.
 
+mod canonical;
+
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -53,6 +66,8 @@ use aho_corasick::{AhoCorasick, AhoCorasickKind, Anchored, Input, Match, MatchKi
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use serde_json::Value;
+
+use self::canonical::{Canonical, MAX_ESCAPE_LEN};
 
 /// The text that replaces every masked occurrence.
 pub const MASK: &str = "***";
@@ -71,6 +86,12 @@ const MIN_BASE64_FRAGMENT_LEN: usize = 4;
 const GRAM_LEN: usize = 4;
 
 const _: () = assert!(MIN_VALUE_LEN >= GRAM_LEN && MIN_BASE64_FRAGMENT_LEN >= GRAM_LEN);
+
+/// The length of the runs of a value that are masked on their own, in bytes:
+/// an error message that quotes a long header cut to its first `N >= CUT_LEN`
+/// characters still has the cut value masked. Values up to this long are
+/// matched whole only.
+pub const CUT_LEN: usize = 12;
 
 /// The largest distance between two windows the prefilter checks.
 const MAX_STEP: usize = 8;
@@ -116,6 +137,9 @@ struct Inner {
     pattern_count: usize,
     /// The length of the longest pattern, in bytes; at least 4.
     max_pattern_len: usize,
+    /// The same patterns, matched in any ASCII letter case; `None` when the
+    /// automaton could not be built (then everything counts as a match).
+    any_case: Option<AhoCorasick>,
 }
 
 /// How an [`Inner`] finds matches.
@@ -180,7 +204,8 @@ impl Masker {
 
     /// Returns the length of the longest pattern in bytes, or 0 when empty.
     ///
-    /// A [`StreamMasker`] holds back at most one byte less than this.
+    /// A [`StreamMasker`] holds back fewer canonical bytes than this (see
+    /// [`StreamMasker::max_held`] for the bound in input bytes).
     pub fn max_pattern_len(&self) -> usize {
         self.inner.as_ref().map_or(0, |inner| inner.max_pattern_len)
     }
@@ -189,8 +214,28 @@ impl Masker {
     pub fn contains(&self, haystack: &[u8]) -> bool {
         match self.inner.as_deref().map(|inner| &inner.matcher) {
             None => false,
+            Some(Matcher::Search(searcher)) if canonical::has_escape(haystack) => {
+                let canon = Canonical::new(haystack, true);
+                searcher.find(&canon.text, 0).is_some()
+            }
             Some(Matcher::Search(searcher)) => searcher.find(haystack, 0).is_some(),
             Some(Matcher::RedactAll) => !haystack.is_empty(),
+        }
+    }
+
+    /// Returns `true` if `haystack` contains any value in any encoding, in
+    /// any ASCII letter case.
+    ///
+    /// This is for text that was case-folded before the masker saw it, such
+    /// as HTTP header names (which the HTTP stack lowercases): a value found
+    /// there cannot be masked in place, so the caller drops the text.
+    pub fn contains_any_case(&self, haystack: &[u8]) -> bool {
+        let Some(inner) = self.inner.as_deref() else {
+            return false;
+        };
+        match &inner.any_case {
+            Some(automaton) => automaton.is_match(canonical::decode(haystack).as_slice()),
+            None => !haystack.is_empty(),
         }
     }
 
@@ -204,19 +249,20 @@ impl Masker {
             Some(Matcher::RedactAll) if input.is_empty() => return Cow::Borrowed(input),
             Some(Matcher::RedactAll) => return Cow::Owned(MASK.as_bytes().to_vec()),
         };
-        let Some(first) = searcher.find(input, 0) else {
-            return Cow::Borrowed(input);
-        };
-        let mut out = Vec::with_capacity(input.len());
-        out.extend_from_slice(&input[..first.start()]);
-        out.extend_from_slice(MASK.as_bytes());
-        let mut copied = first.end();
-        while let Some(found) = searcher.find(input, copied) {
-            out.extend_from_slice(&input[copied..found.start()]);
-            out.extend_from_slice(MASK.as_bytes());
-            copied = found.end();
+        if !canonical::has_escape(input) {
+            if searcher.find(input, 0).is_none() {
+                return Cow::Borrowed(input);
+            }
+            let mut out = Vec::with_capacity(input.len());
+            scan_plain(searcher, 0, input, true, &mut out);
+            return Cow::Owned(out);
         }
-        out.extend_from_slice(&input[copied..]);
+        let canon = Canonical::new(input, true);
+        if searcher.find(&canon.text, 0).is_none() {
+            return Cow::Borrowed(input);
+        }
+        let mut out = Vec::with_capacity(input.len());
+        scan_canonical(searcher, 0, input, &canon, true, &mut out);
         Cow::Owned(out)
     }
 
@@ -305,17 +351,27 @@ impl Masker {
             return Masker::empty();
         }
         let mut patterns = BTreeSet::new();
-        for value in &values {
+        let mut runs = BTreeMap::new();
+        for (index, value) in values.iter().enumerate() {
             add_patterns(value, &mut patterns);
+            add_runs(index, value, &mut runs);
         }
+        patterns.extend(runs.keys().cloned());
         let max_pattern_len = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        let matcher = Searcher::new(&patterns).map_or(Matcher::RedactAll, Matcher::Search);
+        let continued = patterns.iter().map(|p| runs.get(p).copied()).collect();
+        let matcher = Searcher::new(&patterns, continued, values.iter().cloned().collect())
+            .map_or(Matcher::RedactAll, Matcher::Search);
+        let any_case = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(&patterns)
+            .ok();
         Masker {
             inner: Some(Arc::new(Inner {
                 matcher,
                 values,
                 pattern_count: patterns.len(),
                 max_pattern_len,
+                any_case,
             })),
         }
     }
@@ -338,9 +394,10 @@ impl fmt::Debug for Masker {
 /// Created by [`Masker::stream`]. Feed chunks to [`StreamMasker::push`], then
 /// call [`StreamMasker::finish`] once at the end. The concatenated output
 /// equals [`Masker::mask_bytes`] of the concatenated input for any chunking.
-/// Output is released as soon as it is decided: at most
-/// `max_pattern_len - 1` bytes of input are held back between calls, however
-/// large the chunks are.
+/// Output is released as soon as it is decided: fewer than
+/// `max_pattern_len` canonical bytes, plus an escape cut by the chunk end,
+/// are held back between calls, however large the chunks are (at most
+/// [`StreamMasker::max_held`] input bytes).
 ///
 /// # Examples
 ///
@@ -381,13 +438,14 @@ impl StreamMasker {
             }
         };
         let max_len = inner.max_pattern_len;
+        let bound = max_held(max_len);
         let mut rest = chunk;
         if !self.pending.is_empty() {
-            // Resolve the held-back bytes using at most `max_len` bytes of
+            // Resolve the held-back bytes using at most `bound` bytes of
             // the chunk, so that a large chunk is then scanned in place
             // instead of being copied behind them.
             let held = self.pending.len();
-            let head = rest.len().min(max_len);
+            let head = rest.len().min(bound);
             self.pending.extend_from_slice(&rest[..head]);
             let used = scan(searcher, max_len, &self.pending, false, out);
             if head == rest.len() {
@@ -396,7 +454,7 @@ impl StreamMasker {
             }
             match used.checked_sub(held) {
                 // All held-back bytes are decided, which is always the case
-                // once `max_len` chunk bytes follow them: continue in the
+                // once `bound` chunk bytes follow them: continue in the
                 // chunk itself.
                 Some(in_chunk) => {
                     self.pending.clear();
@@ -436,6 +494,11 @@ impl StreamMasker {
     /// Returns the number of input bytes held back, not yet released.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Returns the most input bytes this stream holds back between calls.
+    pub fn max_held(&self) -> usize {
+        max_held(self.masker.max_pattern_len())
     }
 }
 
@@ -514,15 +577,39 @@ where
     set
 }
 
+/// Returns the most input bytes a stream holds back for patterns of at most
+/// `max_len` bytes: `max_len - 1` canonical bytes, each from an escape of up
+/// to [`MAX_ESCAPE_LEN`] bytes, and an incomplete escape.
+fn max_held(max_len: usize) -> usize {
+    max_len.max(1) * MAX_ESCAPE_LEN
+}
+
 /// Scans `buf` and appends the decided output to `out`; returns how many
 /// bytes of `buf` were consumed.
 ///
 /// With `at_end` the whole buffer is decided. Otherwise a match starting at
-/// `p` is final when `p + max_len <= buf.len()`, because no longer match and
-/// no match starting earlier can depend on later input; bytes before the
-/// first position that does not satisfy this and is not inside a final match
-/// are released, and the rest (at most `max_len - 1` bytes) is left.
+/// canonical position `p` is final when `p + max_len` is within the decoded
+/// text, because no longer match and no match starting earlier can depend on
+/// later input; text before the first position that does not satisfy this
+/// and is not inside a final match is released, and the rest (fewer than
+/// [`max_held`] bytes) is left.
 fn scan(searcher: &Searcher, max_len: usize, buf: &[u8], at_end: bool, out: &mut Vec<u8>) -> usize {
+    if canonical::has_escape(buf) {
+        let canon = Canonical::new(buf, at_end);
+        scan_canonical(searcher, max_len, buf, &canon, at_end, out)
+    } else {
+        scan_plain(searcher, max_len, buf, at_end, out)
+    }
+}
+
+/// [`scan`] for a buffer without escapes, which is its own canonical form.
+fn scan_plain(
+    searcher: &Searcher,
+    max_len: usize,
+    buf: &[u8],
+    at_end: bool,
+    out: &mut Vec<u8>,
+) -> usize {
     let limit = if at_end {
         buf.len()
     } else {
@@ -540,6 +627,47 @@ fn scan(searcher: &Searcher, max_len: usize, buf: &[u8], at_end: bool, out: &mut
     if released < limit {
         out.extend_from_slice(&buf[released..limit]);
         released = limit;
+    }
+    released
+}
+
+/// [`scan`] over `canon`, the canonical form of `buf`: each match replaces
+/// the source of every token it touches, and the search resumes after the
+/// last token of the match.
+fn scan_canonical(
+    searcher: &Searcher,
+    max_len: usize,
+    buf: &[u8],
+    canon: &Canonical,
+    at_end: bool,
+    out: &mut Vec<u8>,
+) -> usize {
+    let text = &canon.text;
+    let limit = if at_end {
+        text.len()
+    } else {
+        (text.len() + 1).saturating_sub(max_len)
+    };
+    // `at` is a token start in the canonical text, `released` its source.
+    let (mut at, mut released) = (0, 0);
+    while let Some(found) = searcher.find(text, at) {
+        if found.start() >= limit {
+            break;
+        }
+        let (start, _, _) = canon.token_at(found.start());
+        let (_, end, next) = canon.token_at(found.end() - 1);
+        out.extend_from_slice(&buf[released..start]);
+        out.extend_from_slice(MASK.as_bytes());
+        (at, released) = (next, end);
+    }
+    if at < limit {
+        let until = if limit == text.len() {
+            canon.decoded
+        } else {
+            canon.token_at(limit).0
+        };
+        out.extend_from_slice(&buf[released..until]);
+        released = until;
     }
     released
 }
@@ -567,6 +695,12 @@ struct Searcher {
     /// `step + 3` bytes long, so every match covers a checked window that
     /// lies inside its first `step + 3` bytes.
     step: usize,
+    /// For each pattern that is a run of a value, where the value continues:
+    /// a match of the run is extended over as much of the rest of the value
+    /// as follows it, so a cut echo is masked whole.
+    continued: Vec<Option<Run>>,
+    /// The values, indexed as in `continued`.
+    values: Vec<Box<[u8]>>,
 }
 
 impl Searcher {
@@ -575,7 +709,11 @@ impl Searcher {
     /// Returns `None` when there are no patterns, a pattern is shorter than
     /// [`GRAM_LEN`] (which [`MIN_VALUE_LEN`] rules out), or no automaton kind
     /// can hold them.
-    fn new(patterns: &BTreeSet<Vec<u8>>) -> Option<Searcher> {
+    fn new(
+        patterns: &BTreeSet<Vec<u8>>,
+        continued: Vec<Option<Run>>,
+        values: Vec<Box<[u8]>>,
+    ) -> Option<Searcher> {
         let min_len = patterns.iter().map(Vec::len).min()?;
         let step = (min_len + 1)
             .checked_sub(GRAM_LEN)
@@ -602,6 +740,8 @@ impl Searcher {
             bitmap: vec![0; slots / 64].into_boxed_slice(),
             shift: 32 - slots.trailing_zeros(),
             step,
+            continued,
+            values,
         };
         for pattern in patterns {
             for at in 0..step {
@@ -624,11 +764,27 @@ impl Searcher {
 
     /// Returns the leftmost-longest match in `haystack` that starts at or
     /// after `start`.
+    ///
+    /// A match of a run of a value extends over the rest of that value as
+    /// far as the haystack follows it.
     fn find(&self, haystack: &[u8], start: usize) -> Option<Match> {
-        match self.find_filtered(haystack, start) {
+        let found = match self.find_filtered(haystack, start) {
             Ok(found) => found,
             Err(resume) => self.automaton.find(Input::new(haystack).range(resume..)),
-        }
+        }?;
+        let Some(&Some((value, from))) = self.continued.get(found.pattern().as_usize()) else {
+            return Some(found);
+        };
+        let rest = self.values.get(value).map_or(&[][..], |v| &v[from..]);
+        let more = rest
+            .iter()
+            .zip(&haystack[found.end()..])
+            .take_while(|(a, b)| a == b)
+            .count();
+        Some(Match::new(
+            found.pattern(),
+            found.start()..found.end() + more,
+        ))
     }
 
     /// Searches with the prefilter; returns `Err(resume)` when the
@@ -663,12 +819,40 @@ impl Searcher {
     }
 }
 
-/// Adds the raw form of `value` and all its encodings to `patterns`.
+/// Adds the patterns of `value` (see the module docs) to `patterns`. Every
+/// pattern is in canonical form and at least [`GRAM_LEN`] bytes long.
 fn add_patterns(value: &[u8], patterns: &mut BTreeSet<Vec<u8>>) {
-    patterns.insert(value.to_vec());
+    let mut add = |pattern: Vec<u8>| {
+        if pattern.len() >= GRAM_LEN {
+            patterns.insert(pattern);
+        }
+    };
+    add(canonical::decode(value));
+    for form in [value, value.trim_ascii()] {
+        add(form.to_vec());
+        if form.contains(&b' ') {
+            add(form
+                .iter()
+                .map(|&b| if b == b' ' { b'+' } else { b })
+                .collect());
+        }
+    }
     add_base64(value, patterns);
-    add_percent(value, patterns);
-    add_json(value, patterns);
+}
+
+/// Where a run of [`CUT_LEN`] bytes continues: the value's index and the
+/// offset just past the run.
+type Run = (usize, usize);
+
+/// Adds every run of [`CUT_LEN`] bytes of `value` (the value at `index`) when
+/// the value is longer, with where it continues; a run that occurs more than
+/// once keeps its first place.
+fn add_runs(index: usize, value: &[u8], runs: &mut BTreeMap<Vec<u8>, Run>) {
+    if value.len() > CUT_LEN {
+        for (at, run) in value.windows(CUT_LEN).enumerate() {
+            runs.entry(run.to_vec()).or_insert((index, at + CUT_LEN));
+        }
+    }
 }
 
 /// Adds the base64 forms of `value`: the whole encoding, padded and unpadded,
@@ -692,158 +876,6 @@ fn add_base64(value: &[u8], patterns: &mut BTreeSet<Vec<u8>>) {
                 patterns.insert(encoded[first..end].to_vec());
             }
         }
-    }
-}
-
-/// How a percent-encoder writes bytes.
-struct PercentStyle {
-    /// Returns `true` for the bytes written as they are.
-    keep: fn(u8) -> bool,
-    /// Writes a space as `+` (HTML forms) instead of `%20`.
-    space_as_plus: bool,
-    /// The hex digits used after `%`.
-    hex: &'static [u8; 16],
-}
-
-/// Adds the percent-encoded forms of `value` produced by common encoders.
-fn add_percent(value: &[u8], patterns: &mut BTreeSet<Vec<u8>>) {
-    /// RFC 3986 unreserved characters.
-    fn unreserved(b: u8) -> bool {
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-    }
-    /// Characters the WHATWG `application/x-www-form-urlencoded` serializer
-    /// keeps.
-    fn form(b: u8) -> bool {
-        b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_')
-    }
-    /// Characters JavaScript's `encodeURIComponent` keeps.
-    fn uri_component(b: u8) -> bool {
-        b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
-    }
-    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
-    const LOWER: &[u8; 16] = b"0123456789abcdef";
-    let style = |keep: fn(u8) -> bool, space_as_plus, hex| PercentStyle {
-        keep,
-        space_as_plus,
-        hex,
-    };
-    let styles = [
-        style(unreserved, false, UPPER),
-        style(unreserved, false, LOWER),
-        style(unreserved, true, UPPER),
-        style(form, true, UPPER),
-        style(uri_component, false, UPPER),
-        style(|b| b.is_ascii_alphanumeric(), false, UPPER),
-    ];
-    for style in styles {
-        let mut encoded = Vec::with_capacity(value.len() * 3);
-        for &b in value {
-            if (style.keep)(b) {
-                encoded.push(b);
-            } else if b == b' ' && style.space_as_plus {
-                encoded.push(b'+');
-            } else {
-                let hex = style.hex;
-                encoded.extend_from_slice(&[
-                    b'%',
-                    hex[usize::from(b >> 4)],
-                    hex[usize::from(b & 15)],
-                ]);
-            }
-        }
-        patterns.insert(encoded);
-    }
-}
-
-/// How a JSON encoder escapes the characters of a string.
-#[derive(Clone, Copy)]
-struct JsonStyle {
-    /// Writes `/` as `\/` (PHP, some Java encoders).
-    slash: bool,
-    /// Writes non-ASCII characters as `\uXXXX` UTF-16 escapes (Python, PHP).
-    ascii_only: bool,
-    /// Writes `<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX` (Go).
-    html_safe: bool,
-}
-
-/// Adds the JSON-string-escaped forms of `value`, without quotes.
-fn add_json(value: &[u8], patterns: &mut BTreeSet<Vec<u8>>) {
-    let plain = JsonStyle {
-        slash: false,
-        ascii_only: false,
-        html_safe: false,
-    };
-    let styles = [
-        plain,
-        JsonStyle {
-            slash: true,
-            ..plain
-        },
-        JsonStyle {
-            ascii_only: true,
-            ..plain
-        },
-        JsonStyle {
-            slash: true,
-            ascii_only: true,
-            ..plain
-        },
-        JsonStyle {
-            html_safe: true,
-            ..plain
-        },
-    ];
-    for style in styles {
-        let mut escaped = Vec::with_capacity(value.len() + 8);
-        match std::str::from_utf8(value) {
-            Ok(text) => text
-                .chars()
-                .for_each(|c| escape_json_char(c, style, &mut escaped)),
-            // A value that is not UTF-8 can only appear in JSON when the
-            // encoder passes bytes through; escape its ASCII bytes.
-            Err(_) if !style.ascii_only && !style.html_safe => {
-                for &b in value {
-                    if b.is_ascii() {
-                        escape_json_char(char::from(b), style, &mut escaped);
-                    } else {
-                        escaped.push(b);
-                    }
-                }
-            }
-            Err(_) => continue,
-        }
-        patterns.insert(escaped);
-    }
-}
-
-/// Appends `c` to `out` as it appears inside a JSON string written in `style`.
-fn escape_json_char(c: char, style: JsonStyle, out: &mut Vec<u8>) {
-    let short: &[u8] = match c {
-        '"' => b"\\\"",
-        '\\' => b"\\\\",
-        '\n' => b"\\n",
-        '\r' => b"\\r",
-        '\t' => b"\\t",
-        '\u{08}' => b"\\b",
-        '\u{0c}' => b"\\f",
-        '/' if style.slash => b"\\/",
-        _ => b"",
-    };
-    if !short.is_empty() {
-        out.extend_from_slice(short);
-        return;
-    }
-    let needs_unicode_escape = c < ' '
-        || (style.html_safe && matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}'))
-        || (style.ascii_only && !c.is_ascii());
-    if needs_unicode_escape {
-        let mut units = [0_u16; 2];
-        for unit in c.encode_utf16(&mut units) {
-            out.extend_from_slice(format!("\\u{unit:04x}").as_bytes());
-        }
-    } else {
-        let mut utf8 = [0_u8; 4];
-        out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
     }
 }
 
@@ -886,7 +918,7 @@ mod tests {
         for &size in sizes {
             let (chunk, tail) = rest.split_at(size.min(rest.len()));
             stream.push(chunk, &mut out);
-            assert!(stream.pending_len() < masker.max_pattern_len().max(1));
+            assert!(stream.pending_len() < stream.max_held());
             rest = tail;
         }
         stream.push(rest, &mut out);
@@ -950,7 +982,7 @@ mod tests {
         );
         assert_eq!(masker.mask_bytes(b"[battery\xff]").as_ref(), b"[***]");
         assert!(masker.contains(b"..correct-horse.."));
-        assert!(!masker.contains(b"correct-hors"));
+        assert!(!masker.contains(b"correct-hor"));
     }
 
     #[test]
@@ -965,7 +997,9 @@ mod tests {
     fn longer_overlapping_value_wins() {
         let masker = Masker::new(["secretvalue", "secretvalue-long", "value-long-tail"]);
         assert_eq!(masked(&masker, "a secretvalue-long b"), "a *** b");
-        assert_eq!(masked(&masker, "a secretvalue-lon b"), "a ***-lon b");
+        assert_eq!(masked(&masker, "a secretvalue-l b"), "a ***-l b");
+        // A run of `CUT_LEN` bytes or more of the longer value is a cut echo.
+        assert_eq!(masked(&masker, "a secretvalue-lon b"), "a *** b");
         // Leftmost first, then longest: the match at the earlier position
         // wins even though a longer value starts inside it.
         assert_eq!(masked(&masker, "secretvalue-long-tail"), "***-tail");
@@ -1064,12 +1098,182 @@ mod tests {
     fn counts_describe_the_pattern_set() {
         let masker = Masker::new(["abcd"]);
         // `abcd`, `YWJjZA==`, `YWJjZA` and the fragments `YWJjZ`, `FiY2` and
-        // `hYmNk`; the URL-safe, percent and JSON forms are duplicates.
+        // `hYmNk`; the URL-safe forms are duplicates.
         assert_eq!(masker.pattern_count(), 6);
         assert_eq!(masker.max_pattern_len(), "YWJjZA==".len());
-        let masker = Masker::new(["a b/c\"d"]);
-        assert!(masker.pattern_count() > 8);
-        assert_eq!(masker.max_pattern_len(), "a%20b%2Fc%22d".len());
+        // A long value adds its runs of `CUT_LEN` bytes.
+        let value = "a-value-of-twenty-bytes";
+        let masker = Masker::new([value]);
+        assert!(masker.pattern_count() >= 6 + value.len() - CUT_LEN + 1);
+        assert_eq!(masker.max_pattern_len(), STANDARD.encode(value).len());
+    }
+
+    /// Checks that `value` is masked in each of `forms`, each placed inside
+    /// surrounding text.
+    fn check_forms(value: &str, forms: &[String]) {
+        let masker = Masker::new([value]);
+        for form in forms {
+            let text = format!("{{\"error\":\"bad token '{form}'\",\"n\":1}}");
+            assert_eq!(
+                masked(&masker, &text),
+                "{\"error\":\"bad token '***'\",\"n\":1}",
+                "{form}"
+            );
+            assert!(masker.contains(text.as_bytes()), "{form}");
+            let chunked = stream_chunks(&masker, text.as_bytes(), &[1; 200]);
+            assert_eq!(
+                chunked,
+                masker.mask_bytes(text.as_bytes()).as_ref(),
+                "{form}"
+            );
+        }
+    }
+
+    /// Writes `value` with the characters for which `pick` returns `true`
+    /// escaped by `escape`.
+    fn escaped(
+        value: &str,
+        pick: impl Fn(char) -> bool,
+        escape: impl Fn(char) -> String,
+    ) -> String {
+        value
+            .chars()
+            .map(|c| if pick(c) { escape(c) } else { c.to_string() })
+            .collect()
+    }
+
+    fn utf16(c: char, upper: bool) -> String {
+        let mut units = [0_u16; 2];
+        c.encode_utf16(&mut units)
+            .iter()
+            .map(|u| {
+                if upper {
+                    format!("\\u{u:04X}")
+                } else {
+                    format!("\\u{u:04x}")
+                }
+            })
+            .collect()
+    }
+
+    fn percent(c: char, upper: bool) -> String {
+        let mut utf8 = [0_u8; 4];
+        c.encode_utf8(&mut utf8)
+            .bytes()
+            .map(|b| {
+                if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_escape_form_of_a_value_is_masked() {
+        let value = "Tok-en+'/&x_9.Z~é😀";
+        let all = |_| true;
+        let odd = |c: char| (c as u32) % 2 == 1;
+        let dotnet = |c: char| matches!(c, '-' | '+' | '\'' | '&') || !c.is_ascii();
+        let forms = [
+            value.to_owned(),
+            escaped(value, all, |c| utf16(c, false)),
+            escaped(value, all, |c| utf16(c, true)),
+            escaped(value, odd, |c| utf16(c, true)),
+            escaped(value, dotnet, |c| utf16(c, false)),
+            escaped(value, all, |c| format!("&#{};", c as u32)),
+            escaped(value, all, |c| format!("&#x{:x};", c as u32)),
+            escaped(value, all, |c| format!("&#X{:X}", c as u32)),
+            escaped(
+                value,
+                |c| "+'/&".contains(c),
+                |c| match c {
+                    '+' => "&plus;".into(),
+                    '\'' => "&apos;".into(),
+                    '/' => "&sol;".into(),
+                    _ => "&amp;".into(),
+                },
+            ),
+            escaped(value, all, |c| percent(c, true)),
+            escaped(value, all, |c| percent(c, false)),
+            escaped(
+                value,
+                |c| !c.is_ascii_alphanumeric() && c != '/',
+                |c| percent(c, true),
+            ),
+            // Mixed: each character in another form.
+            value
+                .chars()
+                .enumerate()
+                .map(|(i, c)| match i % 4 {
+                    0 => utf16(c, i % 8 == 0),
+                    1 => percent(c, false),
+                    2 => format!("&#x{:x};", c as u32),
+                    _ => c.to_string(),
+                })
+                .collect(),
+            r"Tok-en+'\/&x_9.Z~\u00e9\ud83d\ude00".to_owned(),
+        ];
+        check_forms(value, &forms);
+    }
+
+    #[test]
+    fn a_cut_echo_is_masked_whole() {
+        let value = "abcdefghijklmnopqrstuvwxyz0123456789ABCD";
+        let masker = Masker::new([value]);
+        for len in CUT_LEN..value.len() {
+            let text = format!("header too long: '{}...'", &value[..len]);
+            assert_eq!(masked(&masker, &text), "header too long: '***...'", "{len}");
+            // A run from the middle, also when escaped.
+            let run = &value[7..7 + len.min(value.len() - 7)];
+            assert_eq!(masked(&masker, &format!("<{run}>")), "<***>", "{len}");
+            let run = escaped(run, |c| c.is_ascii_digit(), |c| utf16(c, true));
+            assert_eq!(masked(&masker, &format!("<{run}>")), "<***>", "{len}");
+        }
+        // Shorter runs are ordinary text.
+        let short = &value[..CUT_LEN - 1];
+        assert_eq!(masked(&masker, short), short);
+        // A value of at most `CUT_LEN` bytes is matched whole only.
+        let masker = Masker::new(["abcdefghijkl"]);
+        assert_eq!(masked(&masker, "abcdefghijk"), "abcdefghijk");
+    }
+
+    #[test]
+    fn trimmed_and_form_encoded_values_are_masked() {
+        let value = "  pass word-1\t\n";
+        check_forms(
+            value,
+            &[
+                "pass word-1".to_owned(),
+                "pass+word-1".to_owned(),
+                "pass%20word-1".to_owned(),
+                "%20%20pass+word%2D1%09%0A".to_owned(),
+            ],
+        );
+    }
+
+    #[test]
+    fn escape_like_text_in_a_value_is_masked_raw_and_escaped() {
+        let value = r"a%41b\u0043&amp;d";
+        check_forms(
+            value,
+            &[value.to_owned(), r"a%2541b%5Cu0043%26amp%3Bd".to_owned()],
+        );
+        let value = r"pass\word\u";
+        check_forms(value, &[value.to_owned(), r"pass\\word\\u".to_owned()]);
+    }
+
+    #[test]
+    fn contains_any_case_finds_values_in_lowercased_text() {
+        let masker = Masker::new(["Secret-Token-XYZ", "0123456789AbCdEfGhIj"]);
+        assert!(masker.contains_any_case(b"x-echo-secret-token-xyz"));
+        assert!(masker.contains_any_case(b"x-secret%2dtoken-xyz"));
+        // A cut run of a longer value, lowercased.
+        assert!(masker.contains_any_case(b"x-0123456789abc"));
+        assert!(!masker.contains_any_case(b"x-secret-toke"));
+        assert!(!masker.contains_any_case(b"content-type"));
+        assert!(!Masker::empty().contains_any_case(b"anything"));
     }
 
     #[test]
@@ -1292,7 +1496,7 @@ mod tests {
         let mut input = Vec::new();
         let pieces = rng.below(12);
         for _ in 0..pieces {
-            match rng.below(6) {
+            match rng.below(8) {
                 0 => input.extend_from_slice(rng.pick(patterns).as_slice()),
                 1 => {
                     let pattern = rng.pick(patterns);
@@ -1310,14 +1514,46 @@ mod tests {
                     inner.extend_from_slice(&b"tail"[..rng.below(5)]);
                     input.extend_from_slice(STANDARD.encode(inner).as_bytes());
                 }
+                4 | 5 => {
+                    let value = rng.pick(values).clone();
+                    input.extend(random_escapes(rng, &value));
+                }
                 _ => {
                     for _ in 0..rng.below(8) {
-                        input.push(*rng.pick(b"ab-t0k12 x\"\\%+/=A"));
+                        input.push(*rng.pick(b"ab-t0k12 x\"\\%+/=A&#;u"));
                     }
                 }
             }
         }
         input
+    }
+
+    /// Writes `value` (or a cut of it) with each byte or character randomly
+    /// escaped in one of the decoded forms.
+    fn random_escapes(rng: &mut Rng, value: &[u8]) -> Vec<u8> {
+        let value = &value[..value.len() - rng.below(value.len().min(6))];
+        let mut out = Vec::new();
+        let Ok(text) = std::str::from_utf8(value) else {
+            for &b in value {
+                match rng.below(3) {
+                    0 => out.push(b),
+                    1 => out.extend(format!("%{b:02x}").bytes()),
+                    _ => out.extend(format!("%{b:02X}").bytes()),
+                }
+            }
+            return out;
+        };
+        for c in text.chars() {
+            let form = match rng.below(7) {
+                0 => utf16(c, rng.below(2) == 0),
+                1 => percent(c, rng.below(2) == 0),
+                2 => format!("&#{};", c as u32),
+                3 => format!("&#x{:x}", c as u32),
+                _ => c.to_string(),
+            };
+            out.extend(form.bytes());
+        }
+        out
     }
 
     #[test]
@@ -1361,6 +1597,7 @@ mod tests {
                 values: BTreeSet::new(),
                 pattern_count: 0,
                 max_pattern_len: 4,
+                any_case: None,
             })),
         };
         assert!(matches!(masker.mask_bytes(b""), Cow::Borrowed(b"")));
@@ -1370,36 +1607,51 @@ mod tests {
         assert_eq!(stream_chunks(&masker, b"", &[0]), b"");
     }
 
-    /// Masks `input` by trying every pattern at every position: the
-    /// definition of leftmost-longest masking, without any automaton.
-    fn reference_mask(patterns: &BTreeSet<Vec<u8>>, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < input.len() {
-            let longest = patterns
+    /// Masks `input` by trying every pattern, and every run of at least
+    /// `CUT_LEN` bytes of every value, at every position of the canonical
+    /// text: the definition of leftmost-longest masking, without any
+    /// automaton. A match replaces the source of every token it touches.
+    fn reference_mask(patterns: &BTreeSet<Vec<u8>>, values: &[Vec<u8>], input: &[u8]) -> Vec<u8> {
+        let canon = Canonical::new(input, true);
+        let text = &canon.text;
+        let (mut out, mut at, mut released) = (Vec::new(), 0, 0);
+        while at < text.len() {
+            let rest = &text[at..];
+            let pattern = patterns
                 .iter()
-                .filter(|pattern| input[at..].starts_with(pattern))
+                .filter(|pattern| rest.starts_with(pattern))
                 .map(Vec::len)
                 .max();
-            match longest {
+            let run = values
+                .iter()
+                .filter(|value| value.len() > CUT_LEN)
+                .flat_map(|value| (0..value.len()).map(move |k| &value[k..]))
+                .map(|tail| tail.iter().zip(rest).take_while(|(a, b)| a == b).count())
+                .filter(|&len| len >= CUT_LEN)
+                .max();
+            match pattern.max(run) {
                 Some(len) => {
+                    let (start, _, _) = canon.token_at(at);
+                    let (_, end, next) = canon.token_at(at + len - 1);
+                    out.extend_from_slice(&input[released..start]);
                     out.extend_from_slice(MASK.as_bytes());
-                    at += len;
+                    (at, released) = (next, end);
                 }
-                None => {
-                    out.push(input[at]);
-                    at += 1;
-                }
+                None => at += 1,
             }
         }
+        out.extend_from_slice(&input[released..]);
         out
     }
 
     fn patterns_of(values: &[Vec<u8>]) -> BTreeSet<Vec<u8>> {
         let mut patterns = BTreeSet::new();
-        for value in values {
+        let mut runs = BTreeMap::new();
+        for (index, value) in values.iter().enumerate() {
             add_patterns(value, &mut patterns);
+            add_runs(index, value, &mut runs);
         }
+        patterns.extend(runs.into_keys());
         patterns
     }
 
@@ -1418,7 +1670,7 @@ mod tests {
             let list: Vec<Vec<u8>> = patterns.iter().cloned().collect();
             for _ in 0..20 {
                 let input = random_input(&mut rng, &all, &list);
-                let expected = reference_mask(&patterns, &input);
+                let expected = reference_mask(&patterns, &values, &input);
                 assert_eq!(masker.mask_bytes(&input), expected, "round {round}");
                 assert_eq!(masker.contains(&input), expected != input, "round {round}");
             }
@@ -1451,7 +1703,7 @@ mod tests {
         let mut input = b"abcdefgh-".repeat(500);
         assert!(searcher.find_filtered(&input, 0).is_err());
         input.extend_from_slice(b"abcdefgh-XYZ!");
-        let expected = reference_mask(&patterns_of(&values), &input);
+        let expected = reference_mask(&patterns_of(&values), &values, &input);
         assert!(expected.ends_with(b"***!"));
         assert_eq!(masker.mask_bytes(&input), expected);
         assert_eq!(stream_chunks(&masker, &input, &[7, 100, 3, 1000]), expected);

@@ -36,7 +36,7 @@ pub mod pki;
 
 pub use canary::{assert_absent, canary, find_encoded};
 pub use client::DirectClient;
-pub use mock::{MockServer, Recorded};
+pub use mock::{MockServer, REFLECT_FORMS, Recorded, reflected};
 pub use pki::TestPki;
 
 /// Directory of the guest components built for these tests (release,

@@ -13,6 +13,7 @@
 //! |------|----------|
 //! | `/echo…` | 200 JSON `{method, path, query, headers, body}` describing the request; the request's `authorization` comes back in `x-echo-authorization` |
 //! | `/echo-b64…` | the same document, base64-encoded (standard alphabet) as a `text/plain` body |
+//! | `/reflect/{form}` | reflects the bearer token (the `Authorization` value without `Bearer `) in one `form` of [`REFLECT_FORMS`]: in a header name, behind codings the client did not ask for, escaped or cut |
 //! | `/redirect?to=URL` | 302 to `URL` |
 //! | `/status/NNN` | status `NNN` (200 to 599) |
 //! | `/slow?ms=N` | 200 `late` after waiting `N` ms (at most 600000) |
@@ -382,6 +383,8 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Respons
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         }
         response
+    } else if let Some(form) = path.strip_prefix("/reflect/") {
+        reflect(form, &parts.headers)
     } else if path == "/redirect" {
         redirect(query)
     } else if let Some(code) = path.strip_prefix("/status/") {
@@ -442,6 +445,177 @@ fn echo(
         response
             .headers_mut()
             .insert("x-echo-authorization", authorization.clone());
+    }
+    response
+}
+
+/// The forms in which `/reflect/{form}` reflects the bearer token, as common
+/// stacks do (debug endpoints, error pages, echo APIs).
+pub const REFLECT_FORMS: &[&str] = &[
+    "header-name",
+    "reason-phrase",
+    "two-content-encodings",
+    "content-encoding-list",
+    "content-encoding-case",
+    "content-encoding-unknown",
+    "transfer-encoding",
+    "json-escaped-lower",
+    "json-escaped-upper",
+    "json-escaped-some",
+    "html-decimal",
+    "html-hex",
+    "html-named",
+    "cut",
+    "percent",
+    "percent-keep-slash",
+    "percent-lower",
+    "trimmed",
+];
+
+/// `/reflect/{form}`: the bearer token reflected in `form` (see
+/// [`REFLECT_FORMS`]); 404 for an unknown form, 400 without a bearer token.
+fn reflect(form: &str, headers: &HeaderMap) -> Response<ResponseBody> {
+    let Some(token) = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.strip_prefix("Bearer ").unwrap_or(value).to_owned())
+    else {
+        return text(StatusCode::BAD_REQUEST, "no bearer token");
+    };
+    match form {
+        "header-name" => {
+            let mut response = text(StatusCode::OK, "reflected in a header name");
+            if let Ok(name) = hyper::header::HeaderName::try_from(format!("x-echo-{token}")) {
+                response
+                    .headers_mut()
+                    .insert(name, HeaderValue::from_static("1"));
+            }
+            response
+        }
+        "reason-phrase" => {
+            let mut response = text(StatusCode::UNAUTHORIZED, "reflected in the reason phrase");
+            if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(format!("Bad token {token}")) {
+                response.extensions_mut().insert(reason);
+            }
+            response
+        }
+        "two-content-encodings"
+        | "content-encoding-list"
+        | "content-encoding-case"
+        | "content-encoding-unknown"
+        | "transfer-encoding" => compressed(form, &token),
+        // The echo goes into the body as it is, one level of escaping, as
+        // the upstream's encoder wrote it.
+        _ => match reflected(form, &token) {
+            Some(echo) => with_body(
+                StatusCode::FORBIDDEN,
+                "application/json",
+                format!(r#"{{"error":"bad token","echo":"{echo}"}}"#),
+            ),
+            None => text(StatusCode::NOT_FOUND, "unknown form"),
+        },
+    }
+}
+
+/// The text `/reflect/{form}` puts, as it is, in its JSON body's `echo`
+/// field for `token`, for the forms that reflect in the body; `None` for the
+/// other forms. The token should hold no `"` or `\`, which would end or
+/// escape the JSON string.
+pub fn reflected(form: &str, token: &str) -> Option<String> {
+    let escaped = |escape: &dyn Fn(char) -> Option<String>| -> String {
+        token
+            .chars()
+            .map(|c| escape(c).unwrap_or_else(|| c.to_string()))
+            .collect()
+    };
+    let percent = |text: &str| {
+        percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    Some(match form {
+        "json-escaped-lower" => escaped(&|c| Some(utf16_escape(c, false))),
+        "json-escaped-upper" => escaped(&|c| Some(utf16_escape(c, true))),
+        // As .NET's encoder: `-`, `+`, `'`, `&` and non-ASCII escaped.
+        "json-escaped-some" => escaped(&|c| {
+            (matches!(c, '-' | '+' | '\'' | '&') || !c.is_ascii()).then(|| utf16_escape(c, true))
+        }),
+        "html-decimal" => escaped(&|c| Some(format!("&#{};", u32::from(c)))),
+        "html-hex" => escaped(&|c| Some(format!("&#x{:x};", u32::from(c)))),
+        "html-named" => escaped(&|c| {
+            let name = match c {
+                '&' => "amp",
+                '\'' => "apos",
+                '+' => "plus",
+                '/' => "sol",
+                '=' => "equals",
+                '_' => "lowbar",
+                '.' => "period",
+                '-' => return Some("&#45;".to_owned()),
+                _ => return None,
+            };
+            Some(format!("&{name};"))
+        }),
+        "cut" => {
+            let cut: String = format!("Bearer {token}").chars().take(7 + 20).collect();
+            format!("header `authorization` is too long: '{cut}...'")
+        }
+        "percent" => percent(token),
+        "percent-keep-slash" => token.split('/').map(percent).collect::<Vec<_>>().join("/"),
+        "percent-lower" => percent(token).to_lowercase(),
+        "trimmed" => format!("token <{}>", token.trim()),
+        _ => return None,
+    })
+}
+
+/// `\uXXXX` escapes of `c` (a surrogate pair outside the BMP).
+fn utf16_escape(c: char, upper: bool) -> String {
+    let mut units = [0_u16; 2];
+    c.encode_utf16(&mut units)
+        .iter()
+        .map(|unit| {
+            if upper {
+                format!("\\u{unit:04X}")
+            } else {
+                format!("\\u{unit:04x}")
+            }
+        })
+        .collect()
+}
+
+/// A gzip body holding `token`, announced in the way `form` names.
+fn compressed(form: &str, token: &str) -> Response<ResponseBody> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let gzipped = encoder
+        .write_all(format!("{{\"echo\":\"{token}\"}}").as_bytes())
+        .and_then(|()| encoder.finish());
+    let Ok(gzipped) = gzipped else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "gzip failed");
+    };
+    let mut response = Response::new(Full::new(Bytes::from(gzipped)).boxed());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let encoding = hyper::header::CONTENT_ENCODING;
+    match form {
+        "two-content-encodings" => {
+            headers.append(encoding.clone(), HeaderValue::from_static("identity"));
+            headers.append(encoding, HeaderValue::from_static("gzip"));
+        }
+        "content-encoding-list" => {
+            headers.insert(encoding, HeaderValue::from_static("gzip, identity"));
+        }
+        "content-encoding-case" => {
+            headers.insert(encoding, HeaderValue::from_static("GZip"));
+        }
+        "content-encoding-unknown" => {
+            headers.insert(encoding, HeaderValue::from_static("x-wrun-unknown"));
+        }
+        // hyper adds `chunked` after the coding and frames the body.
+        _ => {
+            headers.insert(
+                hyper::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("gzip"),
+            );
+        }
     }
     response
 }

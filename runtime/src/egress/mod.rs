@@ -16,7 +16,9 @@
 //!    was checked (no second resolution: DNS rebinding cannot work), TLS 1.2
 //!    or 1.3 with rustls against the platform roots plus operator CAs;
 //! 7. the response head and body are scrubbed of every secret value of the
-//!    job (raw and encoded) before the guest can read them; redirects are
+//!    job (raw and encoded) before the guest can read them: header names
+//!    carrying a value are dropped, values and body masked, and a body in any
+//!    coding other than identity refused (see `scrub_head`); redirects are
 //!    not followed, so the guest sees the 3xx.
 //!
 //! Sizes, counts and timeouts are bounded by [`EgressLimits`].
@@ -591,30 +593,8 @@ impl Egress {
         });
 
         // Scrub the response before the guest sees it.
-        let (mut head, incoming) = response.into_parts();
-        if !scope.scrub.is_empty() {
-            let encoded = head
-                .headers
-                .get(http::header::CONTENT_ENCODING)
-                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-            if encoded || head.status == http::StatusCode::PARTIAL_CONTENT {
-                return Err(refuse_egress(
-                    "the response is compressed or partial, so it cannot be scrubbed of secrets"
-                        .to_string(),
-                ));
-            }
-        }
-        let mut scrubbed = http::HeaderMap::with_capacity(head.headers.len());
-        for (name, value) in head.headers.iter() {
-            let clean = scope.scrub.mask_bytes(value.as_bytes());
-            if let Ok(value) = http::HeaderValue::from_bytes(&clean) {
-                scrubbed.append(name.clone(), value);
-            }
-        }
-        head.headers = scrubbed;
-        if !scope.scrub.is_empty() {
-            head.headers.remove(http::header::CONTENT_LENGTH);
-        }
+        let (head, incoming) = response.into_parts();
+        let head = scrub_head(&scope, head).map_err(refuse_egress)?;
         let body = ResponseBody {
             incoming,
             masker: (!scope.scrub.is_empty()).then(|| scope.scrub.stream()),
@@ -750,6 +730,86 @@ impl Egress {
         }
         Err(last)
     }
+}
+
+/// Scrubs a response head of the job's secret values, or says why the
+/// response cannot be scrubbed.
+///
+/// While the job holds secret values, the guest gets nothing the masker has
+/// not read in the clear: every header whose name carries a value (in any
+/// letter case: names arrive lowercased) is dropped, since a name cannot hold
+/// [`crate::mask::MASK`]; every header value is masked; and a body that is
+/// not in identity coding is refused. The status reaches the guest as a
+/// number only (wasi-http has no reason phrase, and hyper's copy is
+/// removed), and trailers never do (see [`ResponseBody`]).
+///
+/// # Errors
+///
+/// The reason, for the guest and the audit log, when the response is
+/// partial (206) or its body is in a content or transfer coding other than
+/// identity and hyper's own `chunked`, in any header, list or letter case.
+fn scrub_head(
+    scope: &Scope,
+    mut head: http::response::Parts,
+) -> Result<http::response::Parts, String> {
+    let masker = &scope.scrub;
+    if masker.is_empty() {
+        return Ok(head);
+    }
+    if head.status == http::StatusCode::PARTIAL_CONTENT {
+        return Err("the response is partial (206), so it cannot be scrubbed of secrets".into());
+    }
+    let codings = [
+        (http::header::CONTENT_ENCODING, "identity", "content"),
+        (http::header::TRANSFER_ENCODING, "chunked", "transfer"),
+    ];
+    for (header, allowed, kind) in codings {
+        if !only_coding(&head.headers, &header, allowed) {
+            return Err(format!(
+                "the response body is in a {kind} coding other than {allowed} ({header}), so it \
+                 cannot be scrubbed of secrets; only {allowed} is accepted while the job holds secrets"
+            ));
+        }
+    }
+    let mut scrubbed = http::HeaderMap::with_capacity(head.headers.len());
+    let mut dropped = 0_usize;
+    for (name, value) in head.headers.iter() {
+        if masker.contains_any_case(name.as_str().as_bytes()) {
+            dropped += 1;
+            continue;
+        }
+        match http::HeaderValue::from_bytes(&masker.mask_bytes(value.as_bytes())) {
+            Ok(value) => {
+                scrubbed.append(name.clone(), value);
+            }
+            Err(_) => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            step = %scope.step,
+            dropped,
+            "response headers carrying a secret value in their name were dropped"
+        );
+    }
+    scrubbed.remove(http::header::CONTENT_LENGTH);
+    head.headers = scrubbed;
+    // wasi-http passes only the status code on; the reason phrase hyper
+    // keeps is removed as well, so that no later change can expose it.
+    head.extensions.remove::<hyper::ext::ReasonPhrase>();
+    Ok(head)
+}
+
+/// Returns `true` when every coding listed in the `header` fields (any
+/// number of fields, comma-separated lists, any letter case) is `allowed`.
+fn only_coding(headers: &http::HeaderMap, header: &http::HeaderName, allowed: &str) -> bool {
+    headers.get_all(header).iter().all(|value| {
+        value.to_str().is_ok_and(|list| {
+            list.split(',')
+                .map(|coding| coding.trim_matches([' ', '\t']))
+                .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case(allowed))
+        })
+    })
 }
 
 /// Reads and drops a guest body in the background, so that a guest writing
@@ -937,7 +997,8 @@ impl Body for RequestBody {
 }
 
 /// A response body on its way to the guest: scrubbed, bounded in size, and
-/// cut off after an idle pause or at the request's deadline.
+/// cut off after an idle pause or at the request's deadline. Only data frames
+/// are passed on: trailers never reach the guest, so they need no scrubbing.
 struct ResponseBody {
     incoming: hyper::body::Incoming,
     masker: Option<StreamMasker>,

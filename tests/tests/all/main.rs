@@ -13,4 +13,5 @@ mod limits;
 mod load;
 mod misuse;
 mod polyglot;
+mod reflect;
 mod secrets;
