@@ -15,6 +15,7 @@ use rustls::pki_types::CertificateDer;
 use wasmtime::component::Linker;
 
 use crate::bindings::StepPre;
+use crate::budget::StepBudget;
 use crate::egress::addr::AddressPolicy;
 use crate::egress::{
     self, Connector, Egress, EgressLimits, Resolver, SystemResolver, TcpConnector,
@@ -37,6 +38,10 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// - egress: the webpki roots, no operator CA, every non-public address
 ///   refused, the system resolver, plain TCP, [`EgressLimits::default`];
 /// - 1 MiB of log per step (guest log, stdout and stderr together);
+/// - a host-side budget per step, [`StepBudget::default`]: 4096 resource
+///   table entries, 4 MiB held by `wasi:http` objects, 10,000 events and
+///   4 MiB of events, the first 20 refusals recorded, URLs and reasons cut
+///   at 512 bytes ([`EngineBuilder::step_budget`]);
 /// - 16 MiB of each pooled memory kept resident between steps
 ///   ([`EngineBuilder::keep_resident`]).
 #[derive(Clone)]
@@ -54,6 +59,7 @@ pub struct EngineBuilder {
     connector: Arc<dyn Connector>,
     egress_limits: EgressLimits,
     log_limit: usize,
+    step_budget: StepBudget,
     keep_resident: usize,
 }
 
@@ -91,6 +97,7 @@ impl EngineBuilder {
             connector: Arc::new(TcpConnector),
             egress_limits: EgressLimits::default(),
             log_limit: 1 << 20,
+            step_budget: StepBudget::default(),
             keep_resident: 16 << 20,
         }
     }
@@ -190,6 +197,16 @@ impl EngineBuilder {
         self
     }
 
+    /// What one step may make the host hold besides its linear memory:
+    /// resource-table entries, bytes held by `wasi:http` objects, events and
+    /// refusals (see [`StepBudget`] for the defaults). A step over the table
+    /// or `wasi:http` budget fails with [`Error::ResourceLimit`]; events and
+    /// refusals beyond theirs are counted in a summary event.
+    pub fn step_budget(mut self, budget: StepBudget) -> Self {
+        self.step_budget = budget;
+        self
+    }
+
     /// Bytes of each pooled linear memory kept resident when a step ends:
     /// they are reset in place rather than handed back to the kernel, which
     /// spares the next step the page faults (a warm Python step: 1.5 ms
@@ -219,6 +236,7 @@ impl EngineBuilder {
                 "the default memory must be above zero and at most the maximum".into(),
             ));
         }
+        self.step_budget.validate().map_err(cfg)?;
         if self.max_concurrent_steps == 0 {
             return Err(cfg("max_concurrent_steps must be above zero".into()));
         }
@@ -307,6 +325,7 @@ impl EngineBuilder {
                 default_memory: self.default_memory,
                 max_memory: self.max_memory,
                 log_limit: self.log_limit,
+                step_budget: self.step_budget,
                 cache,
                 stop,
             }),
@@ -323,6 +342,7 @@ pub(crate) struct EngineInner {
     pub(crate) default_memory: u64,
     pub(crate) max_memory: u64,
     pub(crate) log_limit: usize,
+    pub(crate) step_budget: StepBudget,
     cache: Option<wasmtime::Cache>,
     stop: Arc<AtomicBool>,
 }

@@ -125,6 +125,19 @@ pub enum Error {
         limit: u64,
     },
 
+    /// The step made the host hold more than its [`crate::StepBudget`]
+    /// allows: resource-table entries, or bytes held by `wasi:http` fields,
+    /// requests and request bodies.
+    #[error("step `{step}` exceeded its host resource budget: more than {limit} {what}")]
+    ResourceLimit {
+        /// The step.
+        step: String,
+        /// Which resource, for example `resource table entries`.
+        what: &'static str,
+        /// The budget for it.
+        limit: u64,
+    },
+
     /// The step ran longer than its `timeout`.
     #[error("step `{step}` exceeded its time limit of {limit:?}")]
     Timeout {
@@ -193,6 +206,7 @@ impl Error {
             | Error::ActionFailed { step, .. }
             | Error::InvalidOutput { step, .. }
             | Error::MemoryLimit { step, .. }
+            | Error::ResourceLimit { step, .. }
             | Error::Timeout { step, .. }
             | Error::Trap { step, .. }
             | Error::SecretMisuse { step, .. }

@@ -17,6 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::bindings::{log, mask, properties, secrets};
+use crate::budget::{BODY_CHUNK, EventLog, Footprint};
 use crate::egress::{Egress, Scope};
 use crate::events::{Event, Level, LogSource};
 use crate::job::JobShared;
@@ -40,6 +41,8 @@ pub(crate) struct StepState {
     pub(crate) hooks: EgressHooks,
     pub(crate) limiter: StepLimiter,
     pub(crate) guest: GuestScope,
+    /// The resource-table budget, checked before host calls.
+    pub(crate) footprint: Footprint,
 }
 
 /// What wrun's own interfaces may see of the job.
@@ -49,7 +52,7 @@ pub(crate) struct GuestScope {
     /// Alias -> the job's secret for the connection it names.
     pub(crate) secrets: HashMap<String, Arc<JobSecret>>,
     pub(crate) env: BTreeSet<String>,
-    pub(crate) events: Arc<Mutex<Vec<Event>>>,
+    pub(crate) events: Arc<EventLog>,
     pub(crate) log_budget: usize,
     /// The step's misuse watch.
     pub(crate) misuse: Arc<StepMisuse>,
@@ -81,15 +84,12 @@ impl GuestScope {
             self.log_budget -= masked.len();
             masked
         };
-        let event = Event::Log {
+        self.events.push(Event::Log {
             step: self.step.clone(),
             level,
             source,
             message,
-        };
-        if let Ok(mut events) = self.events.lock() {
-            events.push(event);
-        }
+        });
     }
 }
 
@@ -107,6 +107,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 
 impl WasiView for StepState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.footprint.check(&mut self.table);
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
@@ -116,6 +117,7 @@ impl WasiView for StepState {
 
 impl WasiHttpView for StepState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.footprint.check(&mut self.table);
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
@@ -135,6 +137,16 @@ impl WasiHttpHooks for EgressHooks {
     // with a message that says so (the stock check only says "protocol error").
     fn is_supported_scheme(&mut self, _scheme: &http::uri::Scheme) -> bool {
         true
+    }
+
+    // Small chunks bound what an unsent request body buffers (two chunks
+    // per body, counted by the step's footprint).
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
     }
 
     fn send_request(

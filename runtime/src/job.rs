@@ -8,19 +8,21 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::bindings::ActionError;
+use crate::budget::{EventLog, Exceeded, Footprint};
 use crate::egress::Scope;
 use crate::engine::{Engine, Step};
 use crate::error::{Error, Result};
-use crate::events::{Event, Level, LogSource, NoopObserver, Observer};
+use crate::events::{AuditEvent, AuditKind, Event, Level, LogSource, NoopObserver, Observer};
 use crate::host_impl::{
     Capture, EgressHooks, GuestScope, MemoryLimitExceeded, StepLimiter, StepState, truncate,
 };
@@ -360,12 +362,12 @@ impl Job {
             component = %step.component.name,
         );
         let started = Instant::now();
-        let events = Arc::new(Mutex::new(Vec::new()));
+        let events = self.event_log(step);
         let result = self
             .run_inner(step, action, input, events.clone())
             .instrument(span)
             .await;
-        let mut events = events.lock().map(|e| e.clone()).unwrap_or_default();
+        let mut events = self.finish_events(step, &events);
         let elapsed = started.elapsed();
         if let Err(Error::SecretMisuse { .. }) = &result {
             // The events, and their order, would point at the candidate.
@@ -400,12 +402,37 @@ impl Job {
         }
     }
 
+    /// A step's event log, within the engine's step budget.
+    fn event_log(&self, step: &Step) -> Arc<EventLog> {
+        Arc::new(EventLog::new(step.name(), self.engine.inner.step_budget))
+    }
+
+    /// The step's events with their summaries; refusals that were only
+    /// counted get one audit entry saying how many.
+    fn finish_events(&self, step: &Step, log: &EventLog) -> Vec<Event> {
+        let (events, uncounted) = log.finish();
+        if uncounted > 0 {
+            let job = &self.shared;
+            job.observer.audit(&AuditEvent {
+                kind: AuditKind::EgressRefused,
+                job: job.id.clone(),
+                workspace: job.workspace.clone(),
+                recipe: job.recipe.clone(),
+                step: step.name().into(),
+                connection: None,
+                destination: String::new(),
+                reason: format!("… and {uncounted} more refused requests in this step"),
+            });
+        }
+        events
+    }
+
     /// What the step's requests are checked against.
     fn scope(
         &self,
         step: &Step,
         secrets: &HashMap<String, Arc<JobSecret>>,
-        events: Arc<Mutex<Vec<Event>>>,
+        events: Arc<EventLog>,
         misuse: Arc<StepMisuse>,
     ) -> Result<Arc<Scope>> {
         let job = &self.shared;
@@ -467,12 +494,7 @@ impl Job {
             .await
             .map_err(|e| e.to_string())?;
         let scope = self
-            .scope(
-                step,
-                &secrets,
-                Arc::new(Mutex::new(Vec::new())),
-                self.step_misuse(step),
-            )
+            .scope(step, &secrets, self.event_log(step), self.step_misuse(step))
             .map_err(|e| e.to_string())?;
         let request = request.map(|b| {
             http_body_util::Full::new(b)
@@ -522,7 +544,7 @@ impl Job {
         &self,
         step: &Step,
         secrets: HashMap<String, Arc<JobSecret>>,
-        events: Arc<Mutex<Vec<Event>>>,
+        events: Arc<EventLog>,
     ) -> Result<(Store<StepState>, Capture, Capture)> {
         let engine = &self.engine.inner;
         let job = &self.shared;
@@ -543,10 +565,11 @@ impl Job {
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
         let memory_limit = usize::try_from(step.memory).unwrap_or(usize::MAX);
+        let footprint = Footprint::new(&engine.step_budget);
         let state = StepState {
             wasi,
             http: WasiHttpCtx::new(),
-            table: wasmtime::component::ResourceTable::new(),
+            table: footprint.table(),
             hooks: EgressHooks {
                 egress: engine.egress.clone(),
                 scope,
@@ -569,17 +592,21 @@ impl Job {
                 log_budget: engine.log_limit,
                 misuse: misuse.clone(),
             },
+            footprint,
         };
         let mut store = Store::new(&engine.wasmtime, state);
         store.limiter(|s| &mut s.limiter);
         // The epoch callback yields to the executor every tick (so a spinning
         // guest does not hold a worker thread) and traps once the step's
-        // deadline has passed or misuse was caught; the async timeout below
-        // also covers a guest blocked in a host call.
+        // deadline has passed, misuse was caught or the step is over its host
+        // budget; the async timeout below also covers a guest blocked in a
+        // host call.
         let deadline = Instant::now() + step.timeout;
-        store.epoch_deadline_callback(move |_| {
+        store.epoch_deadline_callback(move |ctx| {
             if misuse.is_caught() {
                 Err(wasmtime::Error::msg("secret misuse"))
+            } else if ctx.data().footprint.exceeded.is_some() {
+                Err(ResourceLimitExceeded.into())
             } else if Instant::now() >= deadline {
                 Err(wasmtime::Trap::Interrupt.into())
             } else {
@@ -598,8 +625,7 @@ impl Job {
     ///
     /// The component traps or times out while answering.
     pub async fn actions(&self, step: &Step) -> Result<Vec<String>> {
-        let (mut store, _, _) =
-            self.new_store(step, HashMap::new(), Arc::new(Mutex::new(Vec::new())))?;
+        let (mut store, _, _) = self.new_store(step, HashMap::new(), self.event_log(step))?;
         let call = async {
             let instance = step.component.pre.instantiate_async(&mut store).await?;
             instance.wrun_recipe_actions().call_names(&mut store).await
@@ -626,7 +652,7 @@ impl Job {
         step: &Step,
         action: &str,
         input: &serde_json::Value,
-        events: Arc<Mutex<Vec<Event>>>,
+        events: Arc<EventLog>,
     ) -> Result<serde_json::Value> {
         let job = &self.shared;
         let step_name = step.name.to_string();
@@ -674,6 +700,19 @@ impl Job {
             }
             Ok(outcome) => outcome,
         };
+        // Over its host budget, the step fails whatever the guest made of
+        // the refusals it got after that.
+        let over_budget = match &outcome {
+            Err(trap) => host_budget_exceeded(store.data(), trap),
+            Ok(_) => store.data().footprint.exceeded,
+        };
+        if let Some(exceeded) = over_budget {
+            return Err(Error::ResourceLimit {
+                step: step_name,
+                what: exceeded.what,
+                limit: exceeded.limit,
+            });
+        }
         let mask_now = || job.mask();
         let masked = |text: &str| mask_now().mask_str(text).into_owned();
         // A Rust guest's panic message, for the trap error: from "panicked
@@ -751,6 +790,21 @@ impl Job {
             }
         }
     }
+}
+
+/// The trap a step over its host budget gets at its next epoch tick.
+#[derive(Debug, thiserror::Error)]
+#[error("host resource budget exceeded")]
+struct ResourceLimitExceeded;
+
+/// Which host budget a trap came from, if any: the footprint check found
+/// the step over budget, or the resource table refused an entry.
+fn host_budget_exceeded(state: &StepState, trap: &wasmtime::Error) -> Option<Exceeded> {
+    if let Some(exceeded) = state.footprint.exceeded {
+        return Some(exceeded);
+    }
+    matches!(trap.downcast_ref(), Some(ResourceTableError::Full))
+        .then(|| state.footprint.table_full())
 }
 
 /// Moves captured stdout and stderr into the job log, masked, a line per

@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 mod bindings;
+mod budget;
 pub mod egress;
 mod engine;
 mod error;
@@ -59,6 +60,7 @@ pub mod policy;
 pub mod recipe;
 pub mod secrets;
 
+pub use budget::StepBudget;
 pub use engine::{Component, Engine, EngineBuilder, Step};
 pub use error::{Error, Result};
 pub use events::{

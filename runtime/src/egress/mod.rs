@@ -11,7 +11,9 @@
 //!    checked and swapped for its value (see [`crate::secrets`]);
 //! 5. resolution through the pluggable [`Resolver`], and every resolved
 //!    address classified by the [`AddressPolicy`]: one non-public address
-//!    refuses the request, before any connection is attempted;
+//!    refuses the request, before any connection is attempted; the guest
+//!    is told only that the host is not reachable, whether it resolved to a
+//!    refused address or not at all (the operator's audit entry says which);
 //! 6. connection through the pluggable [`Connector`] to the very address that
 //!    was checked (no second resolution: DNS rebinding cannot work), TLS 1.2
 //!    or 1.3 with rustls against the platform roots plus operator CAs;
@@ -21,7 +23,9 @@
 //!    coding other than identity refused (see `scrub_head`); redirects are
 //!    not followed, so the guest sees the 3xx.
 //!
-//! Sizes, counts and timeouts are bounded by [`EgressLimits`].
+//! Sizes, counts and timeouts are bounded by [`EgressLimits`]. Refusals are
+//! recorded for the first few of a step and counted after that (see
+//! [`crate::StepBudget`]).
 
 pub mod addr;
 
@@ -45,6 +49,7 @@ use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 use self::addr::{AddressPolicy, Host};
+use crate::budget::{EventLog, clip};
 use crate::events::{AuditEvent, AuditKind, Event};
 use crate::mask::{Masker, StreamMasker};
 use crate::misuse::{Channel, MISUSE_REFUSAL, StepMisuse};
@@ -271,7 +276,8 @@ pub(crate) struct Scope {
     pub(crate) report_mask: Arc<dyn Fn() -> Masker + Send + Sync>,
     pub(crate) requests: AtomicU32,
     pub(crate) observer: Arc<dyn crate::events::Observer>,
-    pub(crate) events: Arc<Mutex<Vec<Event>>>,
+    /// The step's events, within its budget.
+    pub(crate) events: Arc<EventLog>,
     /// The step's misuse watch: connection values in the guest's requests.
     pub(crate) misuse: Arc<StepMisuse>,
 }
@@ -308,16 +314,37 @@ impl Scope {
     /// Adds an event to the step's record (the observer gets it when the
     /// step ends, see `Job::run`).
     fn report(&self, event: Event) {
-        if let Ok(mut events) = self.events.lock() {
-            events.push(event);
-        }
+        self.events.push(event);
     }
 
-    /// Records a refusal (event and audit) and builds the guest-visible error.
+    /// Records a refusal and builds the guest-visible error, which says why.
     fn refuse(&self, url: &str, refusal: Refusal, kind: AuditKind) -> HttpError {
+        let reason = (self.report_mask)().mask_str(&refusal.reason).into_owned();
+        let reason = clip(reason, self.events.text_len());
+        self.record(url, refusal, kind);
+        refused(&reason)
+    }
+
+    /// Records a refusal whose reason would map the internal network for the
+    /// guest (a refused address, a name that does not resolve): the guest
+    /// gets one message for all of them, the operator the reason.
+    fn refuse_unreachable(&self, url: &str, host: &Host, port: u16, reason: String) -> HttpError {
+        self.record(url, Refusal::egress(reason), AuditKind::EgressRefused);
+        let host = clip(host.to_string(), self.events.text_len());
+        refused(&format!("{host}:{port} is not reachable from this step"))
+    }
+
+    /// The first refusals of a step get an event, an audit entry and a log
+    /// line, masked and clipped; later ones are only counted (the step's
+    /// events end with "... and N more").
+    fn record(&self, url: &str, refusal: Refusal, kind: AuditKind) {
+        if !self.events.admit_refusal() {
+            return;
+        }
         let mask = (self.report_mask)();
-        let url = mask.mask_str(url).into_owned();
-        let reason = mask.mask_str(&refusal.reason).into_owned();
+        let max = self.events.text_len();
+        let url = clip(mask.mask_str(url).into_owned(), max);
+        let reason = clip(mask.mask_str(&refusal.reason).into_owned(), max);
         tracing::warn!(step = %self.step, %url, %reason, "egress refused");
         self.observer.audit(&AuditEvent {
             kind: if refusal.connection.is_some() {
@@ -336,15 +363,19 @@ impl Scope {
         self.report(Event::Refused {
             step: self.step.clone(),
             url,
-            reason: reason.clone(),
+            reason,
         });
-        HttpError::InternalError(Some(format!("wrun egress refused: {reason}")))
     }
 }
 
 /// What the guest gets for a request refused for misuse (recorded already).
 fn misuse_refusal() -> HttpError {
-    HttpError::InternalError(Some(format!("wrun egress refused: {MISUSE_REFUSAL}")))
+    refused(MISUSE_REFUSAL)
+}
+
+/// The error a guest gets for a refused request.
+fn refused(reason: &str) -> HttpError {
+    HttpError::InternalError(Some(format!("wrun egress refused: {reason}")))
 }
 
 /// The URL as it may be reported: scheme, authority and path, no query.
@@ -525,21 +556,25 @@ impl Egress {
                     .await
                 {
                     Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
-                    Ok(Ok(_)) | Ok(Err(_)) => {
-                        return Err(HttpError::DnsError {
-                            rcode: Some(format!("{name} does not resolve")),
-                            info_code: None,
-                        });
+                    Ok(Ok(_)) => {
+                        let why = format!("{name} resolves to no address");
+                        return Err(scope.refuse_unreachable(&url, &host, port, why));
                     }
-                    Err(_) => return Err(HttpError::DnsTimeout),
+                    Ok(Err(e)) => {
+                        let why = format!("{name} does not resolve: {e}");
+                        return Err(scope.refuse_unreachable(&url, &host, port, why));
+                    }
+                    Err(_) => {
+                        let why = format!("resolving {name} timed out");
+                        return Err(scope.refuse_unreachable(&url, &host, port, why));
+                    }
                 }
             }
         };
         for ip in &addrs {
             if let Err(blocked) = self.policy.check(*ip) {
-                return Err(refuse_egress(format!(
-                    "{host} resolves to a refused address: {blocked}"
-                )));
+                let why = format!("{host} resolves to a refused address: {blocked}");
+                return Err(scope.refuse_unreachable(&url, &host, port, why));
             }
         }
 

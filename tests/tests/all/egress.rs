@@ -112,6 +112,8 @@ async fn redirects_are_not_followed() {
 }
 
 /// Hosts whose addresses are not public: refused before any connection.
+/// The guest learns only that the host is not reachable (not the address,
+/// not its range); the audit entry says which.
 #[tokio::test]
 async fn non_public_addresses_are_refused_before_connecting() {
     let env = TestEnv::strict().await;
@@ -128,13 +130,20 @@ async fn non_public_addresses_are_refused_before_connecting() {
             .net(format!("{name}:{port}"))
             .secret("api", "api-token")
             .env("x");
-        let (text, _) = failure(
+        let (text, f) = failure(
             env.hostile(grants, "http", http(&format!("https://{name}:{port}/echo")))
                 .await,
         );
         assert!(
-            text.contains("refused address") && text.contains(range),
+            text.contains(&format!("{name}:{port} is not reachable from this step")),
             "{name}: {text}"
+        );
+        assert_reveals_nothing(&text.replace(name, "NAME"), &f.events, range);
+        let audits = env.observer.audits();
+        let audit = audits.last().unwrap();
+        assert!(
+            audit.reason.contains("refused address") && audit.reason.contains(range),
+            "{name}: {audit:?}"
         );
     }
     assert_eq!(
@@ -143,6 +152,54 @@ async fn non_public_addresses_are_refused_before_connecting() {
         "no connection may be attempted"
     );
     assert_eq!(env.server.connection_count(), 0);
+}
+
+/// A name that does not resolve and a name that resolves to an internal
+/// address look the same to the guest, so a step cannot map the internal
+/// network; the operator's audit entries tell them apart.
+#[tokio::test]
+async fn unresolvable_and_internal_names_look_the_same_to_the_guest() {
+    let env = TestEnv::strict().await;
+    let port = env.server.port();
+    let mut guest_texts = Vec::new();
+    for name in ["internal.test", "nowhere.test"] {
+        let grants = Grants::builder()
+            .net(format!("{name}:{port}"))
+            .secret("api", "api-token")
+            .env("x");
+        let (text, f) = failure(
+            env.hostile(grants, "http", http(&format!("https://{name}:{port}/x")))
+                .await,
+        );
+        let text = text.replace(name, "NAME");
+        assert_reveals_nothing(&text, &f.events, "resolve");
+        guest_texts.push(text);
+    }
+    assert_eq!(guest_texts[0], guest_texts[1]);
+    let reasons: Vec<String> = env
+        .observer
+        .audits()
+        .into_iter()
+        .map(|a| a.reason)
+        .collect();
+    assert!(
+        reasons[0].contains("10.0.0.5") && reasons[0].contains("private"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("does not resolve"), "{reasons:?}");
+    assert_eq!(env.connector.attempts.load(Ordering::SeqCst), 0);
+}
+
+/// What the guest sees of a step's failure (its error text and its log
+/// lines; refusal events are for the operator) holds no address detail.
+fn assert_reveals_nothing(text: &str, events: &[wrun_runtime::Event], detail: &str) {
+    let guest_visible = format!("{text}\n{}", logs(events));
+    for secret in [detail, "10.0.0.5", "127.0.0.1", "169.254", "resolve"] {
+        assert!(
+            !guest_visible.contains(secret),
+            "{secret} in: {guest_visible}"
+        );
+    }
 }
 
 /// Numeric hosts in every spelling, and IPv6 forms embedding IPv4, are
@@ -178,7 +235,15 @@ async fn numeric_spellings_and_ipv6_embeddings_are_classified() {
             .env("x");
         let url = format!("https://{host}:{port}/echo");
         let (text, _) = failure(env.hostile(grants, "http", http(&url)).await);
-        assert!(text.contains("refused address"), "{host}: {text}");
+        assert!(
+            text.contains("is not reachable from this step"),
+            "{host}: {text}"
+        );
+        let audits = env.observer.audits();
+        assert!(
+            audits.last().unwrap().reason.contains("refused address"),
+            "{host}: {audits:?}"
+        );
     }
     assert_eq!(env.connector.attempts.load(Ordering::SeqCst), 0);
 }

@@ -9,6 +9,7 @@
 mod common;
 mod egress;
 mod examples;
+mod footprint;
 mod limits;
 mod load;
 mod misuse;
