@@ -1021,3 +1021,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "proptests/secrets.rs"]
+mod proptests;
