@@ -6,9 +6,11 @@
 // what is under test.
 #![allow(clippy::unwrap_used)]
 
+mod claims;
 mod common;
 mod egress;
 mod examples;
+mod guest_sdk;
 mod limits;
 mod load;
 mod polyglot;
