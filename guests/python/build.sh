@@ -3,6 +3,7 @@
 #
 #   guests/python/build.sh            build every example and fixture
 #   guests/python/build.sh test       also run the SDK's unit tests (host CPython)
+#   guests/python/build.sh unit       only the unit tests (bindings, no components)
 #
 # Creates guests/python/.venv with the pinned componentize-py (from PyPI),
 # generates the bindings from ../../wit into build/bindings (for editors and
@@ -35,6 +36,7 @@ components=(
     "noop:fixtures"
 )
 for entry in "${components[@]}"; do
+    [ "${1:-}" = "unit" ] && break
     module="${entry%%:*}"
     dir="${entry#*:}"
     "$cpy" -q -d "$wit" -w "$world" componentize "$module" \
@@ -42,6 +44,6 @@ for entry in "${components[@]}"; do
     echo "built $out/$module.wasm ($(wc -c < "$out/$module.wasm") bytes)"
 done
 
-if [ "${1:-}" = "test" ]; then
+if [ "${1:-}" = "test" ] || [ "${1:-}" = "unit" ]; then
     PYTHONPATH="sdk:$out/bindings" "$python" -m unittest discover -s tests -t . -v
 fi

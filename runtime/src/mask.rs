@@ -1709,3 +1709,7 @@ mod tests {
         assert_eq!(stream_chunks(&masker, &input, &[7, 100, 3, 1000]), expected);
     }
 }
+
+#[cfg(test)]
+#[path = "proptests/mask.rs"]
+mod proptests;

@@ -316,8 +316,6 @@ impl Recipe {
                 return record;
             }
         };
-        record.input =
-            Some(serde_json::from_str(&job.mask_text(&input.to_string())).unwrap_or(Value::Null));
         let attempts = spec.retry.attempts.max(1);
         for attempt in 1..=attempts {
             record.attempts = attempt;
@@ -347,6 +345,10 @@ impl Recipe {
                 }
             }
         }
+        // Masked once the step ran, so that a value it marked is masked in
+        // its own input too.
+        record.input =
+            Some(serde_json::from_str(&job.mask_text(&input.to_string())).unwrap_or(Value::Null));
         record.elapsed = started.elapsed();
         record
     }

@@ -1154,3 +1154,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "proptests/secrets.rs"]
+mod proptests;

@@ -19,6 +19,7 @@
 //! | `/slow?ms=N` | 200 `late` after waiting `N` ms (at most 600000) |
 //! | `/hang` | never answers |
 //! | `/big?bytes=N` | 200 with `N` bytes of `a`, streamed |
+//! | `/trickle?chunks=N&ms=M` | 200 with `N` chunks of `a`, the head at once, then one chunk every `M` ms (at most 600000) |
 //! | `/repos/{owner}/{repo}/issues/{number}` | GitHub-like issue, bearer token required |
 //! | `/api/chat.postMessage` | Slack-like, POST JSON `{channel, text}`, bearer token required |
 //! | `/oauth/token` | OAuth client-credentials grant, POST form |
@@ -395,6 +396,8 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Respons
         std::future::pending().await
     } else if path == "/big" {
         big(query)
+    } else if path == "/trickle" {
+        trickle(query)
     } else if let Some(rest) = path.strip_prefix("/repos/") {
         github_issue(shared, rest, &parts.headers)
     } else if path == "/api/chat.postMessage" {
@@ -676,6 +679,21 @@ fn big(query: Option<&str>) -> Response<ResponseBody> {
     response
 }
 
+/// `/trickle?chunks=N&ms=M`: the head at once, then a byte every `M` ms.
+fn trickle(query: Option<&str>) -> Response<ResponseBody> {
+    let number = |name| query_param(query, name).and_then(|n| n.parse::<u64>().ok());
+    let (Some(chunks), Some(ms)) = (number("chunks"), number("ms")) else {
+        return text(StatusCode::BAD_REQUEST, "bad chunks or ms");
+    };
+    let interval = Duration::from_millis(ms.min(MAX_SLOW_MS));
+    let body = TrickleBody {
+        remaining: chunks,
+        interval,
+        timer: Box::pin(tokio::time::sleep(interval)),
+    };
+    Response::new(body.boxed())
+}
+
 /// `/repos/{owner}/{repo}/issues/{number}`: a GitHub-like issue.
 fn github_issue(shared: &Shared, rest: &str, headers: &HeaderMap) -> Response<ResponseBody> {
     if !bearer_accepted(shared, headers) {
@@ -912,6 +930,38 @@ impl Body for RepeatBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// A body of `remaining` one-byte chunks, each after a pause of `interval`.
+struct TrickleBody {
+    remaining: u64,
+    interval: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for TrickleBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.remaining -= 1;
+        let next = tokio::time::Instant::now() + self.interval;
+        self.timer.as_mut().reset(next);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"a")))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
     }
 }
 

@@ -112,3 +112,37 @@ impl From<std::str::Utf8Error> for Error {
         Self::msg(format_args!("invalid UTF-8: {error}"))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests may unwrap")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_prefixes_the_message_and_keeps_the_status() {
+        let error = Error::with_status(503, "upstream busy".into()).context("fetching the issue");
+        assert_eq!(error.to_string(), "fetching the issue: upstream busy");
+        assert_eq!(error.http_status(), Some(503));
+        assert_eq!(Error::msg("plain").http_status(), None);
+    }
+
+    #[test]
+    fn debug_shows_only_the_message() {
+        let error = Error::with_status(404, "no \"such\" issue".into());
+        assert_eq!(format!("{error:?}"), r#""no \"such\" issue""#);
+        assert_eq!(error.message(), "no \"such\" issue");
+    }
+
+    #[test]
+    fn sdk_errors_convert_with_a_prefix_naming_their_kind() {
+        let json: Error = serde_json::from_str::<u8>("{").unwrap_err().into();
+        assert!(json.message().starts_with("JSON error: "), "{json}");
+        let denied: Error = SecretError::NotGranted("alias `gh`".into()).into();
+        assert_eq!(denied.message(), "secret not granted: alias `gh`");
+        let gone: Error = SecretError::Unavailable("store down".into()).into();
+        assert_eq!(gone.message(), "secret unavailable: store down");
+        let bytes = [0xff_u8, 0xfe];
+        let utf8: Error = std::str::from_utf8(&bytes).unwrap_err().into();
+        assert!(utf8.message().starts_with("invalid UTF-8: "), "{utf8}");
+    }
+}

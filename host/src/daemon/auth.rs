@@ -2589,3 +2589,7 @@ mod tests {
         assert_eq!(codes.len(), errors.len());
     }
 }
+
+#[cfg(test)]
+#[path = "proptests/auth.rs"]
+mod proptests;

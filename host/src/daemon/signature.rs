@@ -529,3 +529,7 @@ mod tests {
         assert_ne!(later, canonical);
     }
 }
+
+#[cfg(test)]
+#[path = "proptests/signature.rs"]
+mod proptests;

@@ -39,24 +39,24 @@ const MATRIX: [(&str, [&str; 4]); 7] = [
 ];
 
 /// A daemon with two workspaces, members, tokens and some objects.
-struct Fixture {
+pub(crate) struct Fixture {
     _site: Site,
-    daemon: Daemon,
+    pub(crate) daemon: Daemon,
     /// Token of alice (admin of team-a), made with the CLI.
-    admin: String,
+    pub(crate) admin: String,
     /// Token of bob (admin of team-b), made with the CLI.
-    other_admin: String,
+    pub(crate) other_admin: String,
     /// (subject, "write" | "read") -> (token id, token text), made through the API.
-    tokens: BTreeMap<(String, String), (String, String)>,
+    pub(crate) tokens: BTreeMap<(String, String), (String, String)>,
     /// A job of team-a.
-    job: String,
+    pub(crate) job: String,
     /// A connection of team-a.
-    connection: String,
+    pub(crate) connection: String,
     /// A webhook of team-a.
-    trigger: String,
+    pub(crate) trigger: String,
 }
 
-async fn fixture() -> Fixture {
+pub(crate) async fn fixture() -> Fixture {
     let site = Site::new(CONFIG);
     site.member("team-a", "alice", "admin");
     site.member("team-a", "olga", "operator");

@@ -17,7 +17,7 @@ use wrun_tests::{DirectClient, MockServer, TestPki};
 use crate::support::{Api, Daemon, Site, bundle, noop_bundle};
 
 /// The workspace of every test here.
-const WS: &str = "team-a";
+pub(crate) const WS: &str = "team-a";
 
 /// Lifts the per-token rate limit: these tests poll job states a lot.
 const RELAXED: &str = "[limits]\nrequests_per_second = 100000\nburst = 100000\naddress_per_second = 100000\naddress_burst = 100000\n";
@@ -33,7 +33,7 @@ fn now_ms() -> i64 {
 }
 
 /// A site with an admin token.
-fn site(config: &str) -> (Site, String) {
+pub(crate) fn site(config: &str) -> (Site, String) {
     let site = Site::new(&format!("{RELAXED}{config}"));
     site.member(WS, "alice", "admin");
     let token = site.token(WS, "alice", "*:write");
@@ -41,7 +41,7 @@ fn site(config: &str) -> (Site, String) {
 }
 
 /// Deploys a bundle.
-async fn deploy(api: &mut Api, token: &str, name: &str, bundle: &std::path::Path) {
+pub(crate) async fn deploy(api: &mut Api, token: &str, name: &str, bundle: &std::path::Path) {
     let r = api.deploy(WS, name, token, bundle).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
 }
@@ -60,7 +60,7 @@ async fn webhook(api: &mut Api, token: &str, recipe: &str) -> String {
 }
 
 /// GET a job's detail.
-async fn job(api: &mut Api, token: &str, id: &str) -> Value {
+pub(crate) async fn job(api: &mut Api, token: &str, id: &str) -> Value {
     let r = api
         .get(&format!("/v1/workspaces/{WS}/jobs/{id}"), token)
         .await;
@@ -255,13 +255,13 @@ async fn api_client(daemon: &Daemon, site: &Site) -> DirectClient {
 
 /// A mock upstream at `mock.test` and the environment the daemon needs to
 /// reach it on loopback.
-struct Upstream {
-    mock: MockServer,
+pub(crate) struct Upstream {
+    pub(crate) mock: MockServer,
     env: Vec<(String, String)>,
 }
 
 impl Upstream {
-    async fn new(site: &Site) -> Upstream {
+    pub(crate) async fn new(site: &Site) -> Upstream {
         let pki = TestPki::new(&["mock.test"]);
         let ca = site.dir.join("mock-ca.pem");
         std::fs::write(&ca, pki.ca_pem()).unwrap();
@@ -276,7 +276,7 @@ impl Upstream {
         }
     }
 
-    fn start(&self, site: &Site) -> Daemon {
+    pub(crate) fn start(&self, site: &Site) -> Daemon {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
@@ -287,7 +287,7 @@ impl Upstream {
 
     /// How many requests to `path` (a path with its first query parameter)
     /// carried `tag` (the last query parameter).
-    fn hits(&self, path: &str, tag: &str) -> usize {
+    pub(crate) fn hits(&self, path: &str, tag: &str) -> usize {
         let end = format!("tag={tag}");
         self.mock
             .requests()
@@ -299,7 +299,7 @@ impl Upstream {
     /// A recipe `slow` of three hostile `http` steps: `first` and `last`
     /// call `/echo`, `slow` calls `/slow?ms={{ trigger.ms }}`; each carries
     /// `tag={{ trigger.tag }}`.
-    fn slow_bundle(&self, site: &Site) -> PathBuf {
+    pub(crate) fn slow_bundle(&self, site: &Site) -> PathBuf {
         let port = self.mock.port();
         let base = format!("https://mock.test:{port}");
         let step = |name: &str, path: &str| {
@@ -318,7 +318,7 @@ impl Upstream {
 }
 
 /// Deploys the `slow` recipe with the connection its grants name.
-async fn deploy_slow(api: &mut Api, token: &str, bundle: &std::path::Path) {
+pub(crate) async fn deploy_slow(api: &mut Api, token: &str, bundle: &std::path::Path) {
     let r = api
         .put(
             &format!("/v1/workspaces/{WS}/connections/api"),
@@ -332,7 +332,7 @@ async fn deploy_slow(api: &mut Api, token: &str, bundle: &std::path::Path) {
 
 /// Waits until job `id` (tagged `tag`) is inside its `slow` step; fails
 /// with the job's detail if it ends first.
-async fn wait_in_slow(up: &Upstream, api: &mut Api, token: &str, id: &str, tag: &str) {
+pub(crate) async fn wait_in_slow(up: &Upstream, api: &mut Api, token: &str, id: &str, tag: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while up.hits("/slow", tag) == 0 {
         let d = job(api, token, id).await;
@@ -349,7 +349,7 @@ async fn wait_in_slow(up: &Upstream, api: &mut Api, token: &str, id: &str, tag: 
 }
 
 /// Runs the `slow` recipe by hand; returns the job id.
-async fn run_slow(api: &mut Api, token: &str, tag: &str, ms: u64) -> String {
+pub(crate) async fn run_slow(api: &mut Api, token: &str, tag: &str, ms: u64) -> String {
     let r = api
         .post(
             &format!("/v1/workspaces/{WS}/recipes/slow/runs"),

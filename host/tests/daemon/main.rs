@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod claims;
 mod crash;
 mod credentials;
 mod edges;

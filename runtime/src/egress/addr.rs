@@ -1381,3 +1381,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "../proptests/addr.rs"]
+mod proptests;

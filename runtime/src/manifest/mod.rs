@@ -2325,3 +2325,7 @@ action = "x"
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 }
+
+#[cfg(test)]
+#[path = "../proptests/manifest.rs"]
+mod proptests;

@@ -6,10 +6,12 @@
 // what is under test.
 #![allow(clippy::unwrap_used)]
 
+mod claims;
 mod common;
 mod egress;
 mod examples;
 mod footprint;
+mod guest_sdk;
 mod limits;
 mod load;
 mod misuse;
