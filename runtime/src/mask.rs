@@ -1104,7 +1104,7 @@ mod tests {
         // A long value adds its runs of `CUT_LEN` bytes.
         let value = "a-value-of-twenty-bytes";
         let masker = Masker::new([value]);
-        assert!(masker.pattern_count() >= 6 + value.len() - CUT_LEN + 1);
+        assert!(masker.pattern_count() > 6 + value.len() - CUT_LEN);
         assert_eq!(masker.max_pattern_len(), STANDARD.encode(value).len());
     }
 

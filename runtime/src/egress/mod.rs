@@ -337,8 +337,11 @@ impl Scope {
     /// The first refusals of a step get an event, an audit entry and a log
     /// line, masked and clipped; later ones are only counted (the step's
     /// events end with "... and N more").
+    /// Secret misuse is always audited: each one needs a request of the
+    /// step's bounded count (`max_requests_per_step`), so it stays bounded.
     fn record(&self, url: &str, refusal: Refusal, kind: AuditKind) {
-        if !self.events.admit_refusal() {
+        let misuse = refusal.connection.is_some() || kind == AuditKind::SecretMisuse;
+        if !misuse && !self.events.admit_refusal() {
             return;
         }
         let mask = (self.report_mask)();
@@ -347,7 +350,7 @@ impl Scope {
         let reason = clip(mask.mask_str(&refusal.reason).into_owned(), max);
         tracing::warn!(step = %self.step, %url, %reason, "egress refused");
         self.observer.audit(&AuditEvent {
-            kind: if refusal.connection.is_some() {
+            kind: if misuse {
                 AuditKind::SecretMisuse
             } else {
                 kind

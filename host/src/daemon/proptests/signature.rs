@@ -59,7 +59,7 @@ proptest! {
             header = format!("{header},{extra}");
         }
         let now = t + skew;
-        prop_assert_eq!(verify(&secret, Some(&header), &body, now, DEFAULT_WINDOW_SECS), Ok(()));
+        prop_assert!(verify(&secret, Some(&header), &body, now, DEFAULT_WINDOW_SECS).is_ok());
         // Another secret.
         if other != secret {
             prop_assert_eq!(
