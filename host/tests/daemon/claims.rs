@@ -240,8 +240,7 @@ async fn a_marked_value_stays_masked_after_a_crash_and_resume() {
     while job(&mut api, &token, &id).await["steps"]
         .as_array()
         .unwrap()
-        .len()
-        < 1
+        .is_empty()
     {
         assert!(Instant::now() < deadline, "step 1 not committed");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -196,10 +196,10 @@ proptest! {
                 prop_assert!(!errors.is_empty());
             }
         }
-        if let Ok(condition) = Template::parse("condition", Value::String(text)) {
-            if let Err(e) = condition.render(&ctx) {
-                prop_assert!(!e.to_string().contains(CANARY), "{}", e);
-            }
+        if let Ok(condition) = Template::parse("condition", Value::String(text))
+            && let Err(e) = condition.render(&ctx)
+        {
+            prop_assert!(!e.to_string().contains(CANARY), "{}", e);
         }
     }
 }

@@ -169,7 +169,7 @@ async fn a_marked_value_stays_masked_when_the_job_is_resumed_in_a_new_job() {
         .await;
     assert_eq!(report.steps.len(), 1);
     let marked = first.marked();
-    assert_eq!(marked, [value.clone()]);
+    assert_eq!(marked, std::slice::from_ref(&value));
 
     // A new job (new placeholders, empty mask set) resumes at step 2.
     let resume = Resume {
