@@ -39,7 +39,8 @@
 //! case, for text that was case-folded on the way (HTTP header names).
 //!
 //! Not matched: values shorter than [`MIN_VALUE_LEN`] (masking them would
-//! mangle ordinary text), other letter cases of the value (except with
+//! mangle ordinary text), in their raw or decoded form (a value made of
+//! escape sequences, such as `%\\+`, decodes to fewer bytes), other letter cases of the value (except with
 //! `contains_any_case`), hex encoding, line-wrapped (MIME) base64, escapes
 //! nested more than one level deep (`%255C` or `\\u0041`), and references to
 //! non-ASCII named HTML entities.

@@ -317,6 +317,7 @@ impl Recipe {
             }
         };
         let attempts = spec.retry.attempts.max(1);
+        let mut misuse = false;
         for attempt in 1..=attempts {
             record.attempts = attempt;
             match job.run(step, &spec.action, &input).await {
@@ -332,7 +333,7 @@ impl Recipe {
                     if let Error::SecretMisuse { .. } = failure.error {
                         // The masked input would show which part matched;
                         // earlier attempts' events likewise.
-                        record.input = None;
+                        misuse = true;
                         record.events.clear();
                     }
                     record.events.extend(failure.events);
@@ -346,9 +347,10 @@ impl Recipe {
             }
         }
         // Masked once the step ran, so that a value it marked is masked in
-        // its own input too.
-        record.input =
-            Some(serde_json::from_str(&job.mask_text(&input.to_string())).unwrap_or(Value::Null));
+        // its own input too; a step caught misusing a secret records none.
+        record.input = (!misuse).then(|| {
+            serde_json::from_str(&job.mask_text(&input.to_string())).unwrap_or(Value::Null)
+        });
         record.elapsed = started.elapsed();
         record
     }

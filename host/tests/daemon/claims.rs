@@ -137,7 +137,7 @@ async fn a_demoted_member_loses_the_permission_at_the_next_request() {
     let write = |n: usize| {
         (
             format!("/v1/workspaces/team-a/connections/dave-{n}"),
-            json!({ "value": "not-a-secret", "hosts": ["api.example.com"] }),
+            json!({ "value": "tok-Pw3Nx8Qe5Rt2Yu7Ia9So4", "hosts": ["api.example.com"] }),
         )
     };
     // As admin, dave writes.

@@ -114,6 +114,9 @@ proptest! {
     ) {
         let masker = Masker::new(&values);
         let value = &values[i % values.len()];
+        // Documented limit: a value that decodes to fewer than
+        // `MIN_VALUE_LEN` bytes is not matched.
+        prop_assume!(canonical::decode(value.as_bytes()).len() >= MIN_VALUE_LEN);
         let input = format!("  {value}  ");
         let out = streamed(&masker, input.as_bytes(), &cuts);
         prop_assert!(!out.windows(value.len()).any(|w| w == value.as_bytes()));
