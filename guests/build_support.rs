@@ -75,10 +75,12 @@ fn build_js(root: &Path, target: &Path) {
         .exists()
     {
         // `npm ci` trips over optional platform packages jco lists but never
-        // published; `npm install` keeps the lock file as it is.
+        // published; `npm install --no-save` installs from the lock file
+        // without rewriting it (a plain `npm install` adds the other
+        // platforms' optional packages to it).
         run(
             Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund"])
+                .args(["install", "--no-save", "--no-audit", "--no-fund"])
                 .current_dir(&js),
             "installing componentize-js (npm install in guests/js; is node with npm installed?)",
         );

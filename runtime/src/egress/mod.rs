@@ -639,8 +639,9 @@ impl Egress {
             limit: self.limits.max_response_body,
             received: 0,
             idle: self.limits.between_bytes_timeout,
-            timer: Box::pin(tokio::time::sleep(self.limits.between_bytes_timeout)),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline_at: deadline,
+            idle_at: tokio::time::Instant::now() + self.limits.between_bytes_timeout,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
             done: false,
         };
         Ok(Response::from_parts(head, body.boxed_unsync()))
@@ -852,7 +853,25 @@ fn only_coding(headers: &http::HeaderMap, header: &http::HeaderName, allowed: &s
 
 /// Reads and drops a guest body in the background, so that a guest writing
 /// it concurrently is not cut off (which it would report as a reset).
+///
+/// A body that has already ended (a GET's, nearly always) is dropped here:
+/// a task per request would cost a spawn and a cross-thread wake-up on the
+/// hot path. Only a body that is still being written gets a task.
 fn drain_in_background(mut body: WasiBody) {
+    if body.is_end_stream() {
+        return;
+    }
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // What the guest wrote already is at most the host's small body buffer
+    // (`budget::BODY_CHUNK`), so few frames are ready; a bound keeps this
+    // loop short whatever the body.
+    for _ in 0..16 {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(_))) => continue,
+            Poll::Ready(_) => return,
+            Poll::Pending => break,
+        }
+    }
     tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
 }
 
@@ -1043,8 +1062,14 @@ struct ResponseBody {
     limit: u64,
     received: u64,
     idle: Duration,
+    /// When the body must be complete.
+    deadline_at: tokio::time::Instant,
+    /// When the next chunk must have arrived.
+    idle_at: tokio::time::Instant,
+    /// One timer for both, armed only while the body waits for the
+    /// upstream: a body that is already buffered costs no timer
+    /// registration, and a chunk only moves `idle_at`.
     timer: Pin<Box<tokio::time::Sleep>>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
@@ -1061,17 +1086,23 @@ impl Body for ResponseBody {
             return Poll::Ready(None);
         }
         loop {
-            if this.deadline.as_mut().poll(cx).is_ready() {
-                this.done = true;
-                return Poll::Ready(Some(Err(HttpError::HttpResponseTimeout)));
-            }
             match Pin::new(&mut this.incoming).poll_frame(cx) {
                 Poll::Pending => {
-                    if this.timer.as_mut().poll(cx).is_ready() {
-                        this.done = true;
-                        return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
+                    let wake_at = this.idle_at.min(this.deadline_at);
+                    if this.timer.deadline() != wake_at {
+                        this.timer.as_mut().reset(wake_at);
                     }
-                    return Poll::Pending;
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.done = true;
+                    return Poll::Ready(Some(Err(
+                        if tokio::time::Instant::now() >= this.deadline_at {
+                            HttpError::HttpResponseTimeout
+                        } else {
+                            HttpError::ConnectionReadTimeout
+                        },
+                    )));
                 }
                 Poll::Ready(None) => {
                     this.done = true;
@@ -1088,8 +1119,13 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(HttpError::Hyper(e))));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle;
-                    this.timer.as_mut().reset(deadline);
+                    // A body that never pauses is still bounded in time.
+                    let now = tokio::time::Instant::now();
+                    if now >= this.deadline_at {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseTimeout)));
+                    }
+                    this.idle_at = now + this.idle;
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
