@@ -477,46 +477,26 @@ impl Job {
         ))
     }
 
-    /// Sends one request through a step's egress exactly as the guest's
-    /// `wasi:http` hook does, with no guest: for benchmarks of the egress
-    /// path alone. Returns the placeholder map the request may use when
-    /// `request` is `None`.
+    /// A step's egress as one run of the step holds it, for benchmarks that
+    /// send requests through the egress path with no guest.
     #[doc(hidden)]
-    pub async fn __egress_round_trip(
-        &self,
-        step: &Step,
-        request: http::Request<bytes::Bytes>,
-    ) -> std::result::Result<(u16, bytes::Bytes), String> {
-        use http_body_util::BodyExt;
+    pub async fn __egress_probe<'a>(
+        &'a self,
+        step: &'a Step,
+    ) -> std::result::Result<EgressProbe<'a>, String> {
         let secrets = self
             .shared
             .load_secrets(step)
             .await
             .map_err(|e| e.to_string())?;
-        let scope = self
-            .scope(step, &secrets, self.event_log(step), self.step_misuse(step))
-            .map_err(|e| e.to_string())?;
-        let request = request.map(|b| {
-            http_body_util::Full::new(b)
-                .map_err(|never: std::convert::Infallible| match never {})
-                .boxed_unsync()
-        });
-        let response = self
-            .engine
-            .inner
-            .egress
-            .clone()
-            .send(scope, request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
+        let probe = EgressProbe {
+            job: self,
+            step,
+            scope: std::sync::Mutex::new(None),
+            secrets,
+        };
+        probe.scope()?;
+        Ok(probe)
     }
 
     /// The placeholders a step's secrets have in this job, by alias: for
@@ -868,5 +848,78 @@ fn check_produced(
         Err(trap) => {
             misuse.check(Channel::Error, format!("{trap:#}").as_bytes());
         }
+    }
+}
+
+/// One step run's egress without a guest: see [`Job::__egress_probe`].
+///
+/// A run of a step builds its egress scope once, when it is instantiated;
+/// the probe does the same, and starts a new run when the current one has
+/// used its `max_requests_per_step`, so each request costs what one more
+/// request of a step costs.
+#[doc(hidden)]
+pub struct EgressProbe<'a> {
+    job: &'a Job,
+    step: &'a Step,
+    secrets: HashMap<String, Arc<JobSecret>>,
+    scope: std::sync::Mutex<Option<Arc<crate::egress::Scope>>>,
+}
+
+impl EgressProbe<'_> {
+    /// The current run's scope, or a new run's when it is used up.
+    fn scope(&self) -> std::result::Result<Arc<crate::egress::Scope>, String> {
+        let mut current = self.scope.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = self.job.engine.inner.egress.max_requests_per_step();
+        match current.as_ref() {
+            Some(scope) if scope.requests_sent() < limit => Ok(scope.clone()),
+            _ => {
+                let scope = self
+                    .job
+                    .scope(
+                        self.step,
+                        &self.secrets,
+                        self.job.event_log(self.step),
+                        self.job.step_misuse(self.step),
+                    )
+                    .map_err(|e| e.to_string())?;
+                *current = Some(scope.clone());
+                Ok(scope)
+            }
+        }
+    }
+
+    /// Sends one request exactly as the guest's `wasi:http` hook does and
+    /// reads the whole (scrubbed) response body.
+    ///
+    /// # Errors
+    ///
+    /// The refusal or transport error, as text.
+    pub async fn round_trip(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> std::result::Result<(u16, bytes::Bytes), String> {
+        use http_body_util::BodyExt;
+        let request = request.map(|b| {
+            http_body_util::Full::new(b)
+                .map_err(|never: std::convert::Infallible| match never {})
+                .boxed_unsync()
+        });
+        let response = self
+            .job
+            .engine
+            .inner
+            .egress
+            .clone()
+            .send(self.scope()?, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
     }
 }

@@ -67,6 +67,8 @@ pub use events::{
     AuditEvent, AuditKind, CollectingObserver, Event, Level, LogSource, NoopObserver, Observer,
 };
 pub use grants::{GrantError, Grants, GrantsBuilder};
+#[doc(hidden)]
+pub use job::EgressProbe;
 pub use job::{Job, JobOptions, StepFailure, StepOutput};
 pub use secrets::{
     Connection, ConnectionError, ConnectionSource, Placement, SecretValue, StaticConnections,

@@ -283,6 +283,11 @@ pub(crate) struct Scope {
 }
 
 impl Scope {
+    /// Requests this step run has sent or tried to send.
+    pub(crate) fn requests_sent(&self) -> u32 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// Searches the guest's URL and headers for connection values, before
     /// anything about the request is reported (a reported URL holding a
     /// value would be masked, which would answer a guess). After a catch,
@@ -407,6 +412,11 @@ impl Egress {
             limits,
             pool: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How many requests one step run may send.
+    pub(crate) fn max_requests_per_step(&self) -> u32 {
+        self.limits.max_requests_per_step
     }
 
     /// Checks, rewrites and sends one guest request; see the module docs.
@@ -596,9 +606,15 @@ impl Egress {
         let request = Request::from_parts(parts, body);
 
         let deadline = tokio::time::Instant::now() + self.limits.total_timeout;
+        // One timer serves the whole exchange: the wait for the response
+        // head, then (moved into the body) the pauses and the deadline.
+        // Each new timer registration may wake the runtime's timer driver
+        // from another thread; re-arming this one to a later instant does
+        // not.
+        let mut timer = Box::pin(tokio::time::sleep_until(deadline));
         let response = self
             .clone()
-            .round_trip(&host, port, &addrs, request, deadline)
+            .round_trip(&host, port, &addrs, request, deadline, timer.as_mut())
             .await;
         let report_url = (scope.report_mask)().mask_str(&url).into_owned();
         let response = match response {
@@ -641,7 +657,7 @@ impl Egress {
             idle: self.limits.between_bytes_timeout,
             deadline_at: deadline,
             idle_at: tokio::time::Instant::now() + self.limits.between_bytes_timeout,
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            timer,
             done: false,
         };
         Ok(Response::from_parts(head, body.boxed_unsync()))
@@ -656,6 +672,7 @@ impl Egress {
         addrs: &[IpAddr],
         request: Request<RequestBody>,
         deadline: tokio::time::Instant,
+        mut timer: Pin<&mut tokio::time::Sleep>,
     ) -> Result<Response<hyper::body::Incoming>, HttpError> {
         let host_key = host.to_string();
         let mut sender = None;
@@ -674,11 +691,12 @@ impl Egress {
             None => self.connect(host, port, addrs).await?,
         };
         let first_byte = tokio::time::Instant::now() + self.limits.first_byte_timeout;
-        let response =
-            tokio::time::timeout_at(first_byte.min(deadline), sender.send_request(request))
-                .await
-                .map_err(|_| HttpError::ConnectionReadTimeout)?
-                .map_err(HttpError::Hyper)?;
+        timer.as_mut().reset(first_byte.min(deadline));
+        let response = tokio::select! {
+            biased;
+            response = sender.send_request(request) => response.map_err(HttpError::Hyper)?,
+            () = timer => return Err(HttpError::ConnectionReadTimeout),
+        };
         self.checkin(
             PoolKey {
                 host: host_key,
