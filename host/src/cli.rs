@@ -11,10 +11,14 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use wrun_runtime::recipe::{Recipe, RunReport, StepRecord, StepStatus};
 use wrun_runtime::{Engine, JobOptions, Placement};
+use zeroize::Zeroizing;
 
 use crate::connections::StoreConnections;
+use crate::daemon::sqlite::SqliteStorage;
+use crate::daemon::storage::{ConnectionInput, EnvChange, Storage};
 use crate::keys::{KeySource, MasterKey};
-use crate::store_sqlite::{OpenMode, Store};
+use crate::ops;
+use crate::store_sqlite::{OpenMode, Store, StoreError};
 use crate::{bundle, output, scaffold};
 
 /// wrun: run integration recipes as sandboxed WebAssembly components.
@@ -327,6 +331,17 @@ impl Global {
         Ok(Store::open(&self.db, OpenMode::MustExist)?)
     }
 
+    /// The database's audited operations, as the daemon uses them: every
+    /// change the CLI makes goes through them (see [`crate::ops`]), so it
+    /// is stored in the daemon's form and written with its audit entry.
+    fn storage(&self) -> Result<Arc<dyn Storage>> {
+        // Says clearly when there is no database yet.
+        self.store()?;
+        let source = self.key_source()?;
+        let key = MasterKey::load(source.clone())?;
+        Ok(Arc::new(SqliteStorage::open(&self.db, key, Some(source))?))
+    }
+
     fn engine(&self) -> Result<Engine> {
         let cache = match &self.cache_dir {
             Some(dir) => dir.clone(),
@@ -419,9 +434,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             bundle: path,
             into,
             env,
-        } => import(g, &path, into, &env),
-        Command::Connection(cmd) => connection(g, cmd),
-        Command::Env(cmd) => env_command(g, cmd),
+        } => import(g, &path, into, &env).await,
+        Command::Connection(cmd) => connection(g, cmd).await,
+        Command::Env(cmd) => env_command(g, cmd).await,
         Command::Key(cmd) => key_command(g, cmd),
         Command::Serve { config } => {
             let config = crate::daemon::config::DaemonConfig::load(config.as_deref())?;
@@ -563,47 +578,59 @@ fn audit_command(g: &Global, cmd: AuditCommand) -> Result<ExitCode> {
     }
 }
 
-/// Reads a connection value from stdin, or prompts for it without echo, and
-/// checks that it resists guessing (`check_value_strength`) for its
-/// placement `apply`.
-fn read_secret_value(name: &str, apply: &str) -> Result<String> {
+/// Reads a connection value from stdin, or prompts for it without echo.
+/// Whether it is long and strong enough is checked by the operation that
+/// stores it ([`ops::put_connection`]).
+fn read_secret_value(name: &str) -> Result<Zeroizing<String>> {
     let value = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(format!("value of connection `{name}`: "))
-            .context("reading the value")?
+        Zeroizing::new(
+            rpassword::prompt_password(format!("value of connection `{name}`: "))
+                .context("reading the value")?,
+        )
     } else {
-        let mut buf = String::new();
+        let mut buf = Zeroizing::new(String::new());
         std::io::stdin()
             .take(1 << 20)
             .read_to_string(&mut buf)
             .context("reading the value from stdin")?;
         buf
     };
-    let value = value.trim_end_matches(['\n', '\r']).to_string();
+    let value = Zeroizing::new(value.trim_end_matches(['\n', '\r']).to_string());
     ensure!(
         !value.is_empty(),
         "the value of connection `{name}` is empty"
     );
-    ensure!(
-        value.len() >= wrun_runtime::mask::MIN_VALUE_LEN,
-        "the value of connection `{name}` is shorter than {} bytes, too short to be masked reliably",
-        wrun_runtime::mask::MIN_VALUE_LEN
-    );
-    let placement: Placement = apply.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let secret = wrun_runtime::SecretValue::new(value.as_str());
-    wrun_runtime::secrets::check_value_strength(name, &secret, &placement)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(value)
 }
 
-fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
+async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
     let store = g.store()?;
+    let actor = ops::Actor::cli(&g.workspace);
     match cmd {
         ConnectionCommand::Add { name, hosts, apply } => {
+            // Checked before the value is asked for; checked again, with
+            // the value, by the operation.
             validate_connection(&name, &hosts, &apply)?;
-            let key = g.key()?;
-            let value = read_secret_value(&name, &apply)?;
-            store.ensure_workspace(&g.workspace, &key)?;
-            store.add_connection(&g.workspace, &name, &value, &hosts, &apply, &key)?;
+            if store
+                .list_connections(&g.workspace)?
+                .iter()
+                .any(|c| c.name == name)
+            {
+                return Err(StoreError::ConnectionExists {
+                    workspace: g.workspace.clone(),
+                    name,
+                }
+                .into());
+            }
+            let storage = g.storage()?;
+            let value = read_secret_value(&name)?;
+            let input = ConnectionInput {
+                name: name.clone(),
+                value,
+                hosts,
+                placement: apply,
+            };
+            ops::put_connection(storage.as_ref(), &actor, input).await?;
             output::line(&format!(
                 "added connection `{name}` in workspace `{}`",
                 g.workspace
@@ -638,7 +665,12 @@ fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
             }
         }
         ConnectionCommand::Rm { name } => {
-            store.remove_connection(&g.workspace, &name)?;
+            let storage = g.storage()?;
+            ensure!(
+                ops::delete_connection(storage.as_ref(), &actor, &name).await?,
+                "no connection `{name}` in workspace `{}`",
+                g.workspace
+            );
             output::line(&format!("removed connection `{name}`"));
         }
         ConnectionCommand::Update {
@@ -655,26 +687,31 @@ fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
                 .with_context(|| {
                     format!("no connection `{name}` in workspace `{}`", g.workspace)
                 })?;
-            let new_hosts = if hosts.is_empty() {
+            let hosts = if hosts.is_empty() {
                 current.hosts.clone()
             } else {
-                hosts.clone()
+                hosts
             };
-            let new_apply = apply.clone().unwrap_or(current.placement.clone());
-            validate_connection(&name, &new_hosts, &new_apply)?;
+            let placement = apply.unwrap_or(current.placement.clone());
+            validate_connection(&name, &hosts, &placement)?;
+            let storage = g.storage()?;
             let value = if keep_value {
-                None
+                store
+                    .connection_value(&g.workspace, &name, &key)?
+                    .with_context(|| {
+                        format!("no connection `{name}` in workspace `{}`", g.workspace)
+                    })?
+                    .0
             } else {
-                Some(read_secret_value(&name, &new_apply)?)
+                read_secret_value(&name)?
             };
-            store.update_connection(
-                &g.workspace,
-                &name,
-                value.as_deref(),
-                (!hosts.is_empty()).then_some(hosts.as_slice()),
-                apply.as_deref(),
-                &key,
-            )?;
+            let input = ConnectionInput {
+                name: name.clone(),
+                value,
+                hosts,
+                placement,
+            };
+            ops::put_connection(storage.as_ref(), &actor, input).await?;
             output::line(&format!("updated connection `{name}`"));
         }
     }
@@ -717,18 +754,21 @@ fn format_time(unix: i64) -> String {
     )
 }
 
-fn env_command(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
+async fn env_command(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
     let store = g.store()?;
+    let actor = ops::Actor::cli(&g.workspace);
     match cmd {
         EnvCommand::Set { env, assignment } => {
             let (name, value) = assignment
                 .split_once('=')
                 .with_context(|| format!("`{assignment}` is not NAME=VALUE"))?;
-            store.set_property(&g.workspace, &env, name, value)?;
+            let change = EnvChange::SetProperty(name.into(), value.into());
+            ops::change_environment(g.storage()?.as_ref(), &actor, &env, change).await?;
             output::line(&format!("set `{name}` in environment `{env}`"));
         }
         EnvCommand::Unset { env, name } => {
-            store.remove_property(&g.workspace, &env, &name)?;
+            let change = EnvChange::RemoveProperty(name.clone());
+            ops::change_environment(g.storage()?.as_ref(), &actor, &env, change).await?;
             output::line(&format!("removed `{name}` from environment `{env}`"));
         }
         EnvCommand::Bind {
@@ -736,7 +776,8 @@ fn env_command(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
             logical,
             connection,
         } => {
-            store.bind(&g.workspace, &env, &logical, &connection)?;
+            let change = EnvChange::Bind(logical.clone(), connection.clone());
+            ops::change_environment(g.storage()?.as_ref(), &actor, &env, change).await?;
             output::line(&format!(
                 "`{logical}` -> connection `{connection}` in environment `{env}`"
             ));
@@ -1048,7 +1089,7 @@ fn print_step(index: usize, total: usize, record: &StepRecord) {
     }
 }
 
-fn import(g: &Global, path: &Path, into: Option<PathBuf>, env: &str) -> Result<ExitCode> {
+async fn import(g: &Global, path: &Path, into: Option<PathBuf>, env: &str) -> Result<ExitCode> {
     let staging = into
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!(".wrun-import-{}", std::process::id())));
@@ -1066,15 +1107,19 @@ fn import(g: &Global, path: &Path, into: Option<PathBuf>, env: &str) -> Result<E
             dir
         }
     };
+    // Deployed exactly as `PUT /v1/workspaces/{ws}/recipes/{name}` deploys
+    // it: checked, compiled, stored with its components, audited.
     let store = g.store()?;
-    let lock_text = serde_json::to_string(&lock)?;
-    let manifest_text = manifest.to_toml()?;
-    store.save_recipe(
-        &g.workspace,
-        &manifest.recipe.name,
-        &manifest_text,
-        &lock_text,
-    )?;
+    let bundle =
+        std::fs::read(path).with_context(|| format!("reading bundle {}", path.display()))?;
+    ops::deploy_recipe(
+        g.storage()?.as_ref(),
+        g.engine()?,
+        &ops::Actor::cli(&g.workspace),
+        Some(&manifest.recipe.name),
+        bundle,
+    )
+    .await?;
     let b = bindings_of(&store, &g.workspace, env, &manifest)?;
     if g.json {
         println!(

@@ -11,6 +11,7 @@ mod cli;
 mod connections;
 mod daemon;
 mod keys;
+mod ops;
 mod output;
 mod scaffold;
 mod store_sqlite;

@@ -353,7 +353,7 @@ pub(crate) enum StoreError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// `add_connection` for a name that exists.
+    /// A connection added under a name that exists.
     #[error(
         "connection `{name}` already exists in workspace `{workspace}`; use `wrun connection update`"
     )]
@@ -364,6 +364,7 @@ pub(crate) enum StoreError {
         name: String,
     },
     /// No such connection.
+    #[cfg(test)]
     #[error("no connection `{name}` in workspace `{workspace}`")]
     ConnectionNotFound {
         /// The workspace.
@@ -372,6 +373,7 @@ pub(crate) enum StoreError {
         name: String,
     },
     /// No such property.
+    #[cfg(test)]
     #[error("no property `{name}` in environment `{environment}` of workspace `{workspace}`")]
     PropertyNotFound {
         /// The workspace.
@@ -390,14 +392,6 @@ pub(crate) enum StoreError {
         environment: String,
         /// The recipe's connection name.
         logical: String,
-    },
-    /// No such recipe.
-    #[error("no recipe `{name}` in workspace `{workspace}`")]
-    RecipeNotFound {
-        /// The workspace.
-        workspace: String,
-        /// The recipe.
-        name: String,
     },
     /// A sealed connection value failed to open: altered, or copied from
     /// another record, or its hosts or placement were changed.
@@ -471,28 +465,6 @@ pub(crate) struct ConnectionInfo {
     pub(crate) created_at: i64,
     /// When its value was last replaced (unix seconds), if ever.
     pub(crate) rotated_at: Option<i64>,
-}
-
-/// An imported recipe as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct RecipeInfo {
-    /// The recipe's name.
-    pub(crate) name: String,
-    /// When it was last saved (unix seconds).
-    pub(crate) imported_at: i64,
-}
-
-/// An imported recipe with its manifest and lock.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct RecipeRecord {
-    /// The recipe's name.
-    pub(crate) name: String,
-    /// The manifest text (TOML).
-    pub(crate) manifest: String,
-    /// The lock text (JSON).
-    pub(crate) lock: String,
-    /// When it was last saved (unix seconds).
-    pub(crate) imported_at: i64,
 }
 
 /// The decrypted value of a connection with its hosts and placement.
@@ -1093,6 +1065,7 @@ impl Store {
         rows.collect::<rusqlite::Result<Vec<String>>>().doing(doing)
     }
 
+    #[cfg(test)]
     /// Adds a connection, creating the workspace if needed. The value is
     /// sealed with the workspace data key (see the module docs).
     ///
@@ -1154,6 +1127,7 @@ impl Store {
         tx.commit().doing(doing)
     }
 
+    #[cfg(test)]
     /// Changes a connection's value, hosts and/or placement (`None` keeps
     /// the current one). Replacing the value sets `rotated_at`. Changing only
     /// hosts or placement re-seals the current value, which must still
@@ -1241,6 +1215,7 @@ impl Store {
         tx.commit().doing(doing)
     }
 
+    #[cfg(test)]
     /// Removes a connection. Bindings that name it are kept (they resolve
     /// to a missing connection until it is added again).
     ///
@@ -1354,6 +1329,7 @@ impl Store {
         Ok(Some((value, hosts, placement)))
     }
 
+    #[cfg(test)]
     /// Sets (adds or replaces) a non-secret property of an environment.
     ///
     /// # Errors
@@ -1379,6 +1355,7 @@ impl Store {
         Ok(())
     }
 
+    #[cfg(test)]
     /// Removes a property of an environment.
     ///
     /// # Errors
@@ -1452,6 +1429,7 @@ impl Store {
             .doing(&doing)
     }
 
+    #[cfg(test)]
     /// Binds a recipe's connection name (`logical`) to a stored connection
     /// in an environment, replacing an earlier binding. The connection need
     /// not exist yet.
@@ -1565,119 +1543,6 @@ impl Store {
             .optional()
             .doing(|| format!("resolving `{logical}` in environment `{environment}` of workspace `{workspace}`"))?;
         Ok(bound.unwrap_or_else(|| logical.to_string()))
-    }
-
-    /// Saves an imported recipe, replacing an earlier one of the same name.
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, SQL errors.
-    pub(crate) fn save_recipe(
-        &self,
-        workspace: &str,
-        name: &str,
-        manifest: &str,
-        lock: &str,
-    ) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("recipe", name)?;
-        self.conn
-            .execute(
-                "INSERT INTO recipes (workspace, name, manifest, lock, imported_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (workspace, name) DO UPDATE
-                 SET manifest = excluded.manifest, lock = excluded.lock, imported_at = excluded.imported_at",
-                params![workspace, name, manifest, lock, now()],
-            )
-            .doing(|| format!("saving recipe `{name}` in workspace `{workspace}`"))?;
-        Ok(())
-    }
-
-    /// An imported recipe, or `None`.
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, SQL errors.
-    #[allow(
-        dead_code,
-        reason = "part of the store API; no `wrun` command uses it yet"
-    )]
-    pub(crate) fn recipe(
-        &self,
-        workspace: &str,
-        name: &str,
-    ) -> Result<Option<RecipeRecord>, StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("recipe", name)?;
-        self.conn
-            .query_row(
-                "SELECT name, manifest, lock, imported_at FROM recipes WHERE workspace = ?1 AND name = ?2",
-                params![workspace, name],
-                |r| {
-                    Ok(RecipeRecord {
-                        name: r.get(0)?,
-                        manifest: r.get(1)?,
-                        lock: r.get(2)?,
-                        imported_at: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .doing(|| format!("reading recipe `{name}` of workspace `{workspace}`"))
-    }
-
-    /// The imported recipes of a workspace, by name.
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, SQL errors.
-    #[allow(
-        dead_code,
-        reason = "part of the store API; no `wrun` command uses it yet"
-    )]
-    pub(crate) fn list_recipes(&self, workspace: &str) -> Result<Vec<RecipeInfo>, StoreError> {
-        check_name("workspace", workspace)?;
-        let doing = || format!("listing recipes of workspace `{workspace}`");
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, imported_at FROM recipes WHERE workspace = ?1 ORDER BY name")
-            .doing(doing)?;
-        let rows = stmt
-            .query_map(params![workspace], |r| {
-                Ok(RecipeInfo {
-                    name: r.get(0)?,
-                    imported_at: r.get(1)?,
-                })
-            })
-            .doing(doing)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)
-    }
-
-    /// Removes an imported recipe.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::RecipeNotFound`], invalid names, SQL errors.
-    #[allow(
-        dead_code,
-        reason = "part of the store API; no `wrun` command uses it yet"
-    )]
-    pub(crate) fn remove_recipe(&self, workspace: &str, name: &str) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("recipe", name)?;
-        let removed = self
-            .conn
-            .execute(
-                "DELETE FROM recipes WHERE workspace = ?1 AND name = ?2",
-                params![workspace, name],
-            )
-            .doing(|| format!("removing recipe `{name}` from workspace `{workspace}`"))?;
-        if removed == 0 {
-            return Err(StoreError::RecipeNotFound {
-                workspace: workspace.into(),
-                name: name.into(),
-            });
-        }
-        Ok(())
     }
 
     /// Re-wraps every workspace data key from `old` to `new` and records
@@ -3110,45 +2975,6 @@ mod tests {
             "no binding for `github` in environment `prod` of workspace `ws`"
         );
         assert_eq!(env.store.bindings("ws", "dev").unwrap().len(), 1);
-    }
-
-    #[test]
-    fn recipes_save_get_list_remove() {
-        let env = Env::new();
-        assert!(env.store.recipe("ws", "sync").unwrap().is_none());
-        env.store
-            .save_recipe("ws", "sync", "[recipe]\nname = \"sync\"", "{\"format\":1}")
-            .unwrap();
-        env.store.save_recipe("ws", "alpha", "m", "l").unwrap();
-        env.store.save_recipe("other", "sync", "m2", "l2").unwrap();
-        let r = env.store.recipe("ws", "sync").unwrap().unwrap();
-        assert_eq!(r.name, "sync");
-        assert_eq!(r.manifest, "[recipe]\nname = \"sync\"");
-        assert_eq!(r.lock, "{\"format\":1}");
-        assert!(r.imported_at > 0);
-        let names: Vec<String> = env
-            .store
-            .list_recipes("ws")
-            .unwrap()
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
-        assert_eq!(names, ["alpha", "sync"]);
-        env.store.save_recipe("ws", "sync", "m3", "l3").unwrap();
-        assert_eq!(
-            env.store.recipe("ws", "sync").unwrap().unwrap().manifest,
-            "m3"
-        );
-        env.store.remove_recipe("ws", "sync").unwrap();
-        assert!(env.store.recipe("ws", "sync").unwrap().is_none());
-        assert!(matches!(
-            env.store.remove_recipe("ws", "sync"),
-            Err(StoreError::RecipeNotFound { .. })
-        ));
-        assert_eq!(
-            env.store.recipe("other", "sync").unwrap().unwrap().manifest,
-            "m2"
-        );
     }
 
     #[test]

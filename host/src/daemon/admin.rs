@@ -12,7 +12,7 @@ use rusqlite::params;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::audit::{self, AuditKey, Entry, Outcome, VerifyReport};
+use super::audit::{self, AuditKey, Entry, VerifyReport};
 use super::auth::{self, NewToken};
 use super::sqlite::last_admin_refusal;
 use crate::keys::MasterKey;
@@ -20,10 +20,7 @@ use crate::store_sqlite::{OpenMode, Store, check_name, now};
 
 /// Who the CLI acts as in audit entries: the local user.
 fn cli_actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
+    crate::ops::Actor::cli("").name
 }
 
 /// Runs `f` in an immediate transaction and appends `entries` to the audit
@@ -60,15 +57,7 @@ fn audited<T>(
 
 /// An audit entry by the CLI.
 fn entry(workspace: &str, action: &str, target: String, detail: serde_json::Value) -> Entry {
-    Entry {
-        workspace: Some(workspace.into()),
-        actor: cli_actor(),
-        action: action.into(),
-        target,
-        source: Some("local".into()),
-        outcome: Outcome::Success,
-        detail,
-    }
+    crate::ops::Actor::cli(workspace).entry(action, target, detail)
 }
 
 /// Adds a member or changes their role (built-in roles or custom ones

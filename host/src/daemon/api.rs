@@ -12,7 +12,6 @@
 //! The routes are declared once, in [`api_routes!`]: the same declaration
 //! builds the router and the OpenAPI document, so they cannot drift apart.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +87,15 @@ pub(crate) struct Principal {
 }
 
 impl Principal {
+    /// The principal as the actor of a shared operation ([`crate::ops`]).
+    fn as_actor(&self) -> crate::ops::Actor {
+        crate::ops::Actor {
+            workspace: self.workspace.clone(),
+            name: self.actor(),
+            source: self.ip.to_string(),
+        }
+    }
+
     /// The actor of an audit entry.
     fn actor(&self) -> String {
         self.subject.clone()
@@ -120,6 +128,7 @@ fn storage_error(e: StorageError) -> ApiError {
     match e {
         StorageError::NotFound { what, name } => ApiError::not_found(format!("{what} `{name}`")),
         StorageError::Conflict(msg) => ApiError::conflict("conflict", msg),
+        StorageError::Invalid { code, message } => ApiError::bad_request(code, message),
         StorageError::Store(crate::store_sqlite::StoreError::InvalidName { what, shown }) => {
             ApiError::bad_request(
                 "invalid_name",
@@ -701,56 +710,15 @@ async fn put_recipe(
         .acquire()
         .await
         .map_err(|_| ApiError::internal())?;
-    let parsed =
-        tokio::task::spawn_blocking(move || crate::bundle::read(&body[..], "the uploaded bundle"))
-            .await
-            .map_err(|_| ApiError::internal())?;
-    let (manifest, lock, entries) =
-        parsed.map_err(|e| ApiError::bad_request("invalid_bundle", format!("{e:#}")))?;
-    if manifest.recipe.name != name {
-        return Err(ApiError::bad_request(
-            "name_mismatch",
-            format!(
-                "the bundle holds recipe `{}`, not `{name}`",
-                manifest.recipe.name
-            ),
-        ));
-    }
-    let components: BTreeMap<String, Vec<u8>> = entries
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("components/"))
-        .collect();
-    // Compile before storing: a recipe that does not load is refused whole.
-    let engine = s.runner.engine();
-    let check_manifest = manifest.clone();
-    let (loaded, components) = tokio::task::spawn_blocking(move || {
-        let loaded = wrun_runtime::recipe::Recipe::load(&engine, check_manifest, |path| {
-            let key = path.to_string_lossy().replace('\\', "/");
-            components
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| std::io::Error::other(format!("{key} is not in the bundle")))
-        })
-        .map(|_| ());
-        (loaded, components)
-    })
+    let lock = crate::ops::deploy_recipe(
+        s.storage.as_ref(),
+        s.runner.engine(),
+        &p.as_actor(),
+        Some(&name),
+        body.to_vec(),
+    )
     .await
-    .map_err(|_| ApiError::internal())?;
-    if let Err(errors) = loaded {
-        return Err(ApiError::bad_request("invalid_recipe", errors.to_string()));
-    }
-    let text = manifest
-        .to_toml()
-        .map_err(|e| ApiError::bad_request("invalid_recipe", e.to_string()))?;
-    let audit = p.entry(
-        "recipe.deploy",
-        format!("recipe:{name}"),
-        json!({ "components": lock.components, "connections": lock.connections }),
-    );
-    s.storage
-        .put_recipe(&ws, &name, text, components, audit)
-        .await
-        .map_err(storage_error)?;
+    .map_err(storage_error)?;
     reply(
         StatusCode::OK,
         json!({ "recipe": name, "components": lock.components, "connections": lock.connections, "properties": lock.properties }),
@@ -1269,38 +1237,18 @@ async fn put_connection(
         .authorize(&headers, addr, &ws, Resource::Connections, Access::Write)
         .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
-    wrun_runtime::policy::NetGrant::parse_for_connection(&body.hosts)
-        .map_err(|e| ApiError::bad_request("invalid_host", format!("hosts: {e}")))?;
-    body.placement
-        .parse::<wrun_runtime::Placement>()
-        .map_err(|e| ApiError::bad_request("invalid_placement", e.to_string()))?;
-    let connection = wrun_runtime::Connection::new(
-        &name,
-        wrun_runtime::SecretValue::new(body.value.as_str()),
-        body.hosts.clone(),
-        body.placement.parse().map_err(|_| ApiError::internal())?,
+    crate::ops::put_connection(
+        s.storage.as_ref(),
+        &p.as_actor(),
+        ConnectionInput {
+            name: name.clone(),
+            value: body.value,
+            hosts: body.hosts,
+            placement: body.placement,
+        },
     )
-    .map_err(|e| ApiError::bad_request("invalid_connection", e.to_string()))?;
-    wrun_runtime::secrets::check_value_strength(&name, connection.value(), connection.placement())
-        .map_err(|e| ApiError::bad_request("weak_connection_value", e.to_string()))?;
-    let audit = p.entry(
-        "connection.put",
-        format!("connection:{name}"),
-        json!({ "hosts": body.hosts, "placement": body.placement }),
-    );
-    s.storage
-        .put_connection(
-            &ws,
-            ConnectionInput {
-                name: name.clone(),
-                value: body.value,
-                hosts: body.hosts,
-                placement: body.placement,
-            },
-            audit,
-        )
-        .await
-        .map_err(storage_error)?;
+    .await
+    .map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "connection": name }))
 }
 
@@ -1313,9 +1261,7 @@ async fn delete_connection(
     let p = s
         .authorize(&headers, addr, &ws, Resource::Connections, Access::Write)
         .await?;
-    let audit = p.entry("connection.delete", format!("connection:{name}"), json!({}));
-    if s.storage
-        .delete_connection(&ws, &name, audit)
+    if crate::ops::delete_connection(s.storage.as_ref(), &p.as_actor(), &name)
         .await
         .map_err(storage_error)?
     {
@@ -1358,19 +1304,7 @@ async fn change_env(
         .await?;
     // Read (and parse) only once the caller is allowed.
     let change = change().await?;
-    let (action, target) = match &change {
-        EnvChange::SetProperty(n, _) => ("environment.property.set", n),
-        EnvChange::RemoveProperty(n) => ("environment.property.remove", n),
-        EnvChange::Bind(n, _) => ("environment.bind", n),
-        EnvChange::Unbind(n) => ("environment.unbind", n),
-    };
-    let detail = match &change {
-        EnvChange::Bind(_, c) => json!({ "connection": c }),
-        _ => json!({}),
-    };
-    let audit = p.entry(action, format!("environment:{env}/{target}"), detail);
-    s.storage
-        .change_environment(ws, env, change, audit)
+    crate::ops::change_environment(s.storage.as_ref(), &p.as_actor(), env, change)
         .await
         .map_err(storage_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())

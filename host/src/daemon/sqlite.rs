@@ -129,6 +129,34 @@ pub(crate) struct SqliteStorage {
     keys_store: Mutex<Store>,
     master: KeyCell,
     data_keys: RwLock<HashMap<String, Arc<DataKey>>>,
+    /// Set when the storage is dropped: the writer ends after its group.
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for SqliteStorage {
+    /// Ends the writer thread and waits for it, so that its connection is
+    /// closed before the process exits: the last connection to close
+    /// folds the write-ahead log into the database file (a CLI command
+    /// leaves the database as one file, as it found it).
+    fn drop(&mut self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        // An empty op wakes the writer if it waits for work.
+        let _ = self
+            .ops
+            .send((Durability::Process, Box::new(|_| Box::new(|_| {}))));
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the database writer thread panicked");
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -181,9 +209,11 @@ impl SqliteStorage {
         let audit_key = AuditKey::from_bytes(*audit_key.bytes());
         let keys_store = Store::open(path, OpenMode::MustExist)?;
         let (tx, rx) = mpsc::unbounded_channel::<Op>();
-        std::thread::Builder::new()
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_closing = closing.clone();
+        let handle = std::thread::Builder::new()
             .name("wrun-db-writer".into())
-            .spawn(move || writer_loop(&writer, &audit_key, rx))
+            .spawn(move || writer_loop(&writer, &audit_key, rx, &writer_closing))
             .map_err(|e| StorageError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(SqliteStorage {
             path: path.into(),
@@ -195,6 +225,8 @@ impl SqliteStorage {
                 source,
             },
             data_keys: RwLock::new(HashMap::new()),
+            closing,
+            writer: Mutex::new(Some(handle)),
         }))
     }
 
@@ -395,7 +427,12 @@ impl SqliteStorage {
 }
 
 /// The writer thread: group commits until every sender is gone.
-fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedReceiver<Op>) {
+fn writer_loop(
+    store: &Store,
+    audit_key: &AuditKey,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    closing: &std::sync::atomic::AtomicBool,
+) {
     let conn = store.conn();
     let mut synchronous = Durability::Disk;
     while let Some(first) = rx.blocking_recv() {
@@ -443,6 +480,9 @@ fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedRecei
             for op in ops {
                 op(&ctx)(Err(reason.clone()));
             }
+            if closing.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
             continue;
         }
         let ctx = WriteCtx {
@@ -460,6 +500,9 @@ fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedRecei
         }
         for done in completions {
             done(committed.clone());
+        }
+        if closing.load(std::sync::atomic::Ordering::Acquire) {
+            break;
         }
     }
 }

@@ -36,6 +36,15 @@ pub(crate) enum StorageError {
         /// Its name or id.
         name: String,
     },
+    /// The input is not valid; the message says what and where, and the
+    /// code names the rule for API clients (`invalid_host`, ...).
+    #[error("{message}")]
+    Invalid {
+        /// A stable, machine-readable name of the rule.
+        code: &'static str,
+        /// What was wrong, for a person.
+        message: String,
+    },
     /// The change conflicts with the current state.
     #[error("{0}")]
     Conflict(String),

@@ -10,6 +10,7 @@ mod crash;
 mod credentials;
 mod edges;
 mod history;
+mod one_store;
 mod requests;
 mod support;
 

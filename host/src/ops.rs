@@ -1,0 +1,235 @@
+//! The changes of data that both the API and the CLI make, in one place:
+//! each checks its input, builds its audit entry and calls the one storage
+//! operation that writes the change and the entry in the same transaction.
+//!
+//! A handler or a command only says who acts ([`Actor`]) and maps the
+//! result to its own output; it never builds a change of its own, so a
+//! recipe deployed or a connection written from the shell is stored in the
+//! same form, checked by the same rules and audited like one from the API.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use wrun_runtime::Engine;
+
+use crate::bundle::Lock;
+use crate::daemon::audit::{Entry, Outcome};
+use crate::daemon::storage::{ConnectionInput, EnvChange, Storage, StorageError, StorageResult};
+
+/// Who makes a change, as its audit entry names them.
+#[derive(Debug, Clone)]
+pub(crate) struct Actor {
+    /// The workspace acted in.
+    pub(crate) workspace: String,
+    /// A member's subject, or `cli:<user>` for the local command line.
+    pub(crate) name: String,
+    /// The client address, or `local` for the command line.
+    pub(crate) source: String,
+}
+
+impl Actor {
+    /// The local user of the command line, acting in `workspace`.
+    pub(crate) fn cli(workspace: &str) -> Actor {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("USERNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Actor {
+            workspace: workspace.into(),
+            name: format!("cli:{user}"),
+            source: "local".into(),
+        }
+    }
+
+    /// A successful action's audit entry.
+    pub(crate) fn entry(
+        &self,
+        action: &str,
+        target: impl Into<String>,
+        detail: serde_json::Value,
+    ) -> Entry {
+        Entry {
+            workspace: Some(self.workspace.clone()),
+            actor: self.name.clone(),
+            action: action.into(),
+            target: target.into(),
+            source: Some(self.source.clone()),
+            outcome: Outcome::Success,
+            detail,
+        }
+    }
+}
+
+/// A refusal of the input, with a stable code for API clients.
+fn invalid(code: &'static str, message: impl Into<String>) -> StorageError {
+    StorageError::Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Creates or replaces a connection: the hosts, placement and value are
+/// checked with the runtime's own parsers and the value's strength rule
+/// before anything is stored.
+///
+/// # Errors
+///
+/// [`StorageError::Invalid`] for a bad name, host pattern (including one
+/// that covers a public suffix), placement, or a value that is empty, too
+/// short to be masked or too easy to guess; storage failures.
+pub(crate) async fn put_connection(
+    storage: &dyn Storage,
+    actor: &Actor,
+    input: ConnectionInput,
+) -> StorageResult<()> {
+    let name = input.name.clone();
+    let placement: wrun_runtime::Placement = input
+        .placement
+        .parse()
+        .map_err(|e: wrun_runtime::ConnectionError| invalid("invalid_placement", e.to_string()))?;
+    let grant = wrun_runtime::policy::NetGrant::parse_for_connection(&input.hosts)
+        .map_err(|e| invalid("invalid_host", format!("connection `{name}`: hosts: {e}")))?;
+    if grant.is_empty() {
+        return Err(invalid(
+            "invalid_host",
+            format!("connection `{name}` needs at least one host"),
+        ));
+    }
+    if input.value.len() < wrun_runtime::mask::MIN_VALUE_LEN {
+        return Err(invalid(
+            "weak_connection_value",
+            format!(
+                "the value of connection `{name}` is shorter than {} bytes, too short to be masked reliably",
+                wrun_runtime::mask::MIN_VALUE_LEN
+            ),
+        ));
+    }
+    let connection = wrun_runtime::Connection::new(
+        &name,
+        wrun_runtime::SecretValue::new(input.value.as_str()),
+        input.hosts.clone(),
+        placement,
+    )
+    .map_err(|e| invalid("invalid_connection", e.to_string()))?;
+    wrun_runtime::secrets::check_value_strength(&name, connection.value(), connection.placement())
+        .map_err(|e| invalid("weak_connection_value", e.to_string()))?;
+    let audit = actor.entry(
+        "connection.put",
+        format!("connection:{name}"),
+        json!({ "hosts": input.hosts, "placement": input.placement }),
+    );
+    storage.put_connection(&actor.workspace, input, audit).await
+}
+
+/// Removes a connection; `false` if there is none (nothing is audited).
+///
+/// # Errors
+///
+/// Storage failures.
+pub(crate) async fn delete_connection(
+    storage: &dyn Storage,
+    actor: &Actor,
+    name: &str,
+) -> StorageResult<bool> {
+    let audit = actor.entry("connection.delete", format!("connection:{name}"), json!({}));
+    storage
+        .delete_connection(&actor.workspace, name, audit)
+        .await
+}
+
+/// Sets or removes a property, or binds or unbinds a connection, in one
+/// environment.
+///
+/// # Errors
+///
+/// Invalid names (from the storage); storage failures.
+pub(crate) async fn change_environment(
+    storage: &dyn Storage,
+    actor: &Actor,
+    environment: &str,
+    change: EnvChange,
+) -> StorageResult<()> {
+    let (action, target) = match &change {
+        EnvChange::SetProperty(n, _) => ("environment.property.set", n),
+        EnvChange::RemoveProperty(n) => ("environment.property.remove", n),
+        EnvChange::Bind(n, _) => ("environment.bind", n),
+        EnvChange::Unbind(n) => ("environment.unbind", n),
+    };
+    let detail = match &change {
+        EnvChange::Bind(_, c) => json!({ "connection": c }),
+        _ => json!({}),
+    };
+    let audit = actor.entry(
+        action,
+        format!("environment:{environment}/{target}"),
+        detail,
+    );
+    storage
+        .change_environment(&actor.workspace, environment, change, audit)
+        .await
+}
+
+/// Deploys (creates or replaces) a recipe from a bundle (`wrun export`):
+/// the bundle is read and its hashes checked, every step is compiled with
+/// `engine`, and only a recipe that loads whole is stored with its
+/// components. `expected` is the name the caller deploys it as, if any.
+///
+/// # Errors
+///
+/// [`StorageError::Invalid`] for a bundle that is not valid, holds another
+/// recipe than `expected`, or does not load; storage failures.
+pub(crate) async fn deploy_recipe(
+    storage: &dyn Storage,
+    engine: Engine,
+    actor: &Actor,
+    expected: Option<&str>,
+    bundle: Vec<u8>,
+) -> StorageResult<Lock> {
+    let parsed = tokio::task::spawn_blocking(move || {
+        crate::bundle::read(&bundle[..], "the bundle").map_err(|e| format!("{e:#}"))
+    })
+    .await
+    .map_err(|e| StorageError::Internal(format!("reading the bundle failed: {e}")))?;
+    let (manifest, lock, entries) = parsed.map_err(|e| invalid("invalid_bundle", e))?;
+    let name = manifest.recipe.name.clone();
+    if let Some(expected) = expected
+        && expected != name
+    {
+        return Err(invalid(
+            "name_mismatch",
+            format!("the bundle holds recipe `{name}`, not `{expected}`"),
+        ));
+    }
+    let components: BTreeMap<String, Vec<u8>> = entries
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("components/"))
+        .collect();
+    // Compile before storing: a recipe that does not load is refused whole.
+    let check_manifest = manifest.clone();
+    let (loaded, components) = tokio::task::spawn_blocking(move || {
+        let loaded = wrun_runtime::recipe::Recipe::load(&engine, check_manifest, |path| {
+            let key = path.to_string_lossy().replace('\\', "/");
+            components
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| std::io::Error::other(format!("{key} is not in the bundle")))
+        })
+        .map(|_| ())
+        .map_err(|errors| errors.to_string());
+        (loaded, components)
+    })
+    .await
+    .map_err(|e| StorageError::Internal(format!("compiling the recipe failed: {e}")))?;
+    loaded.map_err(|e| invalid("invalid_recipe", e))?;
+    let text = manifest
+        .to_toml()
+        .map_err(|e| invalid("invalid_recipe", e.to_string()))?;
+    let audit = actor.entry(
+        "recipe.deploy",
+        format!("recipe:{name}"),
+        json!({ "components": lock.components, "connections": lock.connections }),
+    );
+    storage
+        .put_recipe(&actor.workspace, &name, text, components, audit)
+        .await?;
+    Ok(lock)
+}

@@ -1,0 +1,195 @@
+//! The CLI and the daemon change the same data through the same audited
+//! operations: what one writes, the other reads, and every change made from
+//! the shell is in the audit log like one made over the API.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Site, noop_bundle};
+
+/// Runs a `wrun` command with `stdin` as its input; returns (success,
+/// stdout and stderr).
+fn with_stdin(cmd: &mut Command, stdin: &str) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command may refuse before it reads its input.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipe_imported_with_the_cli_runs_through_the_daemon() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let token = site.token("team-a", "alice", "*:write");
+    let bundle = noop_bundle(&site, "imported", 3);
+    site.ok(site
+        .wrun()
+        .args(["--workspace", "team-a", "import"])
+        .arg(&bundle)
+        .arg("--into")
+        .arg(site.dir.join("imported-dir")));
+
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api
+        .get("/v1/workspaces/team-a/recipes/imported", &token)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = api
+        .post(
+            "/v1/workspaces/team-a/recipes/imported/webhooks",
+            &token,
+            &json!({ "environment": "prod", "signed": false }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let hook = r.json["id"].as_str().unwrap().to_string();
+    let r = api
+        .send(
+            http::Method::POST,
+            &format!("/hooks/{hook}"),
+            None,
+            Some(&json!({ "value": "from the shell" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = r.json["job"].as_str().unwrap().to_string();
+    let detail = api.wait_job("team-a", &job, &token).await;
+    assert_eq!(detail["state"], "succeeded", "{detail}");
+    assert_eq!(detail["steps"][2]["output"]["value"], "from the shell");
+
+    // The deployment is in the audit log, by the local user.
+    let r = api.get("/v1/workspaces/team-a/audit", &token).await;
+    let deploys: Vec<&Value> = r.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "recipe.deploy")
+        .collect();
+    assert_eq!(deploys.len(), 1, "{}", r.json);
+    assert!(
+        deploys[0]["actor"].as_str().unwrap().starts_with("cli:"),
+        "{}",
+        r.json
+    );
+    assert_eq!(deploys[0]["source"], "local");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_environment_changes_from_the_cli_are_audited() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let token = site.token("team-a", "alice", "*:write");
+    let first = "tok-Vq7Lm2Xz9Rp4Kd8Wn3Hs6-first";
+    let second = "tok-Bz4Tq8Lw2Nc6Jy9Hr3Pv5-second";
+    let ws = ["--workspace", "team-a"];
+    let (ok, out) = with_stdin(
+        site.wrun()
+            .args(ws)
+            .args(["connection", "add", "crm", "--host", "api.crm.test"]),
+        &format!("{first}\n"),
+    );
+    assert!(ok, "{out}");
+    // Adding a name that exists is refused, and changes nothing.
+    let (ok, out) = with_stdin(
+        site.wrun()
+            .args(ws)
+            .args(["connection", "add", "crm", "--host", "api.crm.test"]),
+        &format!("{second}\n"),
+    );
+    assert!(!ok);
+    assert!(out.contains("already exists"), "{out}");
+    let (ok, out) = with_stdin(
+        site.wrun().args(ws).args(["connection", "update", "crm"]),
+        &format!("{second}\n"),
+    );
+    assert!(ok, "{out}");
+    site.ok(site.wrun().args(ws).args([
+        "connection",
+        "update",
+        "crm",
+        "--keep-value",
+        "--host",
+        "eu.crm.test",
+    ]));
+    // A weak value is refused by the same rule as over the API.
+    let (ok, out) = with_stdin(
+        site.wrun().args(ws).args(["connection", "update", "crm"]),
+        "pin-1234\n",
+    );
+    assert!(!ok);
+    assert!(out.contains("crm"), "{out}");
+    site.ok(site
+        .wrun()
+        .args(ws)
+        .args(["env", "set", "--env", "prod", "region=eu"]));
+    site.ok(site
+        .wrun()
+        .args(ws)
+        .args(["env", "bind", "--env", "prod", "crm", "crm"]));
+    site.ok(site.wrun().args(ws).args(["connection", "rm", "crm"]));
+    let (ok, out) = with_stdin(site.wrun().args(ws).args(["connection", "rm", "crm"]), "");
+    assert!(!ok);
+    assert!(out.contains("no connection `crm`"), "{out}");
+
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api.get("/v1/workspaces/team-a/audit", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let changes: Vec<(String, String)> = r.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"].as_str().unwrap_or_default().starts_with("cli:"))
+        .filter(|e| e["action"] != "member.role" && e["action"] != "token.create")
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["target"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("connection.put", "connection:crm"),
+        ("connection.put", "connection:crm"),
+        ("connection.put", "connection:crm"),
+        ("environment.property.set", "environment:prod/region"),
+        ("environment.bind", "environment:prod/crm"),
+        ("connection.delete", "connection:crm"),
+    ]
+    .map(|(a, t)| (a.to_string(), t.to_string()));
+    assert_eq!(changes, expected, "{}", r.json);
+    let text = String::from_utf8_lossy(&r.raw);
+    for value in [first, second] {
+        assert!(!text.contains(value), "a value reached the audit log");
+    }
+    // The second update moved the hosts, and says so.
+    let hosts: Vec<&Value> = r.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "connection.put")
+        .map(|e| &e["detail"]["hosts"])
+        .collect();
+    assert_eq!(hosts[2], &json!(["eu.crm.test"]), "{}", r.json);
+    drop(daemon);
+
+    let out = site.ok(site.wrun().args(["audit", "verify"]));
+    assert!(!out.is_empty());
+}
