@@ -20,7 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use sha2::{Digest, Sha256};
+
 use wrun_runtime::manifest::Manifest;
 
 /// Bundle format understood by this version.
@@ -46,10 +46,7 @@ pub(crate) struct Lock {
 
 /// Lowercase hex SHA-256 of some bytes.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    wrun_store::sha256_hex(bytes)
 }
 
 /// Reads and validates a manifest file.

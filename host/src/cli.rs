@@ -445,8 +445,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             crate::daemon::serve(config, &g.db, key, source, g.engine()?).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token(cmd) => token_command(g, cmd),
-        Command::Member(cmd) => member_command(g, cmd),
+        Command::Token(cmd) => token_command(g, cmd).await,
+        Command::Member(cmd) => member_command(g, cmd).await,
         Command::Audit(cmd) => audit_command(g, cmd),
     }
 }
@@ -458,9 +458,8 @@ impl Cli {
     }
 }
 
-fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
+async fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
     use crate::daemon::admin;
-    let store = g.store()?;
     match cmd {
         TokenCommand::Create {
             name,
@@ -470,10 +469,8 @@ fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
             max_lifetime,
             allow_ips,
         } => {
-            let key = g.key()?;
             let (id, token, expires_at) = admin::create_token(
-                &store,
-                &key,
+                g.storage()?.as_ref(),
                 &admin::TokenRequest {
                     workspace: &g.workspace,
                     name: &name,
@@ -483,7 +480,8 @@ fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
                     max_lifetime: max_lifetime.into(),
                     allow_ips: &allow_ips,
                 },
-            )?;
+            )
+            .await?;
             if g.json {
                 output::json(
                     &json!({ "id": id, "token": token.as_str(), "expires_at": expires_at }),
@@ -494,7 +492,7 @@ fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
             }
         }
         TokenCommand::List => {
-            let tokens = admin::list_tokens(&store, &g.workspace)?;
+            let tokens = admin::list_tokens(g.storage()?.as_ref(), &g.workspace).await?;
             if g.json {
                 output::json(&json!({ "tokens": tokens }));
             } else {
@@ -517,27 +515,27 @@ fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
             }
         }
         TokenCommand::Revoke { id } => {
-            admin::revoke_token(&store, &g.key()?, &g.workspace, &id)?;
+            admin::revoke_token(g.storage()?.as_ref(), &g.workspace, &id).await?;
             eprintln!("token {id} revoked");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn member_command(g: &Global, cmd: MemberCommand) -> Result<ExitCode> {
+async fn member_command(g: &Global, cmd: MemberCommand) -> Result<ExitCode> {
     use crate::daemon::admin;
     match cmd {
         MemberCommand::Set { subject, role } => {
-            let store = Store::open(&g.db, OpenMode::CreateIfMissing)?;
-            admin::set_member(&store, &g.key()?, &g.workspace, &subject, &role)?;
+            Store::open(&g.db, OpenMode::CreateIfMissing)?;
+            admin::set_member(g.storage()?.as_ref(), &g.workspace, &subject, &role).await?;
             eprintln!("{subject} is now {role} in workspace {}", g.workspace);
         }
         MemberCommand::Rm { subject } => {
-            admin::remove_member(&g.store()?, &g.key()?, &g.workspace, &subject)?;
+            admin::remove_member(g.storage()?.as_ref(), &g.workspace, &subject).await?;
             eprintln!("{subject} removed from workspace {}", g.workspace);
         }
         MemberCommand::List => {
-            for (subject, role) in admin::list_members(&g.store()?, &g.workspace)? {
+            for (subject, role) in admin::list_members(g.storage()?.as_ref(), &g.workspace).await? {
                 println!("{subject}  {role}");
             }
         }

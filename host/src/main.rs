@@ -10,11 +10,13 @@ mod bundle;
 mod cli;
 mod connections;
 mod daemon;
-mod keys;
 mod ops;
+
+// The store crate's modules, under the names the CLI and daemon use.
+use wrun_store::db as store_sqlite;
+use wrun_store::keys;
 mod output;
 mod scaffold;
-mod store_sqlite;
 
 use std::process::ExitCode;
 

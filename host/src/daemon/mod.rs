@@ -12,7 +12,6 @@
 
 pub(crate) mod admin;
 pub(crate) mod api;
-pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod config;
 pub(crate) mod http_error;
@@ -22,9 +21,9 @@ pub(crate) mod openapi;
 pub(crate) mod ratelimit;
 pub(crate) mod schedule;
 pub(crate) mod signature;
-pub(crate) mod sqlite;
-pub(crate) mod storage;
 pub(crate) mod tls;
+
+pub(crate) use wrun_store::{audit, sqlite, storage};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -105,14 +105,14 @@ macro_rules! zero_mac {
 }
 
 /// The `prev` value of the first entry, and the head's MAC of an empty log.
-pub(crate) const ZERO_MAC: &str = zero_mac!();
+pub const ZERO_MAC: &str = zero_mac!();
 
 /// Domain separator that starts every canonical encoding; the version lets a
 /// later encoding be told apart.
 const DOMAIN: &[u8] = b"wrun-audit-v1\n";
 
 /// How many problems a [`VerifyReport`] lists; further ones are only counted.
-pub(crate) const MAX_PROBLEMS: usize = 10_000;
+pub const MAX_PROBLEMS: usize = 10_000;
 
 /// How many entries [`stream`] reads per query, so that no read snapshot is
 /// held while a slow client consumes a long log.
@@ -124,7 +124,7 @@ const STREAM_PAGE: usize = 1_000;
 /// schema can be applied at every start. The head row starts at `(0, zeros)`;
 /// if it has been deleted, applying the schema again recreates it at 0, which
 /// [`verify`] then reports as a head that does not match the log.
-pub(crate) const AUDIT_SCHEMA: &str = concat!(
+pub const AUDIT_SCHEMA: &str = concat!(
     "CREATE TABLE IF NOT EXISTS audit (
     seq       INTEGER PRIMARY KEY CHECK (seq > 0),
     at        INTEGER NOT NULL,
@@ -163,7 +163,7 @@ const COLUMNS: &str =
 /// Errors of the audit log. Messages name the operation and the entry; they
 /// never contain the key.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AuditError {
+pub enum AuditError {
     /// A query on the audit tables failed.
     #[error("audit log database error while {context}")]
     Database {
@@ -253,14 +253,14 @@ fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> AuditError {
 /// The bytes are zeroized on drop and never printed: `Debug` shows only the
 /// type name.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub(crate) struct AuditKey {
+pub struct AuditKey {
     /// The key bytes.
     bytes: [u8; 32],
 }
 
 impl AuditKey {
     /// Wraps 32 key bytes. The caller should zeroize its own copy.
-    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self { bytes }
     }
 
@@ -280,7 +280,7 @@ impl fmt::Debug for AuditKey {
 /// How the audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// The action was carried out.
     Success,
     /// The action was allowed but failed.
@@ -291,7 +291,7 @@ pub(crate) enum Outcome {
 
 impl Outcome {
     /// The stored (and MACed) spelling: `success`, `failure` or `denied`.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Success => "success",
             Self::Failure => "failure",
@@ -300,7 +300,7 @@ impl Outcome {
     }
 
     /// Parses the stored spelling; `None` for anything else.
-    pub(crate) fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         match text {
             "success" => Some(Self::Success),
             "failure" => Some(Self::Failure),
@@ -319,21 +319,21 @@ impl fmt::Display for Outcome {
 /// One audit entry to append. The sequence number, time and MACs are added
 /// by [`append`].
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
+pub struct Entry {
     /// The workspace the action belongs to; `None` for daemon-wide actions.
-    pub(crate) workspace: Option<String>,
+    pub workspace: Option<String>,
     /// Who acted: a member, a token id, or `system`. Never a token value.
-    pub(crate) actor: String,
+    pub actor: String,
     /// What was done, for example `token.create` or `job.start`.
-    pub(crate) action: String,
+    pub action: String,
     /// What it was done to, for example a job or token id.
-    pub(crate) target: String,
+    pub target: String,
     /// The client IP address, if the action came over the network.
-    pub(crate) source: Option<String>,
+    pub source: Option<String>,
     /// How it ended.
-    pub(crate) outcome: Outcome,
+    pub outcome: Outcome,
     /// Further facts as a JSON object. Never a secret value.
-    pub(crate) detail: serde_json::Value,
+    pub detail: serde_json::Value,
 }
 
 /// An entry as stored, also the JSON line format for SIEMs.
@@ -342,31 +342,31 @@ pub(crate) struct Entry {
 /// `source` are `null` when absent, and `time` is `at` as an RFC 3339 UTC
 /// string with milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Stored {
+pub struct Stored {
     /// Sequence number, from 1 without gaps.
-    pub(crate) seq: u64,
+    pub seq: u64,
     /// Time in unix milliseconds.
-    pub(crate) at: i64,
+    pub at: i64,
     /// `at` as RFC 3339, for example `2023-11-14T22:13:20.123Z`.
-    pub(crate) time: String,
+    pub time: String,
     /// The workspace, if any.
-    pub(crate) workspace: Option<String>,
+    pub workspace: Option<String>,
     /// Who acted.
-    pub(crate) actor: String,
+    pub actor: String,
     /// What was done.
-    pub(crate) action: String,
+    pub action: String,
     /// What it was done to.
-    pub(crate) target: String,
+    pub target: String,
     /// The client IP address, if any.
-    pub(crate) source: Option<String>,
+    pub source: Option<String>,
     /// How it ended.
-    pub(crate) outcome: Outcome,
+    pub outcome: Outcome,
     /// Further facts, a JSON object.
-    pub(crate) detail: serde_json::Value,
+    pub detail: serde_json::Value,
     /// Hex MAC of the previous entry (64 zeros for entry 1).
-    pub(crate) prev: String,
+    pub prev: String,
     /// Hex MAC of this entry.
-    pub(crate) mac: String,
+    pub mac: String,
 }
 
 /// The fields that the MAC covers, borrowed from an entry or a row.
@@ -483,7 +483,7 @@ fn read_head(conn: &Connection) -> Result<Option<(i64, String)>, AuditError> {
 /// [`AuditError::HeadCorrupt`] if the head cannot be read;
 /// [`AuditError::Insert`] or [`AuditError::Database`] if SQLite fails. On an
 /// error the caller should roll its transaction back.
-pub(crate) fn append(
+pub fn append(
     conn: &Connection,
     key: &AuditKey,
     at_millis: i64,
@@ -691,7 +691,7 @@ fn stored(row: &Row<'_>) -> Result<Stored, AuditError> {
 /// [`AuditError::Database`] if the query fails; [`AuditError::Malformed`] if
 /// a row cannot be decoded (which the schema's checks prevent unless the
 /// database was altered).
-pub(crate) fn read(
+pub fn read(
     conn: &Connection,
     after_seq: u64,
     limit: usize,
@@ -733,7 +733,7 @@ pub(crate) fn read(
 ///
 /// As [`read`], plus [`AuditError::Write`] when `out` fails (every entry
 /// before the one named was written) and [`AuditError::Encode`].
-pub(crate) fn stream(
+pub fn stream(
     conn: &Connection,
     after_seq: u64,
     out: &mut impl Write,
@@ -767,7 +767,7 @@ pub(crate) fn stream(
 
 /// What is wrong at one place of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ProblemKind {
+pub enum ProblemKind {
     /// The entry's MAC does not match its content: a field, the MAC itself,
     /// or the entry's position was changed.
     Edited,
@@ -811,12 +811,12 @@ pub(crate) enum ProblemKind {
 
 /// One problem found by [`verify`], at entry `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Problem {
+pub struct Problem {
     /// The entry where the problem is (for head problems, the last entry;
     /// 0 when no entry applies).
-    pub(crate) seq: u64,
+    pub seq: u64,
     /// What is wrong.
-    pub(crate) kind: ProblemKind,
+    pub kind: ProblemKind,
 }
 
 impl fmt::Display for Problem {
@@ -895,20 +895,20 @@ impl fmt::Display for Problem {
 
 /// The result of [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct VerifyReport {
+pub struct VerifyReport {
     /// How many rows the log holds.
-    pub(crate) entries: u64,
+    pub entries: u64,
     /// How many of them match their MAC.
-    pub(crate) verified: u64,
+    pub verified: u64,
     /// The problems found, in `seq` order, at most [`MAX_PROBLEMS`].
-    pub(crate) problems: Vec<Problem>,
+    pub problems: Vec<Problem>,
     /// How many further problems were found but not listed.
-    pub(crate) omitted: u64,
+    pub omitted: u64,
 }
 
 impl VerifyReport {
     /// True when no problem was found.
-    pub(crate) fn is_intact(&self) -> bool {
+    pub fn is_intact(&self) -> bool {
         self.problems.is_empty() && self.omitted == 0
     }
 }
@@ -998,7 +998,7 @@ impl Collector {
 ///
 /// [`AuditError::Database`] if SQLite fails. Tampering is never an error: it
 /// is reported in the [`VerifyReport`].
-pub(crate) fn verify(conn: &Connection, key: &AuditKey) -> Result<VerifyReport, AuditError> {
+pub fn verify(conn: &Connection, key: &AuditKey) -> Result<VerifyReport, AuditError> {
     let _snapshot = if conn.is_autocommit() {
         Some(
             conn.unchecked_transaction()
@@ -1188,7 +1188,7 @@ fn resolve_candidates(
 /// Formats unix milliseconds as RFC 3339 UTC with milliseconds, for example
 /// `2023-11-14T22:13:20.123Z`. Never panics; years outside 0..=9999 are
 /// written with more digits or a sign, which is no longer strict RFC 3339.
-pub(crate) fn rfc3339_millis(millis: i64) -> String {
+pub fn rfc3339_millis(millis: i64) -> String {
     let secs = millis.div_euclid(1000);
     let milli = millis.rem_euclid(1000);
     let days = secs.div_euclid(86_400);

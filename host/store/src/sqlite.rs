@@ -47,14 +47,14 @@ use wrun_runtime::recipe::Resume;
 use wrun_runtime::{ConnectionSource, Placement, SecretValue};
 use zeroize::Zeroizing;
 
-use super::audit::{self, AuditKey, Entry, Stored};
-use super::auth::{self, PermissionSet};
-use super::storage::*;
-use crate::keys::{self, DataKey, KeySource, MasterKey};
-use crate::store_sqlite::{
+use crate::access::{self as auth, PermissionSet};
+use crate::audit::{self, AuditKey, Entry, Stored};
+use crate::db::{
     self as store, Doing as _, OpenMode, Store, StoreError, check_name, check_placement,
     hosts_json, open_connection, parse_hosts, seal_connection,
 };
+use crate::keys::{self, DataKey, KeySource, MasterKey};
+use crate::storage::*;
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -74,7 +74,7 @@ type Op = (
 
 /// How durable a write must be when its caller is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Durability {
+pub enum Durability {
     /// Committed and synced (`synchronous = FULL`): survives a power loss.
     /// Everything acknowledged to a client: accepted webhooks and runs,
     /// job ends, configuration changes, audit entries.
@@ -88,9 +88,9 @@ pub(crate) enum Durability {
 }
 
 /// What an operation can use on the writer thread.
-pub(crate) struct WriteCtx<'a> {
+pub struct WriteCtx<'a> {
     /// The writer's connection, inside the group's transaction.
-    pub(crate) conn: &'a Connection,
+    pub conn: &'a Connection,
     audit_key: &'a AuditKey,
     /// Why the group could not start: its ops answer with it, unrun.
     failed: Option<String>,
@@ -108,7 +108,7 @@ impl WriteCtx<'_> {
 }
 
 /// The current time in unix milliseconds.
-pub(crate) fn now_millis() -> i64 {
+pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -121,7 +121,7 @@ struct KeyCell {
 }
 
 /// The SQLite storage of the daemon.
-pub(crate) struct SqliteStorage {
+pub struct SqliteStorage {
     path: PathBuf,
     ops: mpsc::UnboundedSender<Op>,
     readers: Mutex<Vec<Store>>,
@@ -198,7 +198,7 @@ impl SqliteStorage {
     /// # Errors
     ///
     /// Store errors (not a wrun database, damaged, wrong master key).
-    pub(crate) fn open(
+    pub fn open(
         path: &Path,
         master: MasterKey,
         source: Option<KeySource>,
@@ -232,7 +232,7 @@ impl SqliteStorage {
 
     /// Runs `f` on the writer thread in the next group; returns once the
     /// group is committed.
-    pub(crate) async fn write<T, F>(&self, f: F) -> StorageResult<T>
+    pub async fn write<T, F>(&self, f: F) -> StorageResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteCtx<'_>) -> StorageResult<T> + Send + 'static,
@@ -241,7 +241,7 @@ impl SqliteStorage {
     }
 
     /// Like [`write`](Self::write), with the durability the caller needs.
-    pub(crate) async fn write_with<T, F>(&self, sync: Durability, f: F) -> StorageResult<T>
+    pub async fn write_with<T, F>(&self, sync: Durability, f: F) -> StorageResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteCtx<'_>) -> StorageResult<T> + Send + 'static,
@@ -292,7 +292,7 @@ impl SqliteStorage {
     }
 
     /// Runs `f` with a read connection on the blocking pool.
-    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> StorageResult<T>
+    pub async fn read<T, F>(self: &Arc<Self>, f: F) -> StorageResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StorageResult<T> + Send + 'static,
@@ -812,7 +812,7 @@ fn delete_audited(
 /// change keeps an admin: removing `subject` (`new_role` `None`) or giving
 /// them `new_role`. Call it in the transaction that makes the change, so two
 /// admins demoting each other at once cannot both succeed.
-pub(crate) fn last_admin_refusal(
+fn last_admin_refusal(
     conn: &Connection,
     workspace: &str,
     subject: &str,
@@ -1237,7 +1237,7 @@ impl Storage for Arc<SqliteStorage> {
         let (ws, name) = (workspace.to_string(), name.to_string());
         let hashes: BTreeMap<String, String> = components
             .iter()
-            .map(|(path, bytes)| (path.clone(), crate::bundle::sha256_hex(bytes)))
+            .map(|(path, bytes)| (path.clone(), crate::sha256_hex(bytes)))
             .collect();
         let lock = serde_json::to_string(&hashes).map_err(damaged("components"))?;
         self.write(move |ctx| {

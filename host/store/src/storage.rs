@@ -1,7 +1,7 @@
 //! The daemon's storage boundary: everything the API layer, the workers and
 //! the scheduler read or write goes through [`Storage`], so a backend for
 //! several nodes (PostgreSQL) can follow without touching them. The embedded
-//! default is [`super::sqlite::SqliteStorage`].
+//! default is [`crate::sqlite::SqliteStorage`].
 //!
 //! Every method that changes something takes the audit entries that record
 //! the change and commits them in the same transaction: an acknowledged
@@ -15,13 +15,13 @@ use serde_json::Value;
 use wrun_runtime::recipe::Resume;
 use zeroize::Zeroizing;
 
-use super::audit::{AuditError, Entry, Stored};
-use super::auth::PermissionSet;
-use crate::store_sqlite::StoreError;
+use crate::access::PermissionSet;
+use crate::audit::{AuditError, Entry, Stored};
+use crate::db::StoreError;
 
 /// What a storage operation can fail with.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StorageError {
+pub enum StorageError {
     /// The embedded store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -65,87 +65,87 @@ pub(crate) enum StorageError {
 }
 
 /// Shorthand for storage results.
-pub(crate) type StorageResult<T> = Result<T, StorageError>;
+pub type StorageResult<T> = Result<T, StorageError>;
 
 /// An API token as stored (the secret itself is never stored: only its
 /// SHA-256).
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct TokenRecord {
+pub struct TokenRecord {
     /// The public id (the part after `wrun_pat_`).
-    pub(crate) id: String,
+    pub id: String,
     /// Workspace the token acts in.
-    pub(crate) workspace: String,
+    pub workspace: String,
     /// A label chosen by its creator.
-    pub(crate) name: String,
+    pub name: String,
     /// SHA-256 of the secret part.
     #[serde(skip)]
-    pub(crate) hash: [u8; 32],
+    pub hash: [u8; 32],
     /// The member whose role bounds the token.
-    pub(crate) owner: String,
+    pub owner: String,
     /// Who created it (an admin may create one for a member).
-    pub(crate) creator: String,
+    pub creator: String,
     /// What the token may do (intersected with the owner's role).
-    pub(crate) scopes: PermissionSet,
+    pub scopes: PermissionSet,
     /// CIDRs the token may be used from (empty: anywhere).
-    pub(crate) allow_ips: Vec<String>,
+    pub allow_ips: Vec<String>,
     /// Unix seconds.
-    pub(crate) created_at: i64,
+    pub created_at: i64,
     /// Unix seconds; mandatory.
-    pub(crate) expires_at: i64,
+    pub expires_at: i64,
     /// Unix seconds, once revoked.
-    pub(crate) revoked_at: Option<i64>,
+    pub revoked_at: Option<i64>,
     /// Unix seconds of the last authenticated use.
-    pub(crate) last_used_at: Option<i64>,
+    pub last_used_at: Option<i64>,
     /// Client address of the last authenticated use.
-    pub(crate) last_used_ip: Option<String>,
+    pub last_used_ip: Option<String>,
 }
 
 /// A member of a workspace.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct Member {
+pub struct Member {
     /// The member's subject (a user id, or a JWT `sub`).
-    pub(crate) subject: String,
+    pub subject: String,
     /// Role name (built in or custom).
-    pub(crate) role: String,
+    pub role: String,
     /// Unix seconds.
-    pub(crate) created_at: i64,
+    pub created_at: i64,
 }
 
 /// A custom role: a named permission set.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct Role {
+pub struct Role {
     /// Role name.
-    pub(crate) name: String,
+    pub name: String,
     /// Its permissions.
-    pub(crate) permissions: PermissionSet,
+    pub permissions: PermissionSet,
     /// Whether it is one of the built-in roles.
-    pub(crate) builtin: bool,
+    pub builtin: bool,
 }
 
 /// A deployed recipe: its manifest and the components it names.
 #[derive(Debug, Clone)]
-pub(crate) struct StoredRecipe {
+pub struct StoredRecipe {
     /// The manifest (TOML).
-    pub(crate) manifest: String,
+    pub manifest: String,
     /// Component path (as the manifest names it) -> SHA-256 (hex).
-    pub(crate) components: BTreeMap<String, String>,
+    pub components: BTreeMap<String, String>,
     /// Unix milliseconds of the last deployment: a version for caches.
-    pub(crate) updated_at: i64,
+    pub updated_at: i64,
 }
 
 /// A deployed recipe as listed.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct RecipeSummary {
+pub struct RecipeSummary {
     /// Recipe name.
-    pub(crate) name: String,
+    pub name: String,
     /// Unix milliseconds of the last deployment.
-    pub(crate) updated_at: i64,
+    pub updated_at: i64,
 }
 
 /// What starts jobs of a recipe besides manual runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum TriggerKind {
+pub enum TriggerKind {
     /// `POST /hooks/{id}`.
     Webhook,
     /// A cron schedule.
@@ -154,7 +154,7 @@ pub(crate) enum TriggerKind {
 
 impl TriggerKind {
     /// The stored spelling.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             TriggerKind::Webhook => "webhook",
             TriggerKind::Schedule => "schedule",
@@ -164,32 +164,32 @@ impl TriggerKind {
 
 /// A webhook or schedule of a recipe.
 #[derive(Clone, Serialize)]
-pub(crate) struct TriggerRecord {
+pub struct TriggerRecord {
     /// Unguessable id (the webhook URL's last segment).
-    pub(crate) id: String,
+    pub id: String,
     /// Workspace.
-    pub(crate) workspace: String,
+    pub workspace: String,
     /// Recipe it starts.
-    pub(crate) recipe: String,
+    pub recipe: String,
     /// Webhook or schedule.
-    pub(crate) kind: TriggerKind,
+    pub kind: TriggerKind,
     /// Environment the jobs run in.
-    pub(crate) environment: String,
+    pub environment: String,
     /// HMAC secret of a signed webhook (decrypted; never serialised).
     #[serde(skip)]
-    pub(crate) secret: Option<Zeroizing<Vec<u8>>>,
+    pub secret: Option<Zeroizing<Vec<u8>>>,
     /// Whether the webhook checks signatures.
-    pub(crate) signed: bool,
+    pub signed: bool,
     /// Cron expression of a schedule.
-    pub(crate) cron: Option<String>,
+    pub cron: Option<String>,
     /// Time zone of a schedule.
-    pub(crate) timezone: Option<String>,
+    pub timezone: Option<String>,
     /// Trigger payload of a schedule's jobs.
-    pub(crate) input: Option<Value>,
+    pub input: Option<Value>,
     /// Last slot (unix seconds) a schedule fired for.
-    pub(crate) last_slot: Option<i64>,
+    pub last_slot: Option<i64>,
     /// Unix seconds.
-    pub(crate) created_at: i64,
+    pub created_at: i64,
 }
 
 impl std::fmt::Debug for TriggerRecord {
@@ -206,7 +206,7 @@ impl std::fmt::Debug for TriggerRecord {
 /// The life of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum JobState {
+pub enum JobState {
     /// Accepted, durable, not started.
     Queued,
     /// A worker runs it (or ran it when the daemon stopped).
@@ -221,7 +221,7 @@ pub(crate) enum JobState {
 
 impl JobState {
     /// The stored spelling.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
@@ -232,7 +232,7 @@ impl JobState {
     }
 
     /// Parses the stored spelling.
-    pub(crate) fn parse(s: &str) -> Option<JobState> {
+    pub fn parse(s: &str) -> Option<JobState> {
         Some(match s {
             "queued" => JobState::Queued,
             "running" => JobState::Running,
@@ -244,7 +244,7 @@ impl JobState {
     }
 
     /// Whether the job has ended.
-    pub(crate) fn is_final(self) -> bool {
+    pub fn is_final(self) -> bool {
         matches!(
             self,
             JobState::Succeeded | JobState::Failed | JobState::Cancelled
@@ -254,25 +254,25 @@ impl JobState {
 
 /// A job to enqueue.
 #[derive(Clone)]
-pub(crate) struct NewJob {
+pub struct NewJob {
     /// Its id.
-    pub(crate) id: String,
+    pub id: String,
     /// Workspace.
-    pub(crate) workspace: String,
+    pub workspace: String,
     /// Recipe.
-    pub(crate) recipe: String,
+    pub recipe: String,
     /// Environment.
-    pub(crate) environment: String,
+    pub environment: String,
     /// `webhook`, `schedule`, `manual` or `rerun`.
-    pub(crate) trigger_kind: String,
+    pub trigger_kind: String,
     /// The trigger payload (sealed at rest).
-    pub(crate) payload: Value,
+    pub payload: Value,
     /// Deduplicates webhook deliveries per recipe.
-    pub(crate) idempotency_key: Option<String>,
+    pub idempotency_key: Option<String>,
     /// The job this one reruns.
-    pub(crate) rerun_of: Option<String>,
+    pub rerun_of: Option<String>,
     /// Unix milliseconds.
-    pub(crate) created_at: i64,
+    pub created_at: i64,
 }
 
 impl std::fmt::Debug for NewJob {
@@ -288,7 +288,7 @@ impl std::fmt::Debug for NewJob {
 
 /// Whether [`Storage::enqueue`] created a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Enqueued {
+pub enum Enqueued {
     /// A new job with this id.
     New(String),
     /// The idempotency key was seen before: the existing job's id.
@@ -297,53 +297,53 @@ pub(crate) enum Enqueued {
 
 /// A job as listed.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct JobSummary {
+pub struct JobSummary {
     /// Job id.
-    pub(crate) id: String,
+    pub id: String,
     /// Workspace.
-    pub(crate) workspace: String,
+    pub workspace: String,
     /// Recipe.
-    pub(crate) recipe: String,
+    pub recipe: String,
     /// Environment.
-    pub(crate) environment: String,
+    pub environment: String,
     /// State.
-    pub(crate) state: JobState,
+    pub state: JobState,
     /// What started it.
-    pub(crate) trigger: String,
+    pub trigger: String,
     /// The job it reruns.
-    pub(crate) rerun_of: Option<String>,
+    pub rerun_of: Option<String>,
     /// Unix milliseconds.
-    pub(crate) created_at: i64,
+    pub created_at: i64,
     /// Unix milliseconds.
-    pub(crate) started_at: Option<i64>,
+    pub started_at: Option<i64>,
     /// Unix milliseconds.
-    pub(crate) finished_at: Option<i64>,
+    pub finished_at: Option<i64>,
     /// The failure, masked.
-    pub(crate) error: Option<String>,
+    pub error: Option<String>,
 }
 
 /// A job with its history.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct JobDetail {
+pub struct JobDetail {
     /// The summary.
     #[serde(flatten)]
-    pub(crate) summary: JobSummary,
+    pub summary: JobSummary,
     /// The trigger payload.
-    pub(crate) input: Value,
+    pub input: Value,
     /// One record per step that ran (masked: inputs, outputs, logs, errors,
     /// timings).
-    pub(crate) steps: Vec<Value>,
+    pub steps: Vec<Value>,
 }
 
 /// A job a worker starts or resumes.
 #[derive(Clone)]
-pub(crate) struct StartedJob {
+pub struct StartedJob {
     /// The summary.
-    pub(crate) summary: JobSummary,
+    pub summary: JobSummary,
     /// The trigger payload.
-    pub(crate) payload: Value,
+    pub payload: Value,
     /// Where to resume (step outputs committed before a crash).
-    pub(crate) resume: Resume,
+    pub resume: Resume,
 }
 
 impl std::fmt::Debug for StartedJob {
@@ -357,22 +357,22 @@ impl std::fmt::Debug for StartedJob {
 
 /// What a completed step leaves behind.
 #[derive(Clone)]
-pub(crate) struct StepCommit {
+pub struct StepCommit {
     /// Job id.
-    pub(crate) job: String,
+    pub job: String,
     /// Workspace (for the seal).
-    pub(crate) workspace: String,
+    pub workspace: String,
     /// Step index in the recipe.
-    pub(crate) index: usize,
+    pub index: usize,
     /// Step name.
-    pub(crate) step: String,
+    pub step: String,
     /// `succeeded`, `skipped` or `failed`.
-    pub(crate) status: String,
+    pub status: String,
     /// The masked record for history.
-    pub(crate) history: Value,
+    pub history: Value,
     /// The unmasked output and the job's marked values, to resume from;
     /// deleted when the job ends.
-    pub(crate) checkpoint: Option<(Value, Vec<String>)>,
+    pub checkpoint: Option<(Value, Vec<String>)>,
 }
 
 impl std::fmt::Debug for StepCommit {
@@ -389,74 +389,74 @@ impl std::fmt::Debug for StepCommit {
 
 /// Filters of a job listing.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-pub(crate) struct JobFilter {
+pub struct JobFilter {
     /// Only this recipe.
-    pub(crate) recipe: Option<String>,
+    pub recipe: Option<String>,
     /// Only this state.
-    pub(crate) state: Option<JobState>,
+    pub state: Option<JobState>,
     /// Only jobs listed after this job id (paging; jobs are listed newest
     /// first, so pass the last id of the previous page).
-    pub(crate) before: Option<String>,
+    pub before: Option<String>,
     /// At most this many (default 50, at most 500).
-    pub(crate) limit: Option<usize>,
+    pub limit: Option<usize>,
 }
 
 /// Which jobs a deletion (a GDPR request) removes. At least one criterion
 /// is required.
 #[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct DeleteCriteria {
+pub struct DeleteCriteria {
     /// Jobs of this recipe.
-    pub(crate) recipe: Option<String>,
+    pub recipe: Option<String>,
     /// Created at or after (unix milliseconds).
-    pub(crate) from: Option<i64>,
+    pub from: Option<i64>,
     /// Created before (unix milliseconds).
-    pub(crate) to: Option<i64>,
+    pub to: Option<i64>,
     /// A JSON pointer into the trigger payload (`/customer/email`).
-    pub(crate) field: Option<String>,
+    pub field: Option<String>,
     /// The value the field must equal.
-    pub(crate) value: Option<Value>,
+    pub value: Option<Value>,
 }
 
 /// A connection as listed: never its value.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct ConnectionSummary {
+pub struct ConnectionSummary {
     /// Connection name.
-    pub(crate) name: String,
+    pub name: String,
     /// Hosts it may be sent to.
-    pub(crate) hosts: Vec<String>,
+    pub hosts: Vec<String>,
     /// Where it goes in a request.
-    pub(crate) placement: String,
+    pub placement: String,
     /// Unix seconds.
-    pub(crate) created_at: i64,
+    pub created_at: i64,
     /// Unix seconds of the last value change.
-    pub(crate) rotated_at: Option<i64>,
+    pub rotated_at: Option<i64>,
 }
 
 /// A connection to write.
-pub(crate) struct ConnectionInput {
+pub struct ConnectionInput {
     /// Connection name.
-    pub(crate) name: String,
+    pub name: String,
     /// The secret value.
-    pub(crate) value: Zeroizing<String>,
+    pub value: Zeroizing<String>,
     /// Hosts it may be sent to.
-    pub(crate) hosts: Vec<String>,
+    pub hosts: Vec<String>,
     /// Where it goes in a request.
-    pub(crate) placement: String,
+    pub placement: String,
 }
 
 /// An environment's properties and bindings.
 #[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct EnvironmentView {
+pub struct EnvironmentView {
     /// Non-secret properties.
-    pub(crate) properties: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, String>,
     /// Recipe connection name -> stored connection.
-    pub(crate) bindings: BTreeMap<String, String>,
+    pub bindings: BTreeMap<String, String>,
 }
 
 /// A change to an environment.
 #[derive(Debug, Clone)]
-pub(crate) enum EnvChange {
+pub enum EnvChange {
     /// Set a property.
     SetProperty(String, String),
     /// Remove a property.
@@ -469,7 +469,7 @@ pub(crate) enum EnvChange {
 
 /// The storage of the daemon.
 #[async_trait::async_trait]
-pub(crate) trait Storage: Send + Sync + 'static {
+pub trait Storage: Send + Sync + 'static {
     // -- Identity ---------------------------------------------------------
 
     /// The connections of a job: names resolved through the environment's

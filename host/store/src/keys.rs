@@ -52,7 +52,7 @@ use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length in bytes of a master key and of a data key.
-pub(crate) const KEY_LEN: usize = 32;
+pub const KEY_LEN: usize = 32;
 
 /// Length in bytes of an AES-GCM nonce.
 const NONCE_LEN: usize = 12;
@@ -80,7 +80,7 @@ const MAX_KEY_FILE_LEN: u64 = 4096;
 /// No variant carries key material or plaintext: the messages say what is
 /// wrong and where (a path, an environment variable name), never the value.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum KeyError {
+pub enum KeyError {
     /// The key file does not exist.
     #[error("no master key file at {}", path.display())]
     MissingFile {
@@ -175,7 +175,7 @@ pub(crate) enum KeyError {
 
 /// Where the master key is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum KeySource {
+pub enum KeySource {
     /// A file holding the base64 text of the key (mode 0600 on unix).
     File(PathBuf),
     /// An environment variable, by name, holding the base64 text of the key.
@@ -186,7 +186,7 @@ pub(crate) enum KeySource {
 ///
 /// It never prints: `Debug` shows only the [fingerprint](Self::fingerprint).
 #[derive(Zeroize, ZeroizeOnDrop)]
-pub(crate) struct MasterKey {
+pub struct MasterKey {
     // Boxed so that moving the key does not leave copies of it on the stack.
     bytes: Box<[u8; KEY_LEN]>,
 }
@@ -194,7 +194,7 @@ pub(crate) struct MasterKey {
 impl MasterKey {
     /// Generates a new key from the thread-local CSPRNG (seeded by the
     /// operating system).
-    pub(crate) fn generate() -> MasterKey {
+    pub fn generate() -> MasterKey {
         let mut bytes = Box::new([0u8; KEY_LEN]);
         rand::rng().fill_bytes(&mut bytes[..]);
         MasterKey { bytes }
@@ -213,7 +213,7 @@ impl MasterKey {
         dead_code,
         reason = "the text form is parsed through `load`; kept for callers holding the text"
     )]
-    pub(crate) fn from_base64(text: &str) -> Result<MasterKey, KeyError> {
+    pub fn from_base64(text: &str) -> Result<MasterKey, KeyError> {
         MasterKey::parse(text, "the given text")
     }
 
@@ -243,14 +243,14 @@ impl MasterKey {
 
     /// The text form of the key (standard base64 of the 32 bytes), for `wrun
     /// key init` to write once. The returned string is zeroed on drop.
-    pub(crate) fn to_base64(&self) -> Zeroizing<String> {
+    pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(STANDARD.encode(&self.bytes[..]))
     }
 
     /// A short identifier of the key that does not reveal it: the first 16
     /// hex characters of SHA-256 over a fixed domain-separation prefix and
     /// the key bytes.
-    pub(crate) fn fingerprint(&self) -> String {
+    pub fn fingerprint(&self) -> String {
         let mut hasher = Sha256::new();
         hasher.update(FINGERPRINT_DOMAIN);
         hasher.update(&self.bytes[..]);
@@ -269,7 +269,7 @@ impl MasterKey {
     /// file, a file others can read (with the `chmod` that fixes it), an
     /// unset variable, empty text, text that is not base64, or a key of the
     /// wrong length. No error contains key material.
-    pub(crate) fn load(source: KeySource) -> Result<MasterKey, KeyError> {
+    pub fn load(source: KeySource) -> Result<MasterKey, KeyError> {
         match source {
             KeySource::File(path) => MasterKey::load_file(&path),
             KeySource::Env(var) => {
@@ -369,7 +369,7 @@ impl fmt::Debug for MasterKey {
 ///
 /// [`KeyError::FileExists`] if `path` exists, [`KeyError::Write`] for any
 /// other failure (missing directory, permissions, disk full).
-pub(crate) fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
+pub fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -403,13 +403,13 @@ pub(crate) fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyErro
 
 /// A workspace data key: 32 random bytes, zeroed on drop, never printed.
 #[derive(Zeroize, ZeroizeOnDrop)]
-pub(crate) struct DataKey {
+pub struct DataKey {
     bytes: Box<[u8; KEY_LEN]>,
 }
 
 impl DataKey {
     /// Generates a new data key from the thread-local CSPRNG.
-    pub(crate) fn generate() -> DataKey {
+    pub fn generate() -> DataKey {
         let mut bytes = Box::new([0u8; KEY_LEN]);
         rand::rng().fill_bytes(&mut bytes[..]);
         DataKey { bytes }
@@ -422,7 +422,7 @@ impl DataKey {
 
     /// The key's bytes, for keys that are not AES keys (the audit log's MAC
     /// key is stored as a wrapped data key). Never log or print them.
-    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
+    pub fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.bytes
     }
 }
@@ -493,7 +493,7 @@ fn decrypt(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Ve
 ///
 /// [`KeyError::Encryption`] only if AES-GCM refuses the input, which does not
 /// happen for a 32-byte key.
-pub(crate) fn wrap_data_key(
+pub fn wrap_data_key(
     master: &MasterKey,
     data_key: &DataKey,
     workspace: &str,
@@ -513,7 +513,7 @@ pub(crate) fn wrap_data_key(
 /// [`KeyError::Authentication`] if the key is not the one it was wrapped
 /// with, the bytes were altered, or they were wrapped for another
 /// workspace; [`KeyError::Malformed`] if they are not in the wrapped format.
-pub(crate) fn unwrap_data_key(
+pub fn unwrap_data_key(
     master: &MasterKey,
     wrapped: &[u8],
     workspace: &str,
@@ -536,7 +536,7 @@ pub(crate) fn unwrap_data_key(
 ///
 /// [`KeyError::Encryption`] if the plaintext is too large for AES-GCM
 /// (more than 64 GiB).
-pub(crate) fn seal(data_key: &DataKey, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
+pub fn seal(data_key: &DataKey, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
     encrypt(&data_key.cipher(), plaintext, aad)
 }
 
@@ -547,11 +547,7 @@ pub(crate) fn seal(data_key: &DataKey, plaintext: &[u8], aad: &[u8]) -> Result<V
 /// [`KeyError::Authentication`] if the key or `aad` differ from sealing or
 /// the bytes were altered; [`KeyError::Malformed`] if they are not in the
 /// sealed format.
-pub(crate) fn open(
-    data_key: &DataKey,
-    sealed: &[u8],
-    aad: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+pub fn open(data_key: &DataKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     decrypt(&data_key.cipher(), sealed, aad)
 }
 

@@ -87,7 +87,7 @@ use zeroize::Zeroizing;
 use crate::keys::{self, DataKey, KeyError, MasterKey};
 
 /// The schema version this code creates and understands.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -240,7 +240,7 @@ CREATE TABLE settings (
 ";
 
 /// The current time in unix seconds (0 if the clock is before 1970).
-pub(crate) fn now() -> i64 {
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -248,7 +248,7 @@ pub(crate) fn now() -> i64 {
 
 /// Whether [`Store::open`] may create a missing database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OpenMode {
+pub enum OpenMode {
     /// Create the file (mode 0600) and the schema if the file is missing.
     CreateIfMissing,
     /// Fail with [`StoreError::Missing`] if there is no database at the path.
@@ -258,7 +258,7 @@ pub(crate) enum OpenMode {
 /// Why a store operation failed. Messages say what was being done and
 /// where; none contains a connection value or key material.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
+pub enum StoreError {
     /// There is no database at the path (or only an empty file).
     #[error(
         "no wrun database at {} (create one with `wrun key init`, or point --db or WRUN_DB at an existing database)",
@@ -422,6 +422,9 @@ pub(crate) enum StoreError {
         /// What is wrong (never the content).
         reason: &'static str,
     },
+    /// The audit log could not be read or verified.
+    #[error("the audit log: {0}")]
+    Audit(String),
     /// Encryption failed.
     #[error("{doing}: {source}")]
     Key {
@@ -433,7 +436,7 @@ pub(crate) enum StoreError {
 }
 
 /// Adds "what was being done" to SQLite errors, and tells damage apart.
-pub(crate) trait Doing<T> {
+pub trait Doing<T> {
     /// Wraps the error with `doing()`.
     fn doing(self, doing: impl FnOnce() -> String) -> Result<T, StoreError>;
 }
@@ -454,28 +457,28 @@ impl<T> Doing<T> for rusqlite::Result<T> {
 
 /// A stored connection as listed: everything but the value.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct ConnectionInfo {
+pub struct ConnectionInfo {
     /// The connection's name in its workspace.
-    pub(crate) name: String,
+    pub name: String,
     /// The hosts the value may be sent to.
-    pub(crate) hosts: Vec<String>,
+    pub hosts: Vec<String>,
     /// How the value is applied to a request (a header template, ...).
-    pub(crate) placement: String,
+    pub placement: String,
     /// When it was added (unix seconds).
-    pub(crate) created_at: i64,
+    pub created_at: i64,
     /// When its value was last replaced (unix seconds), if ever.
-    pub(crate) rotated_at: Option<i64>,
+    pub rotated_at: Option<i64>,
 }
 
 /// The decrypted value of a connection with its hosts and placement.
-pub(crate) type ConnectionValue = (Zeroizing<String>, Vec<String>, String);
+pub type ConnectionValue = (Zeroizing<String>, Vec<String>, String);
 
 /// An open wrun database.
 ///
 /// Methods take `&self`; a `Store` is `Send` but not `Sync`, so share one
 /// behind a `Mutex` (or open one per thread: several stores, in one process
 /// or several, may use the same file).
-pub(crate) struct Store {
+pub struct Store {
     conn: Connection,
     path: PathBuf,
 }
@@ -489,7 +492,7 @@ impl fmt::Debug for Store {
 }
 
 /// Checks a name: 1 to 64 characters of `A-Za-z0-9-_.`.
-pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
+pub fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
     let ok = (1..=MAX_NAME_LEN).contains(&name.len())
         && name
             .bytes()
@@ -510,7 +513,7 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreErro
 }
 
 /// Checks a placement: not empty, no control characters.
-pub(crate) fn check_placement(placement: &str) -> Result<(), StoreError> {
+pub fn check_placement(placement: &str) -> Result<(), StoreError> {
     if placement.trim().is_empty() {
         return Err(StoreError::InvalidInput {
             what: "connection placement".into(),
@@ -527,7 +530,7 @@ pub(crate) fn check_placement(placement: &str) -> Result<(), StoreError> {
 }
 
 /// The JSON text of a hosts list.
-pub(crate) fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
+pub fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(hosts).map_err(|_| StoreError::InvalidInput {
         what: "connection hosts".into(),
         reason: "they cannot be written as JSON",
@@ -535,11 +538,7 @@ pub(crate) fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
 }
 
 /// Parses the stored hosts of a connection.
-pub(crate) fn parse_hosts(
-    workspace: &str,
-    name: &str,
-    json: &str,
-) -> Result<Vec<String>, StoreError> {
+pub fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json).map_err(|_| StoreError::Malformed {
         what: format!("the hosts of connection `{name}` in workspace `{workspace}`"),
         reason: "not a JSON array of strings",
@@ -547,12 +546,7 @@ pub(crate) fn parse_hosts(
 }
 
 /// The associated data of a sealed connection value.
-pub(crate) fn connection_aad(
-    workspace: &str,
-    name: &str,
-    placement: &str,
-    hosts_json: &str,
-) -> Vec<u8> {
+pub fn connection_aad(workspace: &str, name: &str, placement: &str, hosts_json: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(
         CONNECTION_AAD_PREFIX.len()
             + workspace.len()
@@ -575,7 +569,7 @@ pub(crate) fn connection_aad(
 /// Seals a connection value with its workspace's data key, bound to
 /// (workspace, name, placement, hosts): the one sealing path of the CLI
 /// store and the daemon.
-pub(crate) fn seal_connection(
+pub fn seal_connection(
     data_key: &DataKey,
     workspace: &str,
     name: &str,
@@ -593,7 +587,7 @@ pub(crate) fn seal_connection(
 /// Opens a sealed connection value and parses its hosts: the one opening
 /// path of the CLI store and the daemon. The value is moved out of the
 /// decrypted buffer without a copy, so only zeroizing owners hold it.
-pub(crate) fn open_connection(
+pub fn open_connection(
     data_key: &DataKey,
     workspace: &str,
     name: &str,
@@ -734,7 +728,7 @@ impl Store {
     /// one), [`StoreError::NotSqlite`], [`StoreError::Foreign`],
     /// [`StoreError::Corrupt`], [`StoreError::TooNew`]; I/O and SQL errors
     /// name the path.
-    pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, mode: OpenMode) -> Result<Store, StoreError> {
         prepare_file(path, mode)?;
         let empty = check_header(path)?;
         if empty && mode == OpenMode::MustExist {
@@ -832,8 +826,7 @@ impl Store {
         }
         if version < 2 {
             tx.execute_batch(SCHEMA_V2).doing(doing)?;
-            tx.execute_batch(crate::daemon::audit::AUDIT_SCHEMA)
-                .doing(doing)?;
+            tx.execute_batch(crate::audit::AUDIT_SCHEMA).doing(doing)?;
         }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(
@@ -859,7 +852,7 @@ impl Store {
     ///
     /// [`StoreError::KeyMismatch`], [`StoreError::DataKeyTampered`], name
     /// and SQL errors.
-    pub(crate) fn data_key(
+    pub fn data_key(
         &self,
         workspace: &str,
         key: &MasterKey,
@@ -881,7 +874,7 @@ impl Store {
     ///
     /// [`StoreError::KeyMismatch`], [`StoreError::DataKeyTampered`] if the
     /// stored key does not unwrap, SQL errors.
-    pub(crate) fn audit_key(&self, key: &MasterKey) -> Result<DataKey, StoreError> {
+    pub fn audit_key(&self, key: &MasterKey) -> Result<DataKey, StoreError> {
         let doing = || "reading the audit log key".to_string();
         let tx = self.begin(TransactionBehavior::Immediate, doing)?;
         Store::check_key_in(&tx, key, true)?;
@@ -927,12 +920,38 @@ impl Store {
         Ok(audit_key)
     }
 
+    /// Verifies the audit chain under `key` (see [`crate::audit::verify`]).
+    ///
+    /// # Errors
+    ///
+    /// A wrong master key; a database that cannot be read.
+    pub fn verify_audit(&self, key: &MasterKey) -> Result<crate::audit::VerifyReport, StoreError> {
+        let audit_key = crate::audit::AuditKey::from_bytes(*self.audit_key(key)?.bytes());
+        crate::audit::verify(&self.conn, &audit_key).map_err(|e| StoreError::Audit(e.to_string()))
+    }
+
+    /// Writes the audit entries after `after` (of one workspace, or all) to
+    /// `out` as JSON lines; returns the last `seq` written.
+    ///
+    /// # Errors
+    ///
+    /// A database that cannot be read; `out` failing.
+    pub fn stream_audit(
+        &self,
+        after: u64,
+        out: &mut impl std::io::Write,
+        workspace: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        crate::audit::stream(&self.conn, after, out, workspace)
+            .map_err(|e| StoreError::Audit(e.to_string()))
+    }
+
     /// The path the store was opened at.
     #[allow(
         dead_code,
         reason = "part of the store API; no `wrun` command uses it yet"
     )]
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
@@ -981,7 +1000,7 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::KeyMismatch`] naming both fingerprints.
-    pub(crate) fn check_key(&self, key: &MasterKey) -> Result<(), StoreError> {
+    pub fn check_key(&self, key: &MasterKey) -> Result<(), StoreError> {
         Store::check_key_in(&self.conn, key, false)
     }
 
@@ -1033,11 +1052,7 @@ impl Store {
     ///
     /// [`StoreError::KeyMismatch`], [`StoreError::DataKeyTampered`] if the
     /// workspace exists but its key does not unwrap, name and SQL errors.
-    pub(crate) fn ensure_workspace(
-        &self,
-        workspace: &str,
-        key: &MasterKey,
-    ) -> Result<(), StoreError> {
+    pub fn ensure_workspace(&self, workspace: &str, key: &MasterKey) -> Result<(), StoreError> {
         check_name("workspace", workspace)?;
         let doing = || format!("creating workspace `{workspace}`");
         let tx = self.begin(TransactionBehavior::Immediate, doing)?;
@@ -1055,7 +1070,7 @@ impl Store {
         dead_code,
         reason = "part of the store API; no `wrun` command uses it yet"
     )]
-    pub(crate) fn list_workspaces(&self) -> Result<Vec<String>, StoreError> {
+    pub fn list_workspaces(&self) -> Result<Vec<String>, StoreError> {
         let doing = || "listing workspaces".to_string();
         let mut stmt = self
             .conn
@@ -1074,7 +1089,7 @@ impl Store {
     /// [`StoreError::ConnectionExists`] if the name is taken,
     /// [`StoreError::KeyMismatch`], invalid names, an empty value or
     /// placement, SQL errors.
-    pub(crate) fn add_connection(
+    pub fn add_connection(
         &self,
         workspace: &str,
         name: &str,
@@ -1138,7 +1153,7 @@ impl Store {
     /// [`StoreError::ConnectionNotFound`], [`StoreError::KeyMismatch`],
     /// [`StoreError::Tampered`] if the current value is needed and fails
     /// authentication, invalid inputs, SQL errors.
-    pub(crate) fn update_connection(
+    pub fn update_connection(
         &self,
         workspace: &str,
         name: &str,
@@ -1222,7 +1237,7 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::ConnectionNotFound`], SQL errors.
-    pub(crate) fn remove_connection(&self, workspace: &str, name: &str) -> Result<(), StoreError> {
+    pub fn remove_connection(&self, workspace: &str, name: &str) -> Result<(), StoreError> {
         check_name("workspace", workspace)?;
         check_name("connection", name)?;
         let removed = self
@@ -1246,10 +1261,7 @@ impl Store {
     /// # Errors
     ///
     /// SQL errors, [`StoreError::Malformed`] for unreadable hosts.
-    pub(crate) fn list_connections(
-        &self,
-        workspace: &str,
-    ) -> Result<Vec<ConnectionInfo>, StoreError> {
+    pub fn list_connections(&self, workspace: &str) -> Result<Vec<ConnectionInfo>, StoreError> {
         check_name("workspace", workspace)?;
         let doing = || format!("listing connections of workspace `{workspace}`");
         let mut stmt = self
@@ -1293,7 +1305,7 @@ impl Store {
     /// value, its hosts or its placement were altered, or the value was
     /// copied from another record; [`StoreError::DataKeyTampered`]; SQL
     /// errors.
-    pub(crate) fn connection_value(
+    pub fn connection_value(
         &self,
         workspace: &str,
         name: &str,
@@ -1335,7 +1347,7 @@ impl Store {
     /// # Errors
     ///
     /// Invalid names, SQL errors.
-    pub(crate) fn set_property(
+    pub fn set_property(
         &self,
         workspace: &str,
         environment: &str,
@@ -1361,7 +1373,7 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::PropertyNotFound`], invalid names, SQL errors.
-    pub(crate) fn remove_property(
+    pub fn remove_property(
         &self,
         workspace: &str,
         environment: &str,
@@ -1392,7 +1404,7 @@ impl Store {
     /// # Errors
     ///
     /// Invalid names, SQL errors.
-    pub(crate) fn properties(
+    pub fn properties(
         &self,
         workspace: &str,
         environment: &str,
@@ -1437,7 +1449,7 @@ impl Store {
     /// # Errors
     ///
     /// Invalid names, SQL errors.
-    pub(crate) fn bind(
+    pub fn bind(
         &self,
         workspace: &str,
         environment: &str,
@@ -1467,7 +1479,7 @@ impl Store {
         dead_code,
         reason = "part of the store API; no `wrun` command uses it yet"
     )]
-    pub(crate) fn unbind(
+    pub fn unbind(
         &self,
         workspace: &str,
         environment: &str,
@@ -1499,7 +1511,7 @@ impl Store {
     /// # Errors
     ///
     /// Invalid names, SQL errors.
-    pub(crate) fn bindings(
+    pub fn bindings(
         &self,
         workspace: &str,
         environment: &str,
@@ -1524,7 +1536,7 @@ impl Store {
     /// # Errors
     ///
     /// Invalid names, SQL errors.
-    pub(crate) fn resolve_connection(
+    pub fn resolve_connection(
         &self,
         workspace: &str,
         environment: &str,
@@ -1563,11 +1575,7 @@ impl Store {
     /// [`StoreError::KeyMismatch`] if `old` is not the current key,
     /// [`StoreError::SameKey`], [`StoreError::DataKeyTampered`] naming the
     /// workspace whose key does not unwrap, SQL errors.
-    pub(crate) fn rotate_master_key(
-        &self,
-        old: &MasterKey,
-        new: &MasterKey,
-    ) -> Result<usize, StoreError> {
+    pub fn rotate_master_key(&self, old: &MasterKey, new: &MasterKey) -> Result<usize, StoreError> {
         if old.fingerprint() == new.fingerprint() {
             return Err(StoreError::SameKey {
                 fingerprint: new.fingerprint(),

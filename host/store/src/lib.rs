@@ -1,0 +1,34 @@
+//! `wrun-store`: the one owner of wrun's data.
+//!
+//! Every table, migration and SQL statement of wrun lives here, and so do
+//! the sealing of values at rest (a master key wrapping one data key per
+//! workspace, AES-256-GCM with associated data naming each record) and the
+//! MAC-chained audit log. The CLI and the daemon change data only through
+//! this crate's operations, each of which writes its audit entry in the
+//! same transaction as the change.
+//!
+//! The parts: [`keys`] (master and data keys), [`db`] (opening, schema,
+//! migrations, sealing helpers, reads used by local runs), [`storage`]
+//! (the operations, backend-neutral, with their error type), [`sqlite`]
+//! (their embedded implementation with group commit), [`audit`] (the
+//! chain: append, read, verify, stream) and [`access`] (the permission
+//! model that roles and token scopes are stored as).
+
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod audit;
+pub mod db;
+pub mod keys;
+pub mod sqlite;
+pub mod storage;
+
+use sha2::{Digest as _, Sha256};
+
+/// Lowercase hex SHA-256 of `bytes`: how components are named and locked.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
