@@ -830,7 +830,16 @@ fn key_command(g: &Global, cmd: KeyCommand) -> Result<ExitCode> {
             let old = g.key()?;
             let new = MasterKey::generate();
             crate::keys::write_key_file(&new_key_file, &new)?;
-            match store.rotate_master_key(&old, &new) {
+            let audit = crate::daemon::audit::Entry {
+                workspace: None,
+                source: Some("local".into()),
+                ..ops::Actor::cli("").entry(
+                    "key.rotate",
+                    "master-key",
+                    json!({ "from": old.fingerprint(), "to": new.fingerprint() }),
+                )
+            };
+            match store.rotate_master_key(&old, &new, &audit) {
                 Ok(n) => output::line(&format!(
                     "re-wrapped {n} workspace keys; the database now needs {} (fingerprint {})",
                     new_key_file.display(),

@@ -1574,8 +1574,14 @@ impl Store {
     ///
     /// [`StoreError::KeyMismatch`] if `old` is not the current key,
     /// [`StoreError::SameKey`], [`StoreError::DataKeyTampered`] naming the
-    /// workspace whose key does not unwrap, SQL errors.
-    pub fn rotate_master_key(&self, old: &MasterKey, new: &MasterKey) -> Result<usize, StoreError> {
+    /// workspace whose key does not unwrap, SQL errors. `entry` is appended
+    /// to the audit log in the same transaction.
+    pub fn rotate_master_key(
+        &self,
+        old: &MasterKey,
+        new: &MasterKey,
+        entry: &crate::audit::Entry,
+    ) -> Result<usize, StoreError> {
         if old.fingerprint() == new.fingerprint() {
             return Err(StoreError::SameKey {
                 fingerprint: new.fingerprint(),
@@ -1622,28 +1628,41 @@ impl Store {
             })
             .optional()
             .doing(doing)?;
-        if let Some(b64) = audit {
-            use base64::Engine as _;
-            let b64e = &base64::engine::general_purpose::STANDARD;
-            let tampered = || StoreError::DataKeyTampered {
-                workspace: "(audit log)".into(),
-            };
-            let wrapped = b64e.decode(b64).map_err(|_| tampered())?;
-            let audit_key =
-                keys::unwrap_data_key(old, &wrapped, AUDIT_KEY_NAME).map_err(|_| tampered())?;
-            let rewrapped =
-                keys::wrap_data_key(new, &audit_key, AUDIT_KEY_NAME).map_err(|source| {
-                    StoreError::Key {
-                        doing: "re-wrapping the audit log key".into(),
-                        source,
-                    }
-                })?;
-            tx.execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'audit_key'",
-                params![b64e.encode(rewrapped)],
-            )
-            .doing(doing)?;
-        }
+        use base64::Engine as _;
+        let b64e = &base64::engine::general_purpose::STANDARD;
+        // The audit log's key, re-wrapped under the new key (or created, if
+        // nothing was audited yet): the rotation's own entry goes in the
+        // same transaction.
+        let audit_key = match audit {
+            Some(b64) => {
+                let tampered = || StoreError::DataKeyTampered {
+                    workspace: "(audit log)".into(),
+                };
+                let wrapped = b64e.decode(b64).map_err(|_| tampered())?;
+                keys::unwrap_data_key(old, &wrapped, AUDIT_KEY_NAME).map_err(|_| tampered())?
+            }
+            None => DataKey::generate(),
+        };
+        let rewrapped = keys::wrap_data_key(new, &audit_key, AUDIT_KEY_NAME).map_err(|source| {
+            StoreError::Key {
+                doing: "re-wrapping the audit log key".into(),
+                source,
+            }
+        })?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('audit_key', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![b64e.encode(rewrapped)],
+        )
+        .doing(doing)?;
+        let chain = crate::audit::AuditKey::from_bytes(*audit_key.bytes());
+        crate::audit::append(
+            &tx,
+            &chain,
+            crate::sqlite::now_millis(),
+            std::slice::from_ref(entry),
+        )
+        .map_err(|e| StoreError::Audit(e.to_string()))?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('master_fingerprint', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -1663,6 +1682,19 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The audit entry of a rotation in these tests.
+    fn rotation() -> crate::audit::Entry {
+        crate::audit::Entry {
+            workspace: None,
+            actor: "test".into(),
+            action: "key.rotate".into(),
+            target: "master-key".into(),
+            source: None,
+            outcome: crate::audit::Outcome::Success,
+            detail: serde_json::json!({}),
+        }
+    }
 
     /// A fresh directory under the system temp dir, removed on drop.
     fn tempdir() -> tempfile::TempDir {
@@ -2561,7 +2593,7 @@ mod tests {
                 .map(|_| ())
                 .unwrap_err(),
             env.store
-                .rotate_master_key(&wrong, &MasterKey::generate())
+                .rotate_master_key(&wrong, &MasterKey::generate(), &rotation())
                 .unwrap_err(),
         ];
         for err in errors {
@@ -2614,7 +2646,12 @@ mod tests {
                 .collect()
         };
         let new = MasterKey::generate();
-        assert_eq!(env.store.rotate_master_key(&env.key, &new).unwrap(), 3);
+        assert_eq!(
+            env.store
+                .rotate_master_key(&env.key, &new, &rotation())
+                .unwrap(),
+            3
+        );
         // Values are readable under the new key, untouched on disk.
         assert_eq!(
             env.store
@@ -2652,7 +2689,7 @@ mod tests {
         assert!(err.to_string().contains(&new.fingerprint()), "{err}");
         assert!(matches!(
             env.store
-                .rotate_master_key(&env.key, &MasterKey::generate()),
+                .rotate_master_key(&env.key, &MasterKey::generate(), &rotation()),
             Err(StoreError::KeyMismatch { .. })
         ));
         // New writes work with the new key, and survive reopening.
@@ -2682,7 +2719,7 @@ mod tests {
         );
         // The same key as old and new is refused.
         assert!(matches!(
-            store.rotate_master_key(&new, &new),
+            store.rotate_master_key(&new, &new, &rotation()),
             Err(StoreError::SameKey { .. })
         ));
     }
@@ -2712,7 +2749,9 @@ mod tests {
         let before = std::fs::read(&db).unwrap();
         assert!(old_wrapped.iter().all(|w| contains(&before, &w[13..])));
         let new = MasterKey::generate();
-        env.store.rotate_master_key(&env.key, &new).unwrap();
+        env.store
+            .rotate_master_key(&env.key, &new, &rotation())
+            .unwrap();
         let files = [
             std::fs::read(&db).unwrap(),
             std::fs::read(side(&db, "-wal")).unwrap(),
@@ -2751,7 +2790,7 @@ mod tests {
         let before = env.dump();
         let err = env
             .store
-            .rotate_master_key(&MasterKey::generate(), &MasterKey::generate())
+            .rotate_master_key(&MasterKey::generate(), &MasterKey::generate(), &rotation())
             .unwrap_err();
         assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
         assert_eq!(env.dump(), before);
@@ -2787,7 +2826,10 @@ mod tests {
             .unwrap();
         let before = env.dump();
         let new = MasterKey::generate();
-        let err = env.store.rotate_master_key(&env.key, &new).unwrap_err();
+        let err = env
+            .store
+            .rotate_master_key(&env.key, &new, &rotation())
+            .unwrap_err();
         assert!(matches!(err, StoreError::DataKeyTampered { .. }), "{err}");
         assert!(err.to_string().contains("workspace `zz`"), "{err}");
         assert_eq!(env.dump(), before);
@@ -2816,7 +2858,10 @@ mod tests {
             .unwrap();
         let before = env.dump();
         let new = MasterKey::generate();
-        let err = env.store.rotate_master_key(&env.key, &new).unwrap_err();
+        let err = env
+            .store
+            .rotate_master_key(&env.key, &new, &rotation())
+            .unwrap_err();
         assert!(matches!(err, StoreError::Sql { .. }), "{err}");
         assert!(
             err.to_string()
@@ -2840,7 +2885,12 @@ mod tests {
         );
         // With the fault gone, the rotation goes through.
         env.store.conn.execute_batch("DROP TRIGGER crash").unwrap();
-        assert_eq!(env.store.rotate_master_key(&env.key, &new).unwrap(), 2);
+        assert_eq!(
+            env.store
+                .rotate_master_key(&env.key, &new, &rotation())
+                .unwrap(),
+            2
+        );
         assert_eq!(
             env.store
                 .connection_value("ws2", "b", &new)

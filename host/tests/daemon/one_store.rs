@@ -193,3 +193,33 @@ async fn connection_and_environment_changes_from_the_cli_are_audited() {
     let out = site.ok(site.wrun().args(["audit", "verify"]));
     assert!(!out.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_rotation_from_the_cli_is_audited_in_its_transaction() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let new_key = site.dir.join("new.key");
+    site.ok(site
+        .wrun()
+        .args(["key", "rotate", "--new-key-file"])
+        .arg(&new_key));
+    let stream = site.ok(site
+        .wrun()
+        .env("WRUN_KEY_FILE", &new_key)
+        .args(["audit", "stream"]));
+    let rotations: Vec<Value> = stream
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "key.rotate")
+        .collect();
+    assert_eq!(rotations.len(), 1, "{stream}");
+    assert!(rotations[0]["actor"].as_str().unwrap().starts_with("cli:"));
+    assert!(rotations[0]["workspace"].is_null());
+    // The chain verifies under the new key, not under the old one.
+    site.ok(site
+        .wrun()
+        .env("WRUN_KEY_FILE", &new_key)
+        .args(["audit", "verify"]));
+    let old = site.wrun().args(["audit", "verify"]).output().unwrap();
+    assert!(!old.status.success());
+}
