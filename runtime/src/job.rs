@@ -479,6 +479,7 @@ impl Job {
 
     /// A step's egress as one run of the step holds it, for benchmarks that
     /// send requests through the egress path with no guest.
+    #[cfg(feature = "bench-probes")]
     #[doc(hidden)]
     pub async fn __egress_probe<'a>(
         &'a self,
@@ -501,6 +502,7 @@ impl Job {
 
     /// The placeholders a step's secrets have in this job, by alias: for
     /// benchmarks that build requests without a guest.
+    #[cfg(feature = "bench-probes")]
     #[doc(hidden)]
     pub async fn __placeholders(
         &self,
@@ -857,6 +859,7 @@ fn check_produced(
 /// the probe does the same, and starts a new run when the current one has
 /// used its `max_requests_per_step`, so each request costs what one more
 /// request of a step costs.
+#[cfg(feature = "bench-probes")]
 #[doc(hidden)]
 pub struct EgressProbe<'a> {
     job: &'a Job,
@@ -865,6 +868,7 @@ pub struct EgressProbe<'a> {
     scope: std::sync::Mutex<Option<Arc<crate::egress::Scope>>>,
 }
 
+#[cfg(feature = "bench-probes")]
 impl EgressProbe<'_> {
     /// The current run's scope, or a new run's when it is used up.
     fn scope(&self) -> std::result::Result<Arc<crate::egress::Scope>, String> {

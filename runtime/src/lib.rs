@@ -67,6 +67,7 @@ pub use events::{
     AuditEvent, AuditKind, CollectingObserver, Event, Level, LogSource, NoopObserver, Observer,
 };
 pub use grants::{GrantError, Grants, GrantsBuilder};
+#[cfg(feature = "bench-probes")]
 #[doc(hidden)]
 pub use job::EgressProbe;
 pub use job::{Job, JobOptions, StepFailure, StepOutput};

@@ -284,6 +284,7 @@ pub(crate) struct Scope {
 
 impl Scope {
     /// Requests this step run has sent or tried to send.
+    #[cfg(feature = "bench-probes")]
     pub(crate) fn requests_sent(&self) -> u32 {
         self.requests.load(Ordering::Relaxed)
     }
@@ -415,6 +416,7 @@ impl Egress {
     }
 
     /// How many requests one step run may send.
+    #[cfg(feature = "bench-probes")]
     pub(crate) fn max_requests_per_step(&self) -> u32 {
         self.limits.max_requests_per_step
     }
