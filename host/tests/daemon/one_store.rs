@@ -223,3 +223,79 @@ async fn a_master_key_rotation_from_the_cli_is_audited_in_its_transaction() {
     let old = site.wrun().args(["audit", "verify"]).output().unwrap();
     assert!(!old.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_killed_midway_leaves_its_row_and_its_entry_or_neither() {
+    use std::collections::BTreeSet;
+    use std::time::Instant;
+
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let add = |i: usize| {
+        let mut child = site
+            .wrun()
+            .args(["--workspace", "team-a", "connection", "add"])
+            .arg(format!("c{i}"))
+            .args(["--host", "api.crm.test"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("tok-Vq7Lm2Xz9Rp4Kd8Wn3Hs6-{i:02}\n").as_bytes());
+        child
+    };
+    // How long one whole change takes here, to kill the others at points
+    // of it: before the database is opened, while the transaction is
+    // open, after the commit.
+    let started = Instant::now();
+    assert!(add(0).wait().unwrap().success());
+    let whole = started.elapsed();
+    for i in 1..24 {
+        let mut child = add(i);
+        // Most of a command's time is start-up; the kills cluster where
+        // the storage is opened and the transaction runs.
+        let at = whole.mul_f64(0.6 + 0.5 * f64::from(u32::try_from(i).unwrap()) / 23.0);
+        std::thread::sleep(at);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let listed: BTreeSet<String> = serde_json::from_str::<Value>(&site.ok(site.wrun().args([
+        "--workspace",
+        "team-a",
+        "--json",
+        "connection",
+        "list",
+    ])))
+    .unwrap()
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|c| c["name"].as_str().unwrap().to_string())
+    .collect();
+    let audited: BTreeSet<String> = site
+        .ok(site.wrun().args(["audit", "stream"]))
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "connection.put")
+        .map(|e| {
+            e["target"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("connection:")
+                .to_string()
+        })
+        .collect();
+    eprintln!("{} of 24 changes landed; one took {whole:?}", listed.len());
+    assert_eq!(
+        listed,
+        audited,
+        "every stored change has its entry and no entry lacks its change ({} of 24 changes landed; one took {whole:?})",
+        listed.len()
+    );
+    site.ok(site.wrun().args(["audit", "verify"]));
+}
