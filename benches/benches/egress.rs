@@ -54,8 +54,7 @@ fn egress_request(c: &mut Criterion) {
             .connections(Arc::new(StaticConnections::new().with(connection)))
             .property("api_base", format!("https://{HOST}:{port}")),
     );
-    let hostile = std::fs::read(std::path::Path::new(env!("WRUN_GUESTS")).join("hostile.wasm"))
-        .expect("guest");
+    let hostile = std::fs::read(wrun_tests::guests_dir().join("hostile.wasm")).expect("guest");
     let component = engine.load("hostile", &hostile).expect("load");
     let grants = || {
         Grants::builder()

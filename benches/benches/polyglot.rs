@@ -19,15 +19,9 @@ use wrun_runtime::{
 
 fn components() -> [(&'static str, PathBuf); 3] {
     [
-        ("rust", PathBuf::from(env!("WRUN_GUESTS")).join("noop.wasm")),
-        (
-            "javascript",
-            PathBuf::from(env!("WRUN_GUESTS_JS")).join("noop.wasm"),
-        ),
-        (
-            "python",
-            PathBuf::from(env!("WRUN_GUESTS_PY")).join("noop.wasm"),
-        ),
+        ("rust", wrun_tests::guests_dir().join("noop.wasm")),
+        ("javascript", wrun_tests::guests_js_dir().join("noop.wasm")),
+        ("python", wrun_tests::guests_py_dir().join("noop.wasm")),
     ]
 }
 

@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wrun_runtime::{Engine, Grants, JobOptions};
 
 fn noop_component() -> Vec<u8> {
-    let path = std::path::Path::new(env!("WRUN_GUESTS")).join("noop.wasm");
+    let path = wrun_tests::guests_dir().join("noop.wasm");
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

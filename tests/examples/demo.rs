@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
         ))
         .build()?;
 
-    let guests = std::path::Path::new(env!("WRUN_GUESTS"));
+    let guests = wrun_tests::guests_dir();
     let github = engine.load(
         "github-issue",
         &std::fs::read(guests.join("github_issue.wasm"))?,

@@ -39,8 +39,72 @@ pub use client::DirectClient;
 pub use mock::{MockServer, REFLECT_FORMS, Recorded, reflected};
 pub use pki::TestPki;
 
-/// Directory of the guest components built for these tests (release,
-/// wasm32-wasip2), e.g. `github_issue.wasm`.
+/// Directory of the Rust guest components built for these tests (release,
+/// wasm32-wasip2), e.g. `github_issue.wasm`, by `cargo xtask guests`.
+///
+/// # Panics
+///
+/// When the guests have not been built: the message says how to build them.
 pub fn guests_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("WRUN_GUESTS"))
+    built(
+        &target_dir()
+            .join("guests")
+            .join("wasm32-wasip2")
+            .join("release"),
+    )
+}
+
+/// Directory of the JavaScript guest components (`noop.wasm`, ...).
+///
+/// # Panics
+///
+/// As [`guests_dir`].
+pub fn guests_js_dir() -> std::path::PathBuf {
+    built(&target_dir().join("guests").join("js"))
+}
+
+/// Directory of the Python guest components (`noop.wasm`, ...).
+///
+/// # Panics
+///
+/// As [`guests_dir`].
+pub fn guests_py_dir() -> std::path::PathBuf {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(
+            || std::path::PathBuf::from("."),
+            std::path::Path::to_path_buf,
+        );
+    built(&repo.join("guests").join("python").join("build"))
+}
+
+/// The target directory this test or bench binary was built into: it lives
+/// in `<target>/<profile>/deps/` (or `examples/`), and the guests are built
+/// into `<target>/guests/` by `cargo xtask guests`.
+fn target_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.ancestors()
+        .skip(1)
+        .find(|dir| dir.join("guests").is_dir())
+        .or_else(|| exe.ancestors().nth(3))
+        .map_or_else(
+            || std::path::PathBuf::from("target"),
+            std::path::Path::to_path_buf,
+        )
+}
+
+/// `dir`, if it holds components; otherwise a panic that says what to run.
+fn built(dir: &std::path::Path) -> std::path::PathBuf {
+    let has_components = std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+    });
+    assert!(
+        has_components,
+        "no guest components in {}: build them with `cargo xtask guests` \
+         (or run the whole suite with `cargo xtask test`)",
+        dir.display()
+    );
+    dir.to_path_buf()
 }

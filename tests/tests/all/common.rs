@@ -43,7 +43,7 @@ impl Connector for LoopbackOnly {
 
 /// Path of a built guest component.
 pub(crate) fn guest_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("WRUN_GUESTS")).join(format!("{}.wasm", name.replace('-', "_")))
+    wrun_tests::guests_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
 
 /// Bytes of a built guest component.

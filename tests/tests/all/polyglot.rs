@@ -12,11 +12,8 @@ use crate::common::*;
 /// The languages and where their components are.
 fn languages() -> [(&'static str, std::path::PathBuf); 2] {
     [
-        (
-            "javascript",
-            std::path::PathBuf::from(env!("WRUN_GUESTS_JS")),
-        ),
-        ("python", std::path::PathBuf::from(env!("WRUN_GUESTS_PY"))),
+        ("javascript", wrun_tests::guests_js_dir()),
+        ("python", wrun_tests::guests_py_dir()),
     ]
 }
 
