@@ -32,8 +32,12 @@ use wrun_tests::{MockServer, TestPki};
 const GITHUB_TOKEN: &str = "ghp_bench_0123456789abcdefghijklmnopqrstuv";
 const SLACK_TOKEN: &str = "xoxb-bench-0123456789-abcdefghijklmnop";
 
-/// The release `wrun` binary next to this bench's own executable.
+/// The release `wrun` binary next to this bench's own executable, or the
+/// one `WRUN_BENCH_WRUN` names (to compare two builds back to back).
 fn wrun_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WRUN_BENCH_WRUN") {
+        return PathBuf::from(bin);
+    }
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "-q", "-p", "wrun", "--bin", "wrun"])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
