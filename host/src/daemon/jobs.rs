@@ -346,7 +346,12 @@ impl Runner {
                 .component(sha)
                 .await
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("component {path} is missing from the store"))?;
+                .ok_or_else(|| {
+                    format!(
+                        "component {path} is missing from the store (a recipe imported by \
+                         `wrun import` before schema version 3 has none): import or deploy it again"
+                    )
+                })?;
             bytes.insert(path.clone(), component);
         }
         let engine = self.engine.clone();

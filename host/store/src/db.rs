@@ -24,7 +24,7 @@
 //! one whose schema is newer than this code are refused with an error that
 //! says what is wrong and where, before anything is written.
 //!
-//! # Schema (version 2, kept in `PRAGMA user_version`)
+//! # Schema (version 3, kept in `PRAGMA user_version`)
 //!
 //! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
 //! run inside one `BEGIN IMMEDIATE` transaction together with the
@@ -87,7 +87,7 @@ use zeroize::Zeroizing;
 use crate::keys::{self, DataKey, KeyError, MasterKey};
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -153,6 +153,51 @@ CREATE TABLE recipes (
     PRIMARY KEY (workspace, name)
 ) STRICT;
 ";
+
+/// Version 3: recipes that `wrun import` wrote before the CLI deployed
+/// through the store's operation were in the CLI's own form (the whole
+/// bundle lock as JSON, the time in seconds, no stored components). They are
+/// rewritten to the form every reader expects (the component path → SHA-256
+/// map, milliseconds), so they are listed and read like any other; running
+/// one reports its missing components until it is imported or deployed
+/// again. Rows already in that form are left as they are.
+fn migrate_cli_recipes(tx: &Connection) -> Result<(), StoreError> {
+    let doing = || "migrating recipes imported by an earlier `wrun import`".to_string();
+    let rows: Vec<(String, String, String, i64)> = {
+        let mut stmt = tx
+            .prepare("SELECT workspace, name, lock, imported_at FROM recipes")
+            .doing(doing)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .doing(doing)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().doing(doing)?
+    };
+    for (workspace, name, lock, imported_at) in rows {
+        let Ok(serde_json::Value::Object(lock)) = serde_json::from_str(&lock) else {
+            continue;
+        };
+        let (true, Some(serde_json::Value::Object(components))) =
+            (lock.contains_key("format"), lock.get("components"))
+        else {
+            continue;
+        };
+        let components = serde_json::to_string(components).map_err(|e| StoreError::Malformed {
+            what: format!("the lock of recipe `{name}` in workspace `{workspace}`"),
+            reason: if e.is_data() { "not a map" } else { "not JSON" },
+        })?;
+        tx.execute(
+            "UPDATE recipes SET lock = ?3, imported_at = ?4 WHERE workspace = ?1 AND name = ?2",
+            params![
+                workspace,
+                name,
+                components,
+                imported_at.saturating_mul(1000)
+            ],
+        )
+        .doing(doing)?;
+    }
+    Ok(())
+}
 
 /// Version 2: the daemon's tables (members, roles, API tokens, stored
 /// components, triggers, jobs and their steps, workspace settings) and the
@@ -827,6 +872,9 @@ impl Store {
         if version < 2 {
             tx.execute_batch(SCHEMA_V2).doing(doing)?;
             tx.execute_batch(crate::audit::AUDIT_SCHEMA).doing(doing)?;
+        }
+        if version < 3 {
+            migrate_cli_recipes(&tx)?;
         }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(
@@ -2077,8 +2125,8 @@ mod tests {
             matches!(
                 err,
                 StoreError::TooNew {
-                    found: 3,
-                    known: 2,
+                    found: 4,
+                    known: 3,
                     ..
                 }
             ),
@@ -2086,7 +2134,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("schema version 3") && msg.contains("newer"),
+            msg.contains("schema version 4") && msg.contains("newer"),
             "{msg}"
         );
         assert!(msg.contains(&db.display().to_string()), "{msg}");

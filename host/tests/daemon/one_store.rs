@@ -299,3 +299,66 @@ async fn a_change_killed_midway_leaves_its_row_and_its_entry_or_neither() {
     );
     site.ok(site.wrun().args(["audit", "verify"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_written_by_the_previous_release_opens_and_migrates() {
+    let site = Site::new("");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/db-2026-12-04");
+    std::fs::copy(fixture.join("wrun.db"), site.db()).unwrap();
+    std::fs::copy(fixture.join("master.key"), site.dir.join("master.key")).unwrap();
+    let ws = ["--workspace", "team-a"];
+
+    // The chain that release wrote verifies; its connection is listed and
+    // its value still opens (an update keeping the value re-seals it).
+    site.ok(site.wrun().args(["audit", "verify"]));
+    let list = site.ok(site.wrun().args(ws).args(["--json", "connection", "list"]));
+    assert!(list.contains("\"crm\""), "{list}");
+    site.ok(site.wrun().args(ws).args([
+        "connection",
+        "update",
+        "crm",
+        "--keep-value",
+        "--host",
+        "eu.crm.test",
+    ]));
+    let env = site.ok(site
+        .wrun()
+        .args(ws)
+        .args(["--json", "env", "show", "--env", "prod"]));
+    assert!(env.contains("region") && env.contains("crm"), "{env}");
+
+    // Its CLI-imported recipe is read like any other (it answered 500
+    // before); running it says what is missing, and a new import fixes it.
+    let token = site.token("team-a", "alice", "*:write");
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api
+        .get("/v1/workspaces/team-a/recipes/legacy", &token)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let run = "/v1/workspaces/team-a/recipes/legacy/runs";
+    let body = json!({ "environment": "prod", "input": { "value": "x" } });
+    let r = api.post(run, &token, &body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = r.json["job"].as_str().unwrap().to_string();
+    let detail = api.wait_job("team-a", &job, &token).await;
+    assert_eq!(detail["state"], "failed", "{detail}");
+    assert!(
+        detail.to_string().contains("import or deploy it again"),
+        "{detail}"
+    );
+    let bundle = noop_bundle(&site, "legacy", 1);
+    site.ok(site
+        .wrun()
+        .args(ws)
+        .arg("import")
+        .arg(&bundle)
+        .arg("--into")
+        .arg(site.dir.join("legacy-again")));
+    let r = api.post(run, &token, &body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = r.json["job"].as_str().unwrap().to_string();
+    let detail = api.wait_job("team-a", &job, &token).await;
+    assert_eq!(detail["state"], "succeeded", "{detail}");
+}
