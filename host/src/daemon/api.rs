@@ -410,10 +410,116 @@ fn reply(status: StatusCode, body: Value) -> ApiResult {
 // ---------------------------------------------------------------------------
 // Routes
 
+/// What a route requires of its caller: declared once per route in
+/// [`api_routes!`], checked by [`authorize_route`] before the handler runs
+/// (and before its body is read), and shown in the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permission {
+    /// Anyone (liveness, metrics, webhooks with their own checks).
+    Public,
+    /// Any authenticated caller, in their own workspace.
+    Caller,
+    /// A caller of the path's workspace `{ws}` holding this permission.
+    Needs(Resource, Access),
+}
+
+impl Permission {
+    /// As the OpenAPI document shows it: `recipes:write`, `authenticated`
+    /// or `public`.
+    pub(crate) fn describe(self) -> String {
+        match self {
+            Permission::Public => "public".into(),
+            Permission::Caller => "authenticated".into(),
+            Permission::Needs(resource, access) => format!("{}:{}", resource.as_str(), access),
+        }
+    }
+}
+
+/// The permission of a route as written in the table.
+macro_rules! permission {
+    (public) => {
+        Permission::Public
+    };
+    (caller) => {
+        Permission::Caller
+    };
+    ($resource:ident : read) => {
+        Permission::Needs(Resource::$resource, Access::Read)
+    };
+    ($resource:ident : write) => {
+        Permission::Needs(Resource::$resource, Access::Write)
+    };
+}
+
+/// Authenticates and authorises a request from its route's [`Permission`],
+/// before the handler runs: a route cannot be served without the check its
+/// table entry names, whatever its handler does. The caller is passed to
+/// the handler as [`Authorized`].
+async fn authorize_route(
+    State((s, permission)): State<(AppState, Permission)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    params: axum::extract::RawPathParams,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let principal = match permission {
+        Permission::Public => return next.run(request).await,
+        Permission::Caller => s.authenticate(headers, addr).await,
+        Permission::Needs(resource, access) => {
+            let workspace = params
+                .iter()
+                .find(|(name, _)| *name == "ws")
+                .map(|(_, value)| value.to_string());
+            match workspace {
+                Some(ws) => s.authorize(headers, addr, &ws, resource, access).await,
+                None => {
+                    tracing::error!(
+                        path = %request.uri().path(),
+                        "a route that needs a permission has no {{ws}} parameter"
+                    );
+                    Err(ApiError::internal())
+                }
+            }
+        }
+    };
+    match principal {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The caller of a route, as [`authorize_route`] authorised it from the
+/// route's permission.
+#[derive(Debug, Clone)]
+pub(crate) struct Authorized(pub(crate) Principal);
+
+impl axum::extract::FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &AppState,
+    ) -> Result<Authorized, ApiError> {
+        match parts.extensions.get::<Principal>() {
+            Some(p) => Ok(Authorized(p.clone())),
+            None => {
+                // A handler of a public route asked for a caller.
+                tracing::error!(path = %parts.uri.path(), "a public route's handler needs a caller");
+                Err(ApiError::internal())
+            }
+        }
+    }
+}
+
 macro_rules! api_routes {
-    ($( $method:ident $path:literal => $handler:ident [$tag:literal] $summary:literal; )*) => {
-        /// The API router (state still to be supplied).
-        pub(crate) fn router(config: &DaemonConfig) -> Router<AppState> {
+    ($( $method:ident $path:literal => $handler:ident ($($permission:tt)*) [$tag:literal] $summary:literal; )*) => {
+        /// The API router for `state`: each route checks its permission
+        /// (see [`authorize_route`]) before its handler runs.
+        pub(crate) fn router(config: &DaemonConfig, state: &AppState) -> Router<AppState> {
             let mut router = Router::new();
             $(
                 let (limit, read_secs) = if $path == "/v1/workspaces/{ws}/recipes/{name}" {
@@ -428,61 +534,65 @@ macro_rules! api_routes {
                         .layer(axum::middleware::from_fn_with_state(
                             std::time::Duration::from_secs(read_secs),
                             super::http_error::body_deadline,
+                        ))
+                        .layer(axum::middleware::from_fn_with_state(
+                            (state.clone(), permission!($($permission)*)),
+                            authorize_route,
                         )),
                 );
             )*
             super::http_error::with_json_errors(router)
         }
 
-        /// Every route: method, path, tag, summary (the OpenAPI document is
-        /// built from this).
-        pub(crate) const ROUTES: &[(&str, &str, &str, &str)] = &[
-            $( (stringify!($method), $path, $tag, $summary), )*
+        /// Every route: method, path, permission, tag, summary (the OpenAPI
+        /// document is built from this).
+        pub(crate) const ROUTES: &[(&str, &str, Permission, &str, &str)] = &[
+            $( (stringify!($method), $path, permission!($($permission)*), $tag, $summary), )*
         ];
     };
 }
 
 api_routes! {
-    get "/healthz" => healthz ["operations"] "Liveness: the process answers.";
-    get "/readyz" => readyz ["operations"] "Readiness: the store and the runner are up.";
-    get "/metrics" => metrics ["operations"] "Prometheus metrics.";
-    get "/openapi.json" => openapi ["operations"] "This OpenAPI document.";
-    post "/hooks/{id}" => webhook ["webhooks"] "Deliver a webhook: the payload is committed before 202.";
-    get "/v1/whoami" => whoami ["identity"] "The caller's subject, workspace and permissions.";
-    get "/v1/workspaces/{ws}/recipes" => list_recipes ["recipes"] "List deployed recipes.";
-    put "/v1/workspaces/{ws}/recipes/{name}" => put_recipe ["recipes"] "Deploy a recipe from a bundle (`wrun export`), as application/gzip.";
-    get "/v1/workspaces/{ws}/recipes/{name}" => get_recipe ["recipes"] "A deployed recipe's manifest and components.";
-    delete "/v1/workspaces/{ws}/recipes/{name}" => delete_recipe ["recipes"] "Remove a recipe and its triggers.";
-    get "/v1/workspaces/{ws}/recipes/{name}/triggers" => list_triggers ["recipes"] "Webhooks and schedules of a recipe.";
-    post "/v1/workspaces/{ws}/recipes/{name}/webhooks" => create_webhook ["recipes"] "Create a webhook (its URL and signing secret are shown once).";
-    post "/v1/workspaces/{ws}/recipes/{name}/schedules" => create_schedule ["recipes"] "Create a cron schedule with a time zone.";
-    delete "/v1/workspaces/{ws}/triggers/{id}" => delete_trigger ["recipes"] "Delete a webhook or schedule.";
-    post "/v1/workspaces/{ws}/recipes/{name}/runs" => run_recipe ["jobs"] "Run a recipe now (202 with the job id).";
-    get "/v1/workspaces/{ws}/jobs" => list_jobs ["jobs"] "List jobs, newest first.";
-    post "/v1/workspaces/{ws}/jobs/delete" => delete_jobs ["jobs"] "Delete job history by criteria (recipe, time range, a field value).";
-    get "/v1/workspaces/{ws}/jobs/{id}" => get_job ["jobs"] "A job with its masked history.";
-    post "/v1/workspaces/{ws}/jobs/{id}/cancel" => cancel_job ["jobs"] "Cancel a queued or running job.";
-    post "/v1/workspaces/{ws}/jobs/{id}/rerun" => rerun_job ["jobs"] "Run a job again with the same input.";
-    get "/v1/workspaces/{ws}/connections" => list_connections ["connections"] "List connections (never their values).";
-    put "/v1/workspaces/{ws}/connections/{name}" => put_connection ["connections"] "Create or replace a connection; the value is write-only.";
-    delete "/v1/workspaces/{ws}/connections/{name}" => delete_connection ["connections"] "Delete a connection.";
-    get "/v1/workspaces/{ws}/environments/{env}" => get_environment ["environments"] "An environment's properties and bindings.";
-    put "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => set_property ["environments"] "Set a property.";
-    delete "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => remove_property ["environments"] "Remove a property.";
-    put "/v1/workspaces/{ws}/environments/{env}/bindings/{logical}" => bind ["environments"] "Bind a recipe's connection name to a connection.";
-    delete "/v1/workspaces/{ws}/environments/{env}/bindings/{logical}" => unbind ["environments"] "Remove a binding.";
-    get "/v1/workspaces/{ws}/tokens" => list_tokens ["tokens"] "List API tokens (never their secrets).";
-    post "/v1/workspaces/{ws}/tokens" => create_token ["tokens"] "Create an API token (shown once).";
-    delete "/v1/workspaces/{ws}/tokens/{id}" => revoke_token ["tokens"] "Revoke an API token (effective at the next request).";
-    get "/v1/workspaces/{ws}/members" => list_members ["members"] "List members and their roles.";
-    put "/v1/workspaces/{ws}/members/{subject}" => set_member ["members"] "Add a member or change their role.";
-    delete "/v1/workspaces/{ws}/members/{subject}" => remove_member ["members"] "Remove a member.";
-    get "/v1/workspaces/{ws}/roles" => list_roles ["members"] "Built-in and custom roles.";
-    put "/v1/workspaces/{ws}/roles/{name}" => put_role ["members"] "Create or replace a custom role (a named permission set).";
-    delete "/v1/workspaces/{ws}/roles/{name}" => delete_role ["members"] "Delete a custom role.";
-    get "/v1/workspaces/{ws}/settings" => get_settings ["members"] "Workspace settings (history retention).";
-    put "/v1/workspaces/{ws}/settings" => put_settings ["members"] "Change workspace settings.";
-    get "/v1/workspaces/{ws}/audit" => read_audit ["audit"] "Audit entries of the workspace.";
+    get "/healthz" => healthz (public) ["operations"] "Liveness: the process answers.";
+    get "/readyz" => readyz (public) ["operations"] "Readiness: the store and the runner are up.";
+    get "/metrics" => metrics (public) ["operations"] "Prometheus metrics.";
+    get "/openapi.json" => openapi (public) ["operations"] "This OpenAPI document.";
+    post "/hooks/{id}" => webhook (public) ["webhooks"] "Deliver a webhook: the payload is committed before 202.";
+    get "/v1/whoami" => whoami (caller) ["identity"] "The caller's subject, workspace and permissions.";
+    get "/v1/workspaces/{ws}/recipes" => list_recipes (Recipes: read) ["recipes"] "List deployed recipes.";
+    put "/v1/workspaces/{ws}/recipes/{name}" => put_recipe (Recipes: write) ["recipes"] "Deploy a recipe from a bundle (`wrun export`), as application/gzip.";
+    get "/v1/workspaces/{ws}/recipes/{name}" => get_recipe (Recipes: read) ["recipes"] "A deployed recipe's manifest and components.";
+    delete "/v1/workspaces/{ws}/recipes/{name}" => delete_recipe (Recipes: write) ["recipes"] "Remove a recipe and its triggers.";
+    get "/v1/workspaces/{ws}/recipes/{name}/triggers" => list_triggers (Recipes: read) ["recipes"] "Webhooks and schedules of a recipe.";
+    post "/v1/workspaces/{ws}/recipes/{name}/webhooks" => create_webhook (Recipes: write) ["recipes"] "Create a webhook (its URL and signing secret are shown once).";
+    post "/v1/workspaces/{ws}/recipes/{name}/schedules" => create_schedule (Recipes: write) ["recipes"] "Create a cron schedule with a time zone.";
+    delete "/v1/workspaces/{ws}/triggers/{id}" => delete_trigger (Recipes: write) ["recipes"] "Delete a webhook or schedule.";
+    post "/v1/workspaces/{ws}/recipes/{name}/runs" => run_recipe (Jobs: write) ["jobs"] "Run a recipe now (202 with the job id).";
+    get "/v1/workspaces/{ws}/jobs" => list_jobs (Jobs: read) ["jobs"] "List jobs, newest first.";
+    post "/v1/workspaces/{ws}/jobs/delete" => delete_jobs (Jobs: write) ["jobs"] "Delete job history by criteria (recipe, time range, a field value).";
+    get "/v1/workspaces/{ws}/jobs/{id}" => get_job (Jobs: read) ["jobs"] "A job with its masked history.";
+    post "/v1/workspaces/{ws}/jobs/{id}/cancel" => cancel_job (Jobs: write) ["jobs"] "Cancel a queued or running job.";
+    post "/v1/workspaces/{ws}/jobs/{id}/rerun" => rerun_job (Jobs: write) ["jobs"] "Run a job again with the same input.";
+    get "/v1/workspaces/{ws}/connections" => list_connections (Connections: read) ["connections"] "List connections (never their values).";
+    put "/v1/workspaces/{ws}/connections/{name}" => put_connection (Connections: write) ["connections"] "Create or replace a connection; the value is write-only.";
+    delete "/v1/workspaces/{ws}/connections/{name}" => delete_connection (Connections: write) ["connections"] "Delete a connection.";
+    get "/v1/workspaces/{ws}/environments/{env}" => get_environment (Environments: read) ["environments"] "An environment's properties and bindings.";
+    put "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => set_property (Environments: write) ["environments"] "Set a property.";
+    delete "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => remove_property (Environments: write) ["environments"] "Remove a property.";
+    put "/v1/workspaces/{ws}/environments/{env}/bindings/{logical}" => bind (Environments: write) ["environments"] "Bind a recipe's connection name to a connection.";
+    delete "/v1/workspaces/{ws}/environments/{env}/bindings/{logical}" => unbind (Environments: write) ["environments"] "Remove a binding.";
+    get "/v1/workspaces/{ws}/tokens" => list_tokens (Tokens: read) ["tokens"] "List API tokens (never their secrets).";
+    post "/v1/workspaces/{ws}/tokens" => create_token (Tokens: write) ["tokens"] "Create an API token (shown once).";
+    delete "/v1/workspaces/{ws}/tokens/{id}" => revoke_token (Tokens: write) ["tokens"] "Revoke an API token (effective at the next request).";
+    get "/v1/workspaces/{ws}/members" => list_members (Members: read) ["members"] "List members and their roles.";
+    put "/v1/workspaces/{ws}/members/{subject}" => set_member (Members: write) ["members"] "Add a member or change their role.";
+    delete "/v1/workspaces/{ws}/members/{subject}" => remove_member (Members: write) ["members"] "Remove a member.";
+    get "/v1/workspaces/{ws}/roles" => list_roles (Members: read) ["members"] "Built-in and custom roles.";
+    put "/v1/workspaces/{ws}/roles/{name}" => put_role (Members: write) ["members"] "Create or replace a custom role (a named permission set).";
+    delete "/v1/workspaces/{ws}/roles/{name}" => delete_role (Members: write) ["members"] "Delete a custom role.";
+    get "/v1/workspaces/{ws}/settings" => get_settings (Members: read) ["members"] "Workspace settings (history retention).";
+    put "/v1/workspaces/{ws}/settings" => put_settings (Members: write) ["members"] "Change workspace settings.";
+    get "/v1/workspaces/{ws}/audit" => read_audit (Audit: read) ["audit"] "Audit entries of the workspace.";
 }
 
 async fn healthz() -> ApiResult {
@@ -509,12 +619,7 @@ async fn openapi() -> ApiResult {
     reply(StatusCode::OK, super::openapi::document())
 }
 
-async fn whoami(
-    State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> ApiResult {
-    let p = s.authenticate(&headers, addr).await?;
+async fn whoami(Authorized(p): Authorized) -> ApiResult {
     reply(
         StatusCode::OK,
         json!({ "subject": p.subject, "workspace": p.workspace, "permissions": p.permissions.to_strings() }),
@@ -681,28 +786,17 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-async fn list_recipes(
-    State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path(ws): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read)
-        .await?;
+async fn list_recipes(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {
     let list = s.storage.list_recipes(&ws).await.map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "recipes": list }))
 }
 
 async fn put_recipe(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
-        .await?;
     // The body is read only once the caller is known to be allowed.
     let body = read_body(body, s.config.limits.max_bundle_bytes).await?;
     let _deploying = s
@@ -727,12 +821,8 @@ async fn put_recipe(
 
 async fn get_recipe(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Recipes, Access::Read)
-        .await?;
     let Some(r) = s.storage.recipe(&ws, &name).await.map_err(storage_error)? else {
         return Err(ApiError::not_found(format!("recipe `{name}`")));
     };
@@ -744,13 +834,9 @@ async fn get_recipe(
 
 async fn delete_recipe(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
-        .await?;
     let audit = p.entry("recipe.delete", format!("recipe:{name}"), json!({}));
     if s.storage
         .delete_recipe(&ws, &name, audit)
@@ -766,13 +852,9 @@ async fn delete_recipe(
 
 async fn list_triggers(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Read)
-        .await?;
     let list = s
         .storage
         .list_triggers(&ws, &name)
@@ -827,14 +909,10 @@ async fn require_recipe(s: &AppState, ws: &str, name: &str) -> Result<(), ApiErr
 
 async fn create_webhook(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: LazyJson<WebhookBody>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
-        .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
     require_recipe(&s, &ws, &name).await?;
     crate::store_sqlite::check_name("environment", &body.environment)
@@ -907,14 +985,10 @@ fn utc() -> String {
 
 async fn create_schedule(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: LazyJson<ScheduleBody>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
-        .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
     require_recipe(&s, &ws, &name).await?;
     crate::store_sqlite::check_name("environment", &body.environment)
@@ -973,13 +1047,9 @@ async fn create_schedule(
 
 async fn delete_trigger(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Recipes, Access::Write)
-        .await?;
     let audit = p.entry("trigger.delete", format!("trigger:{id}"), json!({}));
     if s.storage
         .delete_trigger(&ws, &id, audit)
@@ -1005,14 +1075,10 @@ struct RunBody {
 
 async fn run_recipe(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: LazyJson<RunBody>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
-        .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
     require_recipe(&s, &ws, &name).await?;
     crate::store_sqlite::check_name("environment", &body.environment)
@@ -1044,13 +1110,9 @@ async fn run_recipe(
 
 async fn list_jobs(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(ws): Path<String>,
-    headers: HeaderMap,
     Query(filter): Query<JobFilter>,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Read)
-        .await?;
     let jobs = s
         .storage
         .list_jobs(&ws, filter)
@@ -1059,14 +1121,7 @@ async fn list_jobs(
     reply(StatusCode::OK, json!({ "jobs": jobs }))
 }
 
-async fn get_job(
-    State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path((ws, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Jobs, Access::Read)
-        .await?;
+async fn get_job(State(s): State<AppState>, Path((ws, id)): Path<(String, String)>) -> ApiResult {
     match s.storage.job(&ws, &id).await.map_err(storage_error)? {
         Some(job) => reply(
             StatusCode::OK,
@@ -1078,13 +1133,9 @@ async fn get_job(
 
 async fn cancel_job(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
-        .await?;
     let audit = p.entry("job.cancel", format!("job:{id}"), json!({}));
     match s
         .storage
@@ -1102,13 +1153,9 @@ async fn cancel_job(
 
 async fn rerun_job(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
-        .await?;
     let Some(old) = s.storage.job(&ws, &id).await.map_err(storage_error)? else {
         return Err(ApiError::not_found(format!("job `{id}`")));
     };
@@ -1148,14 +1195,10 @@ async fn rerun_job(
 
 async fn delete_jobs(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path(ws): Path<String>,
-    headers: HeaderMap,
     criteria: LazyJson<DeleteCriteria>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Jobs, Access::Write)
-        .await?;
     let criteria = criteria.read(s.config.limits.max_body_bytes).await?;
     if criteria.recipe.is_none()
         && criteria.from.is_none()
@@ -1196,14 +1239,7 @@ async fn delete_jobs(
     reply(StatusCode::OK, json!({ "deleted": n }))
 }
 
-async fn list_connections(
-    State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path(ws): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Connections, Access::Read)
-        .await?;
+async fn list_connections(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {
     let list = s
         .storage
         .list_connections(&ws)
@@ -1228,14 +1264,10 @@ fn bearer() -> String {
 
 async fn put_connection(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
     body: LazyJson<ConnectionBody>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Connections, Access::Write)
-        .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
     crate::ops::put_connection(
         s.storage.as_ref(),
@@ -1254,13 +1286,9 @@ async fn put_connection(
 
 async fn delete_connection(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Connections, Access::Write)
-        .await?;
     if crate::ops::delete_connection(s.storage.as_ref(), &p.as_actor(), &name)
         .await
         .map_err(storage_error)?
@@ -1273,12 +1301,8 @@ async fn delete_connection(
 
 async fn get_environment(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((ws, env)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Environments, Access::Read)
-        .await?;
     let view = s
         .storage
         .environment(&ws, &env)
@@ -1291,19 +1315,7 @@ async fn get_environment(
 }
 
 /// Applies an environment change for a principal with write access.
-async fn change_env(
-    s: &AppState,
-    headers: &HeaderMap,
-    addr: SocketAddr,
-    ws: &str,
-    env: &str,
-    change: impl AsyncFnOnce() -> Result<EnvChange, ApiError>,
-) -> ApiResult {
-    let p = s
-        .authorize(headers, addr, ws, Resource::Environments, Access::Write)
-        .await?;
-    // Read (and parse) only once the caller is allowed.
-    let change = change().await?;
+async fn change_env(s: &AppState, p: &Principal, env: &str, change: EnvChange) -> ApiResult {
     crate::ops::change_environment(s.storage.as_ref(), &p.as_actor(), env, change)
         .await
         .map_err(storage_error)?;
@@ -1319,29 +1331,21 @@ struct PropertyBody {
 
 async fn set_property(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path((ws, env, name)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Authorized(p): Authorized,
+    Path((_ws, env, name)): Path<(String, String, String)>,
     body: LazyJson<PropertyBody>,
 ) -> ApiResult {
     let limit = s.config.limits.max_body_bytes;
-    change_env(&s, &headers, addr, &ws, &env, async || {
-        let body = body.read(limit).await?;
-        Ok(EnvChange::SetProperty(name, body.value))
-    })
-    .await
+    let body = body.read(limit).await?;
+    change_env(&s, &p, &env, EnvChange::SetProperty(name, body.value)).await
 }
 
 async fn remove_property(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path((ws, env, name)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Authorized(p): Authorized,
+    Path((_ws, env, name)): Path<(String, String, String)>,
 ) -> ApiResult {
-    change_env(&s, &headers, addr, &ws, &env, async || {
-        Ok(EnvChange::RemoveProperty(name))
-    })
-    .await
+    change_env(&s, &p, &env, EnvChange::RemoveProperty(name)).await
 }
 
 /// Body of a binding.
@@ -1353,40 +1357,28 @@ struct BindBody {
 
 async fn bind(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path((ws, env, logical)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Authorized(p): Authorized,
+    Path((_ws, env, logical)): Path<(String, String, String)>,
     body: LazyJson<BindBody>,
 ) -> ApiResult {
     let limit = s.config.limits.max_body_bytes;
-    change_env(&s, &headers, addr, &ws, &env, async || {
-        let body = body.read(limit).await?;
-        Ok(EnvChange::Bind(logical, body.connection))
-    })
-    .await
+    let body = body.read(limit).await?;
+    change_env(&s, &p, &env, EnvChange::Bind(logical, body.connection)).await
 }
 
 async fn unbind(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path((ws, env, logical)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Authorized(p): Authorized,
+    Path((_ws, env, logical)): Path<(String, String, String)>,
 ) -> ApiResult {
-    change_env(&s, &headers, addr, &ws, &env, async || {
-        Ok(EnvChange::Unbind(logical))
-    })
-    .await
+    change_env(&s, &p, &env, EnvChange::Unbind(logical)).await
 }
 
 async fn list_tokens(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path(ws): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Tokens, Access::Read)
-        .await?;
     let mut tokens = s.storage.list_tokens(&ws).await.map_err(storage_error)?;
     if !p.admin {
         tokens.retain(|t| t.owner == p.subject);
@@ -1434,14 +1426,10 @@ pub(crate) fn validate_token_request(
 
 async fn create_token(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path(ws): Path<String>,
-    headers: HeaderMap,
     body: LazyJson<TokenBody>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Tokens, Access::Write)
-        .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
     let owner = body.owner.clone().unwrap_or_else(|| p.subject.clone());
     if owner != p.subject && !p.admin {
@@ -1507,13 +1495,9 @@ async fn create_token(
 
 async fn revoke_token(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Tokens, Access::Write)
-        .await?;
     let tokens = s.storage.list_tokens(&ws).await.map_err(storage_error)?;
     let Some(t) = tokens.iter().find(|t| t.id == id) else {
         return Err(ApiError::not_found("token"));
@@ -1533,14 +1517,7 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_members(
-    State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path(ws): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read)
-        .await?;
+async fn list_members(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {
     let list = s.storage.list_members(&ws).await.map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "members": list }))
 }
@@ -1554,14 +1531,10 @@ struct MemberBody {
 
 async fn set_member(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, subject)): Path<(String, String)>,
-    headers: HeaderMap,
     body: LazyJson<MemberBody>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
-        .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
     if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
@@ -1606,13 +1579,9 @@ async fn set_member(
 
 async fn remove_member(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, subject)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
-        .await?;
     if current_role_within_reach(&s, &p, &ws, &subject)
         .await?
         .is_none()
@@ -1674,14 +1643,7 @@ fn member_change_error(e: StorageError) -> ApiError {
     }
 }
 
-async fn list_roles(
-    State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path(ws): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read)
-        .await?;
+async fn list_roles(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {
     let roles = s.storage.list_roles(&ws).await.map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "roles": roles }))
 }
@@ -1695,14 +1657,10 @@ struct RoleBody {
 
 async fn put_role(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: LazyJson<RoleBody>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
-        .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
     if !auth::valid_role_name(&name) {
         return Err(ApiError::bad_request(
@@ -1734,13 +1692,9 @@ async fn put_role(
 
 async fn delete_role(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path((ws, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
-        .await?;
     let audit = p.entry("role.delete", format!("role:{name}"), json!({}));
     if s.storage
         .delete_role(&ws, &name, audit)
@@ -1753,14 +1707,7 @@ async fn delete_role(
     }
 }
 
-async fn get_settings(
-    State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Path(ws): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Members, Access::Read)
-        .await?;
+async fn get_settings(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {
     let days = s.storage.retention(&ws).await.map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "retention_days": days }))
 }
@@ -1775,14 +1722,10 @@ struct SettingsBody {
 
 async fn put_settings(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Authorized(p): Authorized,
     Path(ws): Path<String>,
-    headers: HeaderMap,
     body: LazyJson<SettingsBody>,
 ) -> ApiResult {
-    let p = s
-        .authorize(&headers, addr, &ws, Resource::Members, Access::Write)
-        .await?;
     let body = body.read(s.config.limits.max_body_bytes).await?;
     if body.retention_days == Some(0) {
         return Err(ApiError::bad_request(
@@ -1815,13 +1758,9 @@ struct AuditQuery {
 
 async fn read_audit(
     State(s): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(ws): Path<String>,
-    headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult {
-    s.authorize(&headers, addr, &ws, Resource::Audit, Access::Read)
-        .await?;
     let entries = s
         .storage
         .read_audit(&ws, q.after, q.limit.unwrap_or(100).clamp(1, 1000))

@@ -164,7 +164,7 @@ pub(crate) async fn serve(
         deploys: Arc::new(tokio::sync::Semaphore::new(2)),
         ready: Arc::clone(&ready),
     };
-    let app = api::router(&config)
+    let app = api::router(&config, &state)
         .layer(axum::middleware::from_fn_with_state(
             metrics.clone(),
             metrics::count_http_responses,

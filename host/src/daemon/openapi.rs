@@ -24,8 +24,8 @@ fn parameters(path: &str) -> Vec<Value> {
 /// The document.
 pub(crate) fn document() -> Value {
     let mut paths = Map::new();
-    for (method, path, tag, summary) in ROUTES {
-        let public = !path.starts_with("/v1/");
+    for (method, path, permission, tag, summary) in ROUTES {
+        let public = *permission == super::api::Permission::Public;
         let mut responses = Map::new();
         responses.insert(
             "2XX".into(),
@@ -48,7 +48,7 @@ pub(crate) fn document() -> Value {
                 json!({ "description": "Missing, invalid, expired or revoked credentials", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
             );
         }
-        if !public {
+        if matches!(permission, super::api::Permission::Needs(..)) {
             responses.insert(
                 "403".into(),
                 json!({ "description": "The credential lacks the permission", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
@@ -58,6 +58,8 @@ pub(crate) fn document() -> Value {
             "summary": summary,
             "tags": [tag],
             "operationId": format!("{method}{}", path.replace(['/', '{', '}', '.'], "_")),
+            // The permission the route table declares and the router checks.
+            "x-wrun-permission": permission.describe(),
             "parameters": parameters(path),
             "responses": responses,
         });
@@ -111,4 +113,61 @@ pub(crate) fn document() -> Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::api::Permission;
+    use super::*;
+
+    #[test]
+    fn every_workspace_route_needs_a_permission_and_the_document_shows_it() {
+        let public: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.2 == Permission::Public)
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(
+            public,
+            [
+                "/healthz",
+                "/readyz",
+                "/metrics",
+                "/openapi.json",
+                "/hooks/{id}"
+            ]
+        );
+        for (method, path, permission, _, _) in ROUTES {
+            if path.starts_with("/v1/workspaces/{ws}") {
+                assert!(
+                    matches!(permission, Permission::Needs(..)),
+                    "{method} {path} is not bound to a permission"
+                );
+                // Reads need read, changes need write.
+                let Permission::Needs(_, access) = permission else {
+                    unreachable!()
+                };
+                let changes = *method != "get";
+                assert_eq!(
+                    *access == wrun_store::access::Access::Write,
+                    changes,
+                    "{method} {path} declares {access}"
+                );
+            }
+        }
+        let doc = document();
+        for (method, path, permission, _, _) in ROUTES {
+            assert_eq!(
+                doc["paths"][*path][*method]["x-wrun-permission"],
+                permission.describe(),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(
+            doc["paths"]["/v1/workspaces/{ws}/connections/{name}"]["put"]["x-wrun-permission"],
+            "connections:write"
+        );
+    }
 }
