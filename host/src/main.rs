@@ -1,4 +1,6 @@
-//! `wrun`: the command-line tool of wrun for recipe authors.
+//! `wrun`: the command-line tool of wrun, a thin crate over `wrun-server`
+//! (the daemon, `wrun serve`, and the operations the CLI shares with it) and
+//! `wrun-store` (all data): commands, scaffolding, output.
 //!
 //! It keeps connections (encrypted) and environment properties in an
 //! embedded SQLite database, and runs recipes locally with the same runtime
@@ -6,17 +8,17 @@
 
 #![forbid(unsafe_code)]
 
-mod bundle;
 mod cli;
 mod connections;
-mod daemon;
-mod ops;
-
-// The store crate's modules, under the names the CLI and daemon use.
-use wrun_store::db as store_sqlite;
-use wrun_store::keys;
 mod output;
 mod scaffold;
+
+// The daemon, the shared operations and the store, under the names the
+// CLI uses.
+use wrun_server as daemon;
+use wrun_server::{bundle, ops};
+use wrun_store::db as store_sqlite;
+use wrun_store::keys;
 
 use std::process::ExitCode;
 

@@ -22,7 +22,7 @@ fn parameters(path: &str) -> Vec<Value> {
 }
 
 /// The document.
-pub(crate) fn document() -> Value {
+pub fn document() -> Value {
     let mut paths = Map::new();
     for (method, path, permission, tag, summary) in ROUTES {
         let public = *permission == super::api::Permission::Public;

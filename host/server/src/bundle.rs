@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail, ensure};
 use wrun_runtime::manifest::Manifest;
 
 /// Bundle format understood by this version.
-pub(crate) const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 1;
 /// Largest bundle entry read on import.
 const MAX_ENTRY: u64 = 64 << 20;
 /// Largest total size of all entries read on import.
@@ -33,24 +33,26 @@ const MAX_TOTAL: u64 = 512 << 20;
 /// The lock of a bundle (or of an imported recipe directory).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Lock {
-    pub(crate) format: u32,
-    pub(crate) recipe: String,
+pub struct Lock {
+    /// The lock format's version (1).
+    pub format: u32,
+    /// The recipe's name.
+    pub recipe: String,
     /// `components/<step>.wasm` -> lowercase hex SHA-256.
-    pub(crate) components: BTreeMap<String, String>,
+    pub components: BTreeMap<String, String>,
     /// Connection names the recipe needs bound.
-    pub(crate) connections: Vec<String>,
+    pub connections: Vec<String>,
     /// Property names the recipe needs set.
-    pub(crate) properties: Vec<String>,
+    pub properties: Vec<String>,
 }
 
 /// Lowercase hex SHA-256 of some bytes.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     wrun_store::sha256_hex(bytes)
 }
 
 /// Reads and validates a manifest file.
-pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading recipe {}", path.display()))?;
     Manifest::parse(&text)
@@ -63,7 +65,7 @@ pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
 ///
 /// An invalid manifest, a component that cannot be read (not built yet), or
 /// an I/O error writing `out` (which is then left untouched).
-pub(crate) fn export(recipe: &Path, out: &Path) -> Result<Lock> {
+pub fn export(recipe: &Path, out: &Path) -> Result<Lock> {
     let mut manifest = read_manifest(recipe)?;
     let base = recipe.parent().unwrap_or(Path::new("."));
     let mut components = BTreeMap::new();
@@ -132,7 +134,7 @@ pub(crate) fn export(recipe: &Path, out: &Path) -> Result<Lock> {
 /// Not a bundle, an unknown format, an entry that is not expected, a hash
 /// mismatch, a component the manifest names but the bundle lacks (or the
 /// reverse), an invalid manifest, or `into` already existing.
-pub(crate) fn import(bundle: &Path, into: &Path) -> Result<(Manifest, Lock)> {
+pub fn import(bundle: &Path, into: &Path) -> Result<(Manifest, Lock)> {
     ensure!(
         !into.exists(),
         "{} already exists; choose another directory with --into",
@@ -168,7 +170,7 @@ pub(crate) fn import(bundle: &Path, into: &Path) -> Result<(Manifest, Lock)> {
 /// # Errors
 ///
 /// A component that is missing or does not match its hash.
-pub(crate) fn verify_dir(recipe: &Path) -> Result<bool> {
+pub fn verify_dir(recipe: &Path) -> Result<bool> {
     let base = recipe.parent().unwrap_or(Path::new("."));
     let lock_path = base.join("wrun-lock.json");
     if !lock_path.exists() {
@@ -190,7 +192,7 @@ pub(crate) fn verify_dir(recipe: &Path) -> Result<bool> {
 /// A bundle read into memory and verified: the manifest, the lock, and
 /// every entry by name (`recipe.toml`, `wrun-lock.json`,
 /// `components/<step>.wasm`).
-pub(crate) type BundleContents = (Manifest, Lock, BTreeMap<String, Vec<u8>>);
+pub type BundleContents = (Manifest, Lock, BTreeMap<String, Vec<u8>>);
 
 /// Reads a bundle from `source` (named `shown` in errors) and verifies it:
 /// only expected entries, sizes bounded, the lock's format and hashes, and a
@@ -199,7 +201,7 @@ pub(crate) type BundleContents = (Manifest, Lock, BTreeMap<String, Vec<u8>>);
 /// # Errors
 ///
 /// As [`import`], without the directory.
-pub(crate) fn read(source: impl Read, shown: &str) -> Result<BundleContents> {
+pub fn read(source: impl Read, shown: &str) -> Result<BundleContents> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(source));
     let mut entries: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut total = 0u64;

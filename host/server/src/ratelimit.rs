@@ -35,13 +35,13 @@ use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter as Governor};
 
 /// How often the daemon should call [`RateLimiter::retain_recent`].
-pub(crate) const RETAIN_INTERVAL: Duration = Duration::from_secs(60);
+pub const RETAIN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A keyed rate limiter: `burst` requests at once, then `per_second` a second, per key.
 ///
 /// The clock is a type parameter so tests can use `governor`'s
 /// `FakeRelativeClock`; the daemon uses the default monotonic clock.
-pub(crate) struct RateLimiter<C: Clock = DefaultClock> {
+pub struct RateLimiter<C: Clock = DefaultClock> {
     /// The underlying limiter, keyed by the caller's key.
     inner: Governor<String, HashMapStateStore<String>, C, NoOpMiddleware<C::Instant>>,
     /// The configured rate, for Debug output.
@@ -66,14 +66,14 @@ impl RateLimiter {
     ///
     /// A zero for either value is taken as one, so a misconfiguration slows
     /// requests down instead of refusing all of them.
-    pub(crate) fn new(per_second: u32, burst: u32) -> RateLimiter {
+    pub fn new(per_second: u32, burst: u32) -> RateLimiter {
         RateLimiter::with_clock(per_second, burst, DefaultClock::default())
     }
 }
 
 impl<C: Clock> RateLimiter<C> {
     /// Creates a limiter like [`RateLimiter::new`] that reads time from `clock`.
-    pub(crate) fn with_clock(per_second: u32, burst: u32, clock: C) -> RateLimiter<C> {
+    pub fn with_clock(per_second: u32, burst: u32, clock: C) -> RateLimiter<C> {
         let per_second = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(per_second).allow_burst(burst);
@@ -91,7 +91,7 @@ impl<C: Clock> RateLimiter<C> {
     /// Returns how long the caller must wait before a request under `key`
     /// would be allowed (always more than zero); pass it to
     /// [`retry_after_secs`] for the `Retry-After` header.
-    pub(crate) fn check(&self, key: &str) -> Result<(), Duration> {
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
         // `check_key` takes `&String`; one short allocation per request.
         let key = key.to_owned();
         match self.inner.check_key(&key) {
@@ -108,20 +108,20 @@ impl<C: Clock> RateLimiter<C> {
     ///
     /// Call it every [`RETAIN_INTERVAL`]; it locks the map for one pass over
     /// it, which is short next to the interval.
-    pub(crate) fn retain_recent(&self) {
+    pub fn retain_recent(&self) {
         self.inner.retain_recent();
         self.inner.shrink_to_fit();
     }
 
     /// Returns how many keys the limiter currently holds state for.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.inner.len()
     }
 
     /// Returns `true` if the limiter holds no key state.
     #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }
 }
@@ -129,7 +129,7 @@ impl<C: Clock> RateLimiter<C> {
 /// The limiter key of a client address: the address itself for IPv4, its
 /// /64 network for IPv6 (one subscriber usually holds a whole /64, so
 /// per-address keys would let it rotate through 2^64 budgets).
-pub(crate) fn client_key(ip: IpAddr) -> String {
+pub fn client_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -143,7 +143,7 @@ pub(crate) fn client_key(ip: IpAddr) -> String {
 }
 
 /// Rounds a wait up to whole seconds for a `Retry-After` header, at least 1.
-pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+pub fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs();
     let secs = if wait.subsec_nanos() > 0 {
         secs.saturating_add(1)

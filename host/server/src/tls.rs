@@ -49,7 +49,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(500);
 ///
 /// Messages name the file at fault and never contain key material.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum TlsError {
+pub enum TlsError {
     /// A certificate or key file could not be read (missing, unreadable).
     #[error("cannot read TLS {what} file {}: {source}", path.display())]
     Read {
@@ -138,10 +138,7 @@ pub(crate) enum TlsError {
 /// Returns a [`TlsError`] naming the file when a file is missing or
 /// unreadable, holds no certificate or no private key, is malformed PEM, or
 /// when the key does not match the certificate.
-pub(crate) fn load_server_config(
-    cert_pem: &Path,
-    key_pem: &Path,
-) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn load_server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_bytes = std::fs::read(cert_pem).map_err(|source| TlsError::Read {
         what: "certificate",
         path: cert_pem.to_owned(),
@@ -201,7 +198,7 @@ pub(crate) fn load_server_config(
 /// # Errors
 ///
 /// Returns [`TlsError::SelfSigned`] if a name is not usable in a certificate.
-pub(crate) fn self_signed(hosts: &[String]) -> Result<(Arc<ServerConfig>, String), TlsError> {
+pub fn self_signed(hosts: &[String]) -> Result<(Arc<ServerConfig>, String), TlsError> {
     let hosts: Vec<String> = if hosts.is_empty() {
         ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
     } else {
@@ -233,21 +230,21 @@ fn build_config(
 
 /// Limits and timeouts for [`serve`].
 #[derive(Debug, Clone)]
-pub(crate) struct ServeLimits {
+pub struct ServeLimits {
     /// How long a client has to complete the TLS handshake. Default 10 s.
-    pub(crate) handshake_timeout: Duration,
+    pub handshake_timeout: Duration,
     /// The largest request head (request line and headers) accepted; larger
     /// ones get `431 Request Header Fields Too Large`. Default 16 KiB; values
     /// under 8 KiB are raised to 8 KiB (hyper's minimum).
-    pub(crate) max_header_bytes: usize,
+    pub max_header_bytes: usize,
     /// How long a client has to send a complete request head, on a new
     /// connection and between kept-alive requests. Default 10 s.
-    pub(crate) header_read_timeout: Duration,
+    pub header_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests. Default 30 s.
-    pub(crate) drain_timeout: Duration,
+    pub drain_timeout: Duration,
     /// The most connections open at once (including those in the TLS
     /// handshake); further clients wait in the listen backlog. Default 4096.
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
 }
 
 impl Default for ServeLimits {
@@ -280,7 +277,7 @@ impl Default for ServeLimits {
 /// Fails only if the listener's local address cannot be read. Accept errors
 /// are logged and retried, so one bad moment (say, running out of file
 /// descriptors) does not stop the daemon.
-pub(crate) async fn serve(
+pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,

@@ -12,24 +12,24 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use wrun_runtime::Engine;
 
+use crate::audit::{Entry, Outcome};
 use crate::bundle::Lock;
-use crate::daemon::audit::{Entry, Outcome};
-use crate::daemon::storage::{ConnectionInput, EnvChange, Storage, StorageError, StorageResult};
+use crate::storage::{ConnectionInput, EnvChange, Storage, StorageError, StorageResult};
 
 /// Who makes a change, as its audit entry names them.
 #[derive(Debug, Clone)]
-pub(crate) struct Actor {
+pub struct Actor {
     /// The workspace acted in.
-    pub(crate) workspace: String,
+    pub workspace: String,
     /// A member's subject, or `cli:<user>` for the local command line.
-    pub(crate) name: String,
+    pub name: String,
     /// The client address, or `local` for the command line.
-    pub(crate) source: String,
+    pub source: String,
 }
 
 impl Actor {
     /// The local user of the command line, acting in `workspace`.
-    pub(crate) fn cli(workspace: &str) -> Actor {
+    pub fn cli(workspace: &str) -> Actor {
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("USERNAME"))
             .unwrap_or_else(|_| "unknown".into());
@@ -41,7 +41,7 @@ impl Actor {
     }
 
     /// A successful action's audit entry.
-    pub(crate) fn entry(
+    pub fn entry(
         &self,
         action: &str,
         target: impl Into<String>,
@@ -76,7 +76,7 @@ fn invalid(code: &'static str, message: impl Into<String>) -> StorageError {
 /// [`StorageError::Invalid`] for a bad name, host pattern (including one
 /// that covers a public suffix), placement, or a value that is empty, too
 /// short to be masked or too easy to guess; storage failures.
-pub(crate) async fn put_connection(
+pub async fn put_connection(
     storage: &dyn Storage,
     actor: &Actor,
     input: ConnectionInput,
@@ -125,7 +125,7 @@ pub(crate) async fn put_connection(
 /// # Errors
 ///
 /// Storage failures.
-pub(crate) async fn delete_connection(
+pub async fn delete_connection(
     storage: &dyn Storage,
     actor: &Actor,
     name: &str,
@@ -142,7 +142,7 @@ pub(crate) async fn delete_connection(
 /// # Errors
 ///
 /// Invalid names (from the storage); storage failures.
-pub(crate) async fn change_environment(
+pub async fn change_environment(
     storage: &dyn Storage,
     actor: &Actor,
     environment: &str,
@@ -177,7 +177,7 @@ pub(crate) async fn change_environment(
 ///
 /// [`StorageError::Invalid`] for a bundle that is not valid, holds another
 /// recipe than `expected`, or does not load; storage failures.
-pub(crate) async fn deploy_recipe(
+pub async fn deploy_recipe(
     storage: &dyn Storage,
     engine: Engine,
     actor: &Actor,

@@ -45,7 +45,7 @@ use serde::de::DeserializeOwned;
 /// [`ApiError::bad_request`], ...) and return it from a handler; it turns
 /// into the response through [`IntoResponse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ApiError {
+pub struct ApiError {
     /// The HTTP status.
     status: StatusCode,
     /// The machine-readable code, in snake_case.
@@ -58,7 +58,7 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     /// Builds an error from its parts; prefer the named constructors.
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -68,7 +68,7 @@ impl ApiError {
     }
 
     /// 404 `not_found`: `what` (for example `job 42`) does not exist.
-    pub(crate) fn not_found(what: impl fmt::Display) -> Self {
+    pub fn not_found(what: impl fmt::Display) -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -78,30 +78,30 @@ impl ApiError {
 
     /// 400 with a caller-chosen `code`, for a request that is well-formed
     /// JSON but wrong (for example `invalid_recipe`).
-    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// 401 with a caller-chosen `code` (for example `missing_token`); the
     /// response carries `WWW-Authenticate: Bearer`.
-    pub(crate) fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
     /// 403 `forbidden`: the caller is known but may not do this.
-    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+    pub fn forbidden(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     /// 409 with a caller-chosen `code` (for example `already_exists` or
     /// `job_finished`): the request conflicts with the current state.
-    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::CONFLICT, code, message)
     }
 
     /// 413 `body_too_large`: the body is over `limit` bytes.
     #[cfg(test)]
-    pub(crate) fn payload_too_large(limit: usize) -> Self {
+    pub fn payload_too_large(limit: usize) -> Self {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
@@ -110,7 +110,7 @@ impl ApiError {
     }
 
     /// 429 `rate_limited`, with `Retry-After: retry_after_secs`.
-    pub(crate) fn too_many_requests(retry_after_secs: u64) -> Self {
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -121,7 +121,7 @@ impl ApiError {
 
     /// 415 `unsupported_media_type`: the body is not of type `expected`
     /// (for example `application/json`).
-    pub(crate) fn unsupported_media_type(expected: &str) -> Self {
+    pub fn unsupported_media_type(expected: &str) -> Self {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -131,7 +131,7 @@ impl ApiError {
 
     /// 405 `method_not_allowed`: the route exists but not for this method
     /// (axum adds the `Allow` header).
-    pub(crate) fn method_not_allowed() -> Self {
+    pub fn method_not_allowed() -> Self {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -141,7 +141,7 @@ impl ApiError {
 
     /// 500 `internal` with a generic message. Log the cause (without secret
     /// values) before returning this; the client learns nothing about it.
-    pub(crate) fn internal() -> Self {
+    pub fn internal() -> Self {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -150,27 +150,27 @@ impl ApiError {
     }
 
     /// Adds a `Retry-After: secs` header (for 429 and 503 responses).
-    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
     }
 
     /// The HTTP status.
     #[cfg(test)]
-    pub(crate) fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The machine-readable code.
     #[cfg(test)]
-    pub(crate) fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         self.code
     }
 }
 
 impl ApiError {
     /// The human-readable message (what the client reads after the code).
-    pub(crate) fn message(&self) -> &str {
+    pub fn message(&self) -> &str {
         &self.message
     }
 }
@@ -240,7 +240,7 @@ impl IntoResponse for ApiError {
 ///   400 `malformed_json`, with the line and column;
 /// - JSON of the wrong shape (missing field, wrong type, unknown variant):
 ///   422 `invalid_body`, with the field path, line and column.
-pub(crate) struct LazyJson<T> {
+pub struct LazyJson<T> {
     body: axum::body::Body,
     json: bool,
     _type: std::marker::PhantomData<fn() -> T>,
@@ -270,7 +270,7 @@ impl<T: DeserializeOwned> LazyJson<T> {
     ///
     /// 415, 413, 400 `malformed_json` or 422 `invalid_body`, as listed on
     /// [`LazyJson`].
-    pub(crate) async fn read(self, limit: usize) -> Result<T, ApiError> {
+    pub async fn read(self, limit: usize) -> Result<T, ApiError> {
         if !self.json {
             return Err(ApiError::unsupported_media_type("application/json"));
         }
@@ -286,7 +286,7 @@ impl<T: DeserializeOwned> LazyJson<T> {
 /// 413 `body_too_large` past `limit`, 408 `body_timeout` (with
 /// `Connection: close`) when the deadline set by [`body_deadline`] passes
 /// first, and 400 `invalid_body` when the body breaks off.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let inner = e.into_inner();
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
@@ -325,7 +325,7 @@ impl std::error::Error for BodyTimeout {}
 
 /// Middleware: the request's body must arrive completely within `timeout`
 /// of the request head (see [`read_body`]).
-pub(crate) async fn body_deadline(
+pub async fn body_deadline(
     State(timeout): State<Duration>,
     request: Request,
     next: Next,
@@ -491,13 +491,13 @@ fn closing_quote(escaped: &str) -> Option<usize> {
 /// The fallback for unknown routes: 404 `not_found`.
 ///
 /// The path is not echoed: it may carry a token (webhook URLs do).
-pub(crate) async fn not_found_fallback() -> ApiError {
+pub async fn not_found_fallback() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 /// The fallback for a known route called with the wrong method: 405
 /// `method_not_allowed`.
-pub(crate) async fn method_not_allowed_fallback() -> ApiError {
+pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::method_not_allowed()
 }
 
@@ -507,7 +507,7 @@ pub(crate) async fn method_not_allowed_fallback() -> ApiError {
 ///
 /// Call it after every route is added: the 405 fallback applies only to the
 /// routes already registered.
-pub(crate) fn with_json_errors<S>(router: Router<S>) -> Router<S>
+pub fn with_json_errors<S>(router: Router<S>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {

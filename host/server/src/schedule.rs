@@ -51,13 +51,13 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
 /// The longest cron expression [`Schedule::parse`] accepts, in bytes.
-pub(crate) const MAX_EXPRESSION_LEN: usize = 200;
+pub const MAX_EXPRESSION_LEN: usize = 200;
 
 /// Why a cron expression or time zone was refused.
 ///
 /// Each message names the part that is wrong: the expression or the zone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ScheduleError {
+pub enum ScheduleError {
     /// The cron expression does not parse.
     #[error("invalid cron expression {expression:?}: {reason}")]
     InvalidExpression {
@@ -84,7 +84,7 @@ pub(crate) enum ScheduleError {
 
 /// A parsed cron expression bound to an IANA time zone.
 #[derive(Clone)]
-pub(crate) struct Schedule {
+pub struct Schedule {
     /// The expression exactly as given, trimmed.
     expression: String,
     /// The zone the expression's wall clock is read in.
@@ -112,7 +112,7 @@ impl Schedule {
     /// long or does not parse; [`ScheduleError::NeverMatches`] if it parses
     /// but names no real date; [`ScheduleError::UnknownTimeZone`] if the zone
     /// is not in the IANA database compiled into the binary.
-    pub(crate) fn parse(cron: &str, tz: &str) -> Result<Schedule, ScheduleError> {
+    pub fn parse(cron: &str, tz: &str) -> Result<Schedule, ScheduleError> {
         let expression = cron.trim();
         if expression.len() > MAX_EXPRESSION_LEN {
             return Err(ScheduleError::InvalidExpression {
@@ -153,7 +153,7 @@ impl Schedule {
     ///
     /// Returns `None` if the instant is outside the range `chrono` and
     /// `croner` support (years 1 to 4999) or no later slot exists there.
-    pub(crate) fn next_after(&self, after_unix_secs: i64) -> Option<i64> {
+    pub fn next_after(&self, after_unix_secs: i64) -> Option<i64> {
         let start = self.local(after_unix_secs)?;
         let next = self.cron.find_next_occurrence(&start, false).ok()?;
         let next = next.timestamp();
@@ -167,7 +167,7 @@ impl Schedule {
     /// it fired (or the schedule's creation time), so a slot missed while it
     /// was down fires exactly once, and several missed slots collapse into
     /// the latest one. Returns `None` if no slot lies in the interval.
-    pub(crate) fn latest_at_or_before(&self, now: i64, not_before: i64) -> Option<i64> {
+    pub fn latest_at_or_before(&self, now: i64, not_before: i64) -> Option<i64> {
         if now <= not_before {
             return None;
         }
@@ -179,13 +179,13 @@ impl Schedule {
 
     /// Returns the cron expression as given (trimmed).
     #[cfg(test)]
-    pub(crate) fn expression(&self) -> &str {
+    pub fn expression(&self) -> &str {
         &self.expression
     }
 
     /// Returns the IANA name of the schedule's time zone.
     #[cfg(test)]
-    pub(crate) fn timezone(&self) -> &'static str {
+    pub fn timezone(&self) -> &'static str {
         self.timezone.name()
     }
 

@@ -61,99 +61,99 @@ use super::auth::JwtConfig;
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct DaemonConfig {
+pub struct DaemonConfig {
     /// Address to listen on.
     #[serde(default = "default_listen")]
-    pub(crate) listen: SocketAddr,
+    pub listen: SocketAddr,
     /// Base URL clients reach the daemon at (webhook URLs start with it).
     #[serde(default = "default_public_url")]
-    pub(crate) public_url: String,
+    pub public_url: String,
     /// Log level: `error` in production, `info` or `debug` to investigate.
     #[serde(default = "default_log")]
-    pub(crate) log: String,
+    pub log: String,
     /// TLS.
     #[serde(default)]
-    pub(crate) tls: TlsConfig,
+    pub tls: TlsConfig,
     /// Request limits.
     #[serde(default)]
-    pub(crate) limits: Limits,
+    pub limits: Limits,
     /// The job runner.
     #[serde(default)]
-    pub(crate) workers: Workers,
+    pub workers: Workers,
     /// Webhooks.
     #[serde(default)]
-    pub(crate) webhooks: Webhooks,
+    pub webhooks: Webhooks,
     /// The audit log.
     #[serde(default)]
-    pub(crate) audit: AuditConfig,
+    pub audit: AuditConfig,
     /// JWTs of an identity provider.
     #[serde(default)]
-    pub(crate) jwt: Option<JwtConfig>,
+    pub jwt: Option<JwtConfig>,
 }
 
 /// TLS settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct TlsConfig {
+pub struct TlsConfig {
     /// Certificate chain (PEM).
-    pub(crate) cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
     /// Private key (PEM).
-    pub(crate) key: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// Generate a self-signed certificate (development only).
     #[serde(default)]
-    pub(crate) dev_self_signed: bool,
+    pub dev_self_signed: bool,
     /// Where to write the generated certificate for clients to trust.
-    pub(crate) dev_cert_out: Option<PathBuf>,
+    pub dev_cert_out: Option<PathBuf>,
 }
 
 /// Request limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// Largest JSON request body.
     #[serde(default = "default_max_body")]
-    pub(crate) max_body_bytes: usize,
+    pub max_body_bytes: usize,
     /// Largest recipe bundle upload.
     #[serde(default = "default_max_bundle")]
-    pub(crate) max_bundle_bytes: usize,
+    pub max_bundle_bytes: usize,
     /// Largest request head.
     #[serde(default = "default_max_header")]
-    pub(crate) max_header_bytes: usize,
+    pub max_header_bytes: usize,
     /// Longest lifetime of an API token.
     #[serde(default = "default_token_lifetime")]
-    pub(crate) token_max_lifetime_secs: u64,
+    pub token_max_lifetime_secs: u64,
     /// Requests per second per token or JWT subject.
     #[serde(default = "default_rps")]
-    pub(crate) requests_per_second: u32,
+    pub requests_per_second: u32,
     /// Burst per token.
     #[serde(default = "default_burst")]
-    pub(crate) burst: u32,
+    pub burst: u32,
     /// Deliveries per second per webhook.
     #[serde(default = "default_webhook_rps")]
-    pub(crate) webhook_per_second: u32,
+    pub webhook_per_second: u32,
     /// Burst per webhook.
     #[serde(default = "default_webhook_burst")]
-    pub(crate) webhook_burst: u32,
+    pub webhook_burst: u32,
     /// Failed authentications (and unknown webhooks) per second per client
     /// address before they are answered 429 and no longer audited singly.
     #[serde(default = "default_failures")]
-    pub(crate) failures_per_second: u32,
+    pub failures_per_second: u32,
     /// Burst of failures per client address.
     #[serde(default = "default_failure_burst")]
-    pub(crate) failure_burst: u32,
+    pub failure_burst: u32,
     /// API requests per second per client address (IPv6: per /64), counted
     /// before any credential is verified.
     #[serde(default = "default_address_rps")]
-    pub(crate) address_per_second: u32,
+    pub address_per_second: u32,
     /// Burst of API requests per client address.
     #[serde(default = "default_address_burst")]
-    pub(crate) address_burst: u32,
+    pub address_burst: u32,
     /// Seconds a whole request body may take to arrive after the head.
     #[serde(default = "default_body_read_timeout")]
-    pub(crate) body_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
     /// Seconds a recipe bundle upload may take to arrive after the head.
     #[serde(default = "default_bundle_read_timeout")]
-    pub(crate) bundle_read_timeout_secs: u64,
+    pub bundle_read_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -180,22 +180,22 @@ impl Default for Limits {
 /// The job runner.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Workers {
+pub struct Workers {
     /// Jobs running at once.
     #[serde(default = "default_concurrency")]
-    pub(crate) concurrency: usize,
+    pub concurrency: usize,
     /// Jobs running at once per workspace.
     #[serde(default = "default_per_workspace")]
-    pub(crate) per_workspace: usize,
+    pub per_workspace: usize,
     /// How long a shutdown waits for running jobs.
     #[serde(default = "default_grace")]
-    pub(crate) shutdown_grace_secs: u64,
+    pub shutdown_grace_secs: u64,
     /// How often schedules are checked.
     #[serde(default = "default_schedule_tick")]
-    pub(crate) schedule_tick_ms: u64,
+    pub schedule_tick_ms: u64,
     /// Shortest interval between two slots of a schedule.
     #[serde(default = "default_min_schedule_interval")]
-    pub(crate) min_schedule_interval_secs: i64,
+    pub min_schedule_interval_secs: i64,
 }
 
 impl Default for Workers {
@@ -213,10 +213,10 @@ impl Default for Workers {
 /// Webhooks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Webhooks {
+pub struct Webhooks {
     /// Accepted clock difference of a signature's timestamp.
     #[serde(default = "default_window")]
-    pub(crate) signature_window_secs: i64,
+    pub signature_window_secs: i64,
 }
 
 impl Default for Webhooks {
@@ -230,9 +230,9 @@ impl Default for Webhooks {
 /// The audit log.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AuditConfig {
+pub struct AuditConfig {
     /// Append every entry to this file as a JSON line (for a SIEM).
-    pub(crate) stream_file: Option<PathBuf>,
+    pub stream_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -307,7 +307,7 @@ fn default_window() -> i64 {
 
 /// What was wrong with the configuration.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ConfigError {
+pub enum ConfigError {
     /// The file could not be read.
     #[error("reading the configuration {path}: {source}")]
     Read {
@@ -344,7 +344,7 @@ impl DaemonConfig {
     ///
     /// A file that cannot be read or parsed (with line and column), an
     /// invalid variable, or settings that do not go together.
-    pub(crate) fn load(path: Option<&Path>) -> Result<DaemonConfig, ConfigError> {
+    pub fn load(path: Option<&Path>) -> Result<DaemonConfig, ConfigError> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                 path: p.into(),

@@ -34,7 +34,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 /// The content type of [`Metrics::render`]'s output (OpenMetrics text 1.0).
-pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds, in seconds, of the step-duration histogram's buckets: from
 /// 100 µs to 60 s, roughly 1-2.5-5 per decade.
@@ -48,7 +48,7 @@ type Label = [(&'static str, &'static str); 1];
 
 /// A job state counted by `wrun_jobs_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum JobEvent {
+pub enum JobEvent {
     /// A job was accepted into the queue.
     Queued,
     /// A job finished successfully.
@@ -73,7 +73,7 @@ impl JobEvent {
 
 /// A live job state tracked by the `wrun_jobs_current` gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LiveJobState {
+pub enum LiveJobState {
     /// Waiting in the queue.
     Queued,
     /// Running now.
@@ -92,7 +92,7 @@ impl LiveJobState {
 
 /// How a step ended, for `wrun_step_duration_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StepOutcome {
+pub enum StepOutcome {
     /// The step returned successfully.
     Succeeded,
     /// The step returned an error or trapped.
@@ -111,7 +111,7 @@ impl StepOutcome {
 
 /// Why a request failed authentication, for `wrun_auth_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AuthFailure {
+pub enum AuthFailure {
     /// No credentials were sent.
     Missing,
     /// The credentials were not in the expected form.
@@ -139,7 +139,7 @@ impl AuthFailure {
 
 /// What happened to an incoming webhook, for `wrun_webhooks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WebhookOutcome {
+pub enum WebhookOutcome {
     /// The webhook was verified and a job queued.
     Accepted,
     /// The webhook failed verification or validation.
@@ -161,7 +161,7 @@ impl WebhookOutcome {
 
 /// The daemon's metrics; cheap to clone (all clones share the same values).
 #[derive(Clone)]
-pub(crate) struct Metrics {
+pub struct Metrics {
     /// The shared registry and metric handles.
     inner: Arc<Inner>,
 }
@@ -207,7 +207,7 @@ fn step_histogram() -> Histogram {
 
 impl Metrics {
     /// Creates the registry with every metric at zero.
-    pub(crate) fn new() -> Metrics {
+    pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let jobs_total = Family::<Label, Counter>::default();
         // prometheus-client appends `_total` to counter names and the unit
@@ -277,7 +277,7 @@ impl Metrics {
     }
 
     /// Counts a job entering `event`'s state (`wrun_jobs_total`).
-    pub(crate) fn record_job(&self, event: JobEvent) {
+    pub fn record_job(&self, event: JobEvent) {
         self.inner
             .jobs_total
             .get_or_create(&[("state", event.as_str())])
@@ -287,7 +287,7 @@ impl Metrics {
     /// Sets how many jobs are in `state` now (`wrun_jobs_current`), for
     /// example from the store's counts at startup.
     #[cfg(test)]
-    pub(crate) fn set_jobs(&self, state: LiveJobState, count: i64) {
+    pub fn set_jobs(&self, state: LiveJobState, count: i64) {
         self.inner
             .jobs_current
             .get_or_create(&[("state", state.as_str())])
@@ -295,7 +295,7 @@ impl Metrics {
     }
 
     /// Adds `delta` (negative to subtract) to the jobs in `state` now.
-    pub(crate) fn add_jobs(&self, state: LiveJobState, delta: i64) {
+    pub fn add_jobs(&self, state: LiveJobState, delta: i64) {
         self.inner
             .jobs_current
             .get_or_create(&[("state", state.as_str())])
@@ -303,7 +303,7 @@ impl Metrics {
     }
 
     /// Records how long a step took (`wrun_step_duration_seconds`).
-    pub(crate) fn observe_step(&self, outcome: StepOutcome, duration: Duration) {
+    pub fn observe_step(&self, outcome: StepOutcome, duration: Duration) {
         self.inner
             .step_duration
             .get_or_create(&[("outcome", outcome.as_str())])
@@ -311,17 +311,17 @@ impl Metrics {
     }
 
     /// Counts an outgoing request refused by egress policy.
-    pub(crate) fn record_egress_refusal(&self) {
+    pub fn record_egress_refusal(&self) {
         self.inner.egress_refusals.inc();
     }
 
     /// Counts an attempt to use a secret outside its grant.
-    pub(crate) fn record_secret_misuse(&self) {
+    pub fn record_secret_misuse(&self) {
         self.inner.secret_misuse.inc();
     }
 
     /// Counts a request refused by authentication.
-    pub(crate) fn record_auth_failure(&self, reason: AuthFailure) {
+    pub fn record_auth_failure(&self, reason: AuthFailure) {
         self.inner
             .auth_failures
             .get_or_create(&[("reason", reason.as_str())])
@@ -329,7 +329,7 @@ impl Metrics {
     }
 
     /// Counts an HTTP response by its status class (`2xx`, `4xx`, ...).
-    pub(crate) fn record_http_response(&self, status: StatusCode) {
+    pub fn record_http_response(&self, status: StatusCode) {
         let class = match status.as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -344,7 +344,7 @@ impl Metrics {
     }
 
     /// Counts an incoming webhook by outcome.
-    pub(crate) fn record_webhook(&self, outcome: WebhookOutcome) {
+    pub fn record_webhook(&self, outcome: WebhookOutcome) {
         self.inner
             .webhooks
             .get_or_create(&[("outcome", outcome.as_str())])
@@ -353,7 +353,7 @@ impl Metrics {
 
     /// Renders every metric in the OpenMetrics text format (ending in
     /// `# EOF`); serve it with [`CONTENT_TYPE`].
-    pub(crate) fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut out = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
         {
@@ -365,7 +365,7 @@ impl Metrics {
 
     /// The `GET /metrics` response: [`Metrics::render`] with
     /// [`CONTENT_TYPE`].
-    pub(crate) fn response(&self) -> Response {
+    pub fn response(&self) -> Response {
         (
             [(CONTENT_TYPE_HEADER, HeaderValue::from_static(CONTENT_TYPE))],
             self.render(),
@@ -376,7 +376,7 @@ impl Metrics {
 
 /// Middleware counting every response by status class; install with
 /// `axum::middleware::from_fn_with_state(metrics, count_http_responses)`.
-pub(crate) async fn count_http_responses(
+pub async fn count_http_responses(
     State(metrics): State<Metrics>,
     request: Request,
     next: Next,
@@ -389,19 +389,19 @@ pub(crate) async fn count_http_responses(
 /// What the runner and the API record, in their own words.
 impl Metrics {
     /// A job was committed to the queue.
-    pub(crate) fn job_queued(&self) {
+    pub fn job_queued(&self) {
         self.record_job(JobEvent::Queued);
         self.add_jobs(LiveJobState::Queued, 1);
     }
 
     /// A queued job started running.
-    pub(crate) fn job_started(&self) {
+    pub fn job_started(&self) {
         self.add_jobs(LiveJobState::Queued, -1);
         self.add_jobs(LiveJobState::Running, 1);
     }
 
     /// A running job ended in `state`.
-    pub(crate) fn job_finished(&self, state: super::storage::JobState) {
+    pub fn job_finished(&self, state: super::storage::JobState) {
         use super::storage::JobState;
         self.add_jobs(LiveJobState::Running, -1);
         match state {
@@ -413,7 +413,7 @@ impl Metrics {
     }
 
     /// A step ended.
-    pub(crate) fn step_finished(&self, elapsed: Duration, ok: bool) {
+    pub fn step_finished(&self, elapsed: Duration, ok: bool) {
         let outcome = if ok {
             StepOutcome::Succeeded
         } else {
@@ -423,17 +423,17 @@ impl Metrics {
     }
 
     /// The runtime refused a request.
-    pub(crate) fn egress_refused(&self) {
+    pub fn egress_refused(&self) {
         self.record_egress_refusal();
     }
 
     /// The runtime caught a secret used where it may not go.
-    pub(crate) fn secret_misuse(&self) {
+    pub fn secret_misuse(&self) {
         self.record_secret_misuse();
     }
 
     /// An authentication failure, by the error code the client got.
-    pub(crate) fn auth_failure(&self, code: &str) {
+    pub fn auth_failure(&self, code: &str) {
         let reason = if code.starts_with("missing") {
             AuthFailure::Missing
         } else if code.contains("malformed") {
@@ -449,7 +449,7 @@ impl Metrics {
     }
 
     /// A webhook delivery's outcome.
-    pub(crate) fn webhook(&self, outcome: WebhookOutcome) {
+    pub fn webhook(&self, outcome: WebhookOutcome) {
         self.record_webhook(outcome);
     }
 }

@@ -25,7 +25,7 @@ fn entry(workspace: &str, action: &str, target: String, detail: serde_json::Valu
 
 /// Adds a member or changes their role (built-in roles or custom ones
 /// defined in the workspace).
-pub(crate) async fn set_member(
+pub async fn set_member(
     storage: &dyn Storage,
     workspace: &str,
     subject: &str,
@@ -48,11 +48,7 @@ pub(crate) async fn set_member(
 }
 
 /// Removes a member.
-pub(crate) async fn remove_member(
-    storage: &dyn Storage,
-    workspace: &str,
-    subject: &str,
-) -> Result<()> {
+pub async fn remove_member(storage: &dyn Storage, workspace: &str, subject: &str) -> Result<()> {
     let audit = entry(
         workspace,
         "member.remove",
@@ -66,10 +62,7 @@ pub(crate) async fn remove_member(
 }
 
 /// The members of a workspace: (subject, role).
-pub(crate) async fn list_members(
-    storage: &dyn Storage,
-    workspace: &str,
-) -> Result<Vec<(String, String)>> {
+pub async fn list_members(storage: &dyn Storage, workspace: &str) -> Result<Vec<(String, String)>> {
     Ok(storage
         .list_members(workspace)
         .await?
@@ -80,25 +73,25 @@ pub(crate) async fn list_members(
 
 /// What `wrun token create` asks for.
 #[derive(Debug)]
-pub(crate) struct TokenRequest<'a> {
+pub struct TokenRequest<'a> {
     /// Workspace.
-    pub(crate) workspace: &'a str,
+    pub workspace: &'a str,
     /// Label.
-    pub(crate) name: &'a str,
+    pub name: &'a str,
     /// Member whose role bounds the token.
-    pub(crate) owner: &'a str,
+    pub owner: &'a str,
     /// Scopes.
-    pub(crate) scopes: &'a [String],
+    pub scopes: &'a [String],
     /// Lifetime.
-    pub(crate) expires_in: Duration,
+    pub expires_in: Duration,
     /// Longest allowed lifetime.
-    pub(crate) max_lifetime: Duration,
+    pub max_lifetime: Duration,
     /// CIDRs.
-    pub(crate) allow_ips: &'a [String],
+    pub allow_ips: &'a [String],
 }
 
 /// Creates a token; returns (id, the token text shown once, expiry).
-pub(crate) async fn create_token(
+pub async fn create_token(
     storage: &dyn Storage,
     req: &TokenRequest<'_>,
 ) -> Result<(String, zeroize::Zeroizing<String>, i64)> {
@@ -151,7 +144,7 @@ pub(crate) async fn create_token(
 }
 
 /// Revokes an active token of a workspace.
-pub(crate) async fn revoke_token(storage: &dyn Storage, workspace: &str, id: &str) -> Result<()> {
+pub async fn revoke_token(storage: &dyn Storage, workspace: &str, id: &str) -> Result<()> {
     let active = storage
         .list_tokens(workspace)
         .await?
@@ -167,27 +160,27 @@ pub(crate) async fn revoke_token(storage: &dyn Storage, workspace: &str, id: &st
 
 /// A token as the CLI lists it.
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct TokenLine {
+pub struct TokenLine {
     /// Id.
-    pub(crate) id: String,
+    pub id: String,
     /// Label.
-    pub(crate) name: String,
+    pub name: String,
     /// Owner.
-    pub(crate) owner: String,
+    pub owner: String,
     /// Scopes.
-    pub(crate) scopes: Vec<String>,
+    pub scopes: Vec<String>,
     /// Unix seconds.
-    pub(crate) expires_at: i64,
+    pub expires_at: i64,
     /// Unix seconds.
-    pub(crate) revoked_at: Option<i64>,
+    pub revoked_at: Option<i64>,
     /// Unix seconds.
-    pub(crate) last_used_at: Option<i64>,
+    pub last_used_at: Option<i64>,
     /// Address.
-    pub(crate) last_used_ip: Option<String>,
+    pub last_used_ip: Option<String>,
 }
 
 /// The tokens of a workspace.
-pub(crate) async fn list_tokens(storage: &dyn Storage, workspace: &str) -> Result<Vec<TokenLine>> {
+pub async fn list_tokens(storage: &dyn Storage, workspace: &str) -> Result<Vec<TokenLine>> {
     Ok(storage
         .list_tokens(workspace)
         .await?
@@ -206,13 +199,13 @@ pub(crate) async fn list_tokens(storage: &dyn Storage, workspace: &str) -> Resul
 }
 
 /// Verifies the audit chain with the key.
-pub(crate) fn verify_audit(store: &Store, key: &MasterKey) -> Result<VerifyReport> {
+pub fn verify_audit(store: &Store, key: &MasterKey) -> Result<VerifyReport> {
     Ok(store.verify_audit(key)?)
 }
 
 /// Writes audit entries after `after` as JSON lines; with `follow`, keeps
 /// polling for new ones until the process is stopped.
-pub(crate) fn stream_audit(
+pub fn stream_audit(
     store: &Store,
     out: &mut impl Write,
     mut after: u64,
@@ -244,7 +237,7 @@ fn last_streamed(path: &Path) -> u64 {
 
 /// Ships audit entries to `path` as JSON lines (the daemon's
 /// `[audit] stream_file`), resuming after the last entry already in it.
-pub(crate) fn start_audit_stream(
+pub fn start_audit_stream(
     db: PathBuf,
     path: PathBuf,
     mut stop: watch::Receiver<bool>,

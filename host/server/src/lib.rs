@@ -1,29 +1,42 @@
-//! `wrun serve`: the operator's daemon.
+//! `wrun-server`: the operator's daemon (`wrun serve`) as a library, so its
+//! logic can be tested in process as well as over HTTPS, and the operations
+//! the CLI shares with it.
 //!
 //! The parts: [`config`] (file + environment), [`tls`] (HTTPS serving with
-//! graceful shutdown), [`api`] (routes, authentication, authorisation,
-//! [`openapi`]), [`auth`] (tokens, scopes, roles, JWTs, IP allowlists),
-//! [`storage`] (the storage trait) and [`sqlite`] (its embedded
-//! implementation with group commit), [`jobs`] (the runner and the
-//! scheduler), [`audit`] (the MAC-chained audit log), [`metrics`],
+//! graceful shutdown), [`api`] (the route table with each route's
+//! permission, authentication, authorisation, handlers; [`openapi`]),
+//! [`auth`] (tokens, JWTs, IP allowlists; the access model comes from
+//! `wrun-store`), [`jobs`] (the runner and the scheduler), [`metrics`],
 //! [`ratelimit`], [`signature`] (webhook HMAC) and [`schedule`] (cron).
-//! [`admin`] holds what the CLI does on the same database (tokens, members,
-//! audit verification and streaming).
+//! [`ops`] holds the changes the API and the CLI both make (connections,
+//! environments, recipe deployment), [`admin`] what only the CLI does on the
+//! same database (bootstrap members and tokens, audit verification and
+//! streaming), and [`bundle`] the recipe bundle format. All data goes
+//! through `wrun-store` ([`storage`], [`sqlite`] and [`audit`] are its
+//! modules, re-exported).
 
-pub(crate) mod admin;
-pub(crate) mod api;
-pub(crate) mod auth;
-pub(crate) mod config;
-pub(crate) mod http_error;
-pub(crate) mod jobs;
-pub(crate) mod metrics;
-pub(crate) mod openapi;
-pub(crate) mod ratelimit;
-pub(crate) mod schedule;
-pub(crate) mod signature;
-pub(crate) mod tls;
+#![forbid(unsafe_code)]
 
-pub(crate) use wrun_store::{audit, sqlite, storage};
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod bundle;
+pub mod config;
+pub mod http_error;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
+pub mod ops;
+pub mod ratelimit;
+pub mod schedule;
+pub mod signature;
+pub mod tls;
+
+pub use wrun_store::{audit, sqlite, storage};
+
+// The store's modules under the names this crate's modules use.
+use wrun_store::db as store_sqlite;
+use wrun_store::keys;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,7 +54,7 @@ use self::metrics::Metrics;
 use self::ratelimit::RateLimiter;
 use self::sqlite::SqliteStorage;
 use self::storage::Storage;
-use crate::keys::{KeySource, MasterKey};
+use wrun_store::keys::{KeySource, MasterKey};
 
 /// Runs the daemon until SIGTERM or SIGINT.
 ///
@@ -49,7 +62,7 @@ use crate::keys::{KeySource, MasterKey};
 ///
 /// A configuration, TLS, database or key problem at start-up, or a listener
 /// that cannot bind.
-pub(crate) async fn serve(
+pub async fn serve(
     config: DaemonConfig,
     db: &Path,
     key: MasterKey,

@@ -41,49 +41,49 @@ use super::storage::{
 
 /// Everything a handler needs.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub struct AppState {
     /// The store.
-    pub(crate) storage: Arc<dyn Storage>,
+    pub storage: Arc<dyn Storage>,
     /// The job runner.
-    pub(crate) runner: Arc<Runner>,
+    pub runner: Arc<Runner>,
     /// Metrics.
-    pub(crate) metrics: Metrics,
+    pub metrics: Metrics,
     /// The JWT verifier, when an issuer is configured.
-    pub(crate) jwt: Option<Arc<JwtVerifier>>,
+    pub jwt: Option<Arc<JwtVerifier>>,
     /// Configuration.
-    pub(crate) config: Arc<DaemonConfig>,
+    pub config: Arc<DaemonConfig>,
     /// Per-token (or per-subject) request limits, counted only once the
     /// credential is verified.
-    pub(crate) token_limits: Arc<RateLimiter>,
+    pub token_limits: Arc<RateLimiter>,
     /// Per-client-address (IPv6: per /64) API request limits, counted before
     /// any credential is verified.
-    pub(crate) address_limits: Arc<RateLimiter>,
+    pub address_limits: Arc<RateLimiter>,
     /// Per-webhook request limits.
-    pub(crate) webhook_limits: Arc<RateLimiter>,
+    pub webhook_limits: Arc<RateLimiter>,
     /// Per-client-address limits of failed authentications, unknown
     /// webhooks and bad webhook signatures: past it, failures are answered
     /// 429 and not audited one by one, so nobody can fill the audit log
     /// from outside.
-    pub(crate) failure_limits: Arc<RateLimiter>,
+    pub failure_limits: Arc<RateLimiter>,
     /// Bundle deployments parsed and compiled at once.
-    pub(crate) deploys: Arc<tokio::sync::Semaphore>,
+    pub deploys: Arc<tokio::sync::Semaphore>,
     /// Whether the daemon serves jobs (false while starting and stopping).
-    pub(crate) ready: Arc<AtomicBool>,
+    pub ready: Arc<AtomicBool>,
 }
 
 /// Who is calling, and what they may do in their workspace.
 #[derive(Debug, Clone)]
-pub(crate) struct Principal {
+pub struct Principal {
     /// Member subject (the token's owner, or the JWT's subject).
-    pub(crate) subject: String,
+    pub subject: String,
     /// The only workspace the caller acts in.
-    pub(crate) workspace: String,
+    pub workspace: String,
     /// Effective permissions.
-    pub(crate) permissions: PermissionSet,
+    pub permissions: PermissionSet,
     /// Whether the caller is an admin of the workspace (may act for others).
-    pub(crate) admin: bool,
+    pub admin: bool,
     /// Client address.
-    pub(crate) ip: IpAddr,
+    pub ip: IpAddr,
 }
 
 impl Principal {
@@ -414,7 +414,7 @@ fn reply(status: StatusCode, body: Value) -> ApiResult {
 /// [`api_routes!`], checked by [`authorize_route`] before the handler runs
 /// (and before its body is read), and shown in the OpenAPI document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Permission {
+pub enum Permission {
     /// Anyone (liveness, metrics, webhooks with their own checks).
     Public,
     /// Any authenticated caller, in their own workspace.
@@ -426,7 +426,7 @@ pub(crate) enum Permission {
 impl Permission {
     /// As the OpenAPI document shows it: `recipes:write`, `authenticated`
     /// or `public`.
-    pub(crate) fn describe(self) -> String {
+    pub fn describe(self) -> String {
         match self {
             Permission::Public => "public".into(),
             Permission::Caller => "authenticated".into(),
@@ -495,7 +495,7 @@ async fn authorize_route(
 /// The caller of a route, as [`authorize_route`] authorised it from the
 /// route's permission.
 #[derive(Debug, Clone)]
-pub(crate) struct Authorized(pub(crate) Principal);
+pub struct Authorized(pub Principal);
 
 impl axum::extract::FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;
@@ -519,7 +519,7 @@ macro_rules! api_routes {
     ($( $method:ident $path:literal => $handler:ident ($($permission:tt)*) [$tag:literal] $summary:literal; )*) => {
         /// The API router for `state`: each route checks its permission
         /// (see [`authorize_route`]) before its handler runs.
-        pub(crate) fn router(config: &DaemonConfig, state: &AppState) -> Router<AppState> {
+        pub fn router(config: &DaemonConfig, state: &AppState) -> Router<AppState> {
             let mut router = Router::new();
             $(
                 let (limit, read_secs) = if $path == "/v1/workspaces/{ws}/recipes/{name}" {
@@ -546,7 +546,7 @@ macro_rules! api_routes {
 
         /// Every route: method, path, permission, tag, summary (the OpenAPI
         /// document is built from this).
-        pub(crate) const ROUTES: &[(&str, &str, Permission, &str, &str)] = &[
+        pub const ROUTES: &[(&str, &str, Permission, &str, &str)] = &[
             $( (stringify!($method), $path, permission!($($permission)*), $tag, $summary), )*
         ];
     };
@@ -1405,7 +1405,7 @@ struct TokenBody {
 
 /// Checks a token request (scopes, lifetime within the operator's bound,
 /// allowlist); shared by the API and `wrun token create`.
-pub(crate) fn validate_token_request(
+pub fn validate_token_request(
     scopes: &[String],
     expires_in: u64,
     max_lifetime: u64,

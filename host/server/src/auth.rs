@@ -74,7 +74,7 @@ use zeroize::Zeroizing;
 /// Messages say what was wrong without echoing a token, a secret or a key.
 /// [`AuthError::code`] gives a stable machine-readable code for API replies.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AuthError {
+pub enum AuthError {
     /// A permission string is not `<resource>:<access>` with a known
     /// resource (or `*`) and access.
     #[error(
@@ -241,7 +241,7 @@ pub(crate) enum AuthError {
 impl AuthError {
     /// Returns a stable, machine-readable code for this error, suitable for
     /// an API error body and for metrics labels.
-    pub(crate) fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Self::PermissionUnknown { .. } => "permission_unknown",
             Self::ResourceUnknown { .. } => "resource_unknown",
@@ -283,9 +283,7 @@ fn echo(value: &str) -> String {
 }
 
 // Permissions: the access model is stored data, owned by the store.
-pub(crate) use wrun_store::access::{
-    Access, BUILTIN_ROLES, PermissionSet, Resource, valid_role_name,
-};
+pub use wrun_store::access::{Access, BUILTIN_ROLES, PermissionSet, Resource, valid_role_name};
 
 impl From<wrun_store::access::AccessError> for AuthError {
     fn from(e: wrun_store::access::AccessError) -> AuthError {
@@ -355,19 +353,19 @@ fn hash_secret(secret: &[u8]) -> [u8; 32] {
 ///
 /// `display` is the full token; it is shown to the user once and must never
 /// be stored or logged. The store keeps `id` and `hash`.
-pub(crate) struct NewToken {
+pub struct NewToken {
     /// The public token id (12 base32 characters).
-    pub(crate) id: String,
+    pub id: String,
     /// The full token string, `wrun_pat_…`, shown once.
-    pub(crate) display: Zeroizing<String>,
+    pub display: Zeroizing<String>,
     /// SHA-256 of the 32 secret bytes.
-    pub(crate) hash: [u8; 32],
+    pub hash: [u8; 32],
 }
 
 impl NewToken {
     /// Generates a new token from the thread-local CSPRNG (ChaCha, seeded
     /// and periodically reseeded from the operating system).
-    pub(crate) fn generate() -> NewToken {
+    pub fn generate() -> NewToken {
         let mut rng = rand::rng();
 
         let mut id_bytes = [0u8; TOKEN_ID_LEN];
@@ -412,11 +410,11 @@ impl fmt::Debug for NewToken {
 /// to check it: the id to look up and the hash to compare with
 /// [`hashes_match`].
 #[derive(Clone)]
-pub(crate) struct PresentedToken {
+pub struct PresentedToken {
     /// The public token id.
-    pub(crate) id: String,
+    pub id: String,
     /// SHA-256 of the presented secret bytes.
-    pub(crate) hash: [u8; 32],
+    pub hash: [u8; 32],
 }
 
 impl fmt::Debug for PresentedToken {
@@ -437,7 +435,7 @@ impl fmt::Debug for PresentedToken {
 /// [`AuthError::TokenMalformed`] if the shape is wrong, and
 /// [`AuthError::TokenChecksum`] if the shape is right but the checksum does
 /// not match.
-pub(crate) fn parse_token(presented: &str) -> Result<PresentedToken, AuthError> {
+pub fn parse_token(presented: &str) -> Result<PresentedToken, AuthError> {
     let malformed = |reason| AuthError::TokenMalformed { reason };
     let bytes = presented.as_bytes();
     if !presented.starts_with(TOKEN_PREFIX) {
@@ -481,7 +479,7 @@ pub(crate) fn parse_token(presented: &str) -> Result<PresentedToken, AuthError> 
 }
 
 /// Compares two token hashes in constant time.
-pub(crate) fn hashes_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub fn hashes_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()
 }
 
@@ -496,7 +494,7 @@ pub(crate) fn hashes_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// reports for an IPv4 client) is matched as the IPv4 address, and
 /// IPv4-mapped entries are stored as IPv4 networks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct IpAllowlist(Vec<IpNet>);
+pub struct IpAllowlist(Vec<IpNet>);
 
 impl IpAllowlist {
     /// Parses entries that are CIDR networks (`10.0.0.0/8`, `2001:db8::/32`)
@@ -507,7 +505,7 @@ impl IpAllowlist {
     /// [`AuthError::IpInvalid`] naming the first entry that is neither, or a
     /// CIDR network with host bits set (`10.1.2.3/8`), which is most likely a
     /// typo.
-    pub(crate) fn parse(items: &[impl AsRef<str>]) -> Result<IpAllowlist, AuthError> {
+    pub fn parse(items: &[impl AsRef<str>]) -> Result<IpAllowlist, AuthError> {
         let mut nets = Vec::with_capacity(items.len());
         for item in items {
             let item = item.as_ref();
@@ -533,7 +531,7 @@ impl IpAllowlist {
     }
 
     /// Returns whether `addr` may connect.
-    pub(crate) fn allows(&self, addr: IpAddr) -> bool {
+    pub fn allows(&self, addr: IpAddr) -> bool {
         if self.0.is_empty() {
             return true;
         }
@@ -543,13 +541,13 @@ impl IpAllowlist {
 
     /// Returns whether the list is empty (allows everything).
     #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Returns the entries as strings: a plain address for a single-host
     /// network, CIDR notation otherwise.
-    pub(crate) fn to_strings(&self) -> Vec<String> {
+    pub fn to_strings(&self) -> Vec<String> {
         self.0
             .iter()
             .map(|net| {
@@ -633,43 +631,43 @@ fn default_role_claim() -> String {
 /// Configuration of the one JWT issuer the daemon trusts.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct JwtConfig {
+pub struct JwtConfig {
     /// The exact `iss` value required.
-    pub(crate) issuer: String,
+    pub issuer: String,
     /// The audience that `aud` must name (exactly, or as one element of an
     /// array).
-    pub(crate) audience: String,
+    pub audience: String,
     /// The one accepted algorithm, such as `RS256`, `ES256`, `EdDSA` or
     /// `HS256`. `none` is refused.
-    pub(crate) algorithm: String,
+    pub algorithm: String,
     /// A PEM public key (SPKI `PUBLIC KEY`, `RSA PUBLIC KEY` or a
     /// certificate) for RS*, PS*, ES* and EdDSA.
     #[serde(default)]
-    pub(crate) key_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// The name of the environment variable holding the HMAC secret for HS*
     /// (at least 32 bytes).
     #[serde(default)]
-    pub(crate) secret_env: Option<String>,
+    pub secret_env: Option<String>,
     /// The longest lifetime accepted: `exp - iat`, or `exp - now` when the
     /// token has no `iat`. Default 3600.
     #[serde(default = "default_max_lifetime_secs")]
-    pub(crate) max_lifetime_secs: u64,
+    pub max_lifetime_secs: u64,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`. Default 30.
     #[serde(default = "default_leeway_secs")]
-    pub(crate) leeway_secs: u64,
+    pub leeway_secs: u64,
     /// The claim holding the subject. Default `sub`.
     #[serde(default = "default_subject_claim")]
-    pub(crate) subject_claim: String,
+    pub subject_claim: String,
     /// The claim holding the workspace name. Default `wrun_workspace`.
     #[serde(default = "default_workspace_claim")]
-    pub(crate) workspace_claim: String,
+    pub workspace_claim: String,
     /// The claim holding the role. Default `wrun_role`.
     #[serde(default = "default_role_claim")]
-    pub(crate) role_claim: String,
+    pub role_claim: String,
     /// Maps role claim values to wrun role names. When empty, the claim
     /// value is used as is, and only built-in role names are accepted.
     #[serde(default)]
-    pub(crate) role_map: BTreeMap<String, String>,
+    pub role_map: BTreeMap<String, String>,
 }
 
 impl JwtConfig {
@@ -678,7 +676,7 @@ impl JwtConfig {
     /// 3600 s lifetime, 30 s leeway, claims `sub`, `wrun_workspace`,
     /// `wrun_role`, empty role map).
     #[cfg(test)]
-    pub(crate) fn new(issuer: &str, audience: &str, algorithm: &str) -> JwtConfig {
+    pub fn new(issuer: &str, audience: &str, algorithm: &str) -> JwtConfig {
         JwtConfig {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
@@ -697,17 +695,17 @@ impl JwtConfig {
 
 /// Who a verified JWT says the caller is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct JwtIdentity {
+pub struct JwtIdentity {
     /// The subject (from `subject_claim`).
-    pub(crate) subject: String,
+    pub subject: String,
     /// The workspace (from `workspace_claim`).
-    pub(crate) workspace: String,
+    pub workspace: String,
     /// The wrun role name, after the role map.
-    pub(crate) role: String,
+    pub role: String,
 }
 
 /// Verifies JWTs from the configured issuer with a pinned algorithm and key.
-pub(crate) struct JwtVerifier {
+pub struct JwtVerifier {
     /// The configuration, validated.
     config: JwtConfig,
     /// The parsed algorithm.
@@ -755,7 +753,7 @@ impl JwtVerifier {
     /// `secret_env`, or if the needed one is missing;
     /// [`AuthError::JwtKeyFile`], [`AuthError::JwtSecretMissing`] if the key
     /// cannot be read; and every error of [`JwtVerifier::from_parts`].
-    pub(crate) fn new(config: &JwtConfig) -> Result<JwtVerifier, AuthError> {
+    pub fn new(config: &JwtConfig) -> Result<JwtVerifier, AuthError> {
         let algorithm = parse_algorithm(&config.algorithm)?;
         let material: Zeroizing<Vec<u8>> = if algorithm.family() == AlgorithmFamily::Hmac {
             if config.key_file.is_some() {
@@ -814,10 +812,7 @@ impl JwtVerifier {
     /// secret); [`AuthError::JwtSecretTooShort`];
     /// [`AuthError::JwtKeyInvalid`] if the PEM key does not fit the
     /// algorithm.
-    pub(crate) fn from_parts(
-        config: JwtConfig,
-        key_material: &[u8],
-    ) -> Result<JwtVerifier, AuthError> {
+    pub fn from_parts(config: JwtConfig, key_material: &[u8]) -> Result<JwtVerifier, AuthError> {
         let algorithm = parse_algorithm(&config.algorithm)?;
         check_config(&config)?;
         let key = load_key(algorithm, &config.algorithm, key_material)?;
@@ -857,7 +852,7 @@ impl JwtVerifier {
     /// # Errors
     ///
     /// One `AuthError::Jwt*` variant per failed check; see the list above.
-    pub(crate) fn verify(&self, token: &str, now: u64) -> Result<JwtIdentity, AuthError> {
+    pub fn verify(&self, token: &str, now: u64) -> Result<JwtIdentity, AuthError> {
         let malformed = |reason| AuthError::JwtMalformed { reason };
         if token.len() > MAX_JWT_LEN {
             return Err(malformed("it is longer than 16 KiB"));

@@ -33,10 +33,10 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// The name of the request header that carries the signature.
-pub(crate) const HEADER_NAME: &str = "X-Wrun-Signature";
+pub const HEADER_NAME: &str = "X-Wrun-Signature";
 
 /// The default allowed distance between `t` and the server clock, in seconds.
-pub(crate) const DEFAULT_WINDOW_SECS: i64 = 300;
+pub const DEFAULT_WINDOW_SECS: i64 = 300;
 
 /// The longest header value [`verify`] parses, in bytes.
 const MAX_HEADER_LEN: usize = 1024;
@@ -54,7 +54,7 @@ const BLOCK_LEN: usize = 64;
 ///
 /// No variant carries the secret, the expected MAC or a MAC from the header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum SignatureError {
+pub enum SignatureError {
     /// The request has no signature header, or it is empty.
     #[error("missing {HEADER_NAME} header")]
     Missing,
@@ -81,7 +81,7 @@ pub(crate) enum SignatureError {
 
 impl SignatureError {
     /// Returns a stable machine-readable code for API error bodies and logs.
-    pub(crate) fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             SignatureError::Missing => "signature_missing",
             SignatureError::Malformed { .. } => "signature_malformed",
@@ -93,7 +93,7 @@ impl SignatureError {
 
 /// Returns the `X-Wrun-Signature` header value for `body` sent at `t`.
 #[cfg(test)]
-pub(crate) fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
+pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
     let tag = mac(secret, t, body).finalize().into_bytes();
     let mut out = String::with_capacity(24 + 2 * MAC_LEN);
     out.push_str("t=");
@@ -109,11 +109,11 @@ pub(crate) fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
 /// A verified delivery in canonical form: equal for every spelling of one
 /// signed request, whatever else its header carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Verified {
+pub struct Verified {
     /// The signing time, in Unix seconds, as parsed (leading zeros gone).
-    pub(crate) t: i64,
+    pub t: i64,
     /// The MAC that matched, as bytes (hex case and position forgotten).
-    pub(crate) mac: [u8; MAC_LEN],
+    pub mac: [u8; MAC_LEN],
 }
 
 /// Checks a request's signature header against `body`, at server time `now`.
@@ -128,7 +128,7 @@ pub(crate) struct Verified {
 /// if it does not parse, [`SignatureError::Mismatch`] if no `v1` entry matches,
 /// and [`SignatureError::OutsideWindow`] if one matches but `t` is too old or
 /// too far in the future.
-pub(crate) fn verify(
+pub fn verify(
     secret: &[u8],
     header: Option<&str>,
     body: &[u8],

@@ -35,18 +35,18 @@ use super::storage::{JobState, NewJob, StepCommit, Storage, StorageError};
 
 /// How the runner is sized.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RunnerLimits {
+pub struct RunnerLimits {
     /// Jobs running at once in all.
-    pub(crate) concurrency: usize,
+    pub concurrency: usize,
     /// Jobs running at once per workspace.
-    pub(crate) per_workspace: usize,
+    pub per_workspace: usize,
 }
 
 /// A loaded recipe and the deployment (`updated_at`) it was loaded from.
 type LoadedRecipe = (i64, Arc<Recipe>);
 
 /// Runs jobs.
-pub(crate) struct Runner {
+pub struct Runner {
     storage: Arc<dyn Storage>,
     engine: Engine,
     metrics: Metrics,
@@ -68,7 +68,7 @@ impl std::fmt::Debug for Runner {
 }
 
 /// A job id for a new job.
-pub(crate) fn new_job_id() -> String {
+pub fn new_job_id() -> String {
     format!("job_{:032x}", rand::random::<u128>())
 }
 
@@ -206,7 +206,7 @@ impl Observer for JobObserver {
 
 impl Runner {
     /// A runner and its dispatcher task.
-    pub(crate) fn start(
+    pub fn start(
         storage: Arc<dyn Storage>,
         engine: Engine,
         metrics: Metrics,
@@ -240,7 +240,7 @@ impl Runner {
     }
 
     /// Queues every job that was queued or running when the daemon stopped.
-    pub(crate) async fn recover(&self) -> Result<usize, StorageError> {
+    pub async fn recover(&self) -> Result<usize, StorageError> {
         let jobs = self.storage.unfinished_jobs().await?;
         let n = jobs.len();
         for (id, workspace) in jobs {
@@ -250,13 +250,13 @@ impl Runner {
     }
 
     /// Hands a committed job to the dispatcher.
-    pub(crate) fn submit(&self, id: &str, workspace: &str) {
+    pub fn submit(&self, id: &str, workspace: &str) {
         self.metrics.job_queued();
         let _ = self.queue.send((id.to_string(), workspace.to_string()));
     }
 
     /// Asks a running job to stop after its current step.
-    pub(crate) fn cancel(&self, id: &str) {
+    pub fn cancel(&self, id: &str) {
         if let Some(flag) = self
             .running
             .lock()
@@ -268,12 +268,12 @@ impl Runner {
     }
 
     /// The engine (for checking a recipe before it is deployed).
-    pub(crate) fn engine(&self) -> Engine {
+    pub fn engine(&self) -> Engine {
         self.engine.clone()
     }
 
     /// Drops a recipe's loaded components (after it was deleted).
-    pub(crate) fn forget(&self, workspace: &str, recipe: &str) {
+    pub fn forget(&self, workspace: &str, recipe: &str) {
         self.recipes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -281,7 +281,7 @@ impl Runner {
     }
 
     /// Jobs running now.
-    pub(crate) fn running(&self) -> usize {
+    pub fn running(&self) -> usize {
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -291,7 +291,7 @@ impl Runner {
     /// Stops starting jobs and waits up to `grace` for running ones to end.
     /// Jobs still running after that stay `running` in the store and
     /// resume, after their last committed step, at the next start.
-    pub(crate) async fn shutdown(&self, grace: Duration) {
+    pub async fn shutdown(&self, grace: Duration) {
         let _ = self.stopping.send(true);
         let deadline = tokio::time::Instant::now() + grace;
         while self.running() > 0 && tokio::time::Instant::now() < deadline {
@@ -515,7 +515,7 @@ impl Runner {
 /// Fires schedules: every `tick`, each schedule whose latest slot is newer
 /// than the one it last fired for gets one job for that slot (missed slots
 /// while the daemon was down collapse into one run).
-pub(crate) fn start_scheduler(
+pub fn start_scheduler(
     storage: Arc<dyn Storage>,
     runner: Arc<Runner>,
     tick: Duration,
