@@ -56,6 +56,85 @@ use self::sqlite::SqliteStorage;
 use self::storage::Storage;
 use wrun_store::keys::{KeySource, MasterKey};
 
+/// The daemon's HTTP application without its listener: the router over
+/// the API state, what [`serve`] serves over TLS. Tests drive it in process
+/// (a request needs `ConnectInfo<SocketAddr>` in its extensions, as the
+/// listener adds it).
+pub struct App {
+    /// Every route, with its permission check, JSON errors and metrics.
+    pub router: axum::Router,
+    /// Whether `/readyz` answers ready (set once the listener is up).
+    pub ready: Arc<AtomicBool>,
+    /// The rate limiters, whose stale entries the caller drops now and then
+    /// ([`ratelimit::RateLimiter::retain_recent`]).
+    pub limiters: [Arc<RateLimiter>; 4],
+}
+
+impl App {
+    /// Builds the application over `storage` and `runner`.
+    ///
+    /// # Errors
+    ///
+    /// A JWT configuration that does not load.
+    pub fn new(
+        config: &Arc<DaemonConfig>,
+        storage: Arc<dyn Storage>,
+        runner: Arc<Runner>,
+        metrics: Metrics,
+    ) -> Result<App> {
+        let jwt = match &config.jwt {
+            Some(c) => Some(Arc::new(auth::JwtVerifier::new(c)?)),
+            None => None,
+        };
+        let token_limits = Arc::new(RateLimiter::new(
+            config.limits.requests_per_second,
+            config.limits.burst,
+        ));
+        let webhook_limits = Arc::new(RateLimiter::new(
+            config.limits.webhook_per_second,
+            config.limits.webhook_burst,
+        ));
+        // Failed authentications and unknown webhooks per client address:
+        // past this, 429 without an audit entry each, so nobody fills the
+        // audit log from outside.
+        let failure_limits = Arc::new(RateLimiter::new(
+            config.limits.failures_per_second,
+            config.limits.failure_burst,
+        ));
+        // Every API request per client network, before its credential is
+        // verified: the per-token budget is spent only by the token's holder.
+        let address_limits = Arc::new(RateLimiter::new(
+            config.limits.address_per_second,
+            config.limits.address_burst,
+        ));
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = AppState {
+            storage,
+            runner,
+            metrics: metrics.clone(),
+            jwt,
+            config: Arc::clone(config),
+            token_limits: Arc::clone(&token_limits),
+            address_limits: Arc::clone(&address_limits),
+            webhook_limits: Arc::clone(&webhook_limits),
+            failure_limits: Arc::clone(&failure_limits),
+            deploys: Arc::new(tokio::sync::Semaphore::new(2)),
+            ready: Arc::clone(&ready),
+        };
+        let router = api::router(config, &state)
+            .layer(axum::middleware::from_fn_with_state(
+                metrics,
+                metrics::count_http_responses,
+            ))
+            .with_state(state);
+        Ok(App {
+            router,
+            ready,
+            limiters: [token_limits, webhook_limits, failure_limits, address_limits],
+        })
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 ///
 /// # Errors
@@ -119,38 +198,13 @@ pub async fn serve(
         admin::start_audit_stream(db.to_path_buf(), path.clone(), stop_rx.clone())?;
     }
 
-    let jwt = match &config.jwt {
-        Some(c) => Some(Arc::new(auth::JwtVerifier::new(c)?)),
-        None => None,
-    };
-    let token_limits = Arc::new(RateLimiter::new(
-        config.limits.requests_per_second,
-        config.limits.burst,
-    ));
-    let webhook_limits = Arc::new(RateLimiter::new(
-        config.limits.webhook_per_second,
-        config.limits.webhook_burst,
-    ));
-    // Failed authentications and unknown webhooks per client address:
-    // past this, 429 without an audit entry each, so nobody fills the
-    // audit log from outside.
-    let failure_limits = Arc::new(RateLimiter::new(
-        config.limits.failures_per_second,
-        config.limits.failure_burst,
-    ));
-    // Every API request per client network, before its credential is
-    // verified: the per-token budget is spent only by the token's holder.
-    let address_limits = Arc::new(RateLimiter::new(
-        config.limits.address_per_second,
-        config.limits.address_burst,
-    ));
+    let config = Arc::new(config);
+    let App {
+        router: app,
+        ready,
+        limiters,
+    } = App::new(&config, storage, Arc::clone(&runner), metrics.clone())?;
     {
-        let limiters = [
-            Arc::clone(&token_limits),
-            Arc::clone(&webhook_limits),
-            Arc::clone(&failure_limits),
-            Arc::clone(&address_limits),
-        ];
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ratelimit::RETAIN_INTERVAL);
@@ -162,27 +216,6 @@ pub async fn serve(
             }
         });
     }
-    let ready = Arc::new(AtomicBool::new(false));
-    let config = Arc::new(config);
-    let state = AppState {
-        storage,
-        runner: Arc::clone(&runner),
-        metrics: metrics.clone(),
-        jwt,
-        config: Arc::clone(&config),
-        token_limits,
-        address_limits,
-        webhook_limits,
-        failure_limits: Arc::clone(&failure_limits),
-        deploys: Arc::new(tokio::sync::Semaphore::new(2)),
-        ready: Arc::clone(&ready),
-    };
-    let app = api::router(&config, &state)
-        .layer(axum::middleware::from_fn_with_state(
-            metrics.clone(),
-            metrics::count_http_responses,
-        ))
-        .with_state(state);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -251,4 +284,145 @@ fn start_retention(storage: Arc<dyn Storage>, mut stop: watch::Receiver<bool>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// The application over a fresh database, with an admin token and an
+    /// analyst token of workspace `team-a`.
+    async fn app() -> (tempfile::TempDir, App, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(
+            SqliteStorage::open(&dir.path().join("wrun.db"), MasterKey::generate(), None).unwrap(),
+        );
+        let mut tokens = Vec::new();
+        for (subject, role) in [("alice", "admin"), ("bob", "analyst")] {
+            admin::set_member(storage.as_ref(), "team-a", subject, role)
+                .await
+                .unwrap();
+            let scopes = ["*:write".to_string()];
+            let (_, token, _) = admin::create_token(
+                storage.as_ref(),
+                &admin::TokenRequest {
+                    workspace: "team-a",
+                    name: "test",
+                    owner: subject,
+                    scopes: &scopes,
+                    expires_in: Duration::from_secs(3600),
+                    max_lifetime: Duration::from_secs(7200),
+                    allow_ips: &[],
+                },
+            )
+            .await
+            .unwrap();
+            tokens.push(token.as_str().to_string());
+        }
+        let config: DaemonConfig = toml::from_str("[tls]\ndev_self_signed = true\n").unwrap();
+        let metrics = Metrics::new();
+        let runner = Runner::start(
+            Arc::clone(&storage),
+            Engine::builder().build().unwrap(),
+            metrics.clone(),
+            RunnerLimits {
+                concurrency: 1,
+                per_workspace: 1,
+            },
+        );
+        let app = App::new(&Arc::new(config), storage, runner, metrics).unwrap();
+        let analyst = tokens.pop().unwrap();
+        let admin = tokens.pop().unwrap();
+        (dir, app, admin, analyst)
+    }
+
+    /// Sends one request through the router, from loopback.
+    async fn send(
+        app: &App,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> StatusCode {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let mut request = request
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        app.router.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn routes_are_authorised_from_the_table_in_process() {
+        let (_dir, app, admin, analyst) = app().await;
+        let connections = "/v1/workspaces/team-a/connections";
+        let put = "/v1/workspaces/team-a/connections/crm";
+        let value = r#"{"value":"tok-Vq7Lm2Xz9Rp4Kd8Wn3Hs6","hosts":["api.crm.test"],"placement":"header:Authorization=Bearer {}"}"#;
+        // No credential, a reader writing, another workspace.
+        assert_eq!(
+            send(&app, "GET", connections, None, "").await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(&app, "PUT", put, Some(&analyst), value).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            send(
+                &app,
+                "GET",
+                "/v1/workspaces/team-b/connections",
+                Some(&admin),
+                ""
+            )
+            .await,
+            StatusCode::NOT_FOUND
+        );
+        // The refusals came before the body was looked at: a malformed one
+        // is still refused for the credential, not the JSON.
+        assert_eq!(
+            send(&app, "PUT", put, Some(&analyst), "{").await,
+            StatusCode::FORBIDDEN
+        );
+        // Allowed.
+        assert_eq!(
+            send(&app, "GET", connections, Some(&analyst), "").await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(&app, "PUT", put, Some(&admin), value).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(&app, "GET", "/v1/whoami", Some(&analyst), "").await,
+            StatusCode::OK
+        );
+        // Public routes need nothing; readiness follows the flag.
+        assert_eq!(
+            send(&app, "GET", "/healthz", None, "").await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(&app, "GET", "/readyz", None, "").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        app.ready.store(true, Ordering::SeqCst);
+        assert_eq!(send(&app, "GET", "/readyz", None, "").await, StatusCode::OK);
+    }
 }
