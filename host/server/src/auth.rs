@@ -75,27 +75,9 @@ use zeroize::Zeroizing;
 /// [`AuthError::code`] gives a stable machine-readable code for API replies.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// A permission string is not `<resource>:<access>` with a known
-    /// resource (or `*`) and access.
-    #[error(
-        "unknown permission `{value}`: expected `<resource>:read` or `<resource>:write` \
-         where resource is one of {} or `*`",
-        Resource::names_for_message()
-    )]
-    PermissionUnknown {
-        /// The permission string as given (cut to 64 characters).
-        value: String,
-    },
-
-    /// A resource name is not one of [`Resource::ALL`].
-    #[error(
-        "unknown resource `{value}`: expected one of {}",
-        Resource::names_for_message()
-    )]
-    ResourceUnknown {
-        /// The resource name as given (cut to 64 characters).
-        value: String,
-    },
+    /// A permission or resource name is not part of the access model.
+    #[error(transparent)]
+    Access(#[from] wrun_store::access::AccessError),
 
     /// An API token does not have the `wrun_pat_` shape.
     #[error("malformed API token: {reason}")]
@@ -243,8 +225,12 @@ impl AuthError {
     /// an API error body and for metrics labels.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::PermissionUnknown { .. } => "permission_unknown",
-            Self::ResourceUnknown { .. } => "resource_unknown",
+            Self::Access(wrun_store::access::AccessError::PermissionUnknown { .. }) => {
+                "permission_unknown"
+            }
+            Self::Access(wrun_store::access::AccessError::ResourceUnknown { .. }) => {
+                "resource_unknown"
+            }
             Self::TokenMalformed { .. } => "token_malformed",
             Self::TokenChecksum => "token_checksum_mismatch",
             Self::IpInvalid { .. } => "ip_allowlist_invalid",
@@ -284,16 +270,6 @@ fn echo(value: &str) -> String {
 
 // Permissions: the access model is stored data, owned by the store.
 pub use wrun_store::access::{Access, BUILTIN_ROLES, PermissionSet, Resource, valid_role_name};
-
-impl From<wrun_store::access::AccessError> for AuthError {
-    fn from(e: wrun_store::access::AccessError) -> AuthError {
-        use wrun_store::access::AccessError;
-        match e {
-            AccessError::PermissionUnknown { value } => AuthError::PermissionUnknown { value },
-            AccessError::ResourceUnknown { value } => AuthError::ResourceUnknown { value },
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // API tokens
@@ -2082,12 +2058,12 @@ mod tests {
     #[test]
     fn every_error_has_a_distinct_code() {
         let errors = [
-            AuthError::PermissionUnknown {
+            AuthError::Access(wrun_store::access::AccessError::PermissionUnknown {
                 value: String::new(),
-            },
-            AuthError::ResourceUnknown {
+            }),
+            AuthError::Access(wrun_store::access::AccessError::ResourceUnknown {
                 value: String::new(),
-            },
+            }),
             AuthError::TokenMalformed { reason: "" },
             AuthError::TokenChecksum,
             AuthError::IpInvalid {
