@@ -129,15 +129,6 @@ fn storage_error(e: StorageError) -> ApiError {
         StorageError::NotFound { what, name } => ApiError::not_found(format!("{what} `{name}`")),
         StorageError::Conflict(msg) => ApiError::conflict("conflict", msg),
         StorageError::Invalid { code, message } => ApiError::bad_request(code, message),
-        StorageError::Store(crate::store_sqlite::StoreError::InvalidName { what, shown }) => {
-            ApiError::bad_request(
-                "invalid_name",
-                format!("{what} `{shown}` is not a valid name: use 1 to 64 of A-Z a-z 0-9 - _ ."),
-            )
-        }
-        StorageError::Store(crate::store_sqlite::StoreError::InvalidInput { what, reason }) => {
-            ApiError::bad_request("invalid_input", format!("{what}: {reason}"))
-        }
         other => {
             tracing::error!(error = %other, "a storage operation failed");
             ApiError::internal()

@@ -22,9 +22,11 @@ use crate::db::StoreError;
 /// What a storage operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// The embedded store refused or failed.
+    /// The embedded store failed (SQL, I/O, keys, damage). Input it refused
+    /// arrives as [`StorageError::Invalid`] instead, so no caller matches
+    /// one backend's variants.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The audit log could not be written or read.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -62,6 +64,26 @@ pub enum StorageError {
     /// The writer thread has stopped (the daemon is shutting down).
     #[error("the storage writer has stopped")]
     Closed,
+}
+
+impl From<StoreError> for StorageError {
+    /// Refused input becomes the backend-neutral [`StorageError::Invalid`];
+    /// everything else stays a store failure.
+    fn from(e: StoreError) -> StorageError {
+        match e {
+            StoreError::InvalidName { what, shown } => StorageError::Invalid {
+                code: "invalid_name",
+                message: format!(
+                    "{what} `{shown}` is not a valid name: use 1 to 64 of A-Z a-z 0-9 - _ ."
+                ),
+            },
+            StoreError::InvalidInput { what, reason } => StorageError::Invalid {
+                code: "invalid_input",
+                message: format!("{what}: {reason}"),
+            },
+            other => StorageError::Store(other),
+        }
+    }
 }
 
 /// Shorthand for storage results.
