@@ -307,6 +307,12 @@ async fn a_database_written_by_the_previous_release_opens_and_migrates() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/db-2026-12-04");
     std::fs::copy(fixture.join("wrun.db"), site.db()).unwrap();
     std::fs::copy(fixture.join("master.key"), site.dir.join("master.key")).unwrap();
+    // A checkout gives files the default mode; wrun refuses a key file
+    // others can read, as it should.
+    for file in [site.db(), site.dir.join("master.key")] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let ws = ["--workspace", "team-a"];
 
     // The chain that release wrote verifies; its connection is listed and
