@@ -830,15 +830,11 @@ fn key_command(g: &Global, cmd: KeyCommand) -> Result<ExitCode> {
             let old = g.key()?;
             let new = MasterKey::generate();
             crate::keys::write_key_file(&new_key_file, &new)?;
-            let audit = crate::daemon::audit::Entry {
-                workspace: None,
-                source: Some("local".into()),
-                ..ops::Actor::cli("").entry(
-                    "key.rotate",
-                    "master-key",
-                    json!({ "from": old.fingerprint(), "to": new.fingerprint() }),
-                )
-            };
+            let audit = ops::Actor::cli(&g.workspace).entry_for_all_workspaces(
+                "key.rotate",
+                "master-key",
+                json!({ "from": old.fingerprint(), "to": new.fingerprint() }),
+            );
             match store.rotate_master_key(&old, &new, &audit) {
                 Ok(n) => output::line(&format!(
                     "re-wrapped {n} workspace keys; the database now needs {} (fingerprint {})",

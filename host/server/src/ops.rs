@@ -40,6 +40,20 @@ impl Actor {
         }
     }
 
+    /// A successful action's audit entry for the whole database rather
+    /// than one workspace (a master-key rotation).
+    pub fn entry_for_all_workspaces(
+        &self,
+        action: &str,
+        target: impl Into<String>,
+        detail: serde_json::Value,
+    ) -> Entry {
+        Entry {
+            workspace: None,
+            ..self.entry(action, target, detail)
+        }
+    }
+
     /// A successful action's audit entry.
     pub fn entry(
         &self,
