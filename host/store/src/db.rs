@@ -429,6 +429,7 @@ pub enum StoreError {
         name: String,
     },
     /// No such binding.
+    #[cfg(test)]
     #[error("no binding for `{logical}` in environment `{environment}` of workspace `{workspace}`")]
     BindingNotFound {
         /// The workspace.
@@ -995,10 +996,6 @@ impl Store {
     }
 
     /// The path the store was opened at.
-    #[allow(
-        dead_code,
-        reason = "part of the store API; no `wrun` command uses it yet"
-    )]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -1114,10 +1111,7 @@ impl Store {
     /// # Errors
     ///
     /// SQL errors.
-    #[allow(
-        dead_code,
-        reason = "part of the store API; no `wrun` command uses it yet"
-    )]
+    #[cfg(test)]
     pub fn list_workspaces(&self) -> Result<Vec<String>, StoreError> {
         let doing = || "listing workspaces".to_string();
         let mut stmt = self
@@ -1523,10 +1517,7 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::BindingNotFound`], invalid names, SQL errors.
-    #[allow(
-        dead_code,
-        reason = "part of the store API; no `wrun` command uses it yet"
-    )]
+    #[cfg(test)]
     pub fn unbind(
         &self,
         workspace: &str,

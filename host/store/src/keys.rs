@@ -209,10 +209,6 @@ impl MasterKey {
     /// [`KeyError::Empty`], [`KeyError::NotBase64`] or
     /// [`KeyError::WrongLength`]; the messages name the text as "the given
     /// text".
-    #[allow(
-        dead_code,
-        reason = "the text form is parsed through `load`; kept for callers holding the text"
-    )]
     pub fn from_base64(text: &str) -> Result<MasterKey, KeyError> {
         MasterKey::parse(text, "the given text")
     }
