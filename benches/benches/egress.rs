@@ -65,16 +65,12 @@ fn egress_request(c: &mut Criterion) {
             .expect("grants")
     };
     let step = engine.step("bench", &component, grants()).expect("step");
-    let placeholder = rt
-        .block_on(job.__placeholders(&step))
-        .expect("placeholders")
-        .remove("api")
-        .expect("api placeholder");
     let url = format!("https://{HOST}:{port}/status/200");
     // A step run builds its egress scope once, at instantiation; the probe
     // holds one, so each iteration costs what one more request of a step
     // costs.
     let probe = rt.block_on(job.__egress_probe(&step)).expect("probe");
+    let placeholder = probe.placeholders().remove("api").expect("api placeholder");
 
     let mut direct = rt
         .block_on(DirectClient::connect(server.addr(), HOST, &pki.ca_pem()))

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use wrun_runtime::recipe::{Recipe, RunReport, StepRecord, StepStatus};
-use wrun_runtime::{Engine, JobOptions, Placement};
+use wrun_runtime::{Engine, JobOptions};
 use zeroize::Zeroizing;
 
 use crate::connections::StoreConnections;
@@ -608,7 +608,7 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
         ConnectionCommand::Add { name, hosts, apply } => {
             // Checked before the value is asked for; checked again, with
             // the value, by the operation.
-            validate_connection(&name, &hosts, &apply)?;
+            ops::check_connection_target(&name, &hosts, &apply)?;
             if store
                 .list_connections(&g.workspace)?
                 .iter()
@@ -691,7 +691,7 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
                 hosts
             };
             let placement = apply.unwrap_or(current.placement.clone());
-            validate_connection(&name, &hosts, &placement)?;
+            ops::check_connection_target(&name, &hosts, &placement)?;
             let storage = g.storage()?;
             let value = if keep_value {
                 store
@@ -714,21 +714,6 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Checks hosts and placement with the runtime's own parsers, before
-/// anything is stored.
-fn validate_connection(name: &str, hosts: &[String], apply: &str) -> Result<()> {
-    apply
-        .parse::<Placement>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let hosts = wrun_runtime::policy::NetGrant::parse_for_connection(hosts)
-        .map_err(|e| anyhow::anyhow!("connection `{name}`: {e}"))?;
-    ensure!(
-        !hosts.is_empty(),
-        "connection `{name}` needs at least one --host"
-    );
-    Ok(())
 }
 
 fn format_time(unix: i64) -> String {

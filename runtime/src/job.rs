@@ -500,25 +500,6 @@ impl Job {
         Ok(probe)
     }
 
-    /// The placeholders a step's secrets have in this job, by alias: for
-    /// benchmarks that build requests without a guest.
-    #[cfg(feature = "bench-probes")]
-    #[doc(hidden)]
-    pub async fn __placeholders(
-        &self,
-        step: &Step,
-    ) -> std::result::Result<HashMap<String, String>, String> {
-        let secrets = self
-            .shared
-            .load_secrets(step)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(secrets
-            .into_iter()
-            .map(|(alias, s)| (alias, s.placeholder.clone()))
-            .collect())
-    }
-
     /// A fresh store for one run of `step`: its WASI context (no preopens,
     /// environment, arguments or sockets; captured stdout and stderr), its
     /// secrets, egress scope, limiter and epoch deadline.
@@ -890,6 +871,15 @@ impl EgressProbe<'_> {
                 Ok(scope)
             }
         }
+    }
+
+    /// The placeholders of the step's secrets in this job, by alias, to
+    /// build requests with.
+    pub fn placeholders(&self) -> HashMap<String, String> {
+        self.secrets
+            .iter()
+            .map(|(alias, s)| (alias.clone(), s.placeholder.clone()))
+            .collect()
     }
 
     /// Sends one request exactly as the guest's `wasi:http` hook does and

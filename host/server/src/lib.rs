@@ -400,6 +400,19 @@ mod tests {
             send(&app, "PUT", put, Some(&analyst), "{").await,
             StatusCode::FORBIDDEN
         );
+        // The shared operation's checks answer the API as they answer the
+        // CLI: no host, a public suffix, a value too short to mask.
+        for bad in [
+            r#"{"value":"tok-Vq7Lm2Xz9Rp4Kd8Wn3Hs6","hosts":[],"placement":"header:Authorization=Bearer {}"}"#,
+            r#"{"value":"tok-Vq7Lm2Xz9Rp4Kd8Wn3Hs6","hosts":["*.co.uk"],"placement":"header:Authorization=Bearer {}"}"#,
+            r#"{"value":"abc","hosts":["api.crm.test"],"placement":"header:Authorization=Bearer {}"}"#,
+        ] {
+            assert_eq!(
+                send(&app, "PUT", put, Some(&admin), bad).await,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
         // Allowed.
         assert_eq!(
             send(&app, "GET", connections, Some(&analyst), "").await,

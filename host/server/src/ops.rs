@@ -81,6 +81,33 @@ fn invalid(code: &'static str, message: impl Into<String>) -> StorageError {
     }
 }
 
+/// Checks where a connection may go and how it is applied, with the
+/// runtime's own parsers: at least one host pattern, none covering a public
+/// suffix, and a valid placement. The CLI calls it before asking for the
+/// value; [`put_connection`] calls it again with the value.
+///
+/// # Errors
+///
+/// [`StorageError::Invalid`] naming the host or placement that is wrong.
+pub fn check_connection_target(
+    name: &str,
+    hosts: &[String],
+    placement: &str,
+) -> StorageResult<wrun_runtime::Placement> {
+    let placement = placement
+        .parse()
+        .map_err(|e: wrun_runtime::ConnectionError| invalid("invalid_placement", e.to_string()))?;
+    let grant = wrun_runtime::policy::NetGrant::parse_for_connection(hosts)
+        .map_err(|e| invalid("invalid_host", format!("connection `{name}`: hosts: {e}")))?;
+    if grant.is_empty() {
+        return Err(invalid(
+            "invalid_host",
+            format!("connection `{name}` needs at least one host"),
+        ));
+    }
+    Ok(placement)
+}
+
 /// Creates or replaces a connection: the hosts, placement and value are
 /// checked with the runtime's own parsers and the value's strength rule
 /// before anything is stored.
@@ -96,18 +123,7 @@ pub async fn put_connection(
     input: ConnectionInput,
 ) -> StorageResult<()> {
     let name = input.name.clone();
-    let placement: wrun_runtime::Placement = input
-        .placement
-        .parse()
-        .map_err(|e: wrun_runtime::ConnectionError| invalid("invalid_placement", e.to_string()))?;
-    let grant = wrun_runtime::policy::NetGrant::parse_for_connection(&input.hosts)
-        .map_err(|e| invalid("invalid_host", format!("connection `{name}`: hosts: {e}")))?;
-    if grant.is_empty() {
-        return Err(invalid(
-            "invalid_host",
-            format!("connection `{name}` needs at least one host"),
-        ));
-    }
+    let placement = check_connection_target(&name, &input.hosts, &input.placement)?;
     if input.value.len() < wrun_runtime::mask::MIN_VALUE_LEN {
         return Err(invalid(
             "weak_connection_value",

@@ -123,14 +123,13 @@ struct KeyCell {
 /// The SQLite storage of the daemon.
 pub struct SqliteStorage {
     path: PathBuf,
-    ops: mpsc::UnboundedSender<Op>,
+    /// The writer's queue; taken on drop, which ends the writer.
+    ops: Option<mpsc::UnboundedSender<Op>>,
     readers: Mutex<Vec<Store>>,
     /// A connection for data-key creation (its own short transactions).
     keys_store: Mutex<Store>,
     master: KeyCell,
     data_keys: RwLock<HashMap<String, Arc<DataKey>>>,
-    /// Set when the storage is dropped: the writer ends after its group.
-    closing: Arc<std::sync::atomic::AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -140,12 +139,8 @@ impl Drop for SqliteStorage {
     /// folds the write-ahead log into the database file (a CLI command
     /// leaves the database as one file, as it found it).
     fn drop(&mut self) {
-        self.closing
-            .store(true, std::sync::atomic::Ordering::Release);
-        // An empty op wakes the writer if it waits for work.
-        let _ = self
-            .ops
-            .send((Durability::Process, Box::new(|_| Box::new(|_| {}))));
+        // With its queue closed, the writer finishes what is queued and ends.
+        drop(self.ops.take());
         let handle = self
             .writer
             .lock()
@@ -209,15 +204,13 @@ impl SqliteStorage {
         let audit_key = AuditKey::from_bytes(*audit_key.bytes());
         let keys_store = Store::open(path, OpenMode::MustExist)?;
         let (tx, rx) = mpsc::unbounded_channel::<Op>();
-        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer_closing = closing.clone();
         let handle = std::thread::Builder::new()
             .name("wrun-db-writer".into())
-            .spawn(move || writer_loop(&writer, &audit_key, rx, &writer_closing))
+            .spawn(move || writer_loop(&writer, &audit_key, rx))
             .map_err(|e| StorageError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(SqliteStorage {
             path: path.into(),
-            ops: tx,
+            ops: Some(tx),
             readers: Mutex::new(Vec::new()),
             keys_store: Mutex::new(keys_store),
             master: KeyCell {
@@ -225,7 +218,6 @@ impl SqliteStorage {
                 source,
             },
             data_keys: RwLock::new(HashMap::new()),
-            closing,
             writer: Mutex::new(Some(handle)),
         }))
     }
@@ -287,7 +279,11 @@ impl SqliteStorage {
                 }
             }),
         );
-        self.ops.send(op).map_err(|_| StorageError::Closed)?;
+        self.ops
+            .as_ref()
+            .ok_or(StorageError::Closed)?
+            .send(op)
+            .map_err(|_| StorageError::Closed)?;
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
@@ -427,12 +423,7 @@ impl SqliteStorage {
 }
 
 /// The writer thread: group commits until every sender is gone.
-fn writer_loop(
-    store: &Store,
-    audit_key: &AuditKey,
-    mut rx: mpsc::UnboundedReceiver<Op>,
-    closing: &std::sync::atomic::AtomicBool,
-) {
+fn writer_loop(store: &Store, audit_key: &AuditKey, mut rx: mpsc::UnboundedReceiver<Op>) {
     let conn = store.conn();
     let mut synchronous = Durability::Disk;
     while let Some(first) = rx.blocking_recv() {
@@ -480,9 +471,6 @@ fn writer_loop(
             for op in ops {
                 op(&ctx)(Err(reason.clone()));
             }
-            if closing.load(std::sync::atomic::Ordering::Acquire) {
-                break;
-            }
             continue;
         }
         let ctx = WriteCtx {
@@ -500,9 +488,6 @@ fn writer_loop(
         }
         for done in completions {
             done(committed.clone());
-        }
-        if closing.load(std::sync::atomic::Ordering::Acquire) {
-            break;
         }
     }
 }

@@ -3,9 +3,7 @@
 //! their betters (or the last admin), connection hosts over a public suffix,
 //! and a guest misusing secrets past the audit cap.
 
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -443,9 +441,9 @@ async fn connection_hosts_over_a_public_suffix_are_refused() {
     drop(api);
     drop(daemon);
 
-    let mut child = site
-        .wrun()
-        .args([
+    // The hosts may be refused before the value is read.
+    let (ok, out) = support::with_stdin(
+        site.wrun().args([
             "--workspace",
             "team-a",
             "connection",
@@ -453,21 +451,11 @@ async fn connection_hosts_over_a_public_suffix_are_refused() {
             "broad",
             "--host",
             "*.co.uk",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The hosts may be refused before the value is read.
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"tok-Vq7Lm2Xz9Rp4Kd8Wn3Hs6\n");
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ]),
+        "tok-Vq7Lm2Xz9Rp4Kd8Wn3Hs6\n",
+    );
+    assert!(!ok);
+    let stderr = out;
     assert!(stderr.contains("public suffix"), "{stderr}");
 }
 

@@ -3,34 +3,12 @@
 //! the shell is in the audit log like one made over the API.
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Site, noop_bundle};
-
-/// Runs a `wrun` command with `stdin` as its input; returns (success,
-/// stdout and stderr).
-fn with_stdin(cmd: &mut Command, stdin: &str) -> (bool, String) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A command may refuse before it reads its input.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use crate::support::{Site, noop_bundle, with_stdin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipe_imported_with_the_cli_runs_through_the_daemon() {

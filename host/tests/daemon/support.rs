@@ -1,6 +1,6 @@
 //! Running the real `wrun serve` on loopback and talking to it over HTTPS.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -400,4 +400,26 @@ pub(crate) fn noop_bundle(site: &Site, name: &str, steps: usize) -> PathBuf {
         ));
     }
     bundle(site, name, "noop.wasm", &text)
+}
+
+/// Runs a `wrun` command with `stdin` as its input; returns (success,
+/// stdout and stderr).
+pub(crate) fn with_stdin(cmd: &mut Command, stdin: &str) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command may refuse before it reads its input.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }

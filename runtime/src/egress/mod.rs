@@ -609,10 +609,8 @@ impl Egress {
 
         let deadline = tokio::time::Instant::now() + self.limits.total_timeout;
         // One timer serves the whole exchange: the wait for the response
-        // head, then (moved into the body) the pauses and the deadline.
-        // Each new timer registration may wake the runtime's timer driver
-        // from another thread; re-arming this one to a later instant does
-        // not.
+        // head, then (moved into the body) the pauses and the deadline, so
+        // a request allocates and registers one timer instead of three.
         let mut timer = Box::pin(tokio::time::sleep_until(deadline));
         let response = self
             .clone()
