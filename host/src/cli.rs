@@ -499,16 +499,18 @@ async fn token_command(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
                 for t in tokens {
                     let state = if t.revoked_at.is_some() {
                         "revoked"
+                    } else if t.expires_at <= wrun_store::UnixMillis::now() {
+                        "expired"
                     } else {
                         "active"
                     };
                     println!(
-                        "{}  {}  owner={}  scopes={}  expires_at={}  {}",
+                        "{}  {}  owner={}  scopes={}  expires={}  {}",
                         t.id,
                         t.name,
                         t.owner,
                         t.scopes.join(","),
-                        t.expires_at,
+                        t.expires_at.rfc3339(),
                         state
                     );
                 }
@@ -654,9 +656,9 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
                         c.name,
                         c.hosts.join(","),
                         c.placement,
-                        format_time(c.created_at),
+                        c.created_at.rfc3339(),
                         c.rotated_at
-                            .map(|t| format!(", rotated {}", format_time(t)))
+                            .map(|t| format!(", rotated {}", t.rfc3339()))
                             .unwrap_or_default()
                     ));
                 }
@@ -714,27 +716,6 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn format_time(unix: i64) -> String {
-    // ISO 8601 in UTC without a date crate: days since the epoch to a civil
-    // date (Howard Hinnant's algorithm).
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60
-    )
 }
 
 async fn env_command(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {

@@ -16,7 +16,8 @@ use super::audit::{Entry, VerifyReport};
 use super::auth::NewToken;
 use super::storage::{Storage, StorageError, TokenRecord};
 use crate::keys::MasterKey;
-use crate::store_sqlite::{OpenMode, Store, check_name, now};
+use crate::store_sqlite::{OpenMode, Store, check_name};
+use wrun_store::UnixMillis;
 
 /// An audit entry by the CLI.
 fn entry(workspace: &str, action: &str, target: String, detail: serde_json::Value) -> Entry {
@@ -94,7 +95,7 @@ pub struct TokenRequest<'a> {
 pub async fn create_token(
     storage: &dyn Storage,
     req: &TokenRequest<'_>,
-) -> Result<(String, zeroize::Zeroizing<String>, i64)> {
+) -> Result<(String, zeroize::Zeroizing<String>, UnixMillis)> {
     check_name("workspace", req.workspace)?;
     let (scopes, allow) = super::api::validate_token_request(
         req.scopes,
@@ -115,9 +116,8 @@ pub async fn create_token(
         );
     }
     let token = NewToken::generate();
-    let created = now();
-    let expires_at =
-        created.saturating_add(i64::try_from(req.expires_in.as_secs()).unwrap_or(i64::MAX));
+    let created = UnixMillis::now();
+    let expires_at = created.saturating_add(req.expires_in);
     let audit = entry(
         req.workspace,
         "token.create",
@@ -169,12 +169,12 @@ pub struct TokenLine {
     pub owner: String,
     /// Scopes.
     pub scopes: Vec<String>,
-    /// Unix seconds.
-    pub expires_at: i64,
-    /// Unix seconds.
-    pub revoked_at: Option<i64>,
-    /// Unix seconds.
-    pub last_used_at: Option<i64>,
+    /// When it expires.
+    pub expires_at: UnixMillis,
+    /// When it was revoked.
+    pub revoked_at: Option<UnixMillis>,
+    /// When it was last used.
+    pub last_used_at: Option<UnixMillis>,
     /// Address.
     pub last_used_ip: Option<String>,
 }

@@ -33,11 +33,11 @@ use super::metrics::{Metrics, WebhookOutcome};
 use super::ratelimit::{RateLimiter, client_key, retry_after_secs};
 use super::schedule::Schedule;
 use super::signature;
-use super::sqlite::now_millis;
 use super::storage::{
     ConnectionInput, DeleteCriteria, Enqueued, EnvChange, JobFilter, JobState, NewJob, Storage,
     StorageError, TokenRecord, TriggerKind, TriggerRecord,
 };
+use wrun_store::UnixMillis;
 
 /// Everything a handler needs.
 #[derive(Clone)]
@@ -291,7 +291,7 @@ impl AppState {
                 .await);
         };
         self.limit(&actor)?;
-        let now = crate::store_sqlite::now();
+        let now = UnixMillis::now();
         if record.revoked_at.is_some() {
             return Err(self
                 .auth_failure_in(
@@ -364,7 +364,7 @@ impl AppState {
                 )
                 .await);
         };
-        let now = u64::try_from(crate::store_sqlite::now()).unwrap_or(0);
+        let now = u64::try_from(UnixMillis::now().as_secs()).unwrap_or(0);
         let identity = match jwt.verify(presented, now) {
             Ok(identity) => {
                 self.limit(&format!("jwt:{}\0{}", identity.workspace, identity.subject))?;
@@ -676,7 +676,7 @@ async fn webhook(
         payload,
         idempotency_key,
         rerun_of: None,
-        created_at: now_millis(),
+        created_at: UnixMillis::now(),
     };
     match s.storage.enqueue(job, None).await.map_err(storage_error)? {
         Enqueued::New(id) => {
@@ -717,7 +717,7 @@ async fn verify_delivery(
         .get(signature::HEADER_NAME)
         .and_then(|v| v.to_str().ok());
     let window = s.config.webhooks.signature_window_secs;
-    let e = match signature::verify(secret, header, body, crate::store_sqlite::now(), window) {
+    let e = match signature::verify(secret, header, body, UnixMillis::now().as_secs(), window) {
         Ok(verified) => return Ok(verified),
         Err(e) => e,
     };
@@ -931,7 +931,7 @@ async fn create_webhook(
         timezone: None,
         input: None,
         last_slot: None,
-        created_at: crate::store_sqlite::now(),
+        created_at: UnixMillis::now(),
     };
     let audit = p.entry(
         "webhook.create",
@@ -986,7 +986,7 @@ async fn create_schedule(
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
     let schedule = Schedule::parse(&body.cron, &body.timezone)
         .map_err(|e| ApiError::bad_request("invalid_schedule", e.to_string()))?;
-    let now = crate::store_sqlite::now();
+    let now = UnixMillis::now();
     // The shortest gap over the next slots (irregular expressions too).
     let min = s.config.workers.min_schedule_interval_secs;
     let mut slot = schedule.next_after(now);
@@ -994,13 +994,13 @@ async fn create_schedule(
         let (Some(a), Some(b)) = (slot, slot.and_then(|a| schedule.next_after(a))) else {
             break;
         };
-        if b - a < min {
+        let gap = i64::try_from(b.since(a).as_secs()).unwrap_or(i64::MAX);
+        if gap < min {
             return Err(ApiError::bad_request(
                 "schedule_too_frequent",
                 format!(
                     "`{}` fires {} s apart; the operator allows at least {min} s",
-                    body.cron,
-                    b - a
+                    body.cron, gap
                 ),
             ));
         }
@@ -1083,7 +1083,7 @@ async fn run_recipe(
         payload: body.input,
         idempotency_key: None,
         rerun_of: None,
-        created_at: now_millis(),
+        created_at: UnixMillis::now(),
     };
     let audit = p.entry(
         "job.run",
@@ -1165,7 +1165,7 @@ async fn rerun_job(
         payload: old.input,
         idempotency_key: None,
         rerun_of: Some(id.clone()),
-        created_at: now_millis(),
+        created_at: UnixMillis::now(),
     };
     let audit = p.entry(
         "job.rerun",
@@ -1452,7 +1452,7 @@ async fn create_token(
         ));
     }
     let token = NewToken::generate();
-    let now = crate::store_sqlite::now();
+    let now = UnixMillis::now();
     let record = TokenRecord {
         id: token.id.clone(),
         workspace: ws.clone(),
@@ -1463,7 +1463,7 @@ async fn create_token(
         scopes,
         allow_ips: allow.to_strings(),
         created_at: now,
-        expires_at: now.saturating_add(i64::try_from(body.expires_in).unwrap_or(i64::MAX)),
+        expires_at: now.saturating_add(std::time::Duration::from_secs(body.expires_in)),
         revoked_at: None,
         last_used_at: None,
         last_used_ip: None,

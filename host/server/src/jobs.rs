@@ -30,8 +30,8 @@ use wrun_runtime::{Engine, JobOptions};
 use super::audit::{Entry, Outcome};
 use super::metrics::Metrics;
 use super::schedule::Schedule;
-use super::sqlite::now_millis;
 use super::storage::{JobState, NewJob, StepCommit, Storage, StorageError};
+use wrun_store::UnixMillis;
 
 /// How the runner is sized.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +43,7 @@ pub struct RunnerLimits {
 }
 
 /// A loaded recipe and the deployment (`updated_at`) it was loaded from.
-type LoadedRecipe = (i64, Arc<Recipe>);
+type LoadedRecipe = (UnixMillis, Arc<Recipe>);
 
 /// Runs jobs.
 pub struct Runner {
@@ -535,7 +535,7 @@ pub fn start_scheduler(
                     continue;
                 }
             };
-            let now = now_millis() / 1000;
+            let now = UnixMillis::now();
             for trigger in schedules {
                 let (Some(cron), Some(tz)) = (&trigger.cron, &trigger.timezone) else {
                     continue;
@@ -561,7 +561,7 @@ pub fn start_scheduler(
                     }),
                     idempotency_key: None,
                     rerun_of: None,
-                    created_at: now_millis(),
+                    created_at: UnixMillis::now(),
                 };
                 let id = job.id.clone();
                 match storage.fire_schedule(&trigger.id, slot, job).await {

@@ -277,7 +277,7 @@ fn start_retention(storage: Arc<dyn Storage>, mut stop: watch::Receiver<bool>) {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            match storage.sweep_retention(sqlite::now_millis()).await {
+            match storage.sweep_retention(wrun_store::UnixMillis::now()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "deleted job history past its retention"),
                 Err(e) => tracing::error!(error = %e, "the retention sweep failed"),

@@ -1,7 +1,8 @@
 //! Cron schedules evaluated in an IANA time zone, for the `wrun serve` scheduler.
 //!
 //! A [`Schedule`] pairs a cron expression with a time zone and answers two
-//! questions in Unix seconds: "when is the next slot after this instant?"
+//! questions about instants ([`UnixMillis`]; cron slots fall on whole
+//! seconds): "when is the next slot after this instant?"
 //! ([`Schedule::next_after`]) and "which slot was missed while the daemon was
 //! down?" ([`Schedule::latest_at_or_before`]).
 //!
@@ -49,6 +50,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+use wrun_store::UnixMillis;
 
 /// The longest cron expression [`Schedule::parse`] accepts, in bytes.
 pub const MAX_EXPRESSION_LEN: usize = 200;
@@ -141,7 +143,10 @@ impl Schedule {
         // instant (29 February recurs at worst every eight years), so probing
         // from a fixed instant tells satisfiable from unsatisfiable ones.
         const PROBE_FROM: i64 = 946_684_800; // 2000-01-01T00:00:00Z
-        if schedule.next_after(PROBE_FROM).is_none() {
+        if schedule
+            .next_after(UnixMillis::from_secs(PROBE_FROM))
+            .is_none()
+        {
             return Err(ScheduleError::NeverMatches {
                 expression: schedule.expression,
             });
@@ -149,31 +154,37 @@ impl Schedule {
         Ok(schedule)
     }
 
-    /// Returns the first slot strictly after `after_unix_secs`, in Unix seconds.
+    /// Returns the first slot strictly after `after`.
     ///
     /// Returns `None` if the instant is outside the range `chrono` and
     /// `croner` support (years 1 to 4999) or no later slot exists there.
-    pub fn next_after(&self, after_unix_secs: i64) -> Option<i64> {
-        let start = self.local(after_unix_secs)?;
+    pub fn next_after(&self, after: UnixMillis) -> Option<UnixMillis> {
+        // Slots are whole seconds: the first one after the second `after`
+        // falls in is also the first one after `after`.
+        let start = self.local(after.as_secs())?;
         let next = self.cron.find_next_occurrence(&start, false).ok()?;
-        let next = next.timestamp();
+        let next = UnixMillis::from_secs(next.timestamp());
         // The crate promises a slot strictly after the start; hold it to that.
-        (next > after_unix_secs).then_some(next)
+        (next > after).then_some(next)
     }
 
-    /// Returns the most recent slot in `(not_before, now]`, in Unix seconds.
+    /// Returns the most recent slot in `(not_before, now]`.
     ///
     /// The daemon calls this on start with `not_before` set to the last slot
     /// it fired (or the schedule's creation time), so a slot missed while it
     /// was down fires exactly once, and several missed slots collapse into
     /// the latest one. Returns `None` if no slot lies in the interval.
-    pub fn latest_at_or_before(&self, now: i64, not_before: i64) -> Option<i64> {
+    pub fn latest_at_or_before(
+        &self,
+        now: UnixMillis,
+        not_before: UnixMillis,
+    ) -> Option<UnixMillis> {
         if now <= not_before {
             return None;
         }
-        let start = self.local(now)?;
+        let start = self.local(now.as_secs())?;
         let prev = self.cron.find_previous_occurrence(&start, true).ok()?;
-        let prev = prev.timestamp();
+        let prev = UnixMillis::from_secs(prev.timestamp());
         (prev > not_before && prev <= now).then_some(prev)
     }
 
@@ -216,11 +227,56 @@ mod tests {
             .timestamp()
     }
 
+    /// The schedule's questions in whole seconds, which cron slots are, so
+    /// the cases below read as wall-clock arithmetic.
+    trait InSeconds {
+        fn next_secs(&self, after: i64) -> Option<i64>;
+        fn latest_secs(&self, now: i64, not_before: i64) -> Option<i64>;
+    }
+
+    impl InSeconds for Schedule {
+        fn next_secs(&self, after: i64) -> Option<i64> {
+            self.next_after(UnixMillis::from_secs(after))
+                .map(UnixMillis::as_secs)
+        }
+        fn latest_secs(&self, now: i64, not_before: i64) -> Option<i64> {
+            self.latest_at_or_before(
+                UnixMillis::from_secs(now),
+                UnixMillis::from_secs(not_before),
+            )
+            .map(UnixMillis::as_secs)
+        }
+    }
+
+    #[test]
+    fn instants_between_seconds() {
+        let s = Schedule::parse("* * * * *", "UTC").unwrap();
+        let t = UnixMillis::from_secs(utc(2025, 6, 1, 12, 0, 0));
+        // Half a second before a slot: that slot; half a second after: the next.
+        assert_eq!(s.next_after(UnixMillis(t.as_millis() - 500)), Some(t));
+        assert_eq!(
+            s.next_after(UnixMillis(t.as_millis() + 500)),
+            Some(UnixMillis::from_secs(t.as_secs() + 60))
+        );
+        // A slot already fired half a second before is not fired again.
+        assert_eq!(
+            s.latest_at_or_before(UnixMillis(t.as_millis() + 500), t),
+            None
+        );
+        assert_eq!(
+            s.latest_at_or_before(
+                UnixMillis(t.as_millis() + 500),
+                UnixMillis(t.as_millis() - 1)
+            ),
+            Some(t)
+        );
+    }
+
     /// Lists the slots of `schedule` in `(from, to]`.
     fn slots(schedule: &Schedule, from: i64, to: i64) -> Vec<i64> {
         let mut out = Vec::new();
         let mut at = from;
-        while let Some(next) = schedule.next_after(at) {
+        while let Some(next) = schedule.next_secs(at) {
             if next > to {
                 break;
             }
@@ -234,9 +290,9 @@ mod tests {
     fn every_minute_in_utc() {
         let s = Schedule::parse("* * * * *", "UTC").unwrap();
         let t = utc(2025, 6, 1, 12, 0, 0);
-        assert_eq!(s.next_after(t), Some(t + 60), "strictly after a slot");
-        assert_eq!(s.next_after(t - 1), Some(t));
-        assert_eq!(s.next_after(t + 59), Some(t + 60));
+        assert_eq!(s.next_secs(t), Some(t + 60), "strictly after a slot");
+        assert_eq!(s.next_secs(t - 1), Some(t));
+        assert_eq!(s.next_secs(t + 59), Some(t + 60));
         assert_eq!(s.expression(), "* * * * *");
         assert_eq!(s.timezone(), "UTC");
     }
@@ -245,9 +301,9 @@ mod tests {
     fn six_fields_and_nicknames_parse() {
         let s = Schedule::parse("*/15 * * * * *", "UTC").unwrap();
         let t = utc(2025, 6, 1, 12, 0, 0);
-        assert_eq!(s.next_after(t), Some(t + 15));
+        assert_eq!(s.next_secs(t), Some(t + 15));
         let daily = Schedule::parse("@daily", "UTC").unwrap();
-        assert_eq!(daily.next_after(t), Some(utc(2025, 6, 2, 0, 0, 0)));
+        assert_eq!(daily.next_secs(t), Some(utc(2025, 6, 2, 0, 0, 0)));
     }
 
     #[test]
@@ -257,10 +313,10 @@ mod tests {
         // Friday 2025-01-03 10:00 IST, after that day's slot.
         let fri_after = utc(2025, 1, 3, 4, 30, 0);
         // The next slot is Monday 2025-01-06 09:00 IST.
-        assert_eq!(s.next_after(fri_after), Some(utc(2025, 1, 6, 3, 30, 0)));
+        assert_eq!(s.next_secs(fri_after), Some(utc(2025, 1, 6, 3, 30, 0)));
         // Thursday 08:59 IST runs the same day.
         assert_eq!(
-            s.next_after(utc(2025, 1, 2, 3, 29, 0)),
+            s.next_secs(utc(2025, 1, 2, 3, 29, 0)),
             Some(utc(2025, 1, 2, 3, 30, 0))
         );
     }
@@ -270,12 +326,12 @@ mod tests {
         let s = Schedule::parse("0 9 * * 1-5", "Europe/Helsinki").unwrap();
         // Winter (EET, +02:00): Monday 2025-01-06 09:00 is 07:00 UTC.
         assert_eq!(
-            s.next_after(utc(2025, 1, 4, 0, 0, 0)),
+            s.next_secs(utc(2025, 1, 4, 0, 0, 0)),
             Some(utc(2025, 1, 6, 7, 0, 0))
         );
         // Summer (EEST, +03:00): Monday 2025-07-07 09:00 is 06:00 UTC.
         assert_eq!(
-            s.next_after(utc(2025, 7, 5, 0, 0, 0)),
+            s.next_secs(utc(2025, 7, 5, 0, 0, 0)),
             Some(utc(2025, 7, 7, 6, 0, 0))
         );
     }
@@ -313,7 +369,7 @@ mod tests {
         // 29 February is rare but real.
         let leap = Schedule::parse("0 0 29 2 *", "UTC").unwrap();
         assert_eq!(
-            leap.next_after(utc(2025, 1, 1, 0, 0, 0)),
+            leap.next_secs(utc(2025, 1, 1, 0, 0, 0)),
             Some(utc(2028, 2, 29, 0, 0, 0))
         );
     }
@@ -337,27 +393,27 @@ mod tests {
         let h11 = utc(2025, 6, 1, 11, 0, 0);
         let h12 = utc(2025, 6, 1, 12, 0, 0);
         // `now` exactly on a slot includes it.
-        assert_eq!(s.latest_at_or_before(h12, h10), Some(h12));
+        assert_eq!(s.latest_secs(h12, h10), Some(h12));
         // Between slots: the latest one before `now`; missed slots collapse.
-        assert_eq!(s.latest_at_or_before(h12 + 1800, h10), Some(h12));
-        assert_eq!(s.latest_at_or_before(h11 + 1, h10 - 7200), Some(h11));
+        assert_eq!(s.latest_secs(h12 + 1800, h10), Some(h12));
+        assert_eq!(s.latest_secs(h11 + 1, h10 - 7200), Some(h11));
         // `not_before` is exclusive: the slot already fired is not fired again.
-        assert_eq!(s.latest_at_or_before(h12 + 1800, h12), None);
-        assert_eq!(s.latest_at_or_before(h11 + 59, h11), None);
+        assert_eq!(s.latest_secs(h12 + 1800, h12), None);
+        assert_eq!(s.latest_secs(h11 + 59, h11), None);
         // Empty or reversed interval.
-        assert_eq!(s.latest_at_or_before(h12, h12), None);
-        assert_eq!(s.latest_at_or_before(h10, h12), None);
+        assert_eq!(s.latest_secs(h12, h12), None);
+        assert_eq!(s.latest_secs(h10, h12), None);
         // Firing the returned slot and restarting again finds nothing new.
-        let fired = s.latest_at_or_before(h12 + 10, h10).unwrap();
-        assert_eq!(s.latest_at_or_before(h12 + 20, fired), None);
+        let fired = s.latest_secs(h12 + 10, h10).unwrap();
+        assert_eq!(s.latest_secs(h12 + 20, fired), None);
     }
 
     #[test]
     fn out_of_range_instants_give_none() {
         let s = Schedule::parse("* * * * *", "UTC").unwrap();
-        assert_eq!(s.next_after(i64::MAX), None);
-        assert_eq!(s.next_after(i64::MIN), None);
-        assert_eq!(s.latest_at_or_before(i64::MAX, 0), None);
+        assert_eq!(s.next_secs(i64::MAX), None);
+        assert_eq!(s.next_secs(i64::MIN), None);
+        assert_eq!(s.latest_secs(i64::MAX, 0), None);
     }
 
     #[test]
@@ -379,7 +435,7 @@ mod tests {
             ]
         );
         // On restart after the gap the missed slot is found exactly once.
-        let missed = s.latest_at_or_before(utc(2025, 3, 9, 12, 0, 0), before);
+        let missed = s.latest_secs(utc(2025, 3, 9, 12, 0, 0), before);
         assert_eq!(missed, Some(utc(2025, 3, 9, 7, 0, 0)));
     }
 
@@ -405,11 +461,11 @@ mod tests {
         // Backwards from inside the second pass finds the second 01:00 only
         // once, then the first.
         assert_eq!(
-            s.latest_at_or_before(utc(2025, 11, 2, 6, 30, 0), from),
+            s.latest_secs(utc(2025, 11, 2, 6, 30, 0), from),
             Some(utc(2025, 11, 2, 6, 0, 0))
         );
         assert_eq!(
-            s.latest_at_or_before(utc(2025, 11, 2, 6, 0, 0) - 1, from),
+            s.latest_secs(utc(2025, 11, 2, 6, 0, 0) - 1, from),
             Some(utc(2025, 11, 2, 5, 0, 0))
         );
     }

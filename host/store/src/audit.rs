@@ -94,6 +94,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::time::UnixMillis;
+
 /// HMAC-SHA256, the MAC of the chain.
 type HmacSha256 = Hmac<Sha256>;
 
@@ -345,8 +347,8 @@ pub struct Entry {
 pub struct Stored {
     /// Sequence number, from 1 without gaps.
     pub seq: u64,
-    /// Time in unix milliseconds.
-    pub at: i64,
+    /// When it was written.
+    pub at: UnixMillis,
     /// `at` as RFC 3339, for example `2023-11-14T22:13:20.123Z`.
     pub time: String,
     /// The workspace, if any.
@@ -469,7 +471,7 @@ fn read_head(conn: &Connection) -> Result<Option<(i64, String)>, AuditError> {
     .map_err(db("reading the audit head"))
 }
 
-/// Appends `entries` to the log at time `at_millis` and returns the sequence
+/// Appends `entries` to the log at time `at` and returns the sequence
 /// number of the last entry (the current last one if `entries` is empty).
 ///
 /// Must run inside a transaction the caller owns and commits: the entries
@@ -486,7 +488,7 @@ fn read_head(conn: &Connection) -> Result<Option<(i64, String)>, AuditError> {
 pub fn append(
     conn: &Connection,
     key: &AuditKey,
-    at_millis: i64,
+    at: UnixMillis,
     entries: &[Entry],
 ) -> Result<u64, AuditError> {
     if conn.is_autocommit() {
@@ -526,7 +528,7 @@ pub fn append(
         let outcome = entry.outcome.as_str();
         let fields = Fields {
             seq,
-            at: at_millis,
+            at: at.as_millis(),
             workspace: entry.workspace.as_deref(),
             actor: &entry.actor,
             action: &entry.action,
@@ -540,7 +542,7 @@ pub fn append(
         insert
             .execute(params![
                 seq_sql,
-                at_millis,
+                at.as_millis(),
                 entry.workspace,
                 entry.actor,
                 entry.action,
@@ -669,8 +671,8 @@ fn stored(row: &Row<'_>) -> Result<Stored, AuditError> {
         .map_err(|error| malformed(format!("its detail is not JSON: {error}")))?;
     Ok(Stored {
         seq,
-        at: view.at,
-        time: rfc3339_millis(view.at),
+        at: UnixMillis(view.at),
+        time: UnixMillis(view.at).rfc3339(),
         workspace: view.workspace.map(str::to_owned),
         actor: view.actor.to_owned(),
         action: view.action.to_owned(),
@@ -1185,43 +1187,6 @@ fn resolve_candidates(
     Ok(())
 }
 
-/// Formats unix milliseconds as RFC 3339 UTC with milliseconds, for example
-/// `2023-11-14T22:13:20.123Z`. Never panics; years outside 0..=9999 are
-/// written with more digits or a sign, which is no longer strict RFC 3339.
-pub fn rfc3339_millis(millis: i64) -> String {
-    let secs = millis.div_euclid(1000);
-    let milli = millis.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let second_of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
-}
-
-/// Converts days since 1970-01-01 into a proleptic Gregorian (year, month,
-/// day), after Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1270,7 +1235,7 @@ mod tests {
         while n < count {
             let entries: Vec<Entry> = (n..(n + batch).min(count)).map(|i| entry(i + 1)).collect();
             let tx = conn.transaction().unwrap();
-            last = append(&tx, key, 1000 * (n as i64 + 1), &entries).unwrap();
+            last = append(&tx, key, UnixMillis(1000 * (n as i64 + 1)), &entries).unwrap();
             tx.commit().unwrap();
             n += entries.len();
         }
@@ -1318,7 +1283,7 @@ mod tests {
             .unwrap();
         let fields = Fields {
             seq,
-            at: row.at,
+            at: row.at.as_millis(),
             workspace: row.workspace.as_deref(),
             actor: &row.actor,
             action: &row.action,
@@ -1371,11 +1336,14 @@ mod tests {
         for (batch, expected_last) in [(1, 1), (4, 5), (2, 7)] {
             let entries: Vec<Entry> = (0..batch).map(entry).collect();
             let tx = conn.transaction().unwrap();
-            assert_eq!(append(&tx, &key, 5, &entries).unwrap(), expected_last);
+            assert_eq!(
+                append(&tx, &key, UnixMillis(5), &entries).unwrap(),
+                expected_last
+            );
             tx.commit().unwrap();
         }
         let tx = conn.transaction().unwrap();
-        assert_eq!(append(&tx, &key, 5, &[]).unwrap(), 7);
+        assert_eq!(append(&tx, &key, UnixMillis(5), &[]).unwrap(), 7);
         drop(tx);
         let report = verify(&conn, &key).unwrap();
         assert!(report.is_intact(), "{report}");
@@ -1386,7 +1354,7 @@ mod tests {
     fn append_rolled_back_with_its_transaction() {
         let mut conn = chain(2);
         let tx = conn.transaction().unwrap();
-        assert_eq!(append(&tx, &key(), 1, &[entry(1)]).unwrap(), 3);
+        assert_eq!(append(&tx, &key(), UnixMillis(1), &[entry(1)]).unwrap(), 3);
         tx.rollback().unwrap();
         let report = verify(&conn, &key()).unwrap();
         assert!(report.is_intact(), "{report}");
@@ -1396,7 +1364,7 @@ mod tests {
     #[test]
     fn append_requires_a_transaction() {
         let conn = open();
-        let error = append(&conn, &key(), 1, &[entry(1)]).unwrap_err();
+        let error = append(&conn, &key(), UnixMillis(1), &[entry(1)]).unwrap_err();
         assert!(matches!(error, AuditError::NotInTransaction), "{error}");
     }
 
@@ -1406,7 +1374,7 @@ mod tests {
         let mut bad = entry(2);
         bad.detail = json!([1, 2]);
         let tx = conn.transaction().unwrap();
-        let error = append(&tx, &key(), 1, &[entry(1), bad]).unwrap_err();
+        let error = append(&tx, &key(), UnixMillis(1), &[entry(1), bad]).unwrap_err();
         assert!(
             matches!(error, AuditError::DetailNotObject { index: 1 }),
             "{error}"
@@ -1419,7 +1387,7 @@ mod tests {
         let mut conn = chain(2);
         tamper(&conn, "DELETE FROM audit_head");
         let tx = conn.transaction().unwrap();
-        let error = append(&tx, &key(), 1, &[entry(1)]).unwrap_err();
+        let error = append(&tx, &key(), UnixMillis(1), &[entry(1)]).unwrap_err();
         assert!(matches!(error, AuditError::HeadMissing), "{error}");
     }
 
@@ -1849,10 +1817,10 @@ mod tests {
             (-1, "1969-12-31T23:59:59.999Z"),
             (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
         ] {
-            assert_eq!(rfc3339_millis(millis), text);
+            assert_eq!(UnixMillis(millis).rfc3339(), text);
         }
         // Extremes do not panic.
-        rfc3339_millis(i64::MIN);
-        rfc3339_millis(i64::MAX);
+        UnixMillis(i64::MIN).rfc3339();
+        UnixMillis(i64::MAX).rfc3339();
     }
 }

@@ -24,7 +24,7 @@
 //! one whose schema is newer than this code are refused with an error that
 //! says what is wrong and where, before anything is written.
 //!
-//! # Schema (version 3, kept in `PRAGMA user_version`)
+//! # Schema (version 4, kept in `PRAGMA user_version`)
 //!
 //! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
 //! run inside one `BEGIN IMMEDIATE` transaction together with the
@@ -47,7 +47,8 @@
 //! audit MAC key wrapped by the master key. The daemon stores deployed
 //! recipes in `recipes` with `lock` holding component path -> SHA-256.
 //!
-//! Times are unix seconds ([`now`]).
+//! Times are milliseconds since the Unix epoch ([`UnixMillis`]); version 4
+//! converted the columns that held seconds.
 //!
 //! # What is authenticated
 //!
@@ -85,9 +86,10 @@ use rusqlite::{
 use zeroize::Zeroizing;
 
 use crate::keys::{self, DataKey, KeyError, MasterKey};
+use crate::time::UnixMillis;
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -199,6 +201,19 @@ fn migrate_cli_recipes(tx: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Version 4: one time unit. The columns that held Unix seconds now hold
+/// milliseconds like the jobs, recipes and the audit log always did, so
+/// every stored instant is a [`UnixMillis`]. (Jobs, recipes and audit rows
+/// are untouched; a schedule's slot is an instant like the others.)
+const MIGRATE_V4_MILLIS: &str = "
+UPDATE workspaces SET created_at = created_at * 1000;
+UPDATE connections SET created_at = created_at * 1000, rotated_at = rotated_at * 1000;
+UPDATE members SET created_at = created_at * 1000;
+UPDATE tokens SET created_at = created_at * 1000, expires_at = expires_at * 1000,
+    revoked_at = revoked_at * 1000, last_used_at = last_used_at * 1000;
+UPDATE triggers SET created_at = created_at * 1000, last_slot = last_slot * 1000;
+";
+
 /// Version 2: the daemon's tables (members, roles, API tokens, stored
 /// components, triggers, jobs and their steps, workspace settings) and the
 /// audit log. Sealed columns use the workspace data key; see
@@ -283,13 +298,6 @@ CREATE TABLE settings (
     retention_days INTEGER
 ) STRICT;
 ";
-
-/// The current time in unix seconds (0 if the clock is before 1970).
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// Whether [`Store::open`] may create a missing database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,10 +518,10 @@ pub struct ConnectionInfo {
     pub hosts: Vec<String>,
     /// How the value is applied to a request (a header template, ...).
     pub placement: String,
-    /// When it was added (unix seconds).
-    pub created_at: i64,
-    /// When its value was last replaced (unix seconds), if ever.
-    pub rotated_at: Option<i64>,
+    /// When it was added.
+    pub created_at: UnixMillis,
+    /// When its value was last replaced, if ever.
+    pub rotated_at: Option<UnixMillis>,
 }
 
 /// The decrypted value of a connection with its hosts and placement.
@@ -877,6 +885,9 @@ impl Store {
         if version < 3 {
             migrate_cli_recipes(&tx)?;
         }
+        if version < 4 {
+            tx.execute_batch(MIGRATE_V4_MILLIS).doing(doing)?;
+        }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('schema', ?1)
@@ -1081,7 +1092,7 @@ impl Store {
                 })?;
                 conn.execute(
                     "INSERT INTO workspaces (name, wrapped_key, created_at) VALUES (?1, ?2, ?3)",
-                    params![workspace, wrapped, now()],
+                    params![workspace, wrapped, UnixMillis::now()],
                 )
                 .doing(|| format!("creating workspace `{workspace}`"))?;
                 Ok(Some(data_key))
@@ -1178,7 +1189,7 @@ impl Store {
         tx.execute(
             "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
-            params![workspace, name, sealed, hosts, placement, now()],
+            params![workspace, name, sealed, hosts, placement, UnixMillis::now()],
         )
         .doing(doing)?;
         tx.commit().doing(doing)
@@ -1262,7 +1273,7 @@ impl Store {
                 keys::seal(&data_key, &plain, &new_aad).map_err(key_err)?
             }
         };
-        let rotated_at = value.map(|_| now());
+        let rotated_at = value.map(|_| UnixMillis::now());
         tx.execute(
             "UPDATE connections SET sealed = ?3, hosts = ?4, placement = ?5, rotated_at = coalesce(?6, rotated_at)
              WHERE workspace = ?1 AND name = ?2",
@@ -1695,13 +1706,8 @@ impl Store {
         )
         .doing(doing)?;
         let chain = crate::audit::AuditKey::from_bytes(*audit_key.bytes());
-        crate::audit::append(
-            &tx,
-            &chain,
-            crate::sqlite::now_millis(),
-            std::slice::from_ref(entry),
-        )
-        .map_err(|e| StoreError::Audit(e.to_string()))?;
+        crate::audit::append(&tx, &chain, UnixMillis::now(), std::slice::from_ref(entry))
+            .map_err(|e| StoreError::Audit(e.to_string()))?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('master_fingerprint', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -2103,6 +2109,63 @@ mod tests {
     }
 
     #[test]
+    fn version_4_turns_the_seconds_columns_into_milliseconds() {
+        let env = Env::new();
+        env.add("c", "s3cr3t-value");
+        let t = 1_796_459_413_i64;
+        for sql in [
+            "UPDATE workspaces SET created_at = ?1",
+            "UPDATE connections SET created_at = ?1, rotated_at = ?1 + 1",
+            "INSERT INTO members (workspace, subject, role, created_at) VALUES ('ws', 'al', 'admin', ?1)",
+            "INSERT INTO tokens (id, workspace, name, hash, owner, creator, scopes, allow_ips, created_at, expires_at, revoked_at, last_used_at)
+             VALUES ('t1', 'ws', 'n', x'00', 'al', 'al', '[]', '[]', ?1, ?1 + 3600, NULL, ?1 + 5)",
+            "INSERT INTO triggers (id, workspace, recipe, kind, environment, last_slot, created_at)
+             VALUES ('s1', 'ws', 'r', 'schedule', 'dev', ?1 + 60, ?1)",
+            "INSERT INTO jobs (id, workspace, recipe, environment, state, trigger_kind, payload, created_at)
+             VALUES ('j1', 'ws', 'r', 'dev', 'queued', 'manual', x'00', ?1 * 1000)",
+        ] {
+            env.store.conn.execute(sql, [t]).unwrap();
+        }
+        env.store
+            .conn
+            .pragma_update(None, "user_version", 3)
+            .unwrap();
+        let db = env.db();
+        drop(env.store);
+        let store = Store::open(&db, OpenMode::MustExist).unwrap();
+        let ms = t * 1000;
+        for (sql, want) in [
+            ("SELECT created_at FROM workspaces", Some(ms)),
+            ("SELECT created_at FROM connections", Some(ms)),
+            ("SELECT rotated_at FROM connections", Some(ms + 1000)),
+            ("SELECT created_at FROM members", Some(ms)),
+            ("SELECT created_at FROM tokens", Some(ms)),
+            ("SELECT expires_at FROM tokens", Some(ms + 3_600_000)),
+            ("SELECT revoked_at FROM tokens", None),
+            ("SELECT last_used_at FROM tokens", Some(ms + 5000)),
+            ("SELECT last_slot FROM triggers", Some(ms + 60_000)),
+            ("SELECT created_at FROM triggers", Some(ms)),
+            // Already in milliseconds: untouched.
+            ("SELECT created_at FROM jobs", Some(ms)),
+        ] {
+            let got: Option<i64> = store.conn.query_row(sql, [], |r| r.get(0)).unwrap();
+            assert_eq!(got, want, "{sql}");
+        }
+        // Opening again does not multiply again.
+        drop(store);
+        let store = Store::open(&db, OpenMode::MustExist).unwrap();
+        let got: i64 = store
+            .conn
+            .query_row("SELECT created_at FROM members", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(got, ms);
+        assert_eq!(
+            store.list_connections("ws").unwrap()[0].created_at,
+            UnixMillis(ms)
+        );
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let env = Env::new();
         env.store
@@ -2116,8 +2179,8 @@ mod tests {
             matches!(
                 err,
                 StoreError::TooNew {
-                    found: 4,
-                    known: 3,
+                    found: 5,
+                    known: 4,
                     ..
                 }
             ),
@@ -2125,7 +2188,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("schema version 4") && msg.contains("newer"),
+            msg.contains("schema version 5") && msg.contains("newer"),
             "{msg}"
         );
         assert!(msg.contains(&db.display().to_string()), "{msg}");
@@ -2148,7 +2211,7 @@ mod tests {
     #[test]
     fn connections_add_list_get_update_remove() {
         let env = Env::new();
-        let before = now();
+        let before = UnixMillis::now();
         env.add("github", "ghp_first");
         env.store
             .add_connection(
@@ -2166,7 +2229,7 @@ mod tests {
         assert_eq!(list[0].name, "github");
         assert_eq!(list[0].hosts, hosts(&["api.example.com"]));
         assert_eq!(list[0].placement, "header:Authorization:Bearer {}");
-        assert!(list[0].created_at >= before && list[0].created_at <= now());
+        assert!(list[0].created_at >= before && list[0].created_at <= UnixMillis::now());
         assert_eq!(list[0].rotated_at, None);
         assert_eq!(list[1].name, "slack");
         assert_eq!(list[1].hosts, hosts(&["slack.com", "*.slack.com"]));
@@ -3103,12 +3166,5 @@ mod tests {
                 .starts_with("listing properties of environment `dev` of workspace `ws`: "),
             "{err}"
         );
-    }
-
-    #[test]
-    fn now_is_unix_seconds() {
-        let t = now();
-        assert!(t > 1_700_000_000, "{t}");
-        assert!(t < 10_000_000_000, "{t}");
     }
 }

@@ -12,7 +12,8 @@
 //! (the operations, backend-neutral, with their error type), [`sqlite`]
 //! (their embedded implementation with group commit), [`audit`] (the
 //! chain: append, read, verify, stream) and [`access`] (the permission
-//! model that roles and token scopes are stored as).
+//! model that roles and token scopes are stored as); [`time`] has the one
+//! time unit of stored data, [`UnixMillis`].
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,9 @@ pub mod db;
 pub mod keys;
 pub mod sqlite;
 pub mod storage;
+pub mod time;
+
+pub use time::UnixMillis;
 
 use sha2::{Digest as _, Sha256};
 

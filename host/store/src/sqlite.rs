@@ -50,11 +50,12 @@ use zeroize::Zeroizing;
 use crate::access::{self as auth, PermissionSet};
 use crate::audit::{self, AuditKey, Entry, Stored};
 use crate::db::{
-    self as store, Doing as _, OpenMode, Store, StoreError, check_name, check_placement,
-    hosts_json, open_connection, parse_hosts, seal_connection,
+    Doing as _, OpenMode, Store, StoreError, check_name, check_placement, hosts_json,
+    open_connection, parse_hosts, seal_connection,
 };
 use crate::keys::{self, DataKey, KeySource, MasterKey};
 use crate::storage::*;
+use crate::time::UnixMillis;
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -102,16 +103,9 @@ impl WriteCtx<'_> {
         if entries.is_empty() {
             return Ok(());
         }
-        audit::append(self.conn, self.audit_key, now_millis(), entries)?;
+        audit::append(self.conn, self.audit_key, UnixMillis::now(), entries)?;
         Ok(())
     }
-}
-
-/// The current time in unix milliseconds.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The master key and where to read it again after an online rotation.
@@ -930,7 +924,7 @@ impl Storage for Arc<SqliteStorage> {
                 .conn
                 .execute(
                     "UPDATE tokens SET revoked_at = ?3 WHERE workspace = ?1 AND id = ?2 AND revoked_at IS NULL",
-                    params![ws, id, store::now()],
+                    params![ws, id, UnixMillis::now()],
                 )
                 .doing(|| "revoking a token".to_string())?;
             let exists = n > 0
@@ -952,7 +946,7 @@ impl Storage for Arc<SqliteStorage> {
         .await
     }
 
-    async fn touch_token(&self, id: &str, at: i64, ip: &str) -> StorageResult<()> {
+    async fn touch_token(&self, id: &str, at: UnixMillis, ip: &str) -> StorageResult<()> {
         let (id, ip) = (id.to_string(), ip.to_string());
         // Not awaited by the request: queued for the next group.
         let this = Arc::clone(self);
@@ -1077,7 +1071,7 @@ impl Storage for Arc<SqliteStorage> {
                 .execute(
                     "INSERT INTO members (workspace, subject, role, created_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (workspace, subject) DO UPDATE SET role = excluded.role",
-                    params![ws, subject, role, store::now()],
+                    params![ws, subject, role, UnixMillis::now()],
                 )
                 .doing(|| "setting a member".to_string())?;
             ctx.audit(&[audit])
@@ -1239,7 +1233,7 @@ impl Storage for Arc<SqliteStorage> {
                 .execute(
                     "INSERT INTO recipes (workspace, name, manifest, lock, imported_at) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (workspace, name) DO UPDATE SET manifest = excluded.manifest, lock = excluded.lock, imported_at = excluded.imported_at",
-                    params![ws, name, manifest, lock, now_millis()],
+                    params![ws, name, manifest, lock, UnixMillis::now()],
                 )
                 .doing(|| format!("storing recipe `{name}`"))?;
             ctx.audit(&[audit])
@@ -1250,7 +1244,7 @@ impl Storage for Arc<SqliteStorage> {
     async fn recipe(&self, workspace: &str, name: &str) -> StorageResult<Option<StoredRecipe>> {
         let (ws, name) = (workspace.to_string(), name.to_string());
         self.read(move |conn| {
-            let row: Option<(String, String, i64)> = conn
+            let row: Option<(String, String, UnixMillis)> = conn
                 .query_row(
                     "SELECT manifest, lock, imported_at FROM recipes WHERE workspace = ?1 AND name = ?2",
                     params![ws, name],
@@ -1271,7 +1265,11 @@ impl Storage for Arc<SqliteStorage> {
         .await
     }
 
-    async fn recipe_version(&self, workspace: &str, name: &str) -> StorageResult<Option<i64>> {
+    async fn recipe_version(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> StorageResult<Option<UnixMillis>> {
         let (ws, name) = (workspace.to_string(), name.to_string());
         self.read(move |conn| {
             Ok(conn
@@ -1502,7 +1500,12 @@ impl Storage for Arc<SqliteStorage> {
         Ok(out)
     }
 
-    async fn fire_schedule(&self, trigger: &str, slot: i64, job: NewJob) -> StorageResult<bool> {
+    async fn fire_schedule(
+        &self,
+        trigger: &str,
+        slot: UnixMillis,
+        job: NewJob,
+    ) -> StorageResult<bool> {
         let sealed = self
             .seal_json(
                 &job.workspace,
@@ -1544,8 +1547,8 @@ impl Storage for Arc<SqliteStorage> {
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, UnixMillis>(3)?,
+                        r.get::<_, Option<UnixMillis>>(4)?,
                     ))
                 },
                 doing,
@@ -1580,7 +1583,7 @@ impl Storage for Arc<SqliteStorage> {
         let ws = workspace.to_string();
         let (name, placement) = (c.name, c.placement);
         self.write(move |ctx| {
-            let now = store::now();
+            let now = UnixMillis::now();
             ctx.conn
                 .execute(
                     "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
@@ -1762,7 +1765,7 @@ impl Storage for Arc<SqliteStorage> {
                 if summary.state.is_final() {
                     return Ok(None);
                 }
-                let at = now_millis();
+                let at = UnixMillis::now();
                 ctx.conn
                     .execute(
                         "UPDATE jobs SET state = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
@@ -1912,7 +1915,7 @@ impl Storage for Arc<SqliteStorage> {
             ctx.conn
                 .execute(
                     "UPDATE jobs SET state = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
-                    params![id, end.as_str(), now_millis(), error],
+                    params![id, end.as_str(), UnixMillis::now(), error],
                 )
                 .doing(doing)?;
             ctx.conn
@@ -2061,7 +2064,7 @@ impl Storage for Arc<SqliteStorage> {
             ctx.conn
                 .execute(
                     "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1",
-                    params![id, now_millis()],
+                    params![id, UnixMillis::now()],
                 )
                 .doing(doing)?;
             ctx.audit(&[audit])?;
@@ -2162,7 +2165,7 @@ impl Storage for Arc<SqliteStorage> {
         .await
     }
 
-    async fn sweep_retention(&self, now: i64) -> StorageResult<u64> {
+    async fn sweep_retention(&self, now: UnixMillis) -> StorageResult<u64> {
         self.write(move |ctx| {
             let doing = || "deleting expired job history".to_string();
             let mut stmt = ctx

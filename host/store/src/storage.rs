@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use crate::access::PermissionSet;
 use crate::audit::{AuditError, Entry, Stored};
 use crate::db::StoreError;
+use crate::time::UnixMillis;
 
 /// What a storage operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -110,14 +111,14 @@ pub struct TokenRecord {
     pub scopes: PermissionSet,
     /// CIDRs the token may be used from (empty: anywhere).
     pub allow_ips: Vec<String>,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds; mandatory.
-    pub expires_at: i64,
-    /// Unix seconds, once revoked.
-    pub revoked_at: Option<i64>,
-    /// Unix seconds of the last authenticated use.
-    pub last_used_at: Option<i64>,
+    /// When it was created.
+    pub created_at: UnixMillis,
+    /// When it expires; mandatory.
+    pub expires_at: UnixMillis,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixMillis>,
+    /// When it was last used to authenticate.
+    pub last_used_at: Option<UnixMillis>,
     /// Client address of the last authenticated use.
     pub last_used_ip: Option<String>,
 }
@@ -129,8 +130,8 @@ pub struct Member {
     pub subject: String,
     /// Role name (built in or custom).
     pub role: String,
-    /// Unix seconds.
-    pub created_at: i64,
+    /// When the subject became a member.
+    pub created_at: UnixMillis,
 }
 
 /// A custom role: a named permission set.
@@ -151,8 +152,8 @@ pub struct StoredRecipe {
     pub manifest: String,
     /// Component path (as the manifest names it) -> SHA-256 (hex).
     pub components: BTreeMap<String, String>,
-    /// Unix milliseconds of the last deployment: a version for caches.
-    pub updated_at: i64,
+    /// The last deployment: a version for caches.
+    pub updated_at: UnixMillis,
 }
 
 /// A deployed recipe as listed.
@@ -160,8 +161,8 @@ pub struct StoredRecipe {
 pub struct RecipeSummary {
     /// Recipe name.
     pub name: String,
-    /// Unix milliseconds of the last deployment.
-    pub updated_at: i64,
+    /// The last deployment.
+    pub updated_at: UnixMillis,
 }
 
 /// What starts jobs of a recipe besides manual runs.
@@ -208,10 +209,10 @@ pub struct TriggerRecord {
     pub timezone: Option<String>,
     /// Trigger payload of a schedule's jobs.
     pub input: Option<Value>,
-    /// Last slot (unix seconds) a schedule fired for.
-    pub last_slot: Option<i64>,
-    /// Unix seconds.
-    pub created_at: i64,
+    /// The last slot a schedule fired for.
+    pub last_slot: Option<UnixMillis>,
+    /// When it was created.
+    pub created_at: UnixMillis,
 }
 
 impl std::fmt::Debug for TriggerRecord {
@@ -293,8 +294,8 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// The job this one reruns.
     pub rerun_of: Option<String>,
-    /// Unix milliseconds.
-    pub created_at: i64,
+    /// When it was accepted.
+    pub created_at: UnixMillis,
 }
 
 impl std::fmt::Debug for NewJob {
@@ -334,12 +335,12 @@ pub struct JobSummary {
     pub trigger: String,
     /// The job it reruns.
     pub rerun_of: Option<String>,
-    /// Unix milliseconds.
-    pub created_at: i64,
-    /// Unix milliseconds.
-    pub started_at: Option<i64>,
-    /// Unix milliseconds.
-    pub finished_at: Option<i64>,
+    /// When it was accepted.
+    pub created_at: UnixMillis,
+    /// When a worker (last) started it.
+    pub started_at: Option<UnixMillis>,
+    /// When it ended.
+    pub finished_at: Option<UnixMillis>,
     /// The failure, masked.
     pub error: Option<String>,
 }
@@ -430,10 +431,10 @@ pub struct JobFilter {
 pub struct DeleteCriteria {
     /// Jobs of this recipe.
     pub recipe: Option<String>,
-    /// Created at or after (unix milliseconds).
-    pub from: Option<i64>,
-    /// Created before (unix milliseconds).
-    pub to: Option<i64>,
+    /// Created at or after.
+    pub from: Option<UnixMillis>,
+    /// Created before.
+    pub to: Option<UnixMillis>,
     /// A JSON pointer into the trigger payload (`/customer/email`).
     pub field: Option<String>,
     /// The value the field must equal.
@@ -449,10 +450,10 @@ pub struct ConnectionSummary {
     pub hosts: Vec<String>,
     /// Where it goes in a request.
     pub placement: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds of the last value change.
-    pub rotated_at: Option<i64>,
+    /// When it was added.
+    pub created_at: UnixMillis,
+    /// When its value was last replaced.
+    pub rotated_at: Option<UnixMillis>,
 }
 
 /// A connection to write.
@@ -511,7 +512,7 @@ pub trait Storage: Send + Sync + 'static {
     /// Revokes a token of the workspace; `false` if there is none.
     async fn revoke_token(&self, workspace: &str, id: &str, audit: Entry) -> StorageResult<bool>;
     /// Records a token's last use (batched; not awaited by requests).
-    async fn touch_token(&self, id: &str, at: i64, ip: &str) -> StorageResult<()>;
+    async fn touch_token(&self, id: &str, at: UnixMillis, ip: &str) -> StorageResult<()>;
     /// The role of a member, if the subject is one.
     async fn member_role(&self, workspace: &str, subject: &str) -> StorageResult<Option<String>>;
     /// The permissions of a role (built in or custom) in a workspace.
@@ -565,7 +566,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn recipe(&self, workspace: &str, name: &str) -> StorageResult<Option<StoredRecipe>>;
     /// The deployment time of a recipe (its version), without its content:
     /// what a runner checks its cache against on every job.
-    async fn recipe_version(&self, workspace: &str, name: &str) -> StorageResult<Option<i64>>;
+    async fn recipe_version(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> StorageResult<Option<UnixMillis>>;
     /// A stored component by SHA-256.
     async fn component(&self, sha256: &str) -> StorageResult<Option<Vec<u8>>>;
     /// The deployed recipes of a workspace.
@@ -589,7 +594,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn schedules(&self) -> StorageResult<Vec<TriggerRecord>>;
     /// Records that a schedule fired for `slot` and enqueues its job, in one
     /// transaction; `false` (and no job) if that slot already fired.
-    async fn fire_schedule(&self, trigger: &str, slot: i64, job: NewJob) -> StorageResult<bool>;
+    async fn fire_schedule(
+        &self,
+        trigger: &str,
+        slot: UnixMillis,
+        job: NewJob,
+    ) -> StorageResult<bool>;
 
     // -- Connections and environments -------------------------------------
 
@@ -677,7 +687,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A workspace's history retention in days.
     async fn retention(&self, workspace: &str) -> StorageResult<Option<u32>>;
     /// Deletes ended jobs older than their workspace's retention.
-    async fn sweep_retention(&self, now_millis: i64) -> StorageResult<u64>;
+    async fn sweep_retention(&self, now: UnixMillis) -> StorageResult<u64>;
 
     // -- Audit ------------------------------------------------------------
 

@@ -298,6 +298,14 @@ async fn a_database_written_by_the_previous_release_opens_and_migrates() {
     site.ok(site.wrun().args(["audit", "verify"]));
     let list = site.ok(site.wrun().args(ws).args(["--json", "connection", "list"]));
     assert!(list.contains("\"crm\""), "{list}");
+    // That release kept some times in seconds; they read as milliseconds
+    // now, on the day the fixture was written.
+    let listed: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let created = listed[0]["created_at"].as_i64().unwrap();
+    assert!(
+        (1_796_256_000_000..1_796_515_200_000).contains(&created),
+        "{listed}"
+    );
     site.ok(site.wrun().args(ws).args([
         "connection",
         "update",
@@ -321,6 +329,22 @@ async fn a_database_written_by_the_previous_release_opens_and_migrates() {
         .get("/v1/workspaces/team-a/recipes/legacy", &token)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // The token that release created (an hour's lifetime) has long expired
+    // in milliseconds too: it is listed with both times converted.
+    let r = api.get("/v1/workspaces/team-a/tokens", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let old = r.json["tokens"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == "ypvmfkqgcocp"))
+        .unwrap_or_else(|| panic!("{}", r.json));
+    assert_eq!(old["created_at"], 1_796_459_413_000_i64, "{old}");
+    assert_eq!(old["expires_at"], 1_796_463_013_000_i64, "{old}");
+    let r = api.get("/v1/workspaces/team-a/members", &token).await;
+    let alice = r.json["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["subject"] == "alice"))
+        .unwrap_or_else(|| panic!("{}", r.json));
+    assert_eq!(alice["created_at"], 1_796_459_413_000_i64, "{alice}");
     let run = "/v1/workspaces/team-a/recipes/legacy/runs";
     let body = json!({ "environment": "prod", "input": { "value": "x" } });
     let r = api.post(run, &token, &body).await;
