@@ -15,10 +15,10 @@ use zeroize::Zeroizing;
 
 use crate::connections::StoreConnections;
 use crate::daemon::sqlite::SqliteStorage;
-use crate::daemon::storage::{ConnectionInput, EnvChange, Storage};
+use crate::daemon::storage::{EnvChange, Storage};
 use crate::keys::{KeySource, MasterKey};
 use crate::ops;
-use crate::store_sqlite::{OpenMode, Store, StoreError};
+use crate::store_sqlite::{OpenMode, Store};
 use crate::{bundle, output, scaffold};
 
 /// wrun: run integration recipes as sandboxed WebAssembly components.
@@ -608,29 +608,28 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
     let actor = ops::Actor::cli(&g.workspace);
     match cmd {
         ConnectionCommand::Add { name, hosts, apply } => {
-            // Checked before the value is asked for; checked again, with
-            // the value, by the operation.
+            // Checked before the value is asked for; the store refuses a
+            // name that exists in the same transaction as the write.
             ops::check_connection_target(&name, &hosts, &apply)?;
-            if store
-                .list_connections(&g.workspace)?
-                .iter()
-                .any(|c| c.name == name)
-            {
-                return Err(StoreError::ConnectionExists {
-                    workspace: g.workspace.clone(),
-                    name,
-                }
-                .into());
-            }
+            ensure!(
+                !store
+                    .list_connections(&g.workspace)?
+                    .iter()
+                    .any(|c| c.name == name),
+                "connection `{name}` already exists in workspace `{}`; use `wrun connection update`",
+                g.workspace
+            );
             let storage = g.storage()?;
             let value = read_secret_value(&name)?;
-            let input = ConnectionInput {
-                name: name.clone(),
-                value,
-                hosts,
-                placement: apply,
-            };
-            ops::put_connection(storage.as_ref(), &actor, input).await?;
+            ops::put_connection(
+                storage.as_ref(),
+                &actor,
+                &name,
+                &hosts,
+                &apply,
+                ops::ValueChange::Create(value),
+            )
+            .await?;
             output::line(&format!(
                 "added connection `{name}` in workspace `{}`",
                 g.workspace
@@ -654,7 +653,11 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
                     output::line(&format!(
                         "{:<24} {:<40} {:<34} created {}{}",
                         c.name,
-                        c.hosts.join(","),
+                        c.hosts
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
                         c.placement,
                         c.created_at.rfc3339(),
                         c.rotated_at
@@ -679,7 +682,6 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
             apply,
             keep_value,
         } => {
-            let key = g.key()?;
             let current = store
                 .list_connections(&g.workspace)?
                 .into_iter()
@@ -688,30 +690,19 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
                     format!("no connection `{name}` in workspace `{}`", g.workspace)
                 })?;
             let hosts = if hosts.is_empty() {
-                current.hosts.clone()
+                current.hosts.iter().map(ToString::to_string).collect()
             } else {
                 hosts
             };
-            let placement = apply.unwrap_or(current.placement.clone());
+            let placement = apply.unwrap_or_else(|| current.placement.to_string());
             ops::check_connection_target(&name, &hosts, &placement)?;
             let storage = g.storage()?;
             let value = if keep_value {
-                store
-                    .connection_value(&g.workspace, &name, &key)?
-                    .with_context(|| {
-                        format!("no connection `{name}` in workspace `{}`", g.workspace)
-                    })?
-                    .0
+                ops::ValueChange::Keep
             } else {
-                read_secret_value(&name)?
+                ops::ValueChange::Replace(read_secret_value(&name)?)
             };
-            let input = ConnectionInput {
-                name: name.clone(),
-                value,
-                hosts,
-                placement,
-            };
-            ops::put_connection(storage.as_ref(), &actor, input).await?;
+            ops::put_connection(storage.as_ref(), &actor, &name, &hosts, &placement, value).await?;
             output::line(&format!("updated connection `{name}`"));
         }
     }
@@ -747,8 +738,8 @@ async fn env_command(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
             ));
         }
         EnvCommand::Show { env } => {
-            let properties = store.properties(&g.workspace, &env)?;
-            let bindings = store.bindings(&g.workspace, &env)?;
+            let view = store.environment(&g.workspace, &env)?;
+            let (properties, bindings) = (view.properties, view.bindings);
             if g.json {
                 println!(
                     "{}",
@@ -835,9 +826,11 @@ fn bindings_of(
         .into_iter()
         .map(|c| c.name)
         .collect();
+    let view = store.environment(workspace, env)?;
     let mut missing_connections = Vec::new();
     for logical in manifest.connections() {
-        let target = store.resolve_connection(workspace, env, &logical)?;
+        // Its binding, or the same name (as a run resolves it).
+        let target = view.bindings.get(&logical).unwrap_or(&logical).clone();
         if !stored.contains(&target) {
             missing_connections.push(if target == logical {
                 logical
@@ -846,7 +839,7 @@ fn bindings_of(
             });
         }
     }
-    let properties = store.properties(workspace, env)?;
+    let properties = view.properties;
     let missing_properties = manifest
         .properties()
         .into_iter()

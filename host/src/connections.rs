@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use wrun_runtime::{Connection, ConnectionSource, Placement, SecretValue};
+use wrun_runtime::{Connection, ConnectionSource};
 
 use crate::keys::MasterKey;
 use crate::store_sqlite::Store;
@@ -40,21 +40,8 @@ impl ConnectionSource for StoreConnections {
             .store
             .lock()
             .map_err(|_| "the store lock is poisoned".to_string())?;
-        let stored = store
-            .resolve_connection(&self.workspace, &self.environment, name)
-            .map_err(|e| e.to_string())?;
-        let Some((value, hosts, placement)) = store
-            .connection_value(&self.workspace, &stored, &self.key)
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(None);
-        };
-        let placement: Placement = placement
-            .parse()
-            .map_err(|e| format!("connection `{stored}`: {e}"))?;
-        // The runtime knows the connection by the recipe's name for it.
-        Connection::new(name, SecretValue::new(value.as_str()), hosts, placement)
-            .map(Some)
+        store
+            .bound_connection(&self.workspace, &self.environment, name, &self.key)
             .map_err(|e| e.to_string())
     }
 }

@@ -225,6 +225,13 @@ impl fmt::Display for HostPattern {
     }
 }
 
+impl serde::Serialize for HostPattern {
+    /// Normalised, as written ([`fmt::Display`]).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// The parsed `net` grant of a step: the hosts it may reach.
 ///
 /// The default is empty, which denies every host.

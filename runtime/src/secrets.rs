@@ -162,6 +162,13 @@ impl fmt::Display for Placement {
     }
 }
 
+impl serde::Serialize for Placement {
+    /// As written ([`fmt::Display`]), so a listing shows what parses back.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A credential kept by the host: its value, the hosts it may be sent to and
 /// where in a request it belongs.
 #[derive(Debug, Clone)]

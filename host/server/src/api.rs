@@ -34,8 +34,8 @@ use super::ratelimit::{RateLimiter, client_key, retry_after_secs};
 use super::schedule::Schedule;
 use super::signature;
 use super::storage::{
-    ConnectionInput, DeleteCriteria, Enqueued, EnvChange, JobFilter, JobState, NewJob, Storage,
-    StorageError, TokenRecord, TriggerKind, TriggerRecord,
+    DeleteCriteria, Enqueued, EnvChange, JobFilter, JobState, NewJob, Storage, StorageError,
+    TokenRecord, TriggerKind, TriggerRecord,
 };
 use wrun_store::UnixMillis;
 
@@ -565,7 +565,7 @@ api_routes! {
     post "/v1/workspaces/{ws}/jobs/{id}/cancel" => cancel_job (Jobs: write) ["jobs"] "Cancel a queued or running job.";
     post "/v1/workspaces/{ws}/jobs/{id}/rerun" => rerun_job (Jobs: write) ["jobs"] "Run a job again with the same input.";
     get "/v1/workspaces/{ws}/connections" => list_connections (Connections: read) ["connections"] "List connections (never their values).";
-    put "/v1/workspaces/{ws}/connections/{name}" => put_connection (Connections: write) ["connections"] "Create or replace a connection; the value is write-only.";
+    put "/v1/workspaces/{ws}/connections/{name}" => put_connection (Connections: write) ["connections"] "Create or replace a connection; the value is write-only (without one, the stored value is kept for the new hosts and placement).";
     delete "/v1/workspaces/{ws}/connections/{name}" => delete_connection (Connections: write) ["connections"] "Delete a connection.";
     get "/v1/workspaces/{ws}/environments/{env}" => get_environment (Environments: read) ["environments"] "An environment's properties and bindings.";
     put "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => set_property (Environments: write) ["environments"] "Set a property.";
@@ -1243,7 +1243,10 @@ async fn list_connections(State(s): State<AppState>, Path(ws): Path<String>) -> 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConnectionBody {
-    value: Zeroizing<String>,
+    /// The new value; without one, the stored value is kept and re-sealed
+    /// for the new hosts and placement.
+    #[serde(default)]
+    value: Option<Zeroizing<String>>,
     hosts: Vec<String>,
     #[serde(default = "bearer")]
     placement: String,
@@ -1260,15 +1263,17 @@ async fn put_connection(
     body: LazyJson<ConnectionBody>,
 ) -> ApiResult {
     let body = body.read(s.config.limits.max_body_bytes).await?;
+    let value = match body.value {
+        Some(value) => crate::ops::ValueChange::Put(value),
+        None => crate::ops::ValueChange::Keep,
+    };
     crate::ops::put_connection(
         s.storage.as_ref(),
         &p.as_actor(),
-        ConnectionInput {
-            name: name.clone(),
-            value: body.value,
-            hosts: body.hosts,
-            placement: body.placement,
-        },
+        &name,
+        &body.hosts,
+        &body.placement,
+        value,
     )
     .await
     .map_err(storage_error)?;

@@ -422,6 +422,22 @@ mod tests {
             send(&app, "PUT", put, Some(&admin), value).await,
             StatusCode::OK
         );
+        // Without a value the stored one is kept for new hosts; there must
+        // be one to keep. A guessable value is refused by the store's rule.
+        let keep = r#"{"hosts":["eu.crm.test"],"placement":"header:Authorization=Bearer {}"}"#;
+        assert_eq!(
+            send(&app, "PUT", put, Some(&admin), keep).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(&app, "PUT", &format!("{put}-absent"), Some(&admin), keep).await,
+            StatusCode::NOT_FOUND
+        );
+        let weak = r#"{"value":"aaaaaaaaaaaaaaaaaaaa","hosts":["api.crm.test"]}"#;
+        assert_eq!(
+            send(&app, "PUT", put, Some(&admin), weak).await,
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(
             send(&app, "GET", "/v1/whoami", Some(&analyst), "").await,
             StatusCode::OK

@@ -10,11 +10,13 @@
 use std::collections::BTreeMap;
 
 use serde_json::json;
-use wrun_runtime::Engine;
+use wrun_runtime::policy::NetGrant;
+use wrun_runtime::{Engine, Placement};
+use zeroize::Zeroizing;
 
 use crate::audit::{Entry, Outcome};
 use crate::bundle::Lock;
-use crate::storage::{ConnectionInput, EnvChange, Storage, StorageError, StorageResult};
+use crate::storage::{ConnectionWrite, EnvChange, Storage, StorageError, StorageResult};
 
 /// Who makes a change, as its audit entry names them.
 #[derive(Debug, Clone)]
@@ -81,10 +83,10 @@ fn invalid(code: &'static str, message: impl Into<String>) -> StorageError {
     }
 }
 
-/// Checks where a connection may go and how it is applied, with the
+/// Parses where a connection may go and how it is applied, with the
 /// runtime's own parsers: at least one host pattern, none covering a public
 /// suffix, and a valid placement. The CLI calls it before asking for the
-/// value; [`put_connection`] calls it again with the value.
+/// value; [`put_connection`] calls it for every write.
 ///
 /// # Errors
 ///
@@ -93,11 +95,11 @@ pub fn check_connection_target(
     name: &str,
     hosts: &[String],
     placement: &str,
-) -> StorageResult<wrun_runtime::Placement> {
+) -> StorageResult<(NetGrant, Placement)> {
     let placement = placement
         .parse()
         .map_err(|e: wrun_runtime::ConnectionError| invalid("invalid_placement", e.to_string()))?;
-    let grant = wrun_runtime::policy::NetGrant::parse_for_connection(hosts)
+    let grant = NetGrant::parse_for_connection(hosts)
         .map_err(|e| invalid("invalid_host", format!("connection `{name}`: hosts: {e}")))?;
     if grant.is_empty() {
         return Err(invalid(
@@ -105,49 +107,78 @@ pub fn check_connection_target(
             format!("connection `{name}` needs at least one host"),
         ));
     }
-    Ok(placement)
+    Ok((grant, placement))
 }
 
-/// Creates or replaces a connection: the hosts, placement and value are
-/// checked with the runtime's own parsers and the value's strength rule
-/// before anything is stored.
+/// What a connection write does with the value.
+pub enum ValueChange {
+    /// A new connection with this value; refused if the name is taken.
+    Create(Zeroizing<String>),
+    /// A new value for an existing connection.
+    Replace(Zeroizing<String>),
+    /// This value, whether the connection exists or not.
+    Put(Zeroizing<String>),
+    /// The stored value, re-sealed inside the store for the new hosts and
+    /// placement (it never leaves the store).
+    Keep,
+}
+
+/// Writes a connection: the hosts and placement are parsed with the
+/// runtime's parsers, a new value is checked for length here and for
+/// strength by the store, and the change is audited with the normalised
+/// hosts and placement (never the value).
 ///
 /// # Errors
 ///
 /// [`StorageError::Invalid`] for a bad name, host pattern (including one
 /// that covers a public suffix), placement, or a value that is empty, too
-/// short to be masked or too easy to guess; storage failures.
+/// short to be masked or too easy to guess; [`StorageError::Conflict`] when
+/// creating a name that exists; [`StorageError::NotFound`] when replacing
+/// or keeping the value of one that does not; storage failures.
 pub async fn put_connection(
     storage: &dyn Storage,
     actor: &Actor,
-    input: ConnectionInput,
+    name: &str,
+    hosts: &[String],
+    placement: &str,
+    value: ValueChange,
 ) -> StorageResult<()> {
-    let name = input.name.clone();
-    let placement = check_connection_target(&name, &input.hosts, &input.placement)?;
-    if input.value.len() < wrun_runtime::mask::MIN_VALUE_LEN {
-        return Err(invalid(
-            "weak_connection_value",
-            format!(
-                "the value of connection `{name}` is shorter than {} bytes, too short to be masked reliably",
-                wrun_runtime::mask::MIN_VALUE_LEN
-            ),
-        ));
-    }
-    let connection = wrun_runtime::Connection::new(
-        &name,
-        wrun_runtime::SecretValue::new(input.value.as_str()),
-        input.hosts.clone(),
-        placement,
-    )
-    .map_err(|e| invalid("invalid_connection", e.to_string()))?;
-    wrun_runtime::secrets::check_value_strength(&name, connection.value(), connection.placement())
-        .map_err(|e| invalid("weak_connection_value", e.to_string()))?;
+    let (grant, placement) = check_connection_target(name, hosts, placement)?;
+    let connection = |value: Zeroizing<String>| {
+        if value.len() < wrun_runtime::mask::MIN_VALUE_LEN {
+            return Err(invalid(
+                "weak_connection_value",
+                format!(
+                    "the value of connection `{name}` is shorter than {} bytes, too short to be masked reliably",
+                    wrun_runtime::mask::MIN_VALUE_LEN
+                ),
+            ));
+        }
+        wrun_runtime::Connection::new(
+            name,
+            wrun_runtime::SecretValue::new(value.as_str()),
+            hosts,
+            placement.clone(),
+        )
+        .map_err(|e| invalid("invalid_connection", e.to_string()))
+    };
+    let write = match value {
+        ValueChange::Create(v) => ConnectionWrite::Create(connection(v)?),
+        ValueChange::Replace(v) => ConnectionWrite::Replace(connection(v)?),
+        ValueChange::Put(v) => ConnectionWrite::Put(connection(v)?),
+        ValueChange::Keep => ConnectionWrite::Retarget {
+            name: name.to_string(),
+            hosts: grant.clone(),
+            placement: placement.clone(),
+        },
+    };
+    let shown_hosts: Vec<String> = grant.patterns().iter().map(ToString::to_string).collect();
     let audit = actor.entry(
         "connection.put",
         format!("connection:{name}"),
-        json!({ "hosts": input.hosts, "placement": input.placement }),
+        json!({ "hosts": shown_hosts, "placement": placement.to_string() }),
     );
-    storage.put_connection(&actor.workspace, input, audit).await
+    storage.put_connection(&actor.workspace, write, audit).await
 }
 
 /// Removes a connection; `false` if there is none (nothing is audited).

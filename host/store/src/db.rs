@@ -86,7 +86,10 @@ use rusqlite::{
 use zeroize::Zeroizing;
 
 use crate::keys::{self, DataKey, KeyError, MasterKey};
+use crate::storage::{ConnectionSummary, EnvironmentView};
 use crate::time::UnixMillis;
+use wrun_runtime::Placement;
+use wrun_runtime::policy::{HostPattern, NetGrant};
 
 /// The schema version this code creates and understands.
 pub const SCHEMA_VERSION: i64 = 4;
@@ -406,47 +409,6 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A connection added under a name that exists.
-    #[error(
-        "connection `{name}` already exists in workspace `{workspace}`; use `wrun connection update`"
-    )]
-    ConnectionExists {
-        /// The workspace.
-        workspace: String,
-        /// The connection.
-        name: String,
-    },
-    /// No such connection.
-    #[cfg(test)]
-    #[error("no connection `{name}` in workspace `{workspace}`")]
-    ConnectionNotFound {
-        /// The workspace.
-        workspace: String,
-        /// The connection.
-        name: String,
-    },
-    /// No such property.
-    #[cfg(test)]
-    #[error("no property `{name}` in environment `{environment}` of workspace `{workspace}`")]
-    PropertyNotFound {
-        /// The workspace.
-        workspace: String,
-        /// The environment.
-        environment: String,
-        /// The property.
-        name: String,
-    },
-    /// No such binding.
-    #[cfg(test)]
-    #[error("no binding for `{logical}` in environment `{environment}` of workspace `{workspace}`")]
-    BindingNotFound {
-        /// The workspace.
-        workspace: String,
-        /// The environment.
-        environment: String,
-        /// The recipe's connection name.
-        logical: String,
-    },
     /// A sealed connection value failed to open: altered, or copied from
     /// another record, or its hosts or placement were changed.
     #[error(
@@ -509,24 +471,6 @@ impl<T> Doing<T> for rusqlite::Result<T> {
     }
 }
 
-/// A stored connection as listed: everything but the value.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ConnectionInfo {
-    /// The connection's name in its workspace.
-    pub name: String,
-    /// The hosts the value may be sent to.
-    pub hosts: Vec<String>,
-    /// How the value is applied to a request (a header template, ...).
-    pub placement: String,
-    /// When it was added.
-    pub created_at: UnixMillis,
-    /// When its value was last replaced, if ever.
-    pub rotated_at: Option<UnixMillis>,
-}
-
-/// The decrypted value of a connection with its hosts and placement.
-pub type ConnectionValue = (Zeroizing<String>, Vec<String>, String);
-
 /// An open wrun database.
 ///
 /// Methods take `&self`; a `Store` is `Send` but not `Sync`, so share one
@@ -584,7 +528,7 @@ pub fn check_placement(placement: &str) -> Result<(), StoreError> {
 }
 
 /// The JSON text of a hosts list.
-pub fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
+pub(crate) fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(hosts).map_err(|_| StoreError::InvalidInput {
         what: "connection hosts".into(),
         reason: "they cannot be written as JSON",
@@ -592,7 +536,11 @@ pub fn hosts_json(hosts: &[String]) -> Result<String, StoreError> {
 }
 
 /// Parses the stored hosts of a connection.
-pub fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec<String>, StoreError> {
+pub(crate) fn parse_hosts(
+    workspace: &str,
+    name: &str,
+    json: &str,
+) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json).map_err(|_| StoreError::Malformed {
         what: format!("the hosts of connection `{name}` in workspace `{workspace}`"),
         reason: "not a JSON array of strings",
@@ -600,7 +548,12 @@ pub fn parse_hosts(workspace: &str, name: &str, json: &str) -> Result<Vec<String
 }
 
 /// The associated data of a sealed connection value.
-pub fn connection_aad(workspace: &str, name: &str, placement: &str, hosts_json: &str) -> Vec<u8> {
+pub(crate) fn connection_aad(
+    workspace: &str,
+    name: &str,
+    placement: &str,
+    hosts_json: &str,
+) -> Vec<u8> {
     let mut aad = Vec::with_capacity(
         CONNECTION_AAD_PREFIX.len()
             + workspace.len()
@@ -641,7 +594,7 @@ pub fn seal_connection(
 /// Opens a sealed connection value and parses its hosts: the one opening
 /// path of the CLI store and the daemon. The value is moved out of the
 /// decrypted buffer without a copy, so only zeroizing owners hold it.
-pub fn open_connection(
+pub(crate) fn open_connection(
     data_key: &DataKey,
     workspace: &str,
     name: &str,
@@ -663,6 +616,232 @@ pub fn open_connection(
         }
     };
     Ok((value, parse_hosts(workspace, name, hosts_json)?))
+}
+
+/// Parses the stored placement of a connection.
+fn parse_placement(workspace: &str, name: &str, text: &str) -> Result<Placement, StoreError> {
+    text.parse().map_err(|_| StoreError::Malformed {
+        what: format!("the placement of connection `{name}` in workspace `{workspace}`"),
+        reason: "it does not parse as a placement",
+    })
+}
+
+/// Parses the stored hosts of a connection into the runtime's patterns.
+fn parse_host_patterns(
+    workspace: &str,
+    name: &str,
+    json: &str,
+) -> Result<Vec<HostPattern>, StoreError> {
+    parse_hosts(workspace, name, json)?
+        .iter()
+        .map(|h| HostPattern::parse(h))
+        .collect::<Result<_, _>>()
+        .map_err(|_| StoreError::Malformed {
+            what: format!("the hosts of connection `{name}` in workspace `{workspace}`"),
+            reason: "a host does not parse as a host pattern",
+        })
+}
+
+/// The JSON text a connection's hosts are stored (and sealed) as: the
+/// normalised patterns.
+pub(crate) fn grant_json(hosts: &NetGrant) -> Result<String, StoreError> {
+    let hosts: Vec<String> = hosts.patterns().iter().map(ToString::to_string).collect();
+    hosts_json(&hosts)
+}
+
+/// The connections of a workspace, by name, without their values: the one
+/// listing of the CLI and the daemon.
+pub(crate) fn read_connections(
+    conn: &Connection,
+    workspace: &str,
+) -> Result<Vec<ConnectionSummary>, StoreError> {
+    check_name("workspace", workspace)?;
+    let doing = || format!("listing connections of workspace `{workspace}`");
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT name, hosts, placement, created_at, rotated_at FROM connections
+             WHERE workspace = ?1 ORDER BY name",
+        )
+        .doing(doing)?;
+    let rows = stmt
+        .query_map(params![workspace], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })
+        .doing(doing)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, hosts, placement, created_at, rotated_at) = row.doing(doing)?;
+        out.push(ConnectionSummary {
+            hosts: parse_host_patterns(workspace, &name, &hosts)?,
+            placement: parse_placement(workspace, &name, &placement)?,
+            name,
+            created_at,
+            rotated_at,
+        });
+    }
+    Ok(out)
+}
+
+/// An environment's properties and bindings: the one reading of the CLI
+/// and the daemon.
+pub(crate) fn read_environment(
+    conn: &Connection,
+    workspace: &str,
+    environment: &str,
+) -> Result<EnvironmentView, StoreError> {
+    check_name("workspace", workspace)?;
+    check_name("environment", environment)?;
+    let doing = || format!("reading environment `{environment}` of workspace `{workspace}`");
+    let pairs = |sql: &str| -> Result<BTreeMap<String, String>, StoreError> {
+        let mut stmt = conn.prepare_cached(sql).doing(doing)?;
+        let rows = stmt
+            .query_map(params![workspace, environment], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .doing(doing)?;
+        rows.collect::<rusqlite::Result<BTreeMap<String, String>>>()
+            .doing(doing)
+    };
+    Ok(EnvironmentView {
+        properties: pairs(
+            "SELECT name, value FROM properties WHERE workspace = ?1 AND environment = ?2",
+        )?,
+        bindings: pairs(
+            "SELECT logical, connection FROM bindings WHERE workspace = ?1 AND environment = ?2",
+        )?,
+    })
+}
+
+/// The stored connection a recipe's connection name refers to in an
+/// environment: its binding, or the same name when it has none.
+pub(crate) fn resolve_in(
+    conn: &Connection,
+    workspace: &str,
+    environment: &str,
+    logical: &str,
+) -> Result<String, StoreError> {
+    check_name("workspace", workspace)?;
+    check_name("environment", environment)?;
+    check_name("logical connection", logical)?;
+    let bound: Option<String> = conn
+        .prepare_cached(
+            "SELECT connection FROM bindings WHERE workspace = ?1 AND environment = ?2 AND logical = ?3",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row(params![workspace, environment, logical], |r| r.get(0))
+                .optional()
+        })
+        .doing(|| format!("resolving `{logical}` in environment `{environment}` of workspace `{workspace}`"))?;
+    Ok(bound.unwrap_or_else(|| logical.to_string()))
+}
+
+/// A connection's value (zeroed on drop), hosts and placement as stored.
+#[cfg(test)]
+type OpenedConnection = (Zeroizing<String>, Vec<String>, String);
+
+/// A stored connection before its value is opened.
+pub(crate) struct SealedConnection {
+    /// Its name in the workspace.
+    name: String,
+    /// The sealed value.
+    sealed: Vec<u8>,
+    /// Hosts JSON, as sealed.
+    hosts: String,
+    /// Placement, as sealed.
+    placement: String,
+}
+
+impl SealedConnection {
+    /// Reads connection `name` of `workspace`; `None` if there is none.
+    pub(crate) fn read(
+        conn: &Connection,
+        workspace: &str,
+        name: &str,
+    ) -> Result<Option<SealedConnection>, StoreError> {
+        check_name("workspace", workspace)?;
+        check_name("connection", name)?;
+        conn.prepare_cached(
+            "SELECT sealed, hosts, placement FROM connections WHERE workspace = ?1 AND name = ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row(params![workspace, name], |r| {
+                Ok(SealedConnection {
+                    name: name.to_string(),
+                    sealed: r.get(0)?,
+                    hosts: r.get(1)?,
+                    placement: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+        .doing(|| format!("reading connection `{name}` of workspace `{workspace}`"))
+    }
+
+    /// Reads the connection a recipe's connection name refers to in an
+    /// environment (see [`resolve_in`]).
+    pub(crate) fn read_bound(
+        conn: &Connection,
+        workspace: &str,
+        environment: &str,
+        logical: &str,
+    ) -> Result<Option<SealedConnection>, StoreError> {
+        let stored = resolve_in(conn, workspace, environment, logical)?;
+        SealedConnection::read(conn, workspace, &stored)
+    }
+
+    /// Opens the value alone (checking that the record was not altered or
+    /// moved), to re-seal it for another target.
+    pub(crate) fn open_value(
+        &self,
+        data_key: &DataKey,
+        workspace: &str,
+    ) -> Result<Zeroizing<String>, StoreError> {
+        open_connection(
+            data_key,
+            workspace,
+            &self.name,
+            &self.sealed,
+            &self.placement,
+            &self.hosts,
+        )
+        .map(|(value, _)| value)
+    }
+
+    /// Opens the value (checking that the record was not altered or moved)
+    /// and gives the runtime's connection, known to the recipe as
+    /// `known_as`.
+    pub(crate) fn open(
+        &self,
+        data_key: &DataKey,
+        workspace: &str,
+        known_as: &str,
+    ) -> Result<wrun_runtime::Connection, StoreError> {
+        let (value, hosts) = open_connection(
+            data_key,
+            workspace,
+            &self.name,
+            &self.sealed,
+            &self.placement,
+            &self.hosts,
+        )?;
+        let placement = parse_placement(workspace, &self.name, &self.placement)?;
+        wrun_runtime::Connection::new(
+            known_as,
+            wrun_runtime::SecretValue::new(value.as_str()),
+            hosts,
+            placement,
+        )
+        .map_err(|_| StoreError::Malformed {
+            what: format!("connection `{}` in workspace `{workspace}`", self.name),
+            reason: "its hosts, placement or value no longer pass the runtime's checks",
+        })
+    }
 }
 
 /// Makes sure `path` is a regular file, creating it (mode 0600) if allowed.
@@ -1101,6 +1280,19 @@ impl Store {
         }
     }
 
+    /// The data key of a workspace that has a connection (so it must have a
+    /// key).
+    fn existing_data_key_in(
+        conn: &Connection,
+        workspace: &str,
+        key: &MasterKey,
+    ) -> Result<DataKey, StoreError> {
+        Store::data_key_in(conn, workspace, key, false)?.ok_or_else(|| StoreError::Malformed {
+            what: format!("workspace `{workspace}`"),
+            reason: "it has a connection but no data key",
+        })
+    }
+
     /// Creates `workspace` with a fresh data key wrapped by `key`, unless it
     /// exists. Records `key`'s fingerprint if the database has none yet.
     ///
@@ -1133,224 +1325,20 @@ impl Store {
         rows.collect::<rusqlite::Result<Vec<String>>>().doing(doing)
     }
 
-    #[cfg(test)]
-    /// Adds a connection, creating the workspace if needed. The value is
-    /// sealed with the workspace data key (see the module docs).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::ConnectionExists`] if the name is taken,
-    /// [`StoreError::KeyMismatch`], invalid names, an empty value or
-    /// placement, SQL errors.
-    pub fn add_connection(
-        &self,
-        workspace: &str,
-        name: &str,
-        value: &str,
-        hosts: &[String],
-        placement: &str,
-        key: &MasterKey,
-    ) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("connection", name)?;
-        check_placement(placement)?;
-        if value.is_empty() {
-            return Err(StoreError::InvalidInput {
-                what: format!("the value of connection `{name}`"),
-                reason: "it is empty",
-            });
-        }
-        let hosts = hosts_json(hosts)?;
-        let doing = || format!("adding connection `{name}` to workspace `{workspace}`");
-        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
-        Store::check_key_in(&tx, key, true)?;
-        let Some(data_key) = Store::data_key_in(&tx, workspace, key, true)? else {
-            return Err(StoreError::Malformed {
-                what: format!("workspace `{workspace}`"),
-                reason: "it was not created",
-            });
-        };
-        let exists = tx
-            .query_row(
-                "SELECT 1 FROM connections WHERE workspace = ?1 AND name = ?2",
-                params![workspace, name],
-                |_| Ok(()),
-            )
-            .optional()
-            .doing(doing)?
-            .is_some();
-        if exists {
-            return Err(StoreError::ConnectionExists {
-                workspace: workspace.into(),
-                name: name.into(),
-            });
-        }
-        let sealed = seal_connection(&data_key, workspace, name, value, placement, &hosts)?;
-        tx.execute(
-            "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
-            params![workspace, name, sealed, hosts, placement, UnixMillis::now()],
-        )
-        .doing(doing)?;
-        tx.commit().doing(doing)
-    }
-
-    #[cfg(test)]
-    /// Changes a connection's value, hosts and/or placement (`None` keeps
-    /// the current one). Replacing the value sets `rotated_at`. Changing only
-    /// hosts or placement re-seals the current value, which must still
-    /// authenticate.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::ConnectionNotFound`], [`StoreError::KeyMismatch`],
-    /// [`StoreError::Tampered`] if the current value is needed and fails
-    /// authentication, invalid inputs, SQL errors.
-    pub fn update_connection(
-        &self,
-        workspace: &str,
-        name: &str,
-        value: Option<&str>,
-        hosts: Option<&[String]>,
-        placement: Option<&str>,
-        key: &MasterKey,
-    ) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("connection", name)?;
-        if let Some(placement) = placement {
-            check_placement(placement)?;
-        }
-        if value.is_some_and(str::is_empty) {
-            return Err(StoreError::InvalidInput {
-                what: format!("the value of connection `{name}`"),
-                reason: "it is empty",
-            });
-        }
-        let new_hosts = hosts.map(hosts_json).transpose()?;
-        let doing = || format!("updating connection `{name}` in workspace `{workspace}`");
-        let tx = self.begin(TransactionBehavior::Immediate, doing)?;
-        Store::check_key_in(&tx, key, true)?;
-        let row: Option<(Vec<u8>, String, String)> = tx
-            .query_row(
-                "SELECT sealed, hosts, placement FROM connections WHERE workspace = ?1 AND name = ?2",
-                params![workspace, name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .doing(doing)?;
-        let Some((old_sealed, old_hosts, old_placement)) = row else {
-            return Err(StoreError::ConnectionNotFound {
-                workspace: workspace.into(),
-                name: name.into(),
-            });
-        };
-        let new_hosts = new_hosts.unwrap_or_else(|| old_hosts.clone());
-        let new_placement = placement.unwrap_or(&old_placement).to_string();
-        if value.is_none() && new_hosts == old_hosts && new_placement == old_placement {
-            return Ok(());
-        }
-        let Some(data_key) = Store::data_key_in(&tx, workspace, key, false)? else {
-            return Err(StoreError::Malformed {
-                what: format!("workspace `{workspace}`"),
-                reason: "it has a connection but no data key",
-            });
-        };
-        let new_aad = connection_aad(workspace, name, &new_placement, &new_hosts);
-        let key_err = |source| StoreError::Key {
-            doing: doing(),
-            source,
-        };
-        let sealed = match value {
-            Some(value) => keys::seal(&data_key, value.as_bytes(), &new_aad).map_err(key_err)?,
-            None => {
-                let old_aad = connection_aad(workspace, name, &old_placement, &old_hosts);
-                let plain = keys::open(&data_key, &old_sealed, &old_aad).map_err(|_| {
-                    StoreError::Tampered {
-                        workspace: workspace.into(),
-                        name: name.into(),
-                    }
-                })?;
-                keys::seal(&data_key, &plain, &new_aad).map_err(key_err)?
-            }
-        };
-        let rotated_at = value.map(|_| UnixMillis::now());
-        tx.execute(
-            "UPDATE connections SET sealed = ?3, hosts = ?4, placement = ?5, rotated_at = coalesce(?6, rotated_at)
-             WHERE workspace = ?1 AND name = ?2",
-            params![workspace, name, sealed, new_hosts, new_placement, rotated_at],
-        )
-        .doing(doing)?;
-        tx.commit().doing(doing)
-    }
-
-    #[cfg(test)]
-    /// Removes a connection. Bindings that name it are kept (they resolve
-    /// to a missing connection until it is added again).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::ConnectionNotFound`], SQL errors.
-    pub fn remove_connection(&self, workspace: &str, name: &str) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("connection", name)?;
-        let removed = self
-            .conn
-            .execute(
-                "DELETE FROM connections WHERE workspace = ?1 AND name = ?2",
-                params![workspace, name],
-            )
-            .doing(|| format!("removing connection `{name}` from workspace `{workspace}`"))?;
-        if removed == 0 {
-            return Err(StoreError::ConnectionNotFound {
-                workspace: workspace.into(),
-                name: name.into(),
-            });
-        }
-        Ok(())
-    }
-
     /// The connections of `workspace`, by name, without their values.
     ///
     /// # Errors
     ///
-    /// SQL errors, [`StoreError::Malformed`] for unreadable hosts.
-    pub fn list_connections(&self, workspace: &str) -> Result<Vec<ConnectionInfo>, StoreError> {
-        check_name("workspace", workspace)?;
-        let doing = || format!("listing connections of workspace `{workspace}`");
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT name, hosts, placement, created_at, rotated_at FROM connections
-                 WHERE workspace = ?1 ORDER BY name",
-            )
-            .doing(doing)?;
-        let rows = stmt
-            .query_map(params![workspace], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                ))
-            })
-            .doing(doing)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, hosts, placement, created_at, rotated_at) = row.doing(doing)?;
-            out.push(ConnectionInfo {
-                hosts: parse_hosts(workspace, &name, &hosts)?,
-                name,
-                placement,
-                created_at,
-                rotated_at,
-            });
-        }
-        Ok(out)
+    /// SQL errors, [`StoreError::Malformed`] for unreadable hosts or
+    /// placements.
+    pub fn list_connections(&self, workspace: &str) -> Result<Vec<ConnectionSummary>, StoreError> {
+        read_connections(&self.conn, workspace)
     }
 
-    /// Decrypts a connection: its value (zeroed on drop), hosts and
-    /// placement; `None` if the workspace or the connection does not exist.
+    /// The connection a recipe's connection name refers to in an
+    /// environment (its binding, or the same name), opened for a local run
+    /// and known to the runtime by the recipe's name; `None` if there is
+    /// none.
     ///
     /// # Errors
     ///
@@ -1358,253 +1346,88 @@ impl Store {
     /// value, its hosts or its placement were altered, or the value was
     /// copied from another record; [`StoreError::DataKeyTampered`]; SQL
     /// errors.
+    pub fn bound_connection(
+        &self,
+        workspace: &str,
+        environment: &str,
+        logical: &str,
+        key: &MasterKey,
+    ) -> Result<Option<wrun_runtime::Connection>, StoreError> {
+        let doing = || format!("reading connection `{logical}` of workspace `{workspace}`");
+        // One read transaction: the key check, the data key and the record
+        // come from the same snapshot even if a rotation commits meanwhile.
+        let tx = self.begin(TransactionBehavior::Deferred, doing)?;
+        Store::check_key_in(&tx, key, false)?;
+        let Some(sealed) = SealedConnection::read_bound(&tx, workspace, environment, logical)?
+        else {
+            return Ok(None);
+        };
+        let data_key = Store::existing_data_key_in(&tx, workspace, key)?;
+        let connection = sealed.open(&data_key, workspace, logical)?;
+        tx.commit().doing(doing)?;
+        Ok(Some(connection))
+    }
+
+    /// Decrypts connection `name`: its value (zeroed on drop), hosts and
+    /// placement as stored; `None` if there is none.
+    #[cfg(test)]
     pub fn connection_value(
         &self,
         workspace: &str,
         name: &str,
         key: &MasterKey,
-    ) -> Result<Option<ConnectionValue>, StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("connection", name)?;
+    ) -> Result<Option<OpenedConnection>, StoreError> {
         let doing = || format!("reading connection `{name}` of workspace `{workspace}`");
-        // One read transaction: the key check, the data key and the record
-        // come from the same snapshot even if a rotation commits meanwhile.
         let tx = self.begin(TransactionBehavior::Deferred, doing)?;
         Store::check_key_in(&tx, key, false)?;
-        let row: Option<(Vec<u8>, String, String)> = tx
-            .query_row(
-                "SELECT sealed, hosts, placement FROM connections WHERE workspace = ?1 AND name = ?2",
-                params![workspace, name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .doing(doing)?;
-        let Some((sealed, hosts, placement)) = row else {
+        let Some(sealed) = SealedConnection::read(&tx, workspace, name)? else {
             return Ok(None);
         };
-        let Some(data_key) = Store::data_key_in(&tx, workspace, key, false)? else {
-            return Err(StoreError::Malformed {
-                what: format!("workspace `{workspace}`"),
-                reason: "it has a connection but no data key",
-            });
-        };
-        let (value, hosts) =
-            open_connection(&data_key, workspace, name, &sealed, &placement, &hosts)?;
+        let data_key = Store::existing_data_key_in(&tx, workspace, key)?;
+        let (value, hosts) = open_connection(
+            &data_key,
+            workspace,
+            name,
+            &sealed.sealed,
+            &sealed.placement,
+            &sealed.hosts,
+        )?;
         tx.commit().doing(doing)?;
-        Ok(Some((value, hosts, placement)))
+        Ok(Some((value, hosts, sealed.placement)))
     }
 
-    #[cfg(test)]
-    /// Sets (adds or replaces) a non-secret property of an environment.
+    /// An environment's properties and bindings.
     ///
     /// # Errors
     ///
     /// Invalid names, SQL errors.
-    pub fn set_property(
+    pub fn environment(
         &self,
         workspace: &str,
         environment: &str,
-        name: &str,
-        value: &str,
-    ) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("environment", environment)?;
-        check_name("property", name)?;
-        self.conn
-            .execute(
-                "INSERT INTO properties (workspace, environment, name, value) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (workspace, environment, name) DO UPDATE SET value = excluded.value",
-                params![workspace, environment, name, value],
-            )
-            .doing(|| format!("setting property `{name}` in environment `{environment}` of workspace `{workspace}`"))?;
-        Ok(())
-    }
-
-    #[cfg(test)]
-    /// Removes a property of an environment.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::PropertyNotFound`], invalid names, SQL errors.
-    pub fn remove_property(
-        &self,
-        workspace: &str,
-        environment: &str,
-        name: &str,
-    ) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("environment", environment)?;
-        check_name("property", name)?;
-        let removed = self
-            .conn
-            .execute(
-                "DELETE FROM properties WHERE workspace = ?1 AND environment = ?2 AND name = ?3",
-                params![workspace, environment, name],
-            )
-            .doing(|| format!("removing property `{name}` from environment `{environment}` of workspace `{workspace}`"))?;
-        if removed == 0 {
-            return Err(StoreError::PropertyNotFound {
-                workspace: workspace.into(),
-                environment: environment.into(),
-                name: name.into(),
-            });
-        }
-        Ok(())
+    ) -> Result<EnvironmentView, StoreError> {
+        read_environment(&self.conn, workspace, environment)
     }
 
     /// The properties of an environment, by name.
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, SQL errors.
+    #[cfg(test)]
     pub fn properties(
         &self,
         workspace: &str,
         environment: &str,
     ) -> Result<BTreeMap<String, String>, StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("environment", environment)?;
-        self.pairs(
-            "SELECT name, value FROM properties WHERE workspace = ?1 AND environment = ?2",
-            workspace,
-            environment,
-            || {
-                format!(
-                    "listing properties of environment `{environment}` of workspace `{workspace}`"
-                )
-            },
-        )
-    }
-
-    /// Runs a two-column query keyed by workspace and environment.
-    fn pairs(
-        &self,
-        sql: &str,
-        workspace: &str,
-        environment: &str,
-        doing: impl Fn() -> String,
-    ) -> Result<BTreeMap<String, String>, StoreError> {
-        let mut stmt = self.conn.prepare(sql).doing(&doing)?;
-        let rows = stmt
-            .query_map(params![workspace, environment], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .doing(&doing)?;
-        rows.collect::<rusqlite::Result<BTreeMap<String, String>>>()
-            .doing(&doing)
-    }
-
-    #[cfg(test)]
-    /// Binds a recipe's connection name (`logical`) to a stored connection
-    /// in an environment, replacing an earlier binding. The connection need
-    /// not exist yet.
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, SQL errors.
-    pub fn bind(
-        &self,
-        workspace: &str,
-        environment: &str,
-        logical: &str,
-        connection: &str,
-    ) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("environment", environment)?;
-        check_name("logical connection", logical)?;
-        check_name("connection", connection)?;
-        self.conn
-            .execute(
-                "INSERT INTO bindings (workspace, environment, logical, connection) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (workspace, environment, logical) DO UPDATE SET connection = excluded.connection",
-                params![workspace, environment, logical, connection],
-            )
-            .doing(|| format!("binding `{logical}` in environment `{environment}` of workspace `{workspace}`"))?;
-        Ok(())
-    }
-
-    /// Removes a binding.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::BindingNotFound`], invalid names, SQL errors.
-    #[cfg(test)]
-    pub fn unbind(
-        &self,
-        workspace: &str,
-        environment: &str,
-        logical: &str,
-    ) -> Result<(), StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("environment", environment)?;
-        check_name("logical connection", logical)?;
-        let removed = self
-            .conn
-            .execute(
-                "DELETE FROM bindings WHERE workspace = ?1 AND environment = ?2 AND logical = ?3",
-                params![workspace, environment, logical],
-            )
-            .doing(|| format!("unbinding `{logical}` in environment `{environment}` of workspace `{workspace}`"))?;
-        if removed == 0 {
-            return Err(StoreError::BindingNotFound {
-                workspace: workspace.into(),
-                environment: environment.into(),
-                logical: logical.into(),
-            });
-        }
-        Ok(())
+        Ok(self.environment(workspace, environment)?.properties)
     }
 
     /// The bindings of an environment: recipe connection name → stored
     /// connection name.
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, SQL errors.
+    #[cfg(test)]
     pub fn bindings(
         &self,
         workspace: &str,
         environment: &str,
     ) -> Result<BTreeMap<String, String>, StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("environment", environment)?;
-        self.pairs(
-            "SELECT logical, connection FROM bindings WHERE workspace = ?1 AND environment = ?2",
-            workspace,
-            environment,
-            || {
-                format!(
-                    "listing bindings of environment `{environment}` of workspace `{workspace}`"
-                )
-            },
-        )
-    }
-
-    /// The stored connection a recipe's connection name refers to in an
-    /// environment: its binding, or the same name when it has none.
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, SQL errors.
-    pub fn resolve_connection(
-        &self,
-        workspace: &str,
-        environment: &str,
-        logical: &str,
-    ) -> Result<String, StoreError> {
-        check_name("workspace", workspace)?;
-        check_name("environment", environment)?;
-        check_name("logical connection", logical)?;
-        let bound: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT connection FROM bindings WHERE workspace = ?1 AND environment = ?2 AND logical = ?3",
-                params![workspace, environment, logical],
-                |r| r.get(0),
-            )
-            .optional()
-            .doing(|| format!("resolving `{logical}` in environment `{environment}` of workspace `{workspace}`"))?;
-        Ok(bound.unwrap_or_else(|| logical.to_string()))
+        Ok(self.environment(workspace, environment)?.bindings)
     }
 
     /// Re-wraps every workspace data key from `old` to `new` and records
@@ -1727,6 +1550,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{ConnectionWrite, EnvChange, Storage as _, StorageError};
 
     /// The audit entry of a rotation in these tests.
     fn rotation() -> crate::audit::Entry {
@@ -1770,26 +1594,154 @@ mod tests {
             self.dir.path().join("wrun.db")
         }
 
+        /// The store's operations on this database, with the env's key.
+        fn ops(&self) -> Ops {
+            Ops::open(&self.db(), &self.key).unwrap()
+        }
+
+        /// Adds connection `name` to workspace `ws` through the operation.
         fn add(&self, name: &str, value: &str) {
-            self.store
-                .add_connection(
-                    "ws",
-                    name,
-                    value,
-                    &hosts(&["api.example.com"]),
-                    "header:Authorization:Bearer {}",
-                    &self.key,
-                )
+            self.ops()
+                .create("ws", name, value, &["api.example.com"], BEARER)
                 .unwrap();
         }
 
-        fn value(&self, name: &str) -> Result<Option<ConnectionValue>, StoreError> {
+        fn value(&self, name: &str) -> Result<Option<OpenedConnection>, StoreError> {
             self.store.connection_value("ws", name, &self.key)
         }
 
         /// Every row of every table, as text, to compare states.
         fn dump(&self) -> Vec<String> {
             dump(&self.store.conn)
+        }
+    }
+
+    const BEARER: &str = "header:Authorization=Bearer {}";
+    /// Connection values strong enough for the store's rule.
+    const A: &str = "ghp_Vq7Lm2Xz9Rp4Kd8Wn3Hs6Ty";
+    const B: &str = "xoxb-Bz4Tq8Lw2Nc6Jy9Hr3Pv5";
+    const C: &str = "sk_live_Jf3Gd9Mn4Qa7Xc2Ve8Rb";
+
+    /// The store's operations ([`crate::storage::Storage`] over SQLite),
+    /// driven from these synchronous tests: every change below is made by
+    /// the operation the CLI and the daemon call, with its audit entry.
+    struct Ops {
+        rt: tokio::runtime::Runtime,
+        storage: std::sync::Arc<crate::sqlite::SqliteStorage>,
+    }
+
+    impl Ops {
+        fn open(db: &Path, key: &MasterKey) -> Result<Ops, StorageError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let key = MasterKey::from_base64(&key.to_base64()).unwrap();
+            let storage = crate::sqlite::SqliteStorage::open(db, key, None)?;
+            Ok(Ops { rt, storage })
+        }
+
+        fn audit(&self, action: &str) -> crate::audit::Entry {
+            crate::audit::Entry {
+                workspace: Some("ws".into()),
+                actor: "test".into(),
+                action: action.into(),
+                target: "t".into(),
+                source: None,
+                outcome: crate::audit::Outcome::Success,
+                detail: serde_json::json!({}),
+            }
+        }
+
+        fn put(&self, ws: &str, write: ConnectionWrite) -> Result<(), StorageError> {
+            let audit = self.audit("connection.put");
+            self.rt
+                .block_on(self.storage.put_connection(ws, write, audit))
+        }
+
+        fn connection(
+            name: &str,
+            value: &str,
+            hosts: &[&str],
+            placement: &str,
+        ) -> Result<wrun_runtime::Connection, StorageError> {
+            let placement = placement
+                .parse()
+                .map_err(|e: wrun_runtime::ConnectionError| StorageError::Invalid {
+                    code: "invalid_placement",
+                    message: e.to_string(),
+                })?;
+            wrun_runtime::Connection::new(
+                name,
+                wrun_runtime::SecretValue::new(value),
+                hosts,
+                placement,
+            )
+            .map_err(|e| StorageError::Invalid {
+                code: "invalid_connection",
+                message: e.to_string(),
+            })
+        }
+
+        fn create(
+            &self,
+            ws: &str,
+            name: &str,
+            value: &str,
+            hosts: &[&str],
+            placement: &str,
+        ) -> Result<(), StorageError> {
+            let c = Ops::connection(name, value, hosts, placement)?;
+            self.put(ws, ConnectionWrite::Create(c))
+        }
+
+        fn replace(
+            &self,
+            ws: &str,
+            name: &str,
+            value: &str,
+            hosts: &[&str],
+            placement: &str,
+        ) -> Result<(), StorageError> {
+            let c = Ops::connection(name, value, hosts, placement)?;
+            self.put(ws, ConnectionWrite::Replace(c))
+        }
+
+        fn retarget(
+            &self,
+            ws: &str,
+            name: &str,
+            hosts: &[&str],
+            placement: &str,
+        ) -> Result<(), StorageError> {
+            self.put(
+                ws,
+                ConnectionWrite::Retarget {
+                    name: name.into(),
+                    hosts: NetGrant::parse(hosts).unwrap(),
+                    placement: placement.parse().unwrap(),
+                },
+            )
+        }
+
+        fn delete(&self, ws: &str, name: &str) -> Result<bool, StorageError> {
+            let audit = self.audit("connection.delete");
+            self.rt
+                .block_on(self.storage.delete_connection(ws, name, audit))
+        }
+
+        fn change(&self, ws: &str, env: &str, change: EnvChange) -> Result<(), StorageError> {
+            let audit = self.audit("environment.change");
+            self.rt
+                .block_on(self.storage.change_environment(ws, env, change, audit))
+        }
+
+        fn set(&self, ws: &str, env: &str, name: &str, value: &str) -> Result<(), StorageError> {
+            self.change(ws, env, EnvChange::SetProperty(name.into(), value.into()))
+        }
+
+        fn bind(&self, ws: &str, env: &str, logical: &str, to: &str) -> Result<(), StorageError> {
+            self.change(ws, env, EnvChange::Bind(logical.into(), to.into()))
         }
     }
 
@@ -1853,39 +1805,6 @@ mod tests {
         assert_error::<KeyError>();
     }
 
-    /// The argument shapes the CLI uses (owned strings, vectors, options).
-    #[test]
-    fn cli_call_shapes() {
-        let env = Env::new();
-        let (ws, name, value) = ("ws".to_string(), "c".to_string(), "v".to_string());
-        let hosts_list: Vec<String> = hosts(&["h.example"]);
-        let apply = "query:k".to_string();
-        env.store
-            .add_connection(&ws, &name, &value, &hosts_list, &apply, &env.key)
-            .unwrap();
-        let new_value: Option<String> = None;
-        let new_apply: Option<String> = Some("query:t".into());
-        env.store
-            .update_connection(
-                &ws,
-                &name,
-                new_value.as_deref(),
-                (!hosts_list.is_empty()).then_some(hosts_list.as_slice()),
-                new_apply.as_deref(),
-                &env.key,
-            )
-            .unwrap();
-        let Some((value, hosts, placement)) =
-            env.store.connection_value(&ws, &name, &env.key).unwrap()
-        else {
-            panic!("missing");
-        };
-        assert_eq!(
-            (value.as_str(), hosts, placement.as_str()),
-            ("v", hosts_list, "query:t")
-        );
-    }
-
     #[test]
     fn create_then_reopen() {
         let dir = tempdir();
@@ -1895,8 +1814,9 @@ mod tests {
             let store = Store::open(&path, OpenMode::CreateIfMissing).unwrap();
             assert_eq!(store.path(), path);
             store.ensure_workspace("ws", &key).unwrap();
-            store
-                .set_property("ws", "dev", "BASE_URL", "http://x")
+            Ops::open(&path, &key)
+                .unwrap()
+                .set("ws", "dev", "BASE_URL", "http://x")
                 .unwrap();
         }
         let store = Store::open(&path, OpenMode::MustExist).unwrap();
@@ -1936,7 +1856,7 @@ mod tests {
     #[test]
     fn new_database_and_side_files_are_0600() {
         let env = Env::new();
-        env.add("github", "v");
+        env.add("github", A);
         let db = env.db();
         assert_eq!(mode_of(&db), 0o600);
         for suffix in ["-wal", "-shm"] {
@@ -2017,7 +1937,7 @@ mod tests {
         // A valid header, then garbage where the schema page should be.
         let mut bytes = {
             let env = Env::new();
-            env.add("c", "v");
+            env.add("c", A);
             env.store
                 .conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -2111,7 +2031,7 @@ mod tests {
     #[test]
     fn version_4_turns_the_seconds_columns_into_milliseconds() {
         let env = Env::new();
-        env.add("c", "s3cr3t-value");
+        env.add("c", "s3cr3t-value-Gc5Jw9Ra2");
         let t = 1_796_459_413_i64;
         for sql in [
             "UPDATE workspaces SET created_at = ?1",
@@ -2198,46 +2118,53 @@ mod tests {
     fn two_stores_share_one_file() {
         let env = Env::new();
         let other = Store::open(&env.db(), OpenMode::MustExist).unwrap();
-        env.add("a", "value-a");
+        env.add("a", A);
         let (v, _, _) = other
             .connection_value("ws", "a", &env.key)
             .unwrap()
             .unwrap();
-        assert_eq!(v.as_str(), "value-a");
-        other.set_property("ws", "dev", "X", "1").unwrap();
-        assert_eq!(env.store.properties("ws", "dev").unwrap()["X"], "1");
+        assert_eq!(v.as_str(), A);
+        env.ops().set("ws", "dev", "X", "1").unwrap();
+        assert_eq!(other.properties("ws", "dev").unwrap()["X"], "1");
     }
 
+    /// Every write of a connection, through the operation: what it stores,
+    /// what it refuses, and one audit entry per change (none per refusal).
     #[test]
-    fn connections_add_list_get_update_remove() {
+    fn connection_writes_create_replace_put_retarget_and_delete() {
         let env = Env::new();
+        let ops = env.ops();
         let before = UnixMillis::now();
-        env.add("github", "ghp_first");
-        env.store
-            .add_connection(
-                "ws",
-                "slack",
-                "xoxb-1",
-                &hosts(&["slack.com", "*.slack.com"]),
-                "query:token",
-                &env.key,
-            )
+        ops.create("ws", "github", A, &["api.example.com"], BEARER)
             .unwrap();
+        ops.create(
+            "ws",
+            "slack",
+            B,
+            &["slack.com", "*.slack.com"],
+            "query:token",
+        )
+        .unwrap();
 
         let list = env.store.list_connections("ws").unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].name, "github");
-        assert_eq!(list[0].hosts, hosts(&["api.example.com"]));
-        assert_eq!(list[0].placement, "header:Authorization:Bearer {}");
+        let shown = |h: &[HostPattern]| h.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(shown(&list[0].hosts), ["api.example.com"]);
+        // Stored normalised, as the runtime writes it.
+        assert_eq!(
+            list[0].placement.to_string(),
+            "header:authorization=Bearer {}"
+        );
         assert!(list[0].created_at >= before && list[0].created_at <= UnixMillis::now());
         assert_eq!(list[0].rotated_at, None);
         assert_eq!(list[1].name, "slack");
-        assert_eq!(list[1].hosts, hosts(&["slack.com", "*.slack.com"]));
+        assert_eq!(shown(&list[1].hosts), ["slack.com", "*.slack.com"]);
 
         let (value, h, p) = env.value("github").unwrap().unwrap();
-        assert_eq!(value.as_str(), "ghp_first");
+        assert_eq!(value.as_str(), A);
         assert_eq!(h, hosts(&["api.example.com"]));
-        assert_eq!(p, "header:Authorization:Bearer {}");
+        assert_eq!(p, "header:authorization=Bearer {}");
         assert!(env.value("absent").unwrap().is_none());
         assert!(
             env.store
@@ -2246,97 +2173,125 @@ mod tests {
                 .is_none()
         );
 
-        // Adding again is refused and changes nothing.
-        let err = env
-            .store
-            .add_connection("ws", "github", "other", &[], "query:x", &env.key)
+        // Creating a name that exists is refused in the write's own
+        // transaction, and changes nothing.
+        let err = ops
+            .create("ws", "github", C, &["x.example"], "query:x")
             .unwrap_err();
+        assert!(matches!(err, StorageError::Conflict(_)), "{err}");
         assert_eq!(
             err.to_string(),
-            "connection `github` already exists in workspace `ws`; use `wrun connection update`"
+            "connection `github` already exists in workspace `ws`"
         );
-        assert_eq!(
-            env.value("github").unwrap().unwrap().0.as_str(),
-            "ghp_first"
-        );
+        assert_eq!(env.value("github").unwrap().unwrap().0.as_str(), A);
 
-        // Only hosts: the value is kept, rotated_at stays unset.
-        env.store
-            .update_connection(
-                "ws",
-                "github",
-                None,
-                Some(&hosts(&["api.github.com"])),
-                None,
-                &env.key,
-            )
+        // Retargeting keeps the value (re-sealed inside the store) and
+        // leaves rotated_at unset.
+        ops.retarget("ws", "github", &["api.github.com"], BEARER)
             .unwrap();
-        let (value, h, p) = env.value("github").unwrap().unwrap();
-        assert_eq!(value.as_str(), "ghp_first");
+        let (value, h, _) = env.value("github").unwrap().unwrap();
+        assert_eq!(value.as_str(), A);
         assert_eq!(h, hosts(&["api.github.com"]));
-        assert_eq!(p, "header:Authorization:Bearer {}");
+        ops.retarget(
+            "ws",
+            "github",
+            &["api.github.com"],
+            "header:Authorization=token {}",
+        )
+        .unwrap();
+        let (value, _, p) = env.value("github").unwrap().unwrap();
+        assert_eq!(value.as_str(), A);
+        assert_eq!(p, "header:authorization=token {}");
         assert_eq!(
             env.store.list_connections("ws").unwrap()[0].rotated_at,
             None
         );
 
-        // Only placement.
-        env.store
-            .update_connection(
-                "ws",
-                "github",
-                None,
-                None,
-                Some("header:Authorization:token {}"),
-                &env.key,
-            )
+        // A new value sets rotated_at.
+        ops.replace("ws", "github", C, &["api.github.com"], BEARER)
             .unwrap();
-        let (value, _, p) = env.value("github").unwrap().unwrap();
-        assert_eq!(value.as_str(), "ghp_first");
-        assert_eq!(p, "header:Authorization:token {}");
-
-        // The value: rotated_at is set.
-        env.store
-            .update_connection("ws", "github", Some("ghp_second"), None, None, &env.key)
-            .unwrap();
-        assert_eq!(
-            env.value("github").unwrap().unwrap().0.as_str(),
-            "ghp_second"
-        );
+        assert_eq!(env.value("github").unwrap().unwrap().0.as_str(), C);
         let rotated = env.store.list_connections("ws").unwrap()[0].rotated_at;
         assert!(rotated.is_some_and(|t| t >= before));
 
-        // Nothing to change is fine; a missing connection is not.
-        env.store
-            .update_connection("ws", "github", None, None, None, &env.key)
-            .unwrap();
-        let err = env
-            .store
-            .update_connection("ws", "nope", Some("x"), None, None, &env.key)
+        // Replacing or retargeting a connection that does not exist is
+        // refused; putting one creates it, then replaces it.
+        let err = ops
+            .replace("ws", "nope", C, &["x.example"], BEARER)
             .unwrap_err();
-        assert_eq!(err.to_string(), "no connection `nope` in workspace `ws`");
+        assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+        assert_eq!(err.to_string(), "connection `nope` does not exist");
+        let err = ops
+            .retarget("ws", "nope", &["x.example"], BEARER)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+        let put = |value: &str| {
+            let c = Ops::connection("new", value, &["new.example"], "query:key").unwrap();
+            ops.put("ws", ConnectionWrite::Put(c))
+        };
+        put(A).unwrap();
+        put(B).unwrap();
+        assert_eq!(env.value("new").unwrap().unwrap().0.as_str(), B);
 
-        env.store.remove_connection("ws", "github").unwrap();
-        assert!(env.value("github").unwrap().is_none());
-        let err = env.store.remove_connection("ws", "github").unwrap_err();
+        // A value that is long enough but easy to guess is refused by the
+        // store's strength rule, whichever way it arrives.
+        let err = ops
+            .replace(
+                "ws",
+                "github",
+                "aaaaaaaaaaaaaaaaaaaa",
+                &["api.github.com"],
+                BEARER,
+            )
+            .unwrap_err();
         assert!(
-            matches!(err, StoreError::ConnectionNotFound { .. }),
+            matches!(
+                err,
+                StorageError::Invalid {
+                    code: "weak_connection_value",
+                    ..
+                }
+            ),
             "{err}"
         );
-        assert_eq!(env.store.list_connections("ws").unwrap().len(), 1);
+        assert_eq!(env.value("github").unwrap().unwrap().0.as_str(), C);
+
+        assert!(ops.delete("ws", "github").unwrap());
+        assert!(env.value("github").unwrap().is_none());
+        assert!(!ops.delete("ws", "github").unwrap());
+        assert_eq!(env.store.list_connections("ws").unwrap().len(), 2);
         // The name can be reused after removal.
-        env.add("github", "ghp_third");
+        ops.create("ws", "github", A, &["api.example.com"], BEARER)
+            .unwrap();
+        assert_eq!(env.value("github").unwrap().unwrap().0.as_str(), A);
+
+        // Two creates, two retargets, a replace, two puts, a delete and a
+        // create: nine changes, nine entries; the five refusals wrote none.
+        let entries: Vec<String> = {
+            let mut stmt = env
+                .store
+                .conn
+                .prepare("SELECT action FROM audit ORDER BY seq")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(entries.len(), 9, "{entries:?}");
         assert_eq!(
-            env.value("github").unwrap().unwrap().0.as_str(),
-            "ghp_third"
+            entries.iter().filter(|a| *a == "connection.delete").count(),
+            1
         );
+        drop(ops);
+        assert!(env.store.verify_audit(&env.key).unwrap().is_intact());
     }
 
     #[test]
-    fn add_connection_creates_the_workspace() {
+    fn a_connection_write_creates_the_workspace() {
         let env = Env::new();
-        env.store
-            .add_connection("fresh", "c", "v", &hosts(&["h"]), "query:k", &env.key)
+        env.ops()
+            .create("fresh", "c", A, &["h.example"], "query:k")
             .unwrap();
         assert_eq!(
             env.store.list_workspaces().unwrap(),
@@ -2349,16 +2304,17 @@ mod tests {
                 .unwrap()
                 .0
                 .as_str(),
-            "v"
+            A
         );
         // Same connection name in two workspaces are two records.
-        env.add("c", "other");
-        assert_eq!(env.value("c").unwrap().unwrap().0.as_str(), "other");
+        env.add("c", B);
+        assert_eq!(env.value("c").unwrap().unwrap().0.as_str(), B);
     }
 
     #[test]
     fn invalid_inputs_are_refused() {
         let env = Env::new();
+        let ops = env.ops();
         let long = "a".repeat(65);
         for bad in [
             "",
@@ -2369,31 +2325,32 @@ mod tests {
             long.as_str(),
             "semi;colon",
         ] {
-            let err = env
-                .store
-                .add_connection("ws", bad, "v", &[], "query:k", &env.key)
+            let err = ops
+                .create("ws", bad, A, &["h.example"], "query:k")
                 .unwrap_err();
             assert!(
                 matches!(
                     err,
-                    StoreError::InvalidName {
-                        what: "connection",
+                    StorageError::Invalid {
+                        code: "invalid_name",
                         ..
                     }
                 ),
                 "{bad:?}: {err}"
             );
-            let err = env.store.set_property("ws", bad, "n", "v").unwrap_err();
+            assert!(err.to_string().contains("connection"), "{err}");
+            let err = ops.set("ws", bad, "n", "v").unwrap_err();
             assert!(
                 matches!(
                     err,
-                    StoreError::InvalidName {
-                        what: "environment",
+                    StorageError::Invalid {
+                        code: "invalid_name",
                         ..
                     }
                 ),
                 "{err}"
             );
+            assert!(err.to_string().contains("environment"), "{err}");
             let err = env.store.ensure_workspace(bad, &env.key).unwrap_err();
             assert!(
                 matches!(
@@ -2406,44 +2363,26 @@ mod tests {
                 "{err}"
             );
         }
-        let err = env.store.bind("ws", "dev", "x", &long).unwrap_err();
+        let err = ops.bind("ws", "dev", "x", &long).unwrap_err();
         assert!(err.to_string().contains('…'), "{err}");
+        ops.create("ws", "a-b_c.1", A, &["h.example"], "query:k")
+            .unwrap();
+        ops.create("ws", &"z".repeat(64), A, &["h.example"], "query:k")
+            .unwrap();
+        assert_eq!(env.store.list_connections("ws").unwrap().len(), 2);
         assert!(
             env.store
-                .add_connection("ws", "a-b_c.1", "v", &[], "query:k", &env.key)
-                .is_ok()
+                .environment("ws", "dev")
+                .unwrap()
+                .bindings
+                .is_empty()
         );
-        assert!(
-            env.store
-                .add_connection("ws", &"z".repeat(64), "v", &[], "query:k", &env.key)
-                .is_ok()
-        );
-        let err = env
-            .store
-            .add_connection("ws", "e", "", &[], "query:k", &env.key)
-            .unwrap_err();
-        assert!(err.to_string().contains("is empty"), "{err}");
-        for placement in ["", "  ", "header:X:\n{}", "a\0b"] {
-            let err = env
-                .store
-                .add_connection("ws", "p", "v", &[], placement, &env.key)
-                .unwrap_err();
-            assert!(
-                matches!(err, StoreError::InvalidInput { .. }),
-                "{placement:?}: {err}"
-            );
-        }
-        let err = env
-            .store
-            .update_connection("ws", "a-b_c.1", Some(""), None, None, &env.key)
-            .unwrap_err();
-        assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
     }
 
     #[test]
     fn list_never_contains_the_value() {
         let env = Env::new();
-        let canary = "canary-list-7d1e0b3a";
+        let canary = "canary-list-7d1e0b3a-Xq4Lm";
         env.add("c", canary);
         let list = env.store.list_connections("ws").unwrap();
         let debug = format!("{list:?}");
@@ -2455,28 +2394,19 @@ mod tests {
     #[test]
     fn canary_is_absent_from_the_database_and_wal_bytes() {
         let env = Env::new();
-        let canary = "canary-disk-5b9c2e11f0";
+        let canary = "canary-disk-5b9c2e11f0-Vz8Kp";
         env.add("c", canary);
-        env.store
-            .update_connection(
-                "ws",
-                "c",
-                Some(&format!("{canary}-2")),
-                None,
-                None,
-                &env.key,
-            )
-            .unwrap();
-        env.store
-            .update_connection(
-                "ws",
-                "c",
-                None,
-                Some(&hosts(&["other.example"])),
-                None,
-                &env.key,
-            )
-            .unwrap();
+        let ops = env.ops();
+        ops.replace(
+            "ws",
+            "c",
+            &format!("{canary}-2"),
+            &["api.example.com"],
+            BEARER,
+        )
+        .unwrap();
+        ops.retarget("ws", "c", &["other.example"], BEARER).unwrap();
+        drop(ops);
         let db = env.db();
         let wal = side(&db, "-wal");
         // Before a checkpoint the records are in the WAL.
@@ -2520,7 +2450,7 @@ mod tests {
     }
 
     fn assert_tampered(
-        result: Result<Option<ConnectionValue>, StoreError>,
+        result: Result<Option<OpenedConnection>, StoreError>,
         ws: &str,
         name: &str,
         canary: &str,
@@ -2540,16 +2470,15 @@ mod tests {
     #[test]
     fn sealed_value_copied_to_another_record_fails() {
         let env = Env::new();
-        env.add("a", "canary-a-value");
-        env.add("b", "canary-b-value");
-        env.store
-            .add_connection(
+        env.add("a", "canary-a-value-Qm4Zt8Kx2");
+        env.add("b", "canary-b-value-Wd7Ny3Lp6");
+        env.ops()
+            .create(
                 "ws2",
                 "a",
-                "canary-ws2-value",
-                &hosts(&["api.example.com"]),
-                "header:Authorization:Bearer {}",
-                &env.key,
+                "canary-ws2-value-Rf5Vg9Hc1",
+                &["api.example.com"],
+                BEARER,
             )
             .unwrap();
         // Another name in the same workspace (same data key, same hosts).
@@ -2561,10 +2490,10 @@ mod tests {
                 [],
             )
             .unwrap();
-        assert_tampered(env.value("b"), "ws", "b", "canary-a-value");
+        assert_tampered(env.value("b"), "ws", "b", "canary-a-value-Qm4Zt8Kx2");
         assert_eq!(
             env.value("a").unwrap().unwrap().0.as_str(),
-            "canary-a-value"
+            "canary-a-value-Qm4Zt8Kx2"
         );
         // The same name in another workspace.
         env.store
@@ -2579,25 +2508,26 @@ mod tests {
             env.store.connection_value("ws2", "a", &env.key),
             "ws2",
             "a",
-            "canary-a-value",
+            "canary-a-value-Qm4Zt8Kx2",
         );
-        // Updating hosts only needs the current value, which fails too.
-        let err = env
-            .store
-            .update_connection("ws", "b", None, Some(&hosts(&["x"])), None, &env.key)
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Tampered { .. }), "{err}");
+        // Retargeting needs the current value, which fails too, and
+        // changes nothing.
+        let ops = env.ops();
+        let before = env.dump();
+        let err = ops.retarget("ws", "b", &["x.example"], BEARER).unwrap_err();
+        assert!(err.to_string().contains("failed authentication"), "{err}");
+        assert!(!err.to_string().contains("canary"), "{err}");
+        assert_eq!(env.dump(), before);
         // Replacing the value repairs the record.
-        env.store
-            .update_connection("ws", "b", Some("fresh"), None, None, &env.key)
+        ops.replace("ws", "b", C, &["api.example.com"], BEARER)
             .unwrap();
-        assert_eq!(env.value("b").unwrap().unwrap().0.as_str(), "fresh");
+        assert_eq!(env.value("b").unwrap().unwrap().0.as_str(), C);
     }
 
     #[test]
     fn flipped_byte_fails_authentication() {
         let env = Env::new();
-        let canary = "canary-flip-0c4f";
+        let canary = "canary-flip-0c4f-Hn6Rt2Wb";
         env.add("c", canary);
         let sealed: Vec<u8> = env
             .store
@@ -2623,7 +2553,7 @@ mod tests {
     #[test]
     fn redirected_hosts_or_placement_fail_authentication() {
         let env = Env::new();
-        let canary = "canary-redirect-88aa";
+        let canary = "canary-redirect-88aa-Jm3Qx7";
         env.add("c", canary);
         env.store
             .conn
@@ -2643,7 +2573,7 @@ mod tests {
         assert_tampered(env.value("c"), "ws", "c", canary);
         env.store
             .conn
-            .execute("UPDATE connections SET placement = 'header:Authorization:Bearer {}' WHERE name='c'", [])
+            .execute("UPDATE connections SET placement = 'header:authorization=Bearer {}' WHERE name='c'", [])
             .unwrap();
         assert_eq!(env.value("c").unwrap().unwrap().0.as_str(), canary);
     }
@@ -2651,7 +2581,7 @@ mod tests {
     #[test]
     fn moved_workspace_key_fails() {
         let env = Env::new();
-        env.add("c", "canary-ws-key");
+        env.add("c", "canary-ws-key-Yk8Pd3Nz6");
         env.store.ensure_workspace("ws2", &env.key).unwrap();
         env.store
             .conn
@@ -2668,8 +2598,8 @@ mod tests {
     #[test]
     fn wrong_master_key_is_refused_without_changes() {
         let env = Env::new();
-        env.add("c", "canary-wrong-key");
-        env.store.set_property("ws", "dev", "P", "1").unwrap();
+        env.add("c", "canary-wrong-key-Tb2Xs7Mq4");
+        env.ops().set("ws", "dev", "P", "1").unwrap();
         let before = env.dump();
         let wrong = MasterKey::generate();
         let expected = format!(
@@ -2682,15 +2612,6 @@ mod tests {
             env.store.ensure_workspace("ws", &wrong).unwrap_err(),
             env.store.ensure_workspace("new-ws", &wrong).unwrap_err(),
             env.store
-                .add_connection("ws", "d", "v", &[], "query:k", &wrong)
-                .unwrap_err(),
-            env.store
-                .add_connection("new-ws", "d", "v", &[], "query:k", &wrong)
-                .unwrap_err(),
-            env.store
-                .update_connection("ws", "c", Some("new"), None, None, &wrong)
-                .unwrap_err(),
-            env.store
                 .connection_value("ws", "c", &wrong)
                 .map(|_| ())
                 .unwrap_err(),
@@ -2702,10 +2623,15 @@ mod tests {
             assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
             assert_eq!(err.to_string(), expected);
         }
+        // The operations refuse the key before they accept any change.
+        let Err(err) = Ops::open(&env.db(), &wrong) else {
+            panic!("the operations opened with a wrong key");
+        };
+        assert_eq!(err.to_string(), expected);
         assert_eq!(env.dump(), before);
         assert_eq!(
             env.value("c").unwrap().unwrap().0.as_str(),
-            "canary-wrong-key"
+            "canary-wrong-key-Tb2Xs7Mq4"
         );
     }
 
@@ -2731,9 +2657,15 @@ mod tests {
     #[test]
     fn rotation_rewraps_and_refuses_the_old_key() {
         let env = Env::new();
-        env.add("a", "value-a");
-        env.store
-            .add_connection("ws2", "b", "value-b", &hosts(&["h"]), "query:k", &env.key)
+        env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
+        env.ops()
+            .create(
+                "ws2",
+                "b",
+                "value-b-Bz4Tq8Lw2Nc6Jy9",
+                &["h.example"],
+                "query:k",
+            )
             .unwrap();
         env.store.ensure_workspace("empty", &env.key).unwrap();
         let sealed_before: Vec<Vec<u8>> = {
@@ -2762,7 +2694,7 @@ mod tests {
                 .unwrap()
                 .0
                 .as_str(),
-            "value-a"
+            "value-a-Vq7Lm2Xz9Rp4Kd8"
         );
         assert_eq!(
             env.store
@@ -2771,7 +2703,7 @@ mod tests {
                 .unwrap()
                 .0
                 .as_str(),
-            "value-b"
+            "value-b-Bz4Tq8Lw2Nc6Jy9"
         );
         let sealed_after: Vec<Vec<u8>> = {
             let mut stmt = env
@@ -2795,8 +2727,15 @@ mod tests {
             Err(StoreError::KeyMismatch { .. })
         ));
         // New writes work with the new key, and survive reopening.
-        env.store
-            .add_connection("ws", "c", "value-c", &[], "query:k", &new)
+        Ops::open(&env.db(), &new)
+            .unwrap()
+            .create(
+                "ws",
+                "c",
+                "value-c-Jf3Gd9Mn4Qa7Xc2",
+                &["h.example"],
+                "query:k",
+            )
             .unwrap();
         let db = env.db();
         drop(env.store);
@@ -2808,7 +2747,7 @@ mod tests {
                 .unwrap()
                 .0
                 .as_str(),
-            "value-c"
+            "value-c-Jf3Gd9Mn4Qa7Xc2"
         );
         assert_eq!(
             store
@@ -2817,7 +2756,7 @@ mod tests {
                 .unwrap()
                 .0
                 .as_str(),
-            "value-a"
+            "value-a-Vq7Lm2Xz9Rp4Kd8"
         );
         // The same key as old and new is refused.
         assert!(matches!(
@@ -2829,7 +2768,7 @@ mod tests {
     #[test]
     fn old_wrapped_keys_do_not_linger_after_rotation() {
         let env = Env::new();
-        env.add("a", "value-a");
+        env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
         env.store.ensure_workspace("ws2", &env.key).unwrap();
         let old_wrapped: Vec<Vec<u8>> = {
             let mut stmt = env
@@ -2872,7 +2811,7 @@ mod tests {
     fn loose_side_files_are_restricted_on_open() {
         use std::os::unix::fs::PermissionsExt as _;
         let env = Env::new();
-        env.add("a", "v");
+        env.add("a", A);
         let db = env.db();
         let wal = side(&db, "-wal");
         std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -2888,7 +2827,7 @@ mod tests {
     #[test]
     fn rotation_with_a_wrong_old_key_changes_nothing() {
         let env = Env::new();
-        env.add("a", "value-a");
+        env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
         let before = env.dump();
         let err = env
             .store
@@ -2896,15 +2835,24 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
         assert_eq!(env.dump(), before);
-        assert_eq!(env.value("a").unwrap().unwrap().0.as_str(), "value-a");
+        assert_eq!(
+            env.value("a").unwrap().unwrap().0.as_str(),
+            "value-a-Vq7Lm2Xz9Rp4Kd8"
+        );
     }
 
     #[test]
     fn rotation_aborts_on_a_damaged_data_key_and_keeps_the_old_state() {
         let env = Env::new();
-        env.add("a", "value-a");
-        env.store
-            .add_connection("zz", "z", "value-z", &hosts(&["h"]), "query:k", &env.key)
+        env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
+        env.ops()
+            .create(
+                "zz",
+                "z",
+                "value-z-Hs6Ty1Wn3Pv5Rb8",
+                &["h.example"],
+                "query:k",
+            )
             .unwrap();
         // Damage the last data key in rotation order, so earlier ones were
         // already unwrapped when it fails.
@@ -2935,7 +2883,10 @@ mod tests {
         assert!(matches!(err, StoreError::DataKeyTampered { .. }), "{err}");
         assert!(err.to_string().contains("workspace `zz`"), "{err}");
         assert_eq!(env.dump(), before);
-        assert_eq!(env.value("a").unwrap().unwrap().0.as_str(), "value-a");
+        assert_eq!(
+            env.value("a").unwrap().unwrap().0.as_str(),
+            "value-a-Vq7Lm2Xz9Rp4Kd8"
+        );
         assert!(matches!(
             env.store.check_key(&new),
             Err(StoreError::KeyMismatch { .. })
@@ -2945,9 +2896,15 @@ mod tests {
     #[test]
     fn rotation_interrupted_mid_write_rolls_back() {
         let env = Env::new();
-        env.add("a", "value-a");
-        env.store
-            .add_connection("ws2", "b", "value-b", &hosts(&["h"]), "query:k", &env.key)
+        env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
+        env.ops()
+            .create(
+                "ws2",
+                "b",
+                "value-b-Bz4Tq8Lw2Nc6Jy9",
+                &["h.example"],
+                "query:k",
+            )
             .unwrap();
         // Fail the second re-wrap write after the first has been made, as a
         // crash or a full disk would.
@@ -2975,7 +2932,10 @@ mod tests {
             "the transaction was rolled back"
         );
         assert_eq!(env.dump(), before);
-        assert_eq!(env.value("a").unwrap().unwrap().0.as_str(), "value-a");
+        assert_eq!(
+            env.value("a").unwrap().unwrap().0.as_str(),
+            "value-a-Vq7Lm2Xz9Rp4Kd8"
+        );
         assert_eq!(
             env.store
                 .connection_value("ws2", "b", &env.key)
@@ -2983,7 +2943,7 @@ mod tests {
                 .unwrap()
                 .0
                 .as_str(),
-            "value-b"
+            "value-b-Bz4Tq8Lw2Nc6Jy9"
         );
         // With the fault gone, the rotation goes through.
         env.store.conn.execute_batch("DROP TRIGGER crash").unwrap();
@@ -3000,7 +2960,7 @@ mod tests {
                 .unwrap()
                 .0
                 .as_str(),
-            "value-b"
+            "value-b-Bz4Tq8Lw2Nc6Jy9"
         );
     }
 
@@ -3009,7 +2969,7 @@ mod tests {
         // A process that dies inside a transaction: its store is dropped with
         // the transaction open. The next open sees the old state.
         let env = Env::new();
-        env.add("a", "value-a");
+        env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
         let db = env.db();
         let before = env.dump();
         {
@@ -3032,16 +2992,11 @@ mod tests {
     #[test]
     fn properties_per_environment() {
         let env = Env::new();
-        env.store
-            .set_property("ws", "dev", "BASE_URL", "http://dev")
-            .unwrap();
-        env.store
-            .set_property("ws", "prod", "BASE_URL", "https://prod")
-            .unwrap();
-        env.store.set_property("ws", "dev", "REGION", "eu").unwrap();
-        env.store
-            .set_property("other", "dev", "BASE_URL", "http://other")
-            .unwrap();
+        let ops = env.ops();
+        ops.set("ws", "dev", "BASE_URL", "http://dev").unwrap();
+        ops.set("ws", "prod", "BASE_URL", "https://prod").unwrap();
+        ops.set("ws", "dev", "REGION", "eu").unwrap();
+        ops.set("other", "dev", "BASE_URL", "http://other").unwrap();
         let dev = env.store.properties("ws", "dev").unwrap();
         assert_eq!(dev.len(), 2);
         assert_eq!(dev["BASE_URL"], "http://dev");
@@ -3053,22 +3008,15 @@ mod tests {
         );
         assert!(env.store.properties("ws", "staging").unwrap().is_empty());
         // Replace, remove.
-        env.store
-            .set_property("ws", "dev", "BASE_URL", "http://dev2")
-            .unwrap();
+        ops.set("ws", "dev", "BASE_URL", "http://dev2").unwrap();
         assert_eq!(
             env.store.properties("ws", "dev").unwrap()["BASE_URL"],
             "http://dev2"
         );
-        env.store.remove_property("ws", "dev", "REGION").unwrap();
-        let err = env
-            .store
-            .remove_property("ws", "dev", "REGION")
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no property `REGION` in environment `dev` of workspace `ws`"
-        );
+        let remove = || ops.change("ws", "dev", EnvChange::RemoveProperty("REGION".into()));
+        remove().unwrap();
+        let err = remove().unwrap_err();
+        assert_eq!(err.to_string(), "property `REGION` does not exist");
         assert_eq!(env.store.properties("ws", "dev").unwrap().len(), 1);
         assert_eq!(
             env.store.properties("ws", "prod").unwrap()["BASE_URL"],
@@ -3079,68 +3027,52 @@ mod tests {
     #[test]
     fn bindings_per_environment() {
         let env = Env::new();
-        env.add("github-prod", "p");
-        env.add("github-dev", "d");
-        env.store
-            .bind("ws", "prod", "github", "github-prod")
-            .unwrap();
-        env.store.bind("ws", "dev", "github", "github-dev").unwrap();
-        assert_eq!(
-            env.store
-                .resolve_connection("ws", "prod", "github")
-                .unwrap(),
-            "github-prod"
-        );
-        assert_eq!(
-            env.store.resolve_connection("ws", "dev", "github").unwrap(),
-            "github-dev"
-        );
+        env.add("github-prod", A);
+        env.add("github-dev", B);
+        let ops = env.ops();
+        ops.bind("ws", "prod", "github", "github-prod").unwrap();
+        ops.bind("ws", "dev", "github", "github-dev").unwrap();
+        let resolve = |environment: &str, logical: &str| {
+            resolve_in(&env.store.conn, "ws", environment, logical).unwrap()
+        };
+        assert_eq!(resolve("prod", "github"), "github-prod");
+        assert_eq!(resolve("dev", "github"), "github-dev");
         // No binding: the same name.
-        assert_eq!(
-            env.store
-                .resolve_connection("ws", "staging", "github")
-                .unwrap(),
-            "github"
-        );
-        assert_eq!(
-            env.store.resolve_connection("ws", "prod", "slack").unwrap(),
-            "slack"
-        );
+        assert_eq!(resolve("staging", "github"), "github");
+        assert_eq!(resolve("prod", "slack"), "slack");
         let prod = env.store.bindings("ws", "prod").unwrap();
         assert_eq!(prod.len(), 1);
         assert_eq!(prod["github"], "github-prod");
-        // Resolution then decryption, as the runtime's source does.
-        let stored = env.store.resolve_connection("ws", "dev", "github").unwrap();
-        assert_eq!(env.value(&stored).unwrap().unwrap().0.as_str(), "d");
-        // Rebind, unbind.
-        env.store
-            .bind("ws", "prod", "github", "github-dev")
+        // Resolution then decryption, as a local run does: the runtime
+        // knows the connection by the recipe's name.
+        let c = env
+            .store
+            .bound_connection("ws", "dev", "github", &env.key)
+            .unwrap()
             .unwrap();
-        assert_eq!(
+        assert_eq!(c.name(), "github");
+        assert_eq!(c.value().expose(), B);
+        assert!(
             env.store
-                .resolve_connection("ws", "prod", "github")
-                .unwrap(),
-            "github-dev"
+                .bound_connection("ws", "dev", "absent", &env.key)
+                .unwrap()
+                .is_none()
         );
-        env.store.unbind("ws", "prod", "github").unwrap();
-        assert_eq!(
-            env.store
-                .resolve_connection("ws", "prod", "github")
-                .unwrap(),
-            "github"
-        );
-        let err = env.store.unbind("ws", "prod", "github").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no binding for `github` in environment `prod` of workspace `ws`"
-        );
+        // Rebind, unbind.
+        ops.bind("ws", "prod", "github", "github-dev").unwrap();
+        assert_eq!(resolve("prod", "github"), "github-dev");
+        let unbind = || ops.change("ws", "prod", EnvChange::Unbind("github".into()));
+        unbind().unwrap();
+        assert_eq!(resolve("prod", "github"), "github");
+        let err = unbind().unwrap_err();
+        assert_eq!(err.to_string(), "binding `github` does not exist");
         assert_eq!(env.store.bindings("ws", "dev").unwrap().len(), 1);
     }
 
     #[test]
     fn malformed_hosts_are_reported_not_panicked() {
         let env = Env::new();
-        env.add("c", "v");
+        env.add("c", A);
         env.store
             .conn
             .execute(
@@ -3151,6 +3083,20 @@ mod tests {
         let err = env.store.list_connections("ws").unwrap_err();
         assert!(matches!(err, StoreError::Malformed { .. }), "{err}");
         assert!(err.to_string().contains("connection `c`"), "{err}");
+        // A placement the runtime does not parse is reported the same way.
+        env.store
+            .conn
+            .execute(
+                "UPDATE connections SET hosts = '[\"api.example.com\"]', placement = 'header:x:{}' WHERE name='c'",
+                [],
+            )
+            .unwrap();
+        let err = env.store.list_connections("ws").unwrap_err();
+        assert!(matches!(err, StoreError::Malformed { .. }), "{err}");
+        assert!(
+            err.to_string().contains("placement of connection `c`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -3163,7 +3109,7 @@ mod tests {
         let err = env.store.properties("ws", "dev").unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("listing properties of environment `dev` of workspace `ws`: "),
+                .starts_with("reading environment `dev` of workspace `ws`: "),
             "{err}"
         );
     }

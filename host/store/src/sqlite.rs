@@ -44,14 +44,14 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use wrun_runtime::recipe::Resume;
-use wrun_runtime::{ConnectionSource, Placement, SecretValue};
+use wrun_runtime::{ConnectionSource, SecretValue};
 use zeroize::Zeroizing;
 
 use crate::access::{self as auth, PermissionSet};
 use crate::audit::{self, AuditKey, Entry, Stored};
 use crate::db::{
-    Doing as _, OpenMode, Store, StoreError, check_name, check_placement, hosts_json,
-    open_connection, parse_hosts, seal_connection,
+    Doing as _, OpenMode, SealedConnection, Store, StoreError, check_name, check_placement,
+    grant_json, read_connections, read_environment, seal_connection,
 };
 use crate::keys::{self, DataKey, KeySource, MasterKey};
 use crate::storage::*;
@@ -502,31 +502,12 @@ impl ConnectionSource for DaemonConnections {
             self.environment.clone(),
             name.to_string(),
         );
-        let row = self
+        let sealed = self
             .storage
-            .read(move |conn| {
-                let stored: Option<String> = conn
-                    .query_row(
-                        "SELECT connection FROM bindings WHERE workspace = ?1 AND environment = ?2 AND logical = ?3",
-                        params![ws, env, logical],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .doing(|| format!("resolving connection `{logical}`"))?;
-                let stored = stored.unwrap_or_else(|| logical.clone());
-                let row: Option<(String, Vec<u8>, String, String)> = conn
-                    .query_row(
-                        "SELECT name, sealed, hosts, placement FROM connections WHERE workspace = ?1 AND name = ?2",
-                        params![ws, stored],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )
-                    .optional()
-                    .doing(|| format!("reading connection `{stored}`"))?;
-                Ok(row)
-            })
+            .read(move |conn| Ok(SealedConnection::read_bound(conn, &ws, &env, &logical)?))
             .await
             .map_err(|e| e.to_string())?;
-        let Some((stored, sealed, hosts, placement)) = row else {
+        let Some(sealed) = sealed else {
             return Ok(None);
         };
         let dk = self
@@ -534,16 +515,22 @@ impl ConnectionSource for DaemonConnections {
             .data_key(&self.workspace, false)
             .await
             .map_err(|e| e.to_string())?;
-        let (value, hosts) =
-            open_connection(&dk, &self.workspace, &stored, &sealed, &placement, &hosts)
-                .map_err(|e| e.to_string())?;
-        let placement: Placement = placement
-            .parse()
-            .map_err(|e| format!("connection `{stored}`: {e}"))?;
-        wrun_runtime::Connection::new(name, SecretValue::new(value.as_str()), hosts, placement)
+        sealed
+            .open(&dk, &self.workspace, name)
             .map(Some)
             .map_err(|e| e.to_string())
     }
+}
+
+/// The strength rule of connection values ([`wrun_runtime::secrets::check_value_strength`]),
+/// applied by the store to every value it seals.
+fn check_strength(c: &wrun_runtime::Connection) -> StorageResult<()> {
+    wrun_runtime::secrets::check_value_strength(c.name(), c.value(), c.placement()).map_err(|e| {
+        StorageError::Invalid {
+            code: "weak_connection_value",
+            message: e.to_string(),
+        }
+    })
 }
 
 /// Runs a query and collects its rows; `doing` names the work in errors.
@@ -1533,64 +1520,80 @@ impl Storage for Arc<SqliteStorage> {
 
     async fn list_connections(&self, workspace: &str) -> StorageResult<Vec<ConnectionSummary>> {
         let ws = workspace.to_string();
-        self.read(move |conn| {
-            let doing = || "listing connections".to_string();
-            let rows = query_rows(
-                conn,
-                "SELECT name, hosts, placement, created_at, rotated_at
-                     FROM connections
-                     WHERE workspace = ?1
-                     ORDER BY name",
-                params![ws],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, UnixMillis>(3)?,
-                        r.get::<_, Option<UnixMillis>>(4)?,
-                    ))
-                },
-                doing,
-            )?;
-
-            rows.into_iter()
-                .map(|(name, hosts, placement, created_at, rotated_at)| {
-                    Ok(ConnectionSummary {
-                        hosts: parse_hosts(&ws, &name, &hosts)?,
-                        name,
-                        placement,
-                        created_at,
-                        rotated_at,
-                    })
-                })
-                .collect()
-        })
-        .await
+        self.read(move |conn| Ok(read_connections(conn, &ws)?))
+            .await
     }
 
     async fn put_connection(
         &self,
         workspace: &str,
-        c: ConnectionInput,
+        write: ConnectionWrite,
         audit: Entry,
     ) -> StorageResult<()> {
-        check_name("connection", &c.name)?;
-        check_placement(&c.placement)?;
-        let hosts = hosts_json(&c.hosts)?;
+        check_name("connection", write.name())?;
+        let hosts = grant_json(write.hosts())?;
+        let placement = write.placement().to_string();
+        check_placement(&placement)?;
+        if let ConnectionWrite::Create(c) | ConnectionWrite::Replace(c) | ConnectionWrite::Put(c) =
+            &write
+        {
+            check_strength(c)?;
+        }
         let dk = self.data_key(workspace, true).await?;
-        let sealed = seal_connection(&dk, workspace, &c.name, &c.value, &c.placement, &hosts)?;
         let ws = workspace.to_string();
-        let (name, placement) = (c.name, c.placement);
         self.write(move |ctx| {
-            let now = UnixMillis::now();
+            let name = write.name().to_string();
+            let current = SealedConnection::read(ctx.conn, &ws, &name)?;
+            let missing = || StorageError::NotFound {
+                what: "connection",
+                name: name.clone(),
+            };
+            // The value to seal, and whether it is a new one (rotation).
+            let (value, rotated) = match write {
+                ConnectionWrite::Create(_) if current.is_some() => {
+                    return Err(StorageError::Conflict(format!(
+                        "connection `{name}` already exists in workspace `{ws}`"
+                    )));
+                }
+                ConnectionWrite::Replace(_) | ConnectionWrite::Retarget { .. }
+                    if current.is_none() =>
+                {
+                    return Err(missing());
+                }
+                ConnectionWrite::Create(c) | ConnectionWrite::Replace(c) | ConnectionWrite::Put(c) => {
+                    (Zeroizing::new(c.value().expose().to_string()), current.is_some())
+                }
+                ConnectionWrite::Retarget {
+                    hosts: grant,
+                    placement: new_placement,
+                    ..
+                } => {
+                    let current = current.ok_or_else(missing)?;
+                    let value = current.open_value(&dk, &ws)?;
+                    // The kept value must pass the checks for its new target.
+                    let checked = wrun_runtime::Connection::new(
+                        name.as_str(),
+                        SecretValue::new(value.as_str()),
+                        grant.patterns().iter().map(ToString::to_string),
+                        new_placement,
+                    )
+                    .map_err(|e| StorageError::Invalid {
+                        code: "invalid_connection",
+                        message: e.to_string(),
+                    })?;
+                    check_strength(&checked)?;
+                    (value, false)
+                }
+            };
+            let sealed = seal_connection(&dk, &ws, &name, &value, &placement, &hosts)?;
             ctx.conn
                 .execute(
                     "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
                      ON CONFLICT (workspace, name) DO UPDATE SET sealed = excluded.sealed, hosts = excluded.hosts,
-                        placement = excluded.placement, rotated_at = ?6",
-                    params![ws, name, sealed, hosts, placement, now],
+                        placement = excluded.placement,
+                        rotated_at = CASE WHEN ?7 THEN ?6 ELSE rotated_at END",
+                    params![ws, name, sealed, hosts, placement, UnixMillis::now(), rotated],
                 )
                 .doing(|| format!("storing connection `{name}`"))?;
             ctx.audit(&[audit])
@@ -1623,28 +1626,8 @@ impl Storage for Arc<SqliteStorage> {
         environment: &str,
     ) -> StorageResult<EnvironmentView> {
         let (ws, env) = (workspace.to_string(), environment.to_string());
-        self.read(move |conn| {
-            let pairs = |sql: &str| -> StorageResult<BTreeMap<String, String>> {
-                let doing = || format!("reading environment `{env}`");
-            let rows = query_rows(
-                conn,
-                sql,
-                params![ws, env],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-                doing,
-            )?;
-                Ok(rows.into_iter().collect::<BTreeMap<_, _>>())
-            };
-            Ok(EnvironmentView {
-                properties: pairs(
-                    "SELECT name, value FROM properties WHERE workspace = ?1 AND environment = ?2",
-                )?,
-                bindings: pairs(
-                    "SELECT logical, connection FROM bindings WHERE workspace = ?1 AND environment = ?2",
-                )?,
-            })
-        })
-        .await
+        self.read(move |conn| Ok(read_environment(conn, &ws, &env)?))
+            .await
     }
 
     async fn change_environment(

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
+use wrun_runtime::policy::{HostPattern, NetGrant};
 use wrun_runtime::recipe::Resume;
+use wrun_runtime::{Connection, Placement};
 use zeroize::Zeroizing;
 
 use crate::access::PermissionSet;
@@ -446,26 +448,87 @@ pub struct DeleteCriteria {
 pub struct ConnectionSummary {
     /// Connection name.
     pub name: String,
-    /// Hosts it may be sent to.
-    pub hosts: Vec<String>,
+    /// Hosts it may be sent to (normalised patterns).
+    pub hosts: Vec<HostPattern>,
     /// Where it goes in a request.
-    pub placement: String,
+    pub placement: Placement,
     /// When it was added.
     pub created_at: UnixMillis,
     /// When its value was last replaced.
     pub rotated_at: Option<UnixMillis>,
 }
 
-/// A connection to write.
-pub struct ConnectionInput {
-    /// Connection name.
-    pub name: String,
-    /// The secret value.
-    pub value: Zeroizing<String>,
-    /// Hosts it may be sent to.
-    pub hosts: Vec<String>,
-    /// Where it goes in a request.
-    pub placement: String,
+/// A write of a connection. The runtime's types carry the checks: a
+/// [`Connection`] exists only with a parsed, non-empty, non-public-suffix
+/// host list, a parsed placement and a value long enough to be masked; the
+/// store adds the value's strength rule and seals it.
+pub enum ConnectionWrite {
+    /// Adds a connection; [`StorageError::Conflict`] if the name is taken.
+    Create(Connection),
+    /// Replaces a connection, value included; [`StorageError::NotFound`] if
+    /// there is none.
+    Replace(Connection),
+    /// Adds a connection or replaces one, value included.
+    Put(Connection),
+    /// Moves an existing connection to other hosts or another placement and
+    /// keeps its value, re-sealed for the new target inside the store (the
+    /// value is never read out); [`StorageError::NotFound`] if there is none.
+    Retarget {
+        /// Connection name.
+        name: String,
+        /// The new hosts.
+        hosts: NetGrant,
+        /// The new placement.
+        placement: Placement,
+    },
+}
+
+impl ConnectionWrite {
+    /// The connection's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ConnectionWrite::Create(c) | ConnectionWrite::Replace(c) | ConnectionWrite::Put(c) => {
+                c.name()
+            }
+            ConnectionWrite::Retarget { name, .. } => name,
+        }
+    }
+
+    /// The hosts it will be bound to.
+    pub fn hosts(&self) -> &NetGrant {
+        match self {
+            ConnectionWrite::Create(c) | ConnectionWrite::Replace(c) | ConnectionWrite::Put(c) => {
+                c.hosts()
+            }
+            ConnectionWrite::Retarget { hosts, .. } => hosts,
+        }
+    }
+
+    /// The placement it will have.
+    pub fn placement(&self) -> &Placement {
+        match self {
+            ConnectionWrite::Create(c) | ConnectionWrite::Replace(c) | ConnectionWrite::Put(c) => {
+                c.placement()
+            }
+            ConnectionWrite::Retarget { placement, .. } => placement,
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectionWrite {
+    /// Never the value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            ConnectionWrite::Create(_) => "Create",
+            ConnectionWrite::Replace(_) => "Replace",
+            ConnectionWrite::Put(_) => "Put",
+            ConnectionWrite::Retarget { .. } => "Retarget",
+        };
+        f.debug_struct(kind)
+            .field("name", &self.name())
+            .field("placement", &self.placement().to_string())
+            .finish_non_exhaustive()
+    }
 }
 
 /// An environment's properties and bindings.
@@ -605,11 +668,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The connections of a workspace (never their values).
     async fn list_connections(&self, workspace: &str) -> StorageResult<Vec<ConnectionSummary>>;
-    /// Adds or replaces a connection (the value is sealed).
+    /// Creates, replaces or retargets a connection (the value is sealed).
     async fn put_connection(
         &self,
         workspace: &str,
-        connection: ConnectionInput,
+        write: ConnectionWrite,
         audit: Entry,
     ) -> StorageResult<()>;
     /// Removes a connection; `false` if there is none.
