@@ -244,10 +244,7 @@ impl SqliteStorage {
                     });
                 }
                 if let Err(e) = ctx.conn.execute_batch("SAVEPOINT op") {
-                    let e = StorageError::Store(StoreError::Sql {
-                        doing: "starting a write".into(),
-                        source: e,
-                    });
+                    let e = StorageError::Backend(format!("starting a write: {e}"));
                     return Box::new(move |_| {
                         let _ = tx.send(Err(e));
                     });

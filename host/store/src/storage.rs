@@ -22,17 +22,20 @@ use crate::audit::{AuditError, Entry, Stored};
 use crate::db::StoreError;
 use crate::time::UnixMillis;
 
-/// What a storage operation can fail with.
+/// What a storage operation can fail with, whatever the backend: callers
+/// match these kinds, never a database's own errors, which arrive as the
+/// message of [`StorageError::Backend`] (saying what was being done).
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// The embedded store failed (SQL, I/O, keys, damage). Input it refused
-    /// arrives as [`StorageError::Invalid`] instead, so no caller matches
-    /// one backend's variants.
-    #[error(transparent)]
-    Store(StoreError),
-    /// The audit log could not be written or read.
-    #[error(transparent)]
-    Audit(#[from] AuditError),
+    /// The backend failed: a statement, a transaction, the file system, a
+    /// database that cannot be opened or is of the wrong version, the audit
+    /// log's own bookkeeping.
+    #[error("{0}")]
+    Backend(String),
+    /// The master key does not open this store (not its key, or the new
+    /// key of a rotation given as the old one).
+    #[error("{0}")]
+    WrongKey(String),
     /// A referenced object does not exist (in this workspace).
     #[error("{what} `{name}` does not exist")]
     NotFound {
@@ -69,9 +72,18 @@ pub enum StorageError {
     Closed,
 }
 
+impl From<AuditError> for StorageError {
+    fn from(e: AuditError) -> StorageError {
+        StorageError::Backend(e.to_string())
+    }
+}
+
 impl From<StoreError> for StorageError {
-    /// Refused input becomes the backend-neutral [`StorageError::Invalid`];
-    /// everything else stays a store failure.
+    /// Each failure of the SQLite store becomes its backend-neutral kind:
+    /// refused input [`StorageError::Invalid`], key trouble
+    /// [`StorageError::WrongKey`], records that fail authentication or do
+    /// not parse [`StorageError::Damaged`], the rest
+    /// [`StorageError::Backend`].
     fn from(e: StoreError) -> StorageError {
         match e {
             StoreError::InvalidName { what, shown } => StorageError::Invalid {
@@ -84,7 +96,17 @@ impl From<StoreError> for StorageError {
                 code: "invalid_input",
                 message: format!("{what}: {reason}"),
             },
-            other => StorageError::Store(other),
+            StoreError::KeyMismatch { .. } | StoreError::SameKey { .. } => {
+                StorageError::WrongKey(e.to_string())
+            }
+            StoreError::Tampered { .. }
+            | StoreError::DataKeyTampered { .. }
+            | StoreError::Malformed { .. }
+            | StoreError::Corrupt { .. } => StorageError::Damaged {
+                what: "stored data".into(),
+                reason: e.to_string(),
+            },
+            other => StorageError::Backend(other.to_string()),
         }
     }
 }
