@@ -1599,6 +1599,20 @@ mod tests {
             Ops::open(&self.db(), &self.key).unwrap()
         }
 
+        /// Connection `a` in workspace `ws` and `b` in `ws2`.
+        fn add_a_and_b(&self) {
+            self.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
+            self.ops()
+                .create(
+                    "ws2",
+                    "b",
+                    "value-b-Bz4Tq8Lw2Nc6Jy9",
+                    &["h.example"],
+                    "query:k",
+                )
+                .unwrap();
+        }
+
         /// Adds connection `name` to workspace `ws` through the operation.
         fn add(&self, name: &str, value: &str) {
             self.ops()
@@ -1683,6 +1697,20 @@ mod tests {
             })
         }
 
+        /// Writes a connection with a value: `kind` is `Create`, `Replace`
+        /// or `Put`.
+        fn write(
+            &self,
+            kind: fn(wrun_runtime::Connection) -> ConnectionWrite,
+            ws: &str,
+            (name, value): (&str, &str),
+            hosts: &[&str],
+            placement: &str,
+        ) -> Result<(), StorageError> {
+            let c = Ops::connection(name, value, hosts, placement)?;
+            self.put(ws, kind(c))
+        }
+
         fn create(
             &self,
             ws: &str,
@@ -1691,8 +1719,7 @@ mod tests {
             hosts: &[&str],
             placement: &str,
         ) -> Result<(), StorageError> {
-            let c = Ops::connection(name, value, hosts, placement)?;
-            self.put(ws, ConnectionWrite::Create(c))
+            self.write(ConnectionWrite::Create, ws, (name, value), hosts, placement)
         }
 
         fn replace(
@@ -1703,8 +1730,13 @@ mod tests {
             hosts: &[&str],
             placement: &str,
         ) -> Result<(), StorageError> {
-            let c = Ops::connection(name, value, hosts, placement)?;
-            self.put(ws, ConnectionWrite::Replace(c))
+            self.write(
+                ConnectionWrite::Replace,
+                ws,
+                (name, value),
+                hosts,
+                placement,
+            )
         }
 
         fn retarget(
@@ -1743,6 +1775,15 @@ mod tests {
         fn bind(&self, ws: &str, env: &str, logical: &str, to: &str) -> Result<(), StorageError> {
             self.change(ws, env, EnvChange::Bind(logical.into(), to.into()))
         }
+    }
+
+    /// The first column of every row a query gives.
+    fn column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn dump(conn: &Connection) -> Vec<String> {
@@ -2226,8 +2267,13 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
         let put = |value: &str| {
-            let c = Ops::connection("new", value, &["new.example"], "query:key").unwrap();
-            ops.put("ws", ConnectionWrite::Put(c))
+            ops.write(
+                ConnectionWrite::Put,
+                "ws",
+                ("new", value),
+                &["new.example"],
+                "query:key",
+            )
         };
         put(A).unwrap();
         put(B).unwrap();
@@ -2267,17 +2313,7 @@ mod tests {
 
         // Two creates, two retargets, a replace, two puts, a delete and a
         // create: nine changes, nine entries; the five refusals wrote none.
-        let entries: Vec<String> = {
-            let mut stmt = env
-                .store
-                .conn
-                .prepare("SELECT action FROM audit ORDER BY seq")
-                .unwrap();
-            stmt.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
+        let entries: Vec<String> = column(&env.store.conn, "SELECT action FROM audit ORDER BY seq");
         assert_eq!(entries.len(), 9, "{entries:?}");
         assert_eq!(
             entries.iter().filter(|a| *a == "connection.delete").count(),
@@ -2657,28 +2693,10 @@ mod tests {
     #[test]
     fn rotation_rewraps_and_refuses_the_old_key() {
         let env = Env::new();
-        env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
-        env.ops()
-            .create(
-                "ws2",
-                "b",
-                "value-b-Bz4Tq8Lw2Nc6Jy9",
-                &["h.example"],
-                "query:k",
-            )
-            .unwrap();
+        env.add_a_and_b();
         env.store.ensure_workspace("empty", &env.key).unwrap();
-        let sealed_before: Vec<Vec<u8>> = {
-            let mut stmt = env
-                .store
-                .conn
-                .prepare("SELECT sealed FROM connections ORDER BY 1")
-                .unwrap();
-            stmt.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
+        let sealed_before: Vec<Vec<u8>> =
+            column(&env.store.conn, "SELECT sealed FROM connections ORDER BY 1");
         let new = MasterKey::generate();
         assert_eq!(
             env.store
@@ -2705,17 +2723,8 @@ mod tests {
                 .as_str(),
             "value-b-Bz4Tq8Lw2Nc6Jy9"
         );
-        let sealed_after: Vec<Vec<u8>> = {
-            let mut stmt = env
-                .store
-                .conn
-                .prepare("SELECT sealed FROM connections ORDER BY 1")
-                .unwrap();
-            stmt.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
+        let sealed_after: Vec<Vec<u8>> =
+            column(&env.store.conn, "SELECT sealed FROM connections ORDER BY 1");
         assert_eq!(sealed_before, sealed_after);
         // The old key is refused everywhere.
         let err = env.value("a").unwrap_err();
@@ -2770,17 +2779,8 @@ mod tests {
         let env = Env::new();
         env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
         env.store.ensure_workspace("ws2", &env.key).unwrap();
-        let old_wrapped: Vec<Vec<u8>> = {
-            let mut stmt = env
-                .store
-                .conn
-                .prepare("SELECT wrapped_key FROM workspaces")
-                .unwrap();
-            stmt.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
+        let old_wrapped: Vec<Vec<u8>> =
+            column(&env.store.conn, "SELECT wrapped_key FROM workspaces");
         let db = env.db();
         // Control: before the rotation the old wrapped keys are on disk.
         env.store
@@ -2896,16 +2896,7 @@ mod tests {
     #[test]
     fn rotation_interrupted_mid_write_rolls_back() {
         let env = Env::new();
-        env.add("a", "value-a-Vq7Lm2Xz9Rp4Kd8");
-        env.ops()
-            .create(
-                "ws2",
-                "b",
-                "value-b-Bz4Tq8Lw2Nc6Jy9",
-                &["h.example"],
-                "query:k",
-            )
-            .unwrap();
+        env.add_a_and_b();
         // Fail the second re-wrap write after the first has been made, as a
         // crash or a full disk would.
         env.store
@@ -3073,30 +3064,21 @@ mod tests {
     fn malformed_hosts_are_reported_not_panicked() {
         let env = Env::new();
         env.add("c", A);
-        env.store
-            .conn
-            .execute(
-                "UPDATE connections SET hosts = 'not json' WHERE name='c'",
-                [],
-            )
-            .unwrap();
-        let err = env.store.list_connections("ws").unwrap_err();
-        assert!(matches!(err, StoreError::Malformed { .. }), "{err}");
-        assert!(err.to_string().contains("connection `c`"), "{err}");
-        // A placement the runtime does not parse is reported the same way.
-        env.store
-            .conn
-            .execute(
-                "UPDATE connections SET hosts = '[\"api.example.com\"]', placement = 'header:x:{}' WHERE name='c'",
-                [],
-            )
-            .unwrap();
-        let err = env.store.list_connections("ws").unwrap_err();
-        assert!(matches!(err, StoreError::Malformed { .. }), "{err}");
-        assert!(
-            err.to_string().contains("placement of connection `c`"),
-            "{err}"
-        );
+        for (set, what) in [
+            ("hosts = 'not json'", "hosts of connection `c`"),
+            (
+                "hosts = '[\"api.example.com\"]', placement = 'header:x:{}'",
+                "placement of connection `c`",
+            ),
+        ] {
+            env.store
+                .conn
+                .execute(&format!("UPDATE connections SET {set} WHERE name='c'"), [])
+                .unwrap();
+            let err = env.store.list_connections("ws").unwrap_err();
+            assert!(matches!(err, StoreError::Malformed { .. }), "{err}");
+            assert!(err.to_string().contains(what), "{err}");
+        }
     }
 
     #[test]
