@@ -34,8 +34,8 @@ use super::ratelimit::{RateLimiter, client_key, retry_after_secs};
 use super::schedule::Schedule;
 use super::signature;
 use super::storage::{
-    DeleteCriteria, Enqueued, EnvChange, JobFilter, JobState, NewJob, Storage, StorageError,
-    TokenRecord, TriggerKind, TriggerRecord,
+    DeleteCriteria, Enqueued, EnvChange, JobFilter, JobState, NewJob, RespondMode, Storage,
+    StorageError, TokenRecord, TriggerKind, TriggerRecord,
 };
 use wrun_store::UnixMillis;
 
@@ -678,13 +678,30 @@ async fn webhook(
         rerun_of: None,
         created_at: UnixMillis::now(),
     };
-    match s.storage.enqueue(job, None).await.map_err(storage_error)? {
-        Enqueued::New(id) => {
-            s.metrics.webhook(WebhookOutcome::Accepted);
-            s.runner.submit(&id, &trigger.workspace);
-            reply(StatusCode::ACCEPTED, json!({ "job": id }))
-        }
-        Enqueued::Duplicate(id) => reply(StatusCode::OK, json!({ "job": id, "duplicate": true })),
+    let (id, new) = match s.storage.enqueue(job, None).await.map_err(storage_error)? {
+        Enqueued::New(id) => (id, true),
+        Enqueued::Duplicate(id) => (id, false),
+    };
+    // In response mode the request waits for the job: watched before it is
+    // submitted (or, for a duplicate, before its state is read), so its end
+    // cannot be missed.
+    let watch = trigger.respond.map(|mode| (mode, s.runner.watch(&id)));
+    if new {
+        s.metrics.webhook(WebhookOutcome::Accepted);
+        s.runner.submit(&id, &trigger.workspace);
+    }
+    match watch {
+        Some((mode, rx)) => Ok(crate::endpoint::answer(
+            &s,
+            &trigger.workspace,
+            &id,
+            mode,
+            rx,
+            &public_id(&trigger.id),
+        )
+        .await),
+        None if new => reply(StatusCode::ACCEPTED, json!({ "job": id })),
+        None => reply(StatusCode::OK, json!({ "job": id, "duplicate": true })),
     }
 }
 
@@ -884,6 +901,36 @@ struct WebhookBody {
     /// Whether deliveries must carry an HMAC signature (default true).
     #[serde(default = "yes")]
     signed: bool,
+    /// Answer each delivery with its job's result (an endpoint recipe)
+    /// instead of 202.
+    #[serde(default)]
+    respond: Option<RespondBody>,
+}
+
+/// How a webhook in response mode waits; see [`crate::endpoint`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RespondBody {
+    /// Milliseconds to wait for the job (default 10 s, at most the
+    /// operator's `max_respond_timeout_ms`).
+    #[serde(default = "default_respond_ms")]
+    timeout_ms: u64,
+    /// `continue` (default: the job goes on, its result is in the history)
+    /// or `cancel`.
+    #[serde(default)]
+    on_timeout: OnTimeout,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum OnTimeout {
+    #[default]
+    Continue,
+    Cancel,
+}
+
+fn default_respond_ms() -> u64 {
+    10_000
 }
 
 fn yes() -> bool {
@@ -908,6 +955,24 @@ async fn create_webhook(
     require_recipe(&s, &ws, &name).await?;
     crate::store_sqlite::check_name("environment", &body.environment)
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    let respond = match &body.respond {
+        None => None,
+        Some(r) => {
+            let max = s.config.webhooks.max_respond_timeout_ms;
+            if r.timeout_ms == 0 || r.timeout_ms > max {
+                return Err(ApiError::bad_request(
+                    "invalid_timeout",
+                    format!(
+                        "respond.timeout_ms must be between 1 and {max} (the operator's limit)"
+                    ),
+                ));
+            }
+            Some(RespondMode {
+                timeout_ms: r.timeout_ms,
+                cancel_on_timeout: r.on_timeout == OnTimeout::Cancel,
+            })
+        }
+    };
     let id = trigger_id("wh");
     let secret = body.signed.then(|| {
         let bytes: [u8; 32] = rand::random();
@@ -932,11 +997,12 @@ async fn create_webhook(
         input: None,
         last_slot: None,
         created_at: UnixMillis::now(),
+        respond,
     };
     let audit = p.entry(
         "webhook.create",
         format!("recipe:{name}/webhook:{}", public_id(&id)),
-        json!({ "signed": body.signed }),
+        json!({ "signed": body.signed, "respond": respond }),
     );
     s.storage
         .create_trigger(record, audit)
@@ -950,6 +1016,7 @@ async fn create_webhook(
             "url": url,
             "secret": secret_hex.as_ref().map(|h| h.as_str()),
             "signature_header": signature::HEADER_NAME,
+            "respond": respond,
         }),
     )
 }
@@ -1020,6 +1087,7 @@ async fn create_schedule(
         input: Some(body.input),
         last_slot: None,
         created_at: now,
+        respond: None,
     };
     let audit = p.entry(
         "schedule.create",

@@ -217,14 +217,23 @@ pub struct Webhooks {
     /// Accepted clock difference of a signature's timestamp.
     #[serde(default = "default_window")]
     pub signature_window_secs: i64,
+    /// The longest a webhook in response mode may keep its request open
+    /// waiting for its job.
+    #[serde(default = "default_max_respond_ms")]
+    pub max_respond_timeout_ms: u64,
 }
 
 impl Default for Webhooks {
     fn default() -> Webhooks {
         Webhooks {
             signature_window_secs: default_window(),
+            max_respond_timeout_ms: default_max_respond_ms(),
         }
     }
+}
+
+fn default_max_respond_ms() -> u64 {
+    60_000
 }
 
 /// The audit log.

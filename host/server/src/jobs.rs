@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use wrun_runtime::events::{AuditEvent, AuditKind, Event, Observer};
 use wrun_runtime::manifest::Manifest;
 use wrun_runtime::recipe::{Recipe, StepRecord, StepStatus, Stop};
@@ -56,6 +56,8 @@ pub struct Runner {
     per_workspace: Mutex<HashMap<String, Arc<Semaphore>>>,
     recipes: Mutex<HashMap<(String, String), LoadedRecipe>>,
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Requests waiting for a job's end (webhooks in response mode).
+    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     stopping: watch::Sender<bool>,
 }
 
@@ -224,6 +226,7 @@ impl Runner {
             per_workspace: Mutex::new(HashMap::new()),
             recipes: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
             stopping,
         });
         let dispatcher = Arc::clone(&runner);
@@ -253,6 +256,31 @@ impl Runner {
     pub fn submit(&self, id: &str, workspace: &str) {
         self.metrics.job_queued();
         let _ = self.queue.send((id.to_string(), workspace.to_string()));
+    }
+
+    /// Resolves when this runner has finished with job `id` (ended it, or
+    /// found it already ended). Register before submitting the job, or
+    /// check the job's state after registering, so the end is not missed.
+    pub fn watch(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.to_string())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Drops the watches of a job whose requests have stopped waiting.
+    pub fn unwatch(&self, id: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = waiting.get_mut(id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiting.remove(id);
+            }
+        }
     }
 
     /// Asks a running job to stop after its current step.
@@ -387,6 +415,14 @@ impl Runner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        let waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        for tx in waiting.into_iter().flatten() {
+            let _ = tx.send(());
+        }
         if let Err(e) = result {
             tracing::error!(job = %id, error = %e, "a job could not be run");
         }

@@ -22,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod bundle;
 pub mod config;
+pub mod endpoint;
 pub mod http_error;
 pub mod jobs;
 pub mod metrics;

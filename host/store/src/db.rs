@@ -24,7 +24,7 @@
 //! one whose schema is newer than this code are refused with an error that
 //! says what is wrong and where, before anything is written.
 //!
-//! # Schema (version 4, kept in `PRAGMA user_version`)
+//! # Schema (version 5, kept in `PRAGMA user_version`)
 //!
 //! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
 //! run inside one `BEGIN IMMEDIATE` transaction together with the
@@ -92,7 +92,7 @@ use wrun_runtime::Placement;
 use wrun_runtime::policy::{HostPattern, NetGrant};
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -216,6 +216,10 @@ UPDATE tokens SET created_at = created_at * 1000, expires_at = expires_at * 1000
     revoked_at = revoked_at * 1000, last_used_at = last_used_at * 1000;
 UPDATE triggers SET created_at = created_at * 1000, last_slot = last_slot * 1000;
 ";
+
+/// Version 5: a webhook may answer its request with its job's result
+/// (`respond`: the JSON of `storage::RespondMode`, NULL for a plain webhook).
+const MIGRATE_V5_RESPOND: &str = "ALTER TABLE triggers ADD COLUMN respond TEXT;";
 
 /// Version 2: the daemon's tables (members, roles, API tokens, stored
 /// components, triggers, jobs and their steps, workspace settings) and the
@@ -1066,6 +1070,9 @@ impl Store {
         }
         if version < 4 {
             tx.execute_batch(MIGRATE_V4_MILLIS).doing(doing)?;
+        }
+        if version < 5 {
+            tx.execute_batch(MIGRATE_V5_RESPOND).doing(doing)?;
         }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(
@@ -2140,8 +2147,8 @@ mod tests {
             matches!(
                 err,
                 StoreError::TooNew {
-                    found: 5,
-                    known: 4,
+                    found: 6,
+                    known: 5,
                     ..
                 }
             ),
@@ -2149,7 +2156,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("schema version 5") && msg.contains("newer"),
+            msg.contains("schema version 6") && msg.contains("newer"),
             "{msg}"
         );
         assert!(msg.contains(&db.display().to_string()), "{msg}");

@@ -661,13 +661,24 @@ fn trigger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TriggerRow> {
             input: None,
             last_slot: r.get(9)?,
             created_at: r.get(10)?,
+            respond: r
+                .get::<_, Option<String>>(11)?
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        11,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
         },
         sealed,
         r.get(8)?,
     ))
 }
 
-const TRIGGER_COLUMNS: &str = "id, workspace, recipe, kind, environment, secret, cron, timezone, input, last_slot, created_at";
+const TRIGGER_COLUMNS: &str = "id, workspace, recipe, kind, environment, secret, cron, timezone, input, last_slot, created_at, respond";
 
 impl SqliteStorage {
     /// Completes a trigger read: opens its secret and parses its input.
@@ -1353,6 +1364,13 @@ impl Storage for Arc<SqliteStorage> {
             ),
             None => None,
         };
+        let respond = t
+            .respond
+            .map(|r| serde_json::to_string(&r))
+            .transpose()
+            .map_err(|e| {
+                StorageError::Internal(format!("writing a webhook's response mode: {e}"))
+            })?;
         self.write(move |ctx| {
             let recipe_exists = ctx
                 .conn
@@ -1372,7 +1390,7 @@ impl Storage for Arc<SqliteStorage> {
             }
             ctx.conn
                 .execute(
-                    &format!("INSERT INTO triggers ({TRIGGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                    &format!("INSERT INTO triggers ({TRIGGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                     params![
                         t.id,
                         t.workspace,
@@ -1384,7 +1402,8 @@ impl Storage for Arc<SqliteStorage> {
                         t.timezone,
                         input,
                         t.last_slot,
-                        t.created_at
+                        t.created_at,
+                        respond
                     ],
                 )
                 .doing(|| "storing a trigger".to_string())?;

@@ -233,10 +233,24 @@ pub struct TriggerRecord {
     pub timezone: Option<String>,
     /// Trigger payload of a schedule's jobs.
     pub input: Option<Value>,
+    /// A webhook that answers its request with the job's result (an
+    /// endpoint recipe); `None` answers 202 at once.
+    pub respond: Option<RespondMode>,
     /// The last slot a schedule fired for.
     pub last_slot: Option<UnixMillis>,
     /// When it was created.
     pub created_at: UnixMillis,
+}
+
+/// How a webhook in response mode waits for its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondMode {
+    /// How long the request waits for the job to end.
+    pub timeout_ms: u64,
+    /// Whether a job still running at the timeout is cancelled (otherwise
+    /// it goes on, and its result is in the history).
+    pub cancel_on_timeout: bool,
 }
 
 impl std::fmt::Debug for TriggerRecord {

@@ -116,7 +116,8 @@ pub struct StepSpec {
     pub build: Option<PathBuf>,
     /// The action of the component to call.
     pub action: String,
-    /// The action's input: a JSON object whose strings may hold pills.
+    /// The action's input: a JSON object, array or string whose strings may
+    /// hold pills (a string that is one pill passes a whole value).
     /// Named `input` in errors.
     pub input: Template,
     /// When set, the step runs only if this renders to a [`truthy`] value.
@@ -332,10 +333,13 @@ impl Manifest {
         let mut steps = Vec::with_capacity(self.steps.len());
         for (index, step) in self.steps.iter().enumerate() {
             let label = step_label(index, Some(&step.name));
-            if !step.input.source().is_object() {
+            if !matches!(
+                step.input.source(),
+                Value::Object(_) | Value::Array(_) | Value::String(_)
+            ) {
                 return Err(ManifestError::new(
                     format!("{label}.input"),
-                    "the input must be a JSON object (a TOML table)",
+                    "the input must be a JSON object, array or string (a TOML table, array or string)",
                 ));
             }
             tomlable(step.input.source(), &format!("{label}.input"))?;
@@ -1049,10 +1053,20 @@ impl<'t> Checker<'t> {
         })
     }
 
+    /// A step's input: a table whose strings may hold pills, an array, or
+    /// one string, typically a single pill that passes a whole value
+    /// (`input = "{{ trigger }}"`, `input = "{{ steps.fetch.output }}"`).
     fn input(&mut self, item: &Item<'_>, place: &StepPlace<'_>) -> Option<Template> {
         let label = &place.label;
-        if !matches!(item.get_ref(), DeValue::Table(_)) {
-            self.type_error(&format!("{label}.input"), item, "a table");
+        if !matches!(
+            item.get_ref(),
+            DeValue::Table(_) | DeValue::Array(_) | DeValue::String(_)
+        ) {
+            self.type_error(
+                &format!("{label}.input"),
+                item,
+                "a table, an array or a string (such as \"{{ trigger }}\")",
+            );
             return None;
         }
         let mut spans = BTreeMap::new();
@@ -1554,6 +1568,31 @@ env = ["slack_channel", "github_api"]
     }
 
     #[test]
+    fn an_input_may_be_one_pill_passing_a_whole_value() {
+        let text = format!(
+            "{HEAD}{STEP_A}input = \"{{{{ trigger }}}}\"\n\n[[steps]]\nname = \"b\"\ncomponent = \"b.wasm\"\naction = \"run\"\ninput = [\"{{{{ steps.a.items }}}}\", \"x\"]\n"
+        );
+        let m = Manifest::parse(&text).unwrap();
+        let trigger = json!({"customer": {"id": 7, "tags": ["a", "b"]}, "n": 1});
+        let mut steps = BTreeMap::new();
+        let ctx = PillContext::new(&trigger, &steps);
+        assert_eq!(m.steps[0].input.render(&ctx).unwrap(), trigger);
+        steps.insert("a".to_string(), json!({"items": [1, 2]}));
+        let ctx = PillContext::new(&trigger, &steps);
+        assert_eq!(m.steps[1].input.render(&ctx).unwrap(), json!([[1, 2], "x"]));
+        // Written back as it was read.
+        let again = Manifest::parse(&m.to_toml().unwrap()).unwrap();
+        assert_eq!(again.steps[0].input.source(), &json!("{{ trigger }}"));
+        assert_eq!(again.steps[1].input.source(), m.steps[1].input.source());
+        // A whole-value pill is checked like any other: no later step.
+        let text = format!(
+            "{HEAD}{STEP_A}input = \"{{{{ steps.b.id }}}}\"\n\n[[steps]]\nname = \"b\"\ncomponent = \"b.wasm\"\naction = \"run\"\n"
+        );
+        let errors = Manifest::parse(&text).unwrap_err().to_string();
+        assert!(errors.contains("which runs later"), "{errors}");
+    }
+
+    #[test]
     fn defaults_fill_what_is_left_out() {
         let m = Manifest::parse(&format!("{HEAD}{STEP_A}")).unwrap();
         assert_eq!(m.trigger, Trigger::Manual);
@@ -1755,9 +1794,9 @@ env = ["slack_channel", "github_api"]
                 "expected a string, found an integer",
             ),
             (
-                format!("{HEAD}{STEP_A}input = \"x\"\n"),
-                "steps[0] (a).input @\"x\"",
-                "expected a table, found a string",
+                format!("{HEAD}{STEP_A}input = 7\n"),
+                "steps[0] (a).input @7",
+                "expected a table, an array or a string (such as \"{{ trigger }}\"), found an integer",
             ),
             (
                 format!("{HEAD}{STEP_A}condition = true\n"),
@@ -2213,7 +2252,7 @@ action = "x"
         assert_eq!(e.message, "TOML has no `null`");
         m.steps[0].input = Template::parse("input", json!({"big": u64::MAX})).unwrap();
         assert!(m.to_toml().unwrap_err().message.contains("too large"));
-        m.steps[0].input = Template::parse("input", json!("{{ trigger }}")).unwrap();
+        m.steps[0].input = Template::parse("input", json!(5)).unwrap();
         assert_eq!(m.to_toml().unwrap_err().location, "steps[0] (a).input");
         m.steps[0].input = Template::parse("input", json!({})).unwrap();
         m.steps[0].condition = Some(Template::parse("condition", json!(true)).unwrap());
