@@ -548,14 +548,14 @@ api_routes! {
     get "/readyz" => readyz (public) ["operations"] "Readiness: the store and the runner are up.";
     get "/metrics" => metrics (public) ["operations"] "Prometheus metrics.";
     get "/openapi.json" => openapi (public) ["operations"] "This OpenAPI document.";
-    post "/hooks/{id}" => webhook (public) ["webhooks"] "Deliver a webhook: the payload is committed before 202.";
+    post "/hooks/{id}" => webhook (public) ["webhooks"] "Deliver a webhook: the payload is committed before 202 (in response mode, the answer is the job's result).";
     get "/v1/whoami" => whoami (caller) ["identity"] "The caller's subject, workspace and permissions.";
     get "/v1/workspaces/{ws}/recipes" => list_recipes (Recipes: read) ["recipes"] "List deployed recipes.";
     put "/v1/workspaces/{ws}/recipes/{name}" => put_recipe (Recipes: write) ["recipes"] "Deploy a recipe from a bundle (`wrun export`), as application/gzip.";
     get "/v1/workspaces/{ws}/recipes/{name}" => get_recipe (Recipes: read) ["recipes"] "A deployed recipe's manifest and components.";
     delete "/v1/workspaces/{ws}/recipes/{name}" => delete_recipe (Recipes: write) ["recipes"] "Remove a recipe and its triggers.";
     get "/v1/workspaces/{ws}/recipes/{name}/triggers" => list_triggers (Recipes: read) ["recipes"] "Webhooks and schedules of a recipe.";
-    post "/v1/workspaces/{ws}/recipes/{name}/webhooks" => create_webhook (Recipes: write) ["recipes"] "Create a webhook (its URL and signing secret are shown once).";
+    post "/v1/workspaces/{ws}/recipes/{name}/webhooks" => create_webhook (Recipes: write) ["recipes"] "Create a webhook (its URL and signing secret are shown once); `respond` makes it answer with its job's result.";
     post "/v1/workspaces/{ws}/recipes/{name}/schedules" => create_schedule (Recipes: write) ["recipes"] "Create a cron schedule with a time zone.";
     delete "/v1/workspaces/{ws}/triggers/{id}" => delete_trigger (Recipes: write) ["recipes"] "Delete a webhook or schedule.";
     post "/v1/workspaces/{ws}/recipes/{name}/runs" => run_recipe (Jobs: write) ["jobs"] "Run a recipe now (202 with the job id).";

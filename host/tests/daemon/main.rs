@@ -9,6 +9,7 @@ mod claims;
 mod crash;
 mod credentials;
 mod edges;
+mod endpoints;
 mod history;
 mod one_store;
 mod requests;
