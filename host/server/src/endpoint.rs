@@ -97,6 +97,9 @@ pub async fn answer(
             break None;
         }
     };
+    // Dropped first, so the runner forgets this watch even when the job
+    // had ended before it was made (a repeated delivery).
+    drop(watch);
     s.runner.unwatch(id);
     match detail {
         Some(detail) => match result(&detail) {
