@@ -12,6 +12,7 @@ mod cli;
 mod connections;
 mod output;
 mod scaffold;
+mod toolkit;
 
 // The daemon, the shared operations and the store, under the names the
 // CLI uses.

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::bundle::read_manifest;
+use crate::toolkit;
 
 /// The language a step is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -17,18 +18,6 @@ pub(crate) enum Lang {
     Js,
     /// A Python module built with componentize-py.
     Python,
-}
-
-/// The repository this binary was built from: its guest SDKs and WIT are
-/// what scaffolded steps build against.
-fn repo() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.canonicalize().unwrap_or(root)
-}
-
-/// The Rust guest SDK, for scaffolded crates.
-fn sdk_path() -> PathBuf {
-    repo().join("guests").join("sdk")
 }
 
 fn valid_name(name: &str) -> bool {
@@ -60,7 +49,7 @@ pub(crate) fn new_recipe(name: &str, dir: &Path, lang: Lang) -> Result<()> {
     ];
     match lang {
         Lang::Rust => {
-            let sdk = sdk_path();
+            let sdk = toolkit::root()?.join(toolkit::RUST_SDK);
             std::fs::create_dir_all(step_dir.join("src"))?;
             files.push((
                 step_dir.join("Cargo.toml"),
@@ -75,8 +64,9 @@ pub(crate) fn new_recipe(name: &str, dir: &Path, lang: Lang) -> Result<()> {
             // relative imports only.
             let sdk_dir = step_dir.join("sdk");
             std::fs::create_dir_all(&sdk_dir)?;
+            let js = toolkit::root()?.join(toolkit::JS);
             for file in ["wrun.js", "imports.js"] {
-                let from = repo().join("guests").join("js").join("sdk").join(file);
+                let from = js.join("sdk").join(file);
                 std::fs::copy(&from, sdk_dir.join(file))
                     .with_context(|| format!("copying {}", from.display()))?;
             }
@@ -325,10 +315,10 @@ fn run_tool(step: &str, cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `step.js` -> component with componentize-js (installed from npm into the
-/// repository's `guests/js` on first use).
+/// `step.js` -> component with componentize-js (installed from npm, at the
+/// toolkit's pinned versions, into the toolkit on first use).
 fn build_js(step: &str, dir: &Path, dest: &Path) -> Result<()> {
-    let js = repo().join("guests").join("js");
+    let js = toolkit::root()?.join(toolkit::JS);
     if !js
         .join("node_modules")
         .join("@bytecodealliance")
@@ -358,16 +348,27 @@ fn build_js(step: &str, dir: &Path, dest: &Path) -> Result<()> {
     )
 }
 
-/// `step.py` -> component with componentize-py (installed from PyPI into the
-/// repository's `guests/python/.venv` on first use).
+/// `step.py` -> component with componentize-py (installed from PyPI, at the
+/// toolkit's pinned version, into a virtual environment of the toolkit on
+/// first use).
 fn build_python(step: &str, dir: &Path, dest: &Path) -> Result<()> {
-    let py = repo().join("guests").join("python");
-    let tool = py.join(".venv").join("bin").join("componentize-py");
+    let root = toolkit::root()?;
+    let py = root.join(toolkit::PYTHON);
+    let venv = py.join(".venv");
+    let tool = venv.join("bin").join("componentize-py");
     if !tool.exists() {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         run_tool(
             step,
-            Command::new("bash").arg("build.sh").current_dir(&py),
-            "installing componentize-py (guests/python/build.sh; is python3 with venv installed?)",
+            Command::new(&python).arg("-m").arg("venv").arg(&venv),
+            "creating a Python virtual environment (is python3 with venv installed?)",
+        )?;
+        run_tool(
+            step,
+            Command::new(venv.join("bin").join("pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(py.join("requirements.txt")),
+            "installing componentize-py (pip)",
         )?;
     }
     run_tool(
@@ -375,7 +376,7 @@ fn build_python(step: &str, dir: &Path, dest: &Path) -> Result<()> {
         Command::new(&tool)
             .arg("-q")
             .arg("-d")
-            .arg(repo().join("wit"))
+            .arg(root.join(toolkit::WIT))
             .args(["-w", "step", "componentize", "step", "-p"])
             .arg(dir)
             .arg("-p")

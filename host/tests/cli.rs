@@ -73,6 +73,7 @@ impl Setup {
                 std::env::temp_dir().join("wrun-cli-test-cache"),
             )
             .env("NO_COLOR", "1")
+            .env("WRUN_HOME", wrun_tests::wrun_home())
             .env_remove("WRUN_MASTER_KEY")
             .env_remove("WRUN_WORKSPACE")
             .env_remove("RUST_LOG");
@@ -914,6 +915,32 @@ async fn the_key_file_and_database_are_owner_only() {
     assert!(all.contains("exists"), "{all}");
 }
 
+/// A scaffolded project builds from the toolkit inside the binary: no file
+/// of it names the repository's SDKs or WIT, which an installed `wrun` on
+/// another machine would not have.
+fn assert_nothing_points_into_the_checkout(project: &Path) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .canonicalize()
+        .unwrap();
+    let forbidden = [repo.join("guests"), repo.join("wit")].map(|p| p.display().to_string());
+    let mut stack = vec![project.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            for f in &forbidden {
+                assert!(!text.contains(f.as_str()), "{} names {f}", path.display());
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_scaffolds_a_step_that_builds_and_checks() {
     let s = Setup::new().await;
@@ -921,6 +948,7 @@ async fn new_scaffolds_a_step_that_builds_and_checks() {
     s.ok(s.wrun().args(["new", "status-check"]));
     let recipe = s.dir.join("status-check").join("recipe.toml");
     assert!(recipe.exists());
+    assert_nothing_points_into_the_checkout(&s.dir.join("status-check"));
     let target = std::env::temp_dir().join("wrun-cli-test-build");
     s.ok(s
         .wrun()
@@ -948,6 +976,7 @@ async fn new_scaffolds_javascript_and_python_steps_that_build_and_check() {
     s.init();
     for (name, lang) in [("js-check", "js"), ("py-check", "python")] {
         s.ok(s.wrun().args(["new", name, "--lang", lang]));
+        assert_nothing_points_into_the_checkout(&s.dir.join(name));
         let recipe = s.dir.join(name).join("recipe.toml");
         s.ok(s.wrun().arg("build").arg(&recipe));
         assert!(

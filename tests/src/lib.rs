@@ -78,6 +78,13 @@ pub fn guests_py_dir() -> std::path::PathBuf {
     built(&repo.join("guests").join("python").join("build"))
 }
 
+/// A `WRUN_HOME` for tests that scaffold and build steps: under the target
+/// directory, so the toolkit's npm and pip installs are made once per
+/// target directory, not once per test run.
+pub fn wrun_home() -> std::path::PathBuf {
+    target_dir().join("wrun-home")
+}
+
 /// The target directory this test or bench binary was built into: it lives
 /// in `<target>/<profile>/deps/` (or `examples/`), and the guests are built
 /// into `<target>/guests/` by `cargo xtask guests`.
