@@ -13,8 +13,9 @@
 // - `wrun:recipe/log` and `wrun:recipe/mask` always (they need no grant).
 //
 // The use is found by reading the step's own modules (everything the entry
-// reaches through relative imports, except the SDK): the names it imports
-// from the SDK, and any mention of the global `fetch`. `--all-imports`
+// reaches through relative imports, except the SDK or an unchanged copy of
+// it, as `wrun new` puts next to a step): the names it imports from the
+// SDK, and any mention of the global `fetch`. `--all-imports`
 // skips this and imports the whole world. The step's modules and the SDK
 // are copied to a temporary directory, where `sdk/imports.js` is replaced by
 // one that imports only the kept interfaces; the sources are not modified.
@@ -33,6 +34,30 @@ const here = dirname(fileURLToPath(import.meta.url));
 const witDir = resolve(here, '../../wit');
 const sdkDir = resolve(here, 'sdk');
 const sdkEntry = join(sdkDir, 'wrun.js');
+
+/** The SDK's own sources: a step may carry an unchanged copy of them. */
+const SDK_SOURCES = {
+  'wrun.js': await readFile(sdkEntry, 'utf8'),
+  'imports.js': await readFile(join(sdkDir, 'imports.js'), 'utf8'),
+};
+
+/**
+ * `wrun.js` or `imports.js` when `file` is the SDK's module of that name or
+ * an unchanged copy of it in a directory named `sdk` (as `wrun new`
+ * writes next to a step); otherwise null. A changed copy is the step's own
+ * code, read like any other.
+ */
+function sdkModule(file, source) {
+  if (file === sdkEntry) {
+    return 'wrun.js';
+  }
+  if (file === join(sdkDir, 'imports.js')) {
+    return 'imports.js';
+  }
+  const name = file.slice(file.lastIndexOf(sep) + 1);
+  const inSdkDir = dirname(file).endsWith(`${sep}sdk`);
+  return inSdkDir && SDK_SOURCES[name] === source ? name : null;
+}
 
 /** Names exported by the SDK, and the interface each one needs. */
 const SDK_NEEDS = {
@@ -76,6 +101,8 @@ function importSpecifiers(source) {
 async function moduleGraph(entry) {
   const own = new Map();
   const files = new Set();
+  const sdkEntries = new Set([sdkEntry]);
+  const sdkImports = new Set([join(sdkDir, 'imports.js')]);
   const queue = [entry];
   while (queue.length > 0) {
     const file = queue.pop();
@@ -84,7 +111,12 @@ async function moduleGraph(entry) {
     }
     files.add(file);
     const source = await readFile(file, 'utf8');
-    if (!file.startsWith(sdkDir + sep)) {
+    const sdk = sdkModule(file, source);
+    if (sdk === 'wrun.js') {
+      sdkEntries.add(file);
+    } else if (sdk === 'imports.js') {
+      sdkImports.add(file);
+    } else {
       own.set(file, source);
     }
     for (const specifier of importSpecifiers(source)) {
@@ -98,18 +130,18 @@ async function moduleGraph(entry) {
   // The SDK is always copied whole (it imports ./imports.js).
   files.add(sdkEntry);
   files.add(join(sdkDir, 'imports.js'));
-  return { own, files };
+  return { own, files, sdkEntries, sdkImports };
 }
 
 /** What the step's own modules use: a set of `net`, `secrets`, `env`. */
-function detectNeeds(own) {
+function detectNeeds(own, sdkEntries) {
   const needs = new Set();
   for (const [file, source] of own) {
     const code = stripCommentsAndStrings(source);
     const sdkImport = /import\s*([\s\S]*?)\s*from\s*(['"])([^'"]+)\2/g;
     for (const match of source.matchAll(sdkImport)) {
       const target = resolve(dirname(file), match[3]);
-      if (target !== sdkEntry) {
+      if (!sdkEntries.has(target)) {
         continue;
       }
       const clause = match[1];
@@ -204,8 +236,8 @@ async function main() {
   const outPath = resolve(outArg);
   await stat(entry).catch(() => usage(`no such file: ${entryArg}`));
 
-  const { own, files } = await moduleGraph(entry);
-  const needs = allImports ? new Set(['net', 'secrets', 'env']) : detectNeeds(own);
+  const { own, files, sdkEntries, sdkImports } = await moduleGraph(entry);
+  const needs = allImports ? new Set(['net', 'secrets', 'env']) : detectNeeds(own, sdkEntries);
 
   const work = await mkdtemp(join(tmpdir(), 'wrun-js-'));
   try {
@@ -216,7 +248,9 @@ async function main() {
       await mkdir(dirname(target), { recursive: true });
       await cp(file, target);
     }
-    await writeFile(join(copy, relative(root, sdkDir), 'imports.js'), importsModule(needs));
+    for (const imports of sdkImports) {
+      await writeFile(join(copy, relative(root, imports)), importsModule(needs));
+    }
     const wit = await trimmedWit(work, needs);
 
     // componentize-js maps the current directory into the engine when the

@@ -319,33 +319,32 @@ fn run_tool(step: &str, cmd: &mut Command, what: &str) -> Result<()> {
 /// toolkit's pinned versions, into the toolkit on first use).
 fn build_js(step: &str, dir: &Path, dest: &Path) -> Result<()> {
     let js = toolkit::root()?.join(toolkit::JS);
-    if !js
-        .join("node_modules")
-        .join("@bytecodealliance")
-        .join("componentize-js")
-        .exists()
-    {
+    let installed = js.join("node_modules").join(".wrun-installed");
+    toolkit::install_once(&installed, || {
         run_tool(
             step,
             Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund"])
+                .args(["ci", "--no-audit", "--no-fund"])
                 .current_dir(&js),
-            "installing componentize-js (npm install; is node with npm installed?)",
-        )?;
-    }
-    run_tool(
-        step,
-        Command::new("node")
-            .arg(js.join("build.mjs"))
-            .arg(dir.join("step.js"))
-            .arg(dest)
-            // A scaffolded step carries its own copy of the SDK, which the
-            // import trimming of build.mjs does not follow: import the whole
-            // world (the scaffold's grants cover it).
-            .arg("--all-imports")
-            .current_dir(&js),
-        "componentize-js",
-    )
+            "installing componentize-js (npm ci; is node with npm installed?)",
+        )
+    })?;
+    // componentize-js prepares its engine on a first use in a way two
+    // concurrent builds can tear: JS builds of one toolkit take turns.
+    toolkit::exclusive(&js.join(".build.lock"), || {
+        run_tool(
+            step,
+            Command::new("node")
+                .arg(js.join("build.mjs"))
+                .arg(dir.join("step.js"))
+                .arg(dest)
+                // The world is trimmed to what the step uses (build.mjs knows
+                // the SDK copy `wrun new` puts next to it), so a step needs only
+                // the grants of what it calls.
+                .current_dir(&js),
+            "componentize-js",
+        )
+    })
 }
 
 /// `step.py` -> component with componentize-py (installed from PyPI, at the
@@ -356,7 +355,7 @@ fn build_python(step: &str, dir: &Path, dest: &Path) -> Result<()> {
     let py = root.join(toolkit::PYTHON);
     let venv = py.join(".venv");
     let tool = venv.join("bin").join("componentize-py");
-    if !tool.exists() {
+    toolkit::install_once(&venv.join(".wrun-installed"), || {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         run_tool(
             step,
@@ -369,8 +368,8 @@ fn build_python(step: &str, dir: &Path, dest: &Path) -> Result<()> {
                 .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
                 .arg(py.join("requirements.txt")),
             "installing componentize-py (pip)",
-        )?;
-    }
+        )
+    })?;
     run_tool(
         step,
         Command::new(&tool)

@@ -150,6 +150,59 @@ fn root_in(home: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Runs `install` once for `marker`: unless the marker file exists, under
+/// [`exclusive`]; the marker is written only when `install` succeeds, so a
+/// failed or interrupted install runs again next time.
+///
+/// # Errors
+///
+/// The install's error, or an I/O error on the lock or marker.
+pub(crate) fn install_once(marker: &Path, install: impl FnOnce() -> Result<()>) -> Result<()> {
+    if marker.exists() {
+        return Ok(());
+    }
+    exclusive(&marker.with_extension("lock"), || {
+        if marker.exists() {
+            return Ok(());
+        }
+        install()?;
+        std::fs::write(marker, "").with_context(|| format!("writing {}", marker.display()))
+    })
+}
+
+/// Runs `f` while holding `lock`, a directory other `wrun` processes wait
+/// for (one left by a killed process is taken over after ten minutes).
+///
+/// # Errors
+///
+/// `f`'s error, or an I/O error on the lock.
+pub(crate) fn exclusive<T>(lock: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let parent = lock.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    loop {
+        match std::fs::create_dir(lock) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let stale = std::fs::metadata(lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(600));
+                if stale {
+                    let _ = std::fs::remove_dir(lock);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("locking {}", lock.display()));
+            }
+        }
+    }
+    let result = f();
+    let _ = std::fs::remove_dir(lock);
+    result
+}
+
 /// The SDK's manifest with `x.workspace = true` replaced by the guests'
 /// workspace value of `x`, and without the workspace's lint table.
 fn standalone_manifest() -> String {

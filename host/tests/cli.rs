@@ -1002,6 +1002,45 @@ async fn new_scaffolds_javascript_and_python_steps_that_build_and_check() {
     assert!(all.contains("cobol"), "{all}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaffolded_javascript_step_that_uses_nothing_needs_no_grant() {
+    let s = Setup::new().await;
+    s.init();
+    s.ok(s.wrun().args(["new", "plain", "--lang", "js"]));
+    let dir = s.dir.join("plain");
+    std::fs::write(
+        dir.join("steps/plain/step.js"),
+        "import { log, step } from './sdk/wrun.js';\n\n\
+         export const actions = step({\n  greet: (input) => { log.info('greeting'); return { hello: input.name }; },\n});\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("recipe.toml"),
+        "[recipe]\nname = \"plain\"\n\n[[steps]]\nname = \"greet\"\ncomponent = \"components/plain.wasm\"\nbuild = \"steps/plain\"\naction = \"greet\"\ninput = \"{{ trigger }}\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("input.json"), "{\"name\": \"Ada\"}").unwrap();
+    let recipe = dir.join("recipe.toml");
+    let built = s.ok(s.wrun().arg("build").arg(&recipe));
+    assert!(
+        text(&built.stdout).contains("plain"),
+        "{}",
+        text(&built.stdout)
+    );
+    // No grant at all: the component imports neither HTTP nor secrets nor
+    // properties, so it loads, checks and runs.
+    s.ok(s.wrun().arg("check").arg(&recipe));
+    let out = s.ok(s
+        .wrun()
+        .arg("run")
+        .arg(&recipe)
+        .arg("--input")
+        .arg(dir.join("input.json"))
+        .arg("--json"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["steps"][0]["output"]["hello"], "Ada", "{report}");
+}
+
 #[test]
 fn the_readme_main_job_runs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
