@@ -319,7 +319,8 @@ fn run_tool(step: &str, cmd: &mut Command, what: &str) -> Result<()> {
 /// toolkit's pinned versions, into the toolkit on first use).
 fn build_js(step: &str, dir: &Path, dest: &Path) -> Result<()> {
     let js = toolkit::root()?.join(toolkit::JS);
-    let installed = js.join("node_modules").join(".wrun-installed");
+    // Beside node_modules, not in it: `npm ci` empties node_modules first.
+    let installed = js.join(".npm-installed");
     toolkit::install_once(&installed, || {
         run_tool(
             step,
@@ -355,7 +356,7 @@ fn build_python(step: &str, dir: &Path, dest: &Path) -> Result<()> {
     let py = root.join(toolkit::PYTHON);
     let venv = py.join(".venv");
     let tool = venv.join("bin").join("componentize-py");
-    toolkit::install_once(&venv.join(".wrun-installed"), || {
+    toolkit::install_once(&py.join(".venv-installed"), || {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         run_tool(
             step,
