@@ -371,18 +371,146 @@ fn build_python(step: &str, dir: &Path, dest: &Path) -> Result<()> {
             "installing componentize-py (pip)",
         )
     })?;
-    run_tool(
+    // The world is trimmed to what the step imports from `wrun_sdk`, so it
+    // needs only the grants of what it uses (as build.mjs does for JS).
+    let needs = python_needs(dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let work = std::env::temp_dir().join(format!("wrun-py-{}-{nanos}", std::process::id()));
+    let world = trimmed_world(&root.join(toolkit::WIT), &work, &needs)?;
+    let result = run_tool(
         step,
         Command::new(&tool)
             .arg("-q")
             .arg("-d")
-            .arg(root.join(toolkit::WIT))
-            .args(["-w", "step", "componentize", "step", "-p"])
+            .arg(work.join("wit"))
+            .args(["-w", &world, "componentize", "step", "-p"])
             .arg(dir)
             .arg("-p")
             .arg(py.join("sdk"))
             .arg("-o")
             .arg(dest),
         "componentize-py",
-    )
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// The grants a Python step's modules use, from what they import of
+/// `wrun_sdk`: `http` needs `net`, `secrets` needs `secrets`, `properties`
+/// needs `env`; `import wrun_sdk` or `from wrun_sdk import *` may use
+/// anything.
+fn python_needs(dir: &Path) -> Result<Vec<&'static str>> {
+    const ALL: [&str; 3] = ["net", "secrets", "env"];
+    let need_of = |name: &str| match name {
+        "http" => Some("net"),
+        "secrets" => Some("secrets"),
+        "properties" => Some("env"),
+        _ => None,
+    };
+    let mut needs = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "py") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            // Comments out; parenthesised import lists onto one line.
+            let mut code = String::new();
+            let mut depth = 0usize;
+            for line in source.lines() {
+                let line = line.split('#').next().unwrap_or("");
+                depth =
+                    (depth + line.matches('(').count()).saturating_sub(line.matches(')').count());
+                code.push_str(line);
+                code.push(if depth > 0 { ' ' } else { '\n' });
+            }
+            for statement in code.lines().flat_map(|l| l.split(';')) {
+                let words: Vec<&str> = statement
+                    .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
+                    .filter(|w| !w.is_empty())
+                    .collect();
+                match words.as_slice() {
+                    ["import", modules @ ..] => {
+                        for m in modules {
+                            match m.strip_prefix("wrun_sdk") {
+                                Some("") => needs.extend(ALL),
+                                Some(sub) => needs.extend(sub.strip_prefix('.').and_then(need_of)),
+                                None => {}
+                            }
+                        }
+                    }
+                    ["from", "wrun_sdk", "import", names @ ..] => {
+                        if names.contains(&"*") {
+                            needs.extend(ALL);
+                        }
+                        needs.extend(names.iter().filter_map(|n| need_of(n)));
+                    }
+                    ["from", module, "import", ..] => {
+                        if let Some(sub) = module.strip_prefix("wrun_sdk.") {
+                            needs.extend(need_of(sub.split('.').next().unwrap_or("")));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(ALL.into_iter().filter(|n| needs.contains(n)).collect())
+}
+
+/// Writes a copy of the WIT package under `work/wit` whose world
+/// `step-trimmed` imports only what `needs` lists (`log` and `mask` need no
+/// grant and are always there); returns the world's name. With every need,
+/// the package's own `step` world is used.
+fn trimmed_world(wit: &Path, work: &Path, needs: &[&str]) -> Result<String> {
+    let out = work.join("wit");
+    let mut stack = vec![(wit.to_path_buf(), out.clone())];
+    while let Some((from, to)) = stack.pop() {
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        for entry in
+            std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))?
+        {
+            let path = entry?.path();
+            let target = to.join(path.file_name().unwrap_or_default());
+            if path.is_dir() {
+                stack.push((path, target));
+            } else {
+                std::fs::copy(&path, &target)
+                    .with_context(|| format!("copying {}", path.display()))?;
+            }
+        }
+    }
+    if needs.len() == 3 {
+        return Ok("step".into());
+    }
+    let line = |need: &str, text: &'static str| needs.contains(&need).then_some(text);
+    let imports: Vec<&str> = [
+        line("net", "    import wasi:http/outgoing-handler@0.2.12;"),
+        line("secrets", "    import secrets;"),
+        Some("    import log;"),
+        Some("    import mask;"),
+        line("env", "    import properties;"),
+        Some("    export actions;"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let recipe = out.join("recipe.wit");
+    let mut text = std::fs::read_to_string(&recipe)
+        .with_context(|| format!("reading {}", recipe.display()))?;
+    text.push_str(&format!(
+        "\n/// The `step` world trimmed to what one Python step uses.\nworld step-trimmed {{\n{}\n}}\n",
+        imports.join("\n")
+    ));
+    std::fs::write(&recipe, text).with_context(|| format!("writing {}", recipe.display()))?;
+    Ok("step-trimmed".into())
 }

@@ -1002,43 +1002,49 @@ async fn new_scaffolds_javascript_and_python_steps_that_build_and_check() {
     assert!(all.contains("cobol"), "{all}");
 }
 
+/// JavaScript and Python steps that call nothing of the host: built from
+/// a scaffold, they load, check and run with no grant at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scaffolded_javascript_step_that_uses_nothing_needs_no_grant() {
+async fn scaffolded_steps_that_use_nothing_need_no_grant() {
     let s = Setup::new().await;
     s.init();
-    s.ok(s.wrun().args(["new", "plain", "--lang", "js"]));
-    let dir = s.dir.join("plain");
-    std::fs::write(
-        dir.join("steps/plain/step.js"),
-        "import { log, step } from './sdk/wrun.js';\n\n\
-         export const actions = step({\n  greet: (input) => { log.info('greeting'); return { hello: input.name }; },\n});\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("recipe.toml"),
-        "[recipe]\nname = \"plain\"\n\n[[steps]]\nname = \"greet\"\ncomponent = \"components/plain.wasm\"\nbuild = \"steps/plain\"\naction = \"greet\"\ninput = \"{{ trigger }}\"\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("input.json"), "{\"name\": \"Ada\"}").unwrap();
-    let recipe = dir.join("recipe.toml");
-    let built = s.ok(s.wrun().arg("build").arg(&recipe));
-    assert!(
-        text(&built.stdout).contains("plain"),
-        "{}",
-        text(&built.stdout)
-    );
-    // No grant at all: the component imports neither HTTP nor secrets nor
-    // properties, so it loads, checks and runs.
-    s.ok(s.wrun().arg("check").arg(&recipe));
-    let out = s.ok(s
-        .wrun()
-        .arg("run")
-        .arg(&recipe)
-        .arg("--input")
-        .arg(dir.join("input.json"))
-        .arg("--json"));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["steps"][0]["output"]["hello"], "Ada", "{report}");
+    let js = "import { log, step } from './sdk/wrun.js';\n\n\
+              export const actions = step({\n  greet: (input) => { log.info('greeting'); return { hello: input.name }; },\n});\n";
+    let py = "from wrun_sdk import Actions, action, log\n\n__all__ = [\"Actions\"]\n\n\n\
+              @action(\"greet\")\ndef greet(data):\n    log.info(\"greeting\")\n    return {\"hello\": data[\"name\"]}\n";
+    for (name, lang, file, source) in [
+        ("plain-js", "js", "step.js", js),
+        ("plain-py", "python", "step.py", py),
+    ] {
+        s.ok(s.wrun().args(["new", name, "--lang", lang]));
+        let dir = s.dir.join(name);
+        std::fs::write(dir.join("steps").join(name).join(file), source).unwrap();
+        std::fs::write(
+            dir.join("recipe.toml"),
+            format!(
+                "[recipe]\nname = \"{name}\"\n\n[[steps]]\nname = \"greet\"\ncomponent = \"components/{name}.wasm\"\nbuild = \"steps/{name}\"\naction = \"greet\"\ninput = \"{{{{ trigger }}}}\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("input.json"), "{\"name\": \"Ada\"}").unwrap();
+        let recipe = dir.join("recipe.toml");
+        s.ok(s.wrun().arg("build").arg(&recipe));
+        // No grant at all: the component imports neither HTTP nor secrets
+        // nor properties, so it loads, checks and runs.
+        s.ok(s.wrun().arg("check").arg(&recipe));
+        let out = s.ok(s
+            .wrun()
+            .arg("run")
+            .arg(&recipe)
+            .arg("--input")
+            .arg(dir.join("input.json"))
+            .arg("--json"));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            report["steps"][0]["output"]["hello"], "Ada",
+            "{lang}: {report}"
+        );
+    }
 }
 
 #[test]

@@ -2098,6 +2098,11 @@ mod tests {
             .conn
             .pragma_update(None, "user_version", 3)
             .unwrap();
+        // A version 3 file has no `respond` column (version 5 added it).
+        env.store
+            .conn
+            .execute_batch("ALTER TABLE triggers DROP COLUMN respond")
+            .unwrap();
         let db = env.db();
         drop(env.store);
         let store = Store::open(&db, OpenMode::MustExist).unwrap();

@@ -46,3 +46,15 @@ class HTTPError(Error):
 
 class SecretError(Error):
     """A secret handle could not be had: not granted, or no connection bound."""
+
+
+def not_built_with(interface: str, grant: str) -> Error:
+    """The error of a call into an interface the component was built without.
+
+    ``wrun build`` trims a step's world to what the step imports from
+    ``wrun_sdk``; a step that reaches an interface another way gets this.
+    """
+    return Error(
+        f"this component was built without {interface} (no use of it was found "
+        f"in the step: import it from wrun_sdk, and give the step a `{grant}` grant)"
+    )

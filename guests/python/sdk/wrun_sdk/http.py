@@ -25,10 +25,13 @@ import json as _json
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 from componentize_py_types import Err, Ok
-from wit_world.imports import outgoing_handler, streams, types
+try:
+    from wit_world.imports import outgoing_handler, streams, types
+except ImportError:  # built for a step that makes no request
+    outgoing_handler = streams = types = None
 
 from wrun_sdk import _prepare
-from wrun_sdk.errors import Error, HTTPError
+from wrun_sdk.errors import Error, HTTPError, not_built_with
 from wrun_sdk.secrets import Secret
 
 #: The most a response body may hold; a longer one fails the request.
@@ -238,17 +241,21 @@ def describe_error_code(code: Any) -> str:
     return name if payload is None else f"{name}({payload!r})"
 
 
-_METHODS = {
-    "GET": types.Method_Get,
-    "HEAD": types.Method_Head,
-    "POST": types.Method_Post,
-    "PUT": types.Method_Put,
-    "DELETE": types.Method_Delete,
-    "CONNECT": types.Method_Connect,
-    "OPTIONS": types.Method_Options,
-    "TRACE": types.Method_Trace,
-    "PATCH": types.Method_Patch,
-}
+_METHODS = (
+    {
+        "GET": types.Method_Get,
+        "HEAD": types.Method_Head,
+        "POST": types.Method_Post,
+        "PUT": types.Method_Put,
+        "DELETE": types.Method_Delete,
+        "CONNECT": types.Method_Connect,
+        "OPTIONS": types.Method_Options,
+        "TRACE": types.Method_Trace,
+        "PATCH": types.Method_Patch,
+    }
+    if types is not None
+    else {}
+)
 
 
 def _method(method: str) -> Any:
@@ -294,6 +301,9 @@ def _transport(request: "_prepare.Prepared") -> Response:
 
     def fail(reason: str) -> Error:
         return Error(f"request to {url} failed: {reason}")
+
+    if types is None:
+        raise not_built_with("wasi:http", "net")
 
     fields = types.Fields()
     for name, value in request.headers:

@@ -9,9 +9,13 @@ checking the request.
 """
 
 from componentize_py_types import Err
-from wit_world.imports import secrets as _raw
 
-from wrun_sdk.errors import SecretError
+try:
+    from wit_world.imports import secrets as _raw
+except ImportError:  # built for a step that does not use secrets
+    _raw = None
+
+from wrun_sdk.errors import SecretError, not_built_with
 
 
 class Secret:
@@ -57,6 +61,8 @@ def get(alias: str) -> Secret:
     Raises :class:`wrun_sdk.errors.SecretError` if the step has no
     ``secrets`` grant for ``alias`` or no connection is bound to it.
     """
+    if _raw is None:
+        raise not_built_with("wrun:recipe/secrets", "secrets")
     try:
         return Secret(_raw.get(alias))
     except Err as error:
