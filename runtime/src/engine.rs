@@ -264,6 +264,11 @@ impl EngineBuilder {
             .max_memory_size(max_memory)
             .linear_memory_keep_resident(self.keep_resident)
             .table_keep_resident(self.keep_resident.min(1 << 20))
+            // Without PAGEMAP_SCAN (Linux 6.7+), resetting a pooled memory
+            // copies the whole kept-resident region back from the image after
+            // every step; with it only the pages the step dirtied are reset.
+            // `Auto` falls back to the copy where the kernel lacks the ioctl.
+            .pagemap_scan(wasmtime::Enabled::Auto)
             .table_elements(20_000);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let cache = if let Some(dir) = &self.cache_dir {
