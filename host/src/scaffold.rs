@@ -492,25 +492,120 @@ fn trimmed_world(wit: &Path, work: &Path, needs: &[&str]) -> Result<String> {
     if needs.len() == 3 {
         return Ok("step".into());
     }
-    let line = |need: &str, text: &'static str| needs.contains(&need).then_some(text);
-    let imports: Vec<&str> = [
-        line("net", "    import wasi:http/outgoing-handler@0.2.12;"),
-        line("secrets", "    import secrets;"),
-        Some("    import log;"),
-        Some("    import mask;"),
-        line("env", "    import properties;"),
-        Some("    export actions;"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
     let recipe = out.join("recipe.wit");
     let mut text = std::fs::read_to_string(&recipe)
         .with_context(|| format!("reading {}", recipe.display()))?;
-    text.push_str(&format!(
+    // The `step` world's own lines, less the imports whose grant is not
+    // needed, so the trimmed world follows the package's world.
+    let granted = |line: &str| {
+        let import = line.trim().strip_prefix("import ").unwrap_or("");
+        let need = if import.starts_with("wasi:http/outgoing-handler") {
+            "net"
+        } else if import.starts_with("secrets;") {
+            "secrets"
+        } else if import.starts_with("properties;") {
+            "env"
+        } else {
+            return true;
+        };
+        needs.contains(&need)
+    };
+    let body: Vec<&str> = text
+        .split_once("\nworld step {\n")
+        .and_then(|(_, rest)| rest.split_once("\n}"))
+        .with_context(|| format!("{} has no `world step`", recipe.display()))?
+        .0
+        .lines()
+        .filter(|line| granted(line))
+        .collect();
+    let trimmed = format!(
         "\n/// The `step` world trimmed to what one Python step uses.\nworld step-trimmed {{\n{}\n}}\n",
-        imports.join("\n")
-    ));
+        body.join("\n")
+    );
+    text.push_str(&trimmed);
     std::fs::write(&recipe, text).with_context(|| format!("writing {}", recipe.display()))?;
     Ok("step-trimmed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wrun-scaffold-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        dir
+    }
+
+    fn needs_of(files: &[(&str, &str)]) -> Vec<&'static str> {
+        let dir = scratch(&format!("needs-{}", files.len()));
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("parent");
+            std::fs::write(path, text).expect("write");
+        }
+        let needs = python_needs(&dir).expect("scan");
+        let _ = std::fs::remove_dir_all(&dir);
+        needs
+    }
+
+    #[test]
+    fn python_needs_follow_the_import_forms() {
+        assert!(needs_of(&[("step.py", "import json\nfrom wrun_sdk import log\n")]).is_empty());
+        assert_eq!(
+            needs_of(&[(
+                "step.py",
+                "from wrun_sdk import (\n  log,\n  http,  # client\n)\n"
+            )]),
+            ["net"]
+        );
+        assert_eq!(
+            needs_of(&[("a/b.py", "import os; import wrun_sdk.secrets as s\n")]),
+            ["secrets"]
+        );
+        assert_eq!(
+            needs_of(&[("step.py", "from wrun_sdk.properties import get\n")]),
+            ["env"]
+        );
+        assert_eq!(
+            needs_of(&[("step.py", "import wrun_sdk\n")]),
+            ["net", "secrets", "env"]
+        );
+        assert_eq!(
+            needs_of(&[("step.py", "from wrun_sdk import *\n")]),
+            ["net", "secrets", "env"]
+        );
+        // A comment or another package's module is not a use.
+        assert!(
+            needs_of(&[(
+                "step.py",
+                "# from wrun_sdk import http\nfrom mylib.http import x\n"
+            )])
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_trimmed_world_is_the_step_world_less_the_unneeded_imports() {
+        let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let work = scratch("world");
+        let world = trimmed_world(&wit, &work, &["secrets"]).expect("trimmed");
+        assert_eq!(world, "step-trimmed");
+        let text = std::fs::read_to_string(work.join("wit/recipe.wit")).expect("recipe.wit");
+        let trimmed = text
+            .split_once("world step-trimmed {")
+            .expect("the trimmed world")
+            .1;
+        assert!(trimmed.contains("import secrets;"), "{trimmed}");
+        assert!(trimmed.contains("import log;") && trimmed.contains("export actions;"));
+        assert!(!trimmed.contains("outgoing-handler") && !trimmed.contains("properties"));
+        let all = scratch("world-all");
+        assert_eq!(
+            trimmed_world(&wit, &all, &["net", "secrets", "env"]).expect("all"),
+            "step"
+        );
+        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_dir_all(&all);
+    }
 }
