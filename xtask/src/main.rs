@@ -40,7 +40,12 @@ fn main() -> ExitCode {
 
 /// The workspace root (this crate sits in `xtask/` below it).
 fn root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // `cargo xtask` runs this binary with the manifest directory of the
+    // checkout it was started from; the path compiled in is only a fallback
+    // (a target directory shared by several checkouts may hold a binary
+    // built in another one).
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     manifest
         .parent()
         .map_or(manifest.clone(), Path::to_path_buf)
