@@ -23,9 +23,20 @@
 // componentize-js's `fetch-event` feature (an exported
 // `wasi:http/incoming-handler`) is always off: a step exports only
 // `wrun:recipe/actions`.
+//
+// Fresh instances are cheap when the snapshot componentize-js takes (after
+// evaluating the module) already holds what every call uses. SpiderMonkey
+// sets up a standard class (Promise, Uint8Array, String, the async function
+// machinery, ...) in a global on its first use there, and the bindings
+// componentize-js generates run in a global of their own, which nothing
+// touches before the first call. So the build appends a warm-up to the
+// bindings script (`BINDINGS_WARM_UP`) and the SDK's `step()` warms the
+// step's global: without them every fresh instance redid that set-up, about
+// half of a no-op step's time (BENCHMARKS.md).
 
 import { componentize } from '@bytecodealliance/componentize-js';
-import { cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import fsPromises, { cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,6 +45,62 @@ const here = dirname(fileURLToPath(import.meta.url));
 const witDir = resolve(here, '../../wit');
 const sdkDir = resolve(here, 'sdk');
 const sdkEntry = join(sdkDir, 'wrun.js');
+
+/**
+ * Appended to the bindings script: uses, once, what the generated export
+ * wrappers use on every call (typed arrays, `DataView`, the text codecs,
+ * string methods, `JSON`, promises and awaits), so that the snapshot holds
+ * them set up. It calls nothing of the host and no action. It names two
+ * constants of the generated script; if a later componentize-js renames
+ * them, the warm-up stops early and the build still succeeds, only slower
+ * instances follow.
+ */
+const BINDINGS_WARM_UP = `
+;(() => {
+  try {
+    const bytes = new Uint8Array(16);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, view.getUint32(4, true), true);
+    view.setInt8(8, 0, true);
+    'warm\\u00e9'.charCodeAt(0);
+    TEXT_ENCODER_UTF8.encodeInto('warm', new Uint8Array(bytes.buffer, 0, 8));
+    TEXT_DECODER_UTF8.decode(new Uint8Array(bytes.buffer, 0, 4));
+    JSON.stringify({ tag: 'ok', val: 'warm' });
+    void globalThis?.process?.env?.JCO_DEBUG;
+    (async () => {
+      await null;
+      await Promise.resolve(1);
+    })();
+  } catch {}
+})();
+`;
+
+/**
+ * Runs `build` while componentize-js's writes of its bindings script
+ * (`initializer.js`) get `BINDINGS_WARM_UP` appended; returns what `build`
+ * returned and whether the script was seen. componentize-js has no option
+ * for code in the bindings' global; it writes the script with
+ * `fs/promises`' `writeFile`, whose ES module binding follows the CommonJS
+ * object after `syncBuiltinESMExports()` (a documented Node API).
+ */
+async function withBindingsWarmUp(build) {
+  const original = fsPromises.writeFile;
+  let seen = false;
+  fsPromises.writeFile = (path, data, ...rest) => {
+    if (String(path).endsWith(`${sep}initializer.js`) && typeof data === 'string') {
+      seen = true;
+      return original(path, data + BINDINGS_WARM_UP, ...rest);
+    }
+    return original(path, data, ...rest);
+  };
+  syncBuiltinESMExports();
+  try {
+    return { result: await build(), seen };
+  } finally {
+    fsPromises.writeFile = original;
+    syncBuiltinESMExports();
+  }
+}
 
 /** The SDK's own sources: a step may carry an unchanged copy of them. */
 const SDK_SOURCES = {
@@ -260,12 +327,21 @@ async function main() {
     const started = Date.now();
     let component;
     try {
-      ({ component } = await componentize({
-        sourcePath: join(copy, relative(root, entry)),
-        witPath: wit,
-        worldName: 'step-js',
-        disableFeatures: needs.has('net') ? ['fetch-event'] : ['fetch-event', 'http'],
-      }));
+      const { result, seen } = await withBindingsWarmUp(() =>
+        componentize({
+          sourcePath: join(copy, relative(root, entry)),
+          witPath: wit,
+          worldName: 'step-js',
+          disableFeatures: needs.has('net') ? ['fetch-event'] : ['fetch-event', 'http'],
+        }),
+      );
+      ({ component } = result);
+      if (!seen) {
+        console.warn(
+          'build.mjs: componentize-js did not write its bindings script as expected; ' +
+            'the component works but its instances start slower',
+        );
+      }
     } finally {
       process.chdir(previous);
     }
