@@ -76,8 +76,11 @@ pub use error::Error;
 #[doc(hidden)]
 #[allow(missing_docs, unsafe_code, unreachable_pub, clippy::all)]
 pub mod bindings {
+    // `wit/` travels with the crate (in the repository it is a link to the
+    // one WIT source, `../../wit`), so the crate builds alike from the
+    // repository, from wrun's toolkit and from crates.io.
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "wrun:recipe/step",
         with: {
             "wasi:http/types@0.2.12": wasip2::http::types,
