@@ -6,7 +6,7 @@
 //! On first use the files are written to
 //! `$WRUN_HOME/toolkit/<version>-<digest>/` (`WRUN_HOME` defaults to
 //! `$XDG_DATA_HOME/wrun`, then `~/.local/share/wrun`), in the repository's
-//! layout so the relative paths inside them (`../../wit`) hold. The digest
+//! layout so the relative paths inside them hold. The digest
 //! covers every file, so a binary with other SDKs never uses a stale copy;
 //! the directory is written under a temporary name and renamed, so a
 //! half-written toolkit is never used. The language toolchains
@@ -48,14 +48,6 @@ const FILES: &[(&str, &str)] = embedded!(
     "guests/sdk/src/mask.rs",
     "guests/sdk/src/properties.rs",
     "guests/sdk/src/secrets.rs",
-    "guests/sdk/wit/deps/cli.wit",
-    "guests/sdk/wit/deps/clocks.wit",
-    "guests/sdk/wit/deps/filesystem.wit",
-    "guests/sdk/wit/deps/http.wit",
-    "guests/sdk/wit/deps/io.wit",
-    "guests/sdk/wit/deps/random.wit",
-    "guests/sdk/wit/deps/sockets.wit",
-    "guests/sdk/wit/recipe.wit",
     "wit/deps/cli.wit",
     "wit/deps/clocks.wit",
     "wit/deps/filesystem.wit",
@@ -95,15 +87,26 @@ fn home() -> Result<PathBuf> {
     }
 }
 
-/// The files to write: the embedded ones and the standalone SDK manifest.
-fn contents() -> Vec<(&'static str, String)> {
-    let mut all: Vec<(&str, String)> = FILES.iter().map(|(p, t)| (*p, t.to_string())).collect();
-    all.push(("guests/sdk/Cargo.toml", standalone_manifest()));
+/// The files to write: the embedded ones, the WIT package again inside the
+/// Rust SDK crate (which carries it, as a published crate must; in the
+/// repository `guests/sdk/wit` is a link to `wit`) and the standalone SDK
+/// manifest.
+fn contents() -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = FILES
+        .iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect();
+    for (path, text) in FILES {
+        if path.starts_with("wit/") {
+            all.push((format!("{RUST_SDK}/{path}"), text.to_string()));
+        }
+    }
+    all.push((format!("{RUST_SDK}/Cargo.toml"), standalone_manifest()));
     all
 }
 
 /// A digest of every path and text of the toolkit.
-fn digest(files: &[(&str, String)]) -> String {
+fn digest(files: &[(String, String)]) -> String {
     let mut all = Vec::new();
     for (path, text) in files {
         all.extend_from_slice(path.as_bytes());
@@ -294,9 +297,14 @@ mod tests {
         // The repository's relative layout holds: ../../wit from the SDKs.
         assert!(dir.join(RUST_SDK).join("../../wit/recipe.wit").is_file());
         assert!(dir.join(JS).join("../../wit/recipe.wit").is_file());
+        // The Rust SDK crate carries the WIT package itself, the same text.
+        assert_eq!(
+            std::fs::read_to_string(dir.join(RUST_SDK).join("wit/recipe.wit")).unwrap(),
+            std::fs::read_to_string(dir.join(WIT).join("recipe.wit")).unwrap()
+        );
         let again = root_in(&home).unwrap();
         assert_eq!(dir, again);
-        let other = digest(&[("x", "y".to_string())]);
+        let other = digest(&[("x".to_string(), "y".to_string())]);
         assert_ne!(
             dir.file_name().unwrap().to_string_lossy(),
             format!("{}-{other}", env!("CARGO_PKG_VERSION"))
