@@ -6,14 +6,15 @@
 //! webhook's timeout. The answer is built from the job's history, which is
 //! masked, so a secret the recipe used never reaches the caller.
 //!
-//! What answers is the output of the last step that succeeded:
+//! What answers is the output of the step the manifest names
+//! (`[recipe] output`), or else of the last step that succeeded:
 //! - an object with exactly `status` and `body`, and optionally `headers`,
 //!   sets the status (200 to 599), the headers (at most [`MAX_HEADERS`],
 //!   names from [`ALLOWED_HEADERS`] or `x-…` except `x-forwarded-…`, values
 //!   of at most [`MAX_HEADER_VALUE`] bytes) and the body (a string is sent
 //!   as text when the recipe sets a `content-type`, anything else as JSON);
 //! - any other output is the JSON body of a 200;
-//! - no output (every step skipped) answers 204.
+//! - no output (every step skipped, or the named step skipped) answers 204.
 //!
 //! A failed job answers 502 (`job_failed`, with its masked error), a
 //! cancelled one 502 (`job_cancelled`), an output whose status or headers
@@ -102,7 +103,7 @@ pub async fn answer(
     drop(watch);
     s.runner.unwatch(id);
     match detail {
-        Some(detail) => match result(&detail) {
+        Some(detail) => match result(&detail, output_step(s, &detail).await.as_deref()) {
             Ok(response) => with_job(response, id),
             Err(e) => with_job(e, id),
         },
@@ -141,6 +142,22 @@ pub async fn answer(
     }
 }
 
+/// The step the job's recipe answers with, if it names one. A recipe that
+/// can no longer be loaded (deleted since) answers with its last step.
+async fn output_step(s: &AppState, detail: &JobDetail) -> Option<String> {
+    if detail.summary.state != JobState::Succeeded {
+        return None;
+    }
+    let (workspace, recipe) = (&detail.summary.workspace, &detail.summary.recipe);
+    s.runner
+        .output_step(workspace, recipe)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(job = %detail.summary.id, error = %e, "the recipe of an ended endpoint job could not be read; it answers with its last step");
+            None
+        })
+}
+
 /// Adds the job's id to an answer.
 fn with_job(response: impl IntoResponse, id: &str) -> Response {
     let mut response = response.into_response();
@@ -152,13 +169,14 @@ fn with_job(response: impl IntoResponse, id: &str) -> Response {
     response
 }
 
-/// The answer of an ended job, from its (masked) history.
+/// The answer of an ended job, from its (masked) history: the output of
+/// step `output_step` when given, else of the last step that succeeded.
 ///
 /// # Errors
 ///
 /// 502 for a failed or cancelled job, or an output whose status or
 /// headers break the limits.
-pub fn result(detail: &JobDetail) -> Result<Response, ApiError> {
+pub fn result(detail: &JobDetail, output_step: Option<&str>) -> Result<Response, ApiError> {
     match detail.summary.state {
         JobState::Succeeded => {}
         JobState::Cancelled => {
@@ -177,12 +195,18 @@ pub fn result(detail: &JobDetail) -> Result<Response, ApiError> {
             return Err(ApiError::new(StatusCode::BAD_GATEWAY, "job_failed", error));
         }
     }
-    let output = detail
-        .steps
-        .iter()
-        .rev()
-        .find(|step| step["status"] == "succeeded")
-        .map(|step| &step["output"]);
+    let output = match output_step {
+        Some(name) => detail
+            .steps
+            .iter()
+            .find(|step| step["step"] == name && step["status"] == "succeeded"),
+        None => detail
+            .steps
+            .iter()
+            .rev()
+            .find(|step| step["status"] == "succeeded"),
+    }
+    .map(|step| &step["output"]);
     let Some(output) = output else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -291,7 +315,11 @@ mod tests {
     }
 
     fn step(status: &str, output: Value) -> Value {
-        json!({ "step": "s", "status": status, "output": output })
+        named("s", status, output)
+    }
+
+    fn named(name: &str, status: &str, output: Value) -> Value {
+        json!({ "step": name, "status": status, "output": output })
     }
 
     async fn body(response: Response) -> (StatusCode, HeaderMap, Vec<u8>) {
@@ -313,7 +341,7 @@ mod tests {
                 step("skipped", Value::Null),
             ],
         );
-        let (status, headers, bytes) = body(result(&detail).unwrap()).await;
+        let (status, headers, bytes) = body(result(&detail, None).unwrap()).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CONTENT_TYPE], "application/json");
         assert_eq!(
@@ -321,7 +349,31 @@ mod tests {
             json!({"id": 7, "status": "open"})
         );
         let skipped = job(JobState::Succeeded, vec![step("skipped", Value::Null)]);
-        assert_eq!(result(&skipped).unwrap().status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            result(&skipped, None).unwrap().status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+
+    #[tokio::test]
+    async fn the_named_step_answers() {
+        let detail = job(
+            JobState::Succeeded,
+            vec![
+                named("reply", "succeeded", json!({"answer": 42})),
+                named("audit", "succeeded", json!({"logged": true})),
+                named("maybe", "skipped", Value::Null),
+            ],
+        );
+        let (status, _, bytes) = body(result(&detail, Some("reply")).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&bytes).unwrap(),
+            json!({"answer": 42})
+        );
+        // The named step was skipped: no output, even though others have one.
+        let response = result(&detail, Some("maybe")).unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
     }
 
     #[tokio::test]
@@ -333,7 +385,7 @@ mod tests {
                 json!({"status": 201, "headers": {"Location": "/orders/9", "x-trace": "a1"}, "body": {"id": 9}}),
             )],
         );
-        let (status, headers, bytes) = body(result(&detail).unwrap()).await;
+        let (status, headers, bytes) = body(result(&detail, None).unwrap()).await;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(headers["location"], "/orders/9");
         assert_eq!(headers["x-trace"], "a1");
@@ -349,7 +401,7 @@ mod tests {
                 json!({"status": 200, "headers": {"content-type": "text/csv"}, "body": "a,b\n1,2\n"}),
             )],
         );
-        let (_, headers, bytes) = body(result(&detail).unwrap()).await;
+        let (_, headers, bytes) = body(result(&detail, None).unwrap()).await;
         assert_eq!(headers[header::CONTENT_TYPE], "text/csv");
         assert_eq!(bytes, b"a,b\n1,2\n");
     }
@@ -373,7 +425,7 @@ mod tests {
             json!({"status": 200, "headers": many, "body": null}),
         ] {
             let detail = job(JobState::Succeeded, vec![step("succeeded", output.clone())]);
-            let e = result(&detail).unwrap_err();
+            let e = result(&detail, None).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_GATEWAY, "{output}");
             assert_eq!(e.code(), "invalid_response", "{output}");
         }
@@ -384,7 +436,7 @@ mod tests {
         ] {
             let detail = job(JobState::Succeeded, vec![step("succeeded", output.clone())]);
             assert_eq!(
-                result(&detail).unwrap().status(),
+                result(&detail, None).unwrap().status(),
                 StatusCode::OK,
                 "{output}"
             );
@@ -393,13 +445,13 @@ mod tests {
 
     #[test]
     fn failed_and_cancelled_jobs_answer_502() {
-        let e = result(&job(JobState::Failed, vec![])).unwrap_err();
+        let e = result(&job(JobState::Failed, vec![]), None).unwrap_err();
         assert_eq!(
             (e.status(), e.code()),
             (StatusCode::BAD_GATEWAY, "job_failed")
         );
         assert!(e.message().contains("upstream said 500"));
-        let e = result(&job(JobState::Cancelled, vec![])).unwrap_err();
+        let e = result(&job(JobState::Cancelled, vec![]), None).unwrap_err();
         assert_eq!(e.code(), "job_cancelled");
     }
 }

@@ -308,6 +308,27 @@ impl Runner {
             .remove(&(workspace.to_string(), recipe.to_string()));
     }
 
+    /// The step whose output is a recipe's output (`[recipe] output`), or
+    /// `None` for the last step that succeeded. Read from the loaded
+    /// recipe, which the job that just ended left in the cache.
+    ///
+    /// # Errors
+    ///
+    /// The recipe is no longer deployed or cannot be loaded.
+    pub async fn output_step(
+        &self,
+        workspace: &str,
+        recipe: &str,
+    ) -> Result<Option<String>, String> {
+        Ok(self
+            .recipe(workspace, recipe)
+            .await?
+            .manifest()
+            .recipe
+            .output
+            .clone())
+    }
+
     /// Jobs running now.
     pub fn running(&self) -> usize {
         self.running

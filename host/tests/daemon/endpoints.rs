@@ -12,6 +12,9 @@ use crate::support::{Api, bundle, with_stdin};
 /// A recipe whose one step returns its whole trigger (`input = "{{ trigger }}"`).
 const ECHO: &str = "[recipe]\nname = \"echo\"\n\n[trigger]\nkind = \"manual\"\n\n[[steps]]\nname = \"reply\"\ncomponent = \"components/noop.wasm\"\naction = \"noop\"\ninput = \"{{ trigger }}\"\n";
 
+/// A recipe that answers with its first step's output, not its last's.
+const NAMED: &str = "[recipe]\nname = \"named\"\noutput = \"reply\"\n\n[[steps]]\nname = \"reply\"\ncomponent = \"components/noop.wasm\"\naction = \"noop\"\ninput = \"{{ trigger }}\"\n\n[[steps]]\nname = \"audit\"\ncomponent = \"components/noop.wasm\"\naction = \"noop\"\ninput = { logged = \"{{ steps.reply.id }}\" }\n";
+
 /// A recipe whose step sleeps for `trigger.ms`.
 const SLOW: &str = "[recipe]\nname = \"slow\"\n\n[trigger]\nkind = \"manual\"\n\n[[steps]]\nname = \"nap\"\ncomponent = \"components/hostile.wasm\"\naction = \"sleep\"\ninput = { ms = \"{{ trigger.ms }}\" }\n\n[steps.grants]\nnet = [\"unused.test\"]\nsecrets = { api = \"api\" }\nenv = [\"unused\"]\ntimeout = \"60s\"\n";
 
@@ -53,6 +56,29 @@ async fn deliver(
     }
     let body = Bytes::from(serde_json::to_vec(payload).unwrap());
     api.raw(req.body(Full::new(body)).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_step_the_manifest_names_answers() {
+    let (site, token) = site("");
+    let named = bundle(&site, "named", "noop.wasm", NAMED);
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    deploy(&mut api, &token, "named", &named).await;
+    let hook = endpoint(&mut api, &token, "named", json!({ "timeout_ms": 20000 })).await;
+    let payload = json!({ "id": 7, "status": "open" });
+    let r = deliver(&mut api, &hook, &payload, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json, payload);
+    // Both steps ran; the last one's output is in the history, not the answer.
+    let job = r.headers["wrun-job"].to_str().unwrap().to_string();
+    let detail = api.wait_job(WS, &job, &token).await;
+    assert_eq!(detail["steps"][1]["step"], "audit", "{detail}");
+    assert_eq!(
+        detail["steps"][1]["output"],
+        json!({ "logged": 7 }),
+        "{detail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@
 //! [recipe]
 //! name = "issue-to-slack"
 //! description = "Post new GitHub issues to Slack"
+//! output = "fetch-issue"    # optional: the step whose output is the recipe's
 //!
 //! [trigger]
 //! kind = "webhook"          # "manual" (the default), "webhook" or "schedule"
@@ -62,7 +63,7 @@ pub const MAX_ATTEMPTS: u32 = 100;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Manifest {
-    /// The `[recipe]` table: name and description.
+    /// The `[recipe]` table: name, description, answering step.
     pub recipe: RecipeInfo,
     /// What starts a run.
     pub trigger: Trigger,
@@ -78,6 +79,10 @@ pub struct RecipeInfo {
     pub name: String,
     /// A sentence for people browsing recipes.
     pub description: Option<String>,
+    /// The step whose output is the recipe's output: what an endpoint
+    /// recipe answers its webhook with. `None` means the last step that
+    /// succeeded. When set, it names a step of the manifest.
+    pub output: Option<String>,
 }
 
 /// What starts a run of the recipe (the `[trigger]` table).
@@ -404,6 +409,7 @@ impl Manifest {
             recipe: TomlRecipe {
                 name: &self.recipe.name,
                 description: self.recipe.description.as_deref(),
+                output: self.recipe.output.as_deref(),
             },
             trigger,
             steps,
@@ -427,6 +433,8 @@ struct TomlRecipe<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a str>,
 }
 
 #[derive(Serialize, Default)]
@@ -599,7 +607,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 const TOP_KEYS: &[&str] = &["recipe", "trigger", "steps"];
-const RECIPE_KEYS: &[&str] = &["name", "description"];
+const RECIPE_KEYS: &[&str] = &["name", "description", "output"];
 const STEP_KEYS: &[&str] = &[
     "name",
     "component",
@@ -836,10 +844,27 @@ impl<'t> Checker<'t> {
                 None
             }
         };
+        let (recipe, steps) = (recipe?, steps?);
+        if let Some(output) = &recipe.output
+            && !steps.iter().any(|s: &StepSpec| &s.name == output)
+        {
+            let span = root
+                .get("recipe")
+                .and_then(|r| match r.get_ref() {
+                    DeValue::Table(t) => t.get("output"),
+                    _ => None,
+                })
+                .map_or(0..0, |o| o.span());
+            self.error(
+                "recipe.output",
+                span,
+                format!("`{output}` is not a step of this recipe: name the step whose output the recipe answers with"),
+            );
+        }
         Some(Manifest {
-            recipe: recipe?,
+            recipe,
             trigger: trigger?,
-            steps: steps?,
+            steps,
         })
     }
 
@@ -863,9 +888,14 @@ impl<'t> Checker<'t> {
             Some(d) => Some(Some(self.string(d, "recipe.description")?.to_string())),
             None => Some(None),
         };
+        let output = match table.get("output") {
+            Some(o) => Some(Some(self.string(o, "recipe.output")?.to_string())),
+            None => Some(None),
+        };
         Some(RecipeInfo {
             name: name?,
             description: description?,
+            output: output?,
         })
     }
 
@@ -1383,6 +1413,7 @@ mod tests {
 [recipe]
 name = "issue-to-slack"            # required; [a-z0-9-_], 1..64
 description = "Post new GitHub issues to Slack"   # optional
+output = "fetch-issue"             # optional
 
 [trigger]
 kind = "webhook"
@@ -1468,6 +1499,7 @@ env = ["slack_channel", "github_api"]
             m.recipe.description.as_deref(),
             Some("Post new GitHub issues to Slack")
         );
+        assert_eq!(m.recipe.output.as_deref(), Some("fetch-issue"));
         assert_eq!(
             m.trigger,
             Trigger::Webhook {
@@ -1872,6 +1904,23 @@ env = ["slack_channel", "github_api"]
         assert!(valid_name("fetch-issue_2"));
         assert!(valid_name(&"x".repeat(64)));
         assert!(!valid_name("a.b"));
+    }
+
+    #[test]
+    fn the_output_step_must_be_a_step() {
+        let text = "[recipe]\nname = \"r\"\noutput = \"nope\"\n\n[[steps]]\nname = \"a\"\ncomponent = \"a.wasm\"\naction = \"x\"\n";
+        let errors = Manifest::parse(text).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].location, "recipe.output at 3:10");
+        assert!(
+            errors.0[0].message.contains("`nope` is not a step"),
+            "{errors}"
+        );
+        let errors = Manifest::parse(&text.replace("\"nope\"", "1")).unwrap_err();
+        assert!(errors.to_string().contains("recipe.output"), "{errors}");
+        let m = Manifest::parse(&text.replace("nope", "a")).unwrap();
+        assert_eq!(m.recipe.output.as_deref(), Some("a"));
+        assert_eq!(Manifest::parse(&m.to_toml().unwrap()).unwrap(), m);
     }
 
     #[test]
