@@ -87,8 +87,9 @@ pub fn wrun_home() -> std::path::PathBuf {
 
 /// The target directory this test or bench binary was built into: it lives
 /// in `<target>/<profile>/deps/` (or `examples/`), and the guests are built
-/// into `<target>/guests/` by `cargo xtask guests`.
-fn target_dir() -> std::path::PathBuf {
+/// into `<target>/guests/` by `cargo xtask guests`. Tests keep what should
+/// outlive one run (tool installs, builds) under it.
+pub fn target_dir() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     exe.ancestors()
         .skip(1)
