@@ -232,21 +232,33 @@ function detectNeeds(own, sdkEntries) {
   return needs;
 }
 
-/** A copy of the WIT package with a world trimmed to `needs`. */
+/** The grant each import of the `step` world needs; other imports need none. */
+const IMPORT_NEEDS = [
+  ['wasi:http/outgoing-handler', 'net'],
+  ['secrets;', 'secrets'],
+  ['properties;', 'env'],
+];
+
+/**
+ * A copy of the WIT package with a world `step-js`: the package's `step`
+ * world less the imports whose grant `needs` lacks, so the trimmed world
+ * follows the package's world when it changes.
+ */
 async function trimmedWit(dir, needs) {
   const out = join(dir, 'wit');
   await cp(witDir, out, { recursive: true });
-  const lines = [
-    needs.has('net') ? '    import wasi:http/outgoing-handler@0.2.12;' : null,
-    needs.has('secrets') ? '    import secrets;' : null,
-    '    import log;',
-    '    import mask;',
-    needs.has('env') ? '    import properties;' : null,
-    '    export actions;',
-  ].filter((line) => line !== null);
-  const world = `\n/// The \`step\` world trimmed to what one JavaScript step uses.\nworld step-js {\n${lines.join('\n')}\n}\n`;
   const recipe = join(out, 'recipe.wit');
-  await writeFile(recipe, (await readFile(recipe, 'utf8')) + world);
+  const text = await readFile(recipe, 'utf8');
+  const body = /\nworld step \{\n([\s\S]*?)\n\}/.exec(text);
+  if (!body) throw new Error(`${recipe} has no \`world step\``);
+  const granted = (line) => {
+    const item = line.trim();
+    const rule = IMPORT_NEEDS.find(([prefix]) => item.startsWith(`import ${prefix}`));
+    return !rule || needs.has(rule[1]);
+  };
+  const lines = body[1].split('\n').filter(granted);
+  const world = `\n/// The \`step\` world trimmed to what one JavaScript step uses.\nworld step-js {\n${lines.join('\n')}\n}\n`;
+  await writeFile(recipe, text + world);
   return out;
 }
 
