@@ -16,7 +16,15 @@
 //! ```sh
 //! cargo build --release -p wrun -p wrun-benches
 //! target/release/wrun-load --rate 2000 --seconds 10
+//! target/release/wrun-load --lang js --rate 2000 --seconds 10
+//! target/release/wrun-load --lang js --respond --rate 1000 --seconds 10
 //! ```
+//!
+//! `--lang rust|js|python` picks the language of the `noop` fixture the
+//! three steps run (built by `cargo xtask guests`). `--respond` makes the
+//! webhook an endpoint (response mode): each request waits for its job and
+//! is answered with the last step's output, so the client's latency is the
+//! whole webhook -> answer time.
 //!
 //! `--baseline 127.0.0.1:8080` instead sends the same POSTs, at the same
 //! rate, over plain HTTP to a `wasmtime serve` of the `hello-http` fixture.
@@ -32,7 +40,7 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::Value;
-use wrun_tests::{DirectClient, TestPki, guests_dir};
+use wrun_tests::{DirectClient, TestPki, guests_dir, guests_js_dir, guests_py_dir};
 
 struct Args {
     wrun: PathBuf,
@@ -43,6 +51,10 @@ struct Args {
     /// Instead of wrun: send the same webhooks over plain HTTP to this
     /// address (a `wasmtime serve` of the hello-http fixture).
     baseline: Option<std::net::SocketAddr>,
+    /// The language of the steps' `noop` component.
+    lang: String,
+    /// Endpoint mode: each request waits for its job's answer.
+    respond: bool,
 }
 
 fn args() -> Args {
@@ -53,9 +65,15 @@ fn args() -> Args {
         connections: 32,
         workers: 64,
         baseline: None,
+        lang: "rust".into(),
+        respond: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--respond" {
+            a.respond = true;
+            continue;
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--wrun" => a.wrun = value.into(),
@@ -64,6 +82,7 @@ fn args() -> Args {
             "--connections" => a.connections = value.parse().unwrap(),
             "--workers" => a.workers = value.parse().unwrap(),
             "--baseline" => a.baseline = Some(value.parse().unwrap()),
+            "--lang" => a.lang = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -178,8 +197,14 @@ async fn main() {
         ),
     )
     .unwrap();
+    let components = match a.lang.as_str() {
+        "rust" => guests_dir(),
+        "js" => guests_js_dir(),
+        "python" => guests_py_dir(),
+        other => panic!("--lang {other}: rust, js or python"),
+    };
     std::fs::copy(
-        guests_dir().join("noop.wasm"),
+        components.join("noop.wasm"),
         dir.join("recipe/components/noop.wasm"),
     )
     .unwrap();
@@ -275,7 +300,11 @@ input = { order = "{{ steps.b.order }}", stage = "delivered" }
         .send(send(
             Method::POST,
             "/v1/workspaces/default/recipes/three/webhooks",
-            Bytes::from(r#"{"environment":"prod","signed":false}"#),
+            Bytes::from(if a.respond {
+                r#"{"environment":"prod","signed":false,"respond":{"timeout_ms":10000}}"#
+            } else {
+                r#"{"environment":"prod","signed":false}"#
+            }),
             "application/json",
         ))
         .await
@@ -302,6 +331,7 @@ input = { order = "{{ steps.b.order }}", stage = "delivered" }
     let deadline = Duration::from_secs_f64(a.seconds);
     let hook_path = Arc::new(hook_path);
     let mut tasks = Vec::new();
+    let respond = a.respond;
     for c in 0..a.connections {
         let (ca, hook_path) = (ca.clone(), Arc::clone(&hook_path));
         tasks.push(tokio::spawn(async move {
@@ -323,11 +353,19 @@ input = { order = "{{ steps.b.order }}", stage = "delivered" }
                     .header("content-type", "application/json")
                     .body(Full::new(Bytes::from(format!(r#"{{"order":"c{c}-{n}"}}"#))))
                     .unwrap();
-                let (s, _, b) = client.send(req).await.unwrap();
+                let (s, h, b) = client.send(req).await.unwrap();
                 lat.push(t0.elapsed().as_secs_f64() * 1000.0);
-                assert_eq!(s.as_u16(), 202, "{b:?}");
                 let v: Value = serde_json::from_slice(&b).unwrap();
-                ids.push(v["job"].as_str().unwrap().to_string());
+                if respond {
+                    // The answer is the last step's output.
+                    assert_eq!(s.as_u16(), 200, "{b:?}");
+                    assert_eq!(v["stage"], "delivered", "{v}");
+                    assert_eq!(v["order"], format!("c{c}-{n}"), "{v}");
+                    ids.push(h["wrun-job"].to_str().unwrap().to_string());
+                } else {
+                    assert_eq!(s.as_u16(), 202, "{b:?}");
+                    ids.push(v["job"].as_str().unwrap().to_string());
+                }
                 n += 1;
             }
             (lat, ids)
@@ -403,15 +441,29 @@ input = { order = "{{ steps.b.order }}", stage = "delivered" }
     ack.sort_by(f64::total_cmp);
     let span = (last - first) as f64 / 1000.0;
     println!(
-        "target rate {:.0}/s over {} connections for {:.1} s; workers {}",
-        a.rate, a.connections, a.seconds, a.workers
+        "{} steps{}; target rate {:.0}/s over {} connections for {:.1} s; workers {}",
+        a.lang,
+        if a.respond {
+            ", endpoint (response mode)"
+        } else {
+            ""
+        },
+        a.rate,
+        a.connections,
+        a.seconds,
+        a.workers
     );
     println!(
-        "sent {} webhooks in {:.2} s ({:.0}/s offered), {} acknowledged (202)",
+        "sent {} webhooks in {:.2} s ({:.0}/s offered), {} {}",
         ids.len(),
         sent_for.as_secs_f64(),
         ids.len() as f64 / sent_for.as_secs_f64(),
-        ack.len()
+        ack.len(),
+        if a.respond {
+            "answered (200)"
+        } else {
+            "acknowledged (202)"
+        }
     );
     println!(
         "jobs: {} succeeded of {} ({} lost); sustained {:.0} jobs/s (first webhook to last completion: {:.2} s)",
@@ -422,7 +474,8 @@ input = { order = "{{ steps.b.order }}", stage = "delivered" }
         span
     );
     println!(
-        "202 latency (client): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{} latency (client): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        if a.respond { "answer" } else { "202" },
         percentile(&ack, 0.5),
         percentile(&ack, 0.99),
         ack.last().copied().unwrap_or(f64::NAN)
