@@ -157,22 +157,30 @@ impl Recipe {
     ) -> Result<Recipe, LoadErrors> {
         let mut errors = Vec::new();
         let mut steps = Vec::new();
+        // Steps that run the same component share one compiled copy: it is
+        // read and compiled (or fetched from the compile cache) once.
+        let mut loaded: BTreeMap<&Path, crate::engine::Component> = BTreeMap::new();
         for spec in &manifest.steps {
-            let bytes = match read(&spec.component) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    errors.push(Error::Compile {
-                        component: spec.component.display().to_string(),
-                        reason: format!("cannot read it ({e}); build it with `wrun build`"),
-                    });
-                    continue;
-                }
-            };
-            let component = match engine.load(&spec.component.display().to_string(), &bytes) {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
+            let component = match loaded.get(spec.component.as_path()) {
+                Some(component) => component.clone(),
+                None => {
+                    let bytes = match read(&spec.component) {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            errors.push(Error::Compile {
+                                component: spec.component.display().to_string(),
+                                reason: format!("cannot read it ({e}); build it with `wrun build`"),
+                            });
+                            continue;
+                        }
+                    };
+                    match engine.load(&spec.component.display().to_string(), &bytes) {
+                        Ok(c) => loaded.entry(spec.component.as_path()).or_insert(c).clone(),
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    }
                 }
             };
             let grants = match spec.grants.to_grants() {

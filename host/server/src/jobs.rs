@@ -45,6 +45,9 @@ pub struct RunnerLimits {
 /// A loaded recipe and the deployment (`updated_at`) it was loaded from.
 type LoadedRecipe = (UnixMillis, Arc<Recipe>);
 
+/// Held while a recipe is loaded for jobs.
+type LoadLock = Arc<tokio::sync::Mutex<()>>;
+
 /// Runs jobs.
 pub struct Runner {
     storage: Arc<dyn Storage>,
@@ -55,6 +58,10 @@ pub struct Runner {
     global: Arc<Semaphore>,
     per_workspace: Mutex<HashMap<String, Arc<Semaphore>>>,
     recipes: Mutex<HashMap<(String, String), LoadedRecipe>>,
+    /// One lock per recipe held while it is loaded, so jobs that find it
+    /// missing from `recipes` wait for one load instead of each compiling
+    /// it again (a burst of webhooks after a deploy or a restart).
+    loading: Mutex<HashMap<(String, String), LoadLock>>,
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Requests waiting for a job's end (webhooks in response mode).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
@@ -225,6 +232,7 @@ impl Runner {
             global: Arc::new(Semaphore::new(limits.concurrency.max(1))),
             per_workspace: Mutex::new(HashMap::new()),
             recipes: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             stopping,
@@ -302,10 +310,15 @@ impl Runner {
 
     /// Drops a recipe's loaded components (after it was deleted).
     pub fn forget(&self, workspace: &str, recipe: &str) {
+        let key = (workspace.to_string(), recipe.to_string());
         self.recipes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(workspace.to_string(), recipe.to_string()));
+            .remove(&key);
+        self.loading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
     }
 
     /// The step whose output is a recipe's output (`[recipe] output`), or
@@ -372,14 +385,29 @@ impl Runner {
             .map_err(|e| e.to_string())?
             .ok_or_else(not_deployed)?;
         let key = (workspace.to_string(), name.to_string());
-        if let Some((cached, recipe)) = self
-            .recipes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            && *cached == version
-        {
-            return Ok(Arc::clone(recipe));
+        let cached = |runner: &Self| {
+            runner
+                .recipes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .filter(|(cached, _)| *cached == version)
+                .map(|(_, recipe)| Arc::clone(recipe))
+        };
+        if let Some(recipe) = cached(self) {
+            return Ok(recipe);
+        }
+        let lock = Arc::clone(
+            self.loading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key.clone())
+                .or_default(),
+        );
+        let _loading = lock.lock().await;
+        // Loaded by the job this one waited for.
+        if let Some(recipe) = cached(self) {
+            return Ok(recipe);
         }
         let stored = self
             .storage
@@ -403,6 +431,7 @@ impl Runner {
                 })?;
             bytes.insert(path.clone(), component);
         }
+        self.metrics.record_recipe_load();
         let engine = self.engine.clone();
         let recipe = tokio::task::spawn_blocking(move || {
             Recipe::load(&engine, manifest, |path| {

@@ -18,6 +18,7 @@
 //! | `wrun_auth_failures_total` | counter | `reason`: missing, malformed, invalid, expired, forbidden |
 //! | `wrun_http_requests_total` | counter | `status_class`: 1xx to 5xx |
 //! | `wrun_webhooks_total` | counter | `outcome`: accepted, rejected, rate_limited |
+//! | `wrun_recipe_loads_total` | counter | |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,6 +187,8 @@ struct Inner {
     http_requests: Family<Label, Counter>,
     /// `wrun_webhooks_total{outcome}`.
     webhooks: Family<Label, Counter>,
+    /// `wrun_recipe_loads_total`.
+    recipe_loads: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -261,6 +264,12 @@ impl Metrics {
             "Incoming webhooks, by outcome",
             webhooks.clone(),
         );
+        let recipe_loads = Counter::default();
+        registry.register(
+            "wrun_recipe_loads",
+            "Recipes compiled or read from the compile cache for jobs (a deploy, a restart)",
+            recipe_loads.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -272,6 +281,7 @@ impl Metrics {
                 auth_failures,
                 http_requests,
                 webhooks,
+                recipe_loads,
             }),
         }
     }
@@ -308,6 +318,11 @@ impl Metrics {
             .step_duration
             .get_or_create(&[("outcome", outcome.as_str())])
             .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a recipe loaded for jobs (`wrun_recipe_loads_total`).
+    pub fn record_recipe_load(&self) {
+        self.inner.recipe_loads.inc();
     }
 
     /// Counts an outgoing request refused by egress policy.

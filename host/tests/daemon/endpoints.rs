@@ -7,7 +7,7 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 
 use crate::crash::{WS, deploy, site};
-use crate::support::{Api, bundle, with_stdin};
+use crate::support::{Api, bundle, bundle_of, with_stdin};
 
 /// A recipe whose one step returns its whole trigger (`input = "{{ trigger }}"`).
 const ECHO: &str = "[recipe]\nname = \"echo\"\n\n[trigger]\nkind = \"manual\"\n\n[[steps]]\nname = \"reply\"\ncomponent = \"components/noop.wasm\"\naction = \"noop\"\ninput = \"{{ trigger }}\"\n";
@@ -78,6 +78,48 @@ async fn the_step_the_manifest_names_answers() {
         detail["steps"][1]["output"],
         json!({ "logged": 7 }),
         "{detail}"
+    );
+}
+
+/// A burst of webhooks right after a deploy loads the recipe once: the
+/// jobs that find it missing wait for the first load instead of each
+/// compiling a 12 MB JavaScript component again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_jobs_loads_the_recipe_once() {
+    let (site, token) = site("");
+    let text = NAMED.replace("name = \"named\"", "name = \"burst\"");
+    let burst = bundle_of(
+        &site,
+        "burst",
+        &wrun_tests::guests_js_dir().join("noop.wasm"),
+        &text,
+    );
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    deploy(&mut api, &token, "burst", &burst).await;
+    let r = api
+        .post(
+            &format!("/v1/workspaces/{WS}/recipes/burst/webhooks"),
+            &token,
+            &json!({ "environment": "prod", "signed": false }),
+        )
+        .await;
+    let hook = r.json["id"].as_str().unwrap().to_string();
+    let mut jobs = Vec::new();
+    for i in 0..12 {
+        let r = deliver(&mut api, &hook, &json!({ "id": i }), None).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+        jobs.push(r.json["job"].as_str().unwrap().to_string());
+    }
+    for job in &jobs {
+        let detail = api.wait_job(WS, job, &token).await;
+        assert_eq!(detail["state"], "succeeded", "{detail}");
+    }
+    let r = api.send(Method::GET, "/metrics", None, None).await;
+    let metrics = String::from_utf8_lossy(&r.raw).into_owned();
+    assert!(
+        metrics.lines().any(|l| l == "wrun_recipe_loads_total 1"),
+        "{metrics}"
     );
 }
 

@@ -364,11 +364,16 @@ impl Api {
 /// Writes a recipe directory holding `component` (from the built guests)
 /// and the manifest `text`, and exports it as a bundle; returns its path.
 pub(crate) fn bundle(site: &Site, name: &str, component: &str, text: &str) -> PathBuf {
+    bundle_of(site, name, &guests_dir().join(component), text)
+}
+
+/// As [`bundle`], with the component at `component` (any language's build).
+pub(crate) fn bundle_of(site: &Site, name: &str, component: &Path, text: &str) -> PathBuf {
     let dir = site.dir.join(format!("recipe-{name}"));
     std::fs::create_dir_all(dir.join("components")).unwrap();
     std::fs::copy(
-        guests_dir().join(component),
-        dir.join("components").join(component),
+        component,
+        dir.join("components").join(component.file_name().unwrap()),
     )
     .unwrap();
     std::fs::write(dir.join("recipe.toml"), text).unwrap();
