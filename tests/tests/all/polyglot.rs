@@ -119,6 +119,34 @@ async fn echoed_printed_and_returned_secrets_are_masked() {
     }
 }
 
+/// Every step runs in a fresh instance, also where the pool resets a large
+/// snapshot by its dirty pages: a count kept in a global is 1 in every step,
+/// after steps that dirtied megabytes of memory or died at the limit.
+#[tokio::test]
+async fn javascript_and_python_steps_start_from_a_fresh_instance() {
+    let env = TestEnv::new().await;
+    for (lang, dir) in languages() {
+        let hostile = component(&env, &dir, "hostile.wasm");
+        let grants = env.hostile_grants().memory(64 << 20);
+        let step = env
+            .engine
+            .step("hostile", &hostile, grants.build().unwrap())
+            .unwrap();
+        let job = env.job();
+        for round in 0..3 {
+            let out = success(job.run(&step, "counter", &json!({})).await);
+            assert_eq!(out.output, json!({"count": 1}), "{lang}, round {round}");
+            let out = success(job.run(&step, "memory-bomb", &json!({"mib": 8})).await);
+            assert_eq!(out.output["allocated_mib"], 8, "{lang}");
+            let (text, f) = failure(env.job().run(&step, "memory-bomb", &json!({})).await);
+            assert!(
+                matches!(f.error, Error::MemoryLimit { .. }),
+                "{lang}: {text}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn memory_bombs_and_infinite_loops_end_the_step() {
     let env = TestEnv::new().await;
