@@ -1047,6 +1047,33 @@ async fn scaffolded_steps_that_use_nothing_need_no_grant() {
     }
 }
 
+/// A Python step that reaches `wrun_sdk.http` in a way the build cannot
+/// see is built without HTTP: it loads with no grant, and its request fails
+/// with an error that says why and what to do, not a missing import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_step_built_without_http_says_so() {
+    let s = Setup::new().await;
+    s.init();
+    let py = "import importlib\n\nfrom wrun_sdk import Actions, action\n\n__all__ = [\"Actions\"]\n\n\n\
+              @action(\"fetch\")\ndef fetch(data):\n    http = importlib.import_module(\"wrun_sdk.\" + \"http\")\n    return http.get(\"https://api.github.test/\").json()\n";
+    s.ok(s.wrun().args(["new", "hidden-http", "--lang", "python"]));
+    let dir = s.dir.join("hidden-http");
+    std::fs::write(dir.join("steps/hidden-http/step.py"), py).unwrap();
+    std::fs::write(
+        dir.join("recipe.toml"),
+        "[recipe]\nname = \"hidden-http\"\n\n[[steps]]\nname = \"fetch\"\ncomponent = \"components/hidden-http.wasm\"\nbuild = \"steps/hidden-http\"\naction = \"fetch\"\ninput = {}\n",
+    )
+    .unwrap();
+    let recipe = dir.join("recipe.toml");
+    s.ok(s.wrun().arg("build").arg(&recipe));
+    s.ok(s.wrun().arg("check").arg(&recipe));
+    let all = s.fails(s.wrun().arg("run").arg(&recipe), 1);
+    assert!(
+        all.contains("built without wasi:http") && all.contains("`net` grant"),
+        "{all}"
+    );
+}
+
 #[test]
 fn the_readme_main_job_runs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
