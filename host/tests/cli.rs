@@ -1008,25 +1008,10 @@ async fn new_scaffolds_javascript_and_python_steps_that_build_and_check() {
 async fn scaffolded_steps_that_use_nothing_need_no_grant() {
     let s = Setup::new().await;
     s.init();
-    let js = "import { log, step } from './sdk/wrun.js';\n\n\
-              export const actions = step({\n  greet: (input) => { log.info('greeting'); return { hello: input.name }; },\n});\n";
-    let py = "from wrun_sdk import Actions, action, log\n\n__all__ = [\"Actions\"]\n\n\n\
-              @action(\"greet\")\ndef greet(data):\n    log.info(\"greeting\")\n    return {\"hello\": data[\"name\"]}\n";
-    for (name, lang, file, source) in [
-        ("plain-js", "js", "step.js", js),
-        ("plain-py", "python", "step.py", py),
-    ] {
+    for (name, lang) in [("plain-js", "js"), ("plain-py", "python")] {
         s.ok(s.wrun().args(["new", name, "--lang", lang]));
         let dir = s.dir.join(name);
-        std::fs::write(dir.join("steps").join(name).join(file), source).unwrap();
-        std::fs::write(
-            dir.join("recipe.toml"),
-            format!(
-                "[recipe]\nname = \"{name}\"\n\n[[steps]]\nname = \"greet\"\ncomponent = \"components/{name}.wasm\"\nbuild = \"steps/{name}\"\naction = \"greet\"\ninput = \"{{{{ trigger }}}}\"\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(dir.join("input.json"), "{\"name\": \"Ada\"}").unwrap();
+        wrun_tests::greet_project(&dir, name, lang);
         let recipe = dir.join("recipe.toml");
         s.ok(s.wrun().arg("build").arg(&recipe));
         // No grant at all: the component imports neither HTTP nor secrets

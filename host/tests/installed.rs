@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use wrun_tests::{GREET_STEPS, greet_project};
 
 /// The repository this test was built from.
 fn repo() -> PathBuf {
@@ -85,30 +86,6 @@ fn clean<'a>(cmd: &'a mut Command, home: &Path) -> &'a mut Command {
     cmd.env("WRUN_HOME", home).env("NO_COLOR", "1")
 }
 
-/// A step that greets the `name` of its input, written in each language
-/// with its SDK; it uses only the log, so it needs no grant.
-const GREET: [(&str, &str, &str); 3] = [
-    (
-        "rust",
-        "src/lib.rs",
-        "use serde_json::{Value, json};\nuse wrun_sdk::{Error, log, step};\n\n\
-         fn greet(input: Value) -> Result<Value, Error> {\n    log::info(\"greeting\");\n    Ok(json!({ \"hello\": input[\"name\"] }))\n}\n\n\
-         step!(\"greet\" => greet);\n",
-    ),
-    (
-        "js",
-        "step.js",
-        "import { log, step } from './sdk/wrun.js';\n\n\
-         export const actions = step({\n  greet: (input) => { log.info('greeting'); return { hello: input.name }; },\n});\n",
-    ),
-    (
-        "python",
-        "step.py",
-        "from wrun_sdk import Actions, action, log\n\n__all__ = [\"Actions\"]\n\n\n\
-         @action(\"greet\")\ndef greet(data):\n    log.info(\"greeting\")\n    return {\"hello\": data[\"name\"]}\n",
-    ),
-];
-
 #[test]
 fn an_installed_wrun_scaffolds_builds_and_runs_steps_without_the_checkout() {
     // Kept between runs, like any cargo target directory, so a second run
@@ -148,19 +125,11 @@ fn an_installed_wrun_scaffolds_builds_and_runs_steps_without_the_checkout() {
         ok(&mut cmd)
     };
     run(&["key", "init"], &work);
-    for (lang, file, source) in GREET {
+    for (lang, _, _) in GREET_STEPS {
         let name = format!("greet-{lang}");
         run(&["new", &name, "--lang", lang], &work);
         let dir = work.join(&name);
-        std::fs::write(dir.join("steps").join(&name).join(file), source).unwrap();
-        std::fs::write(
-            dir.join("recipe.toml"),
-            format!(
-                "[recipe]\nname = \"{name}\"\n\n[[steps]]\nname = \"greet\"\ncomponent = \"components/{name}.wasm\"\nbuild = \"steps/{name}\"\naction = \"greet\"\ninput = \"{{{{ trigger }}}}\"\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(dir.join("input.json"), "{\"name\": \"Ada\"}").unwrap();
+        greet_project(&dir, &name, lang);
         run(&["build", "recipe.toml"], &dir);
         run(&["check", "recipe.toml"], &dir);
         let out = run(

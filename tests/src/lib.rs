@@ -9,6 +9,7 @@
 //!   as a baseline for benchmarks.
 //! - [`canary`](mod@canary): random secret-like values and [`assert_absent`],
 //!   which searches for them in raw and encoded forms.
+//! - [`greet`]: a grant-free step in each language, written over a scaffold.
 //!
 //! Everything listens on and connects to `127.0.0.1` only.
 //!
@@ -31,11 +32,13 @@
 
 pub mod canary;
 pub mod client;
+pub mod greet;
 pub mod mock;
 pub mod pki;
 
 pub use canary::{assert_absent, canary, find_encoded};
 pub use client::DirectClient;
+pub use greet::{GREET_STEPS, greet_project};
 pub use mock::{MockServer, REFLECT_FORMS, Recorded, reflected};
 pub use pki::TestPki;
 
