@@ -208,34 +208,33 @@ async fn main() {
         dir.join("recipe/components/noop.wasm"),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("recipe/recipe.toml"),
-        r#"[recipe]
-name = "three"
-
-[trigger]
-kind = "webhook"
-
-[[steps]]
-name = "a"
-component = "components/noop.wasm"
-action = "noop"
-input = { order = "{{ trigger.order }}", stage = "received" }
-
-[[steps]]
-name = "b"
-component = "components/noop.wasm"
-action = "noop"
-input = { order = "{{ steps.a.order }}", stage = "enriched" }
-
-[[steps]]
-name = "c"
-component = "components/noop.wasm"
-action = "noop"
-input = { order = "{{ steps.b.order }}", stage = "delivered" }
-"#,
-    )
-    .unwrap();
+    // The Python fixtures are built with the whole world (its `noop` too),
+    // so its steps need every grant, and a connection for the secret one.
+    let grants = if a.lang == "python" {
+        "\n[steps.grants]\nnet = [\"unused.test\"]\nsecrets = { api = \"api\" }\nenv = [\"unused\"]\n"
+    } else {
+        ""
+    };
+    let mut recipe = String::from("[recipe]\nname = \"three\"\n\n[trigger]\nkind = \"webhook\"\n");
+    for (name, input) in [
+        (
+            "a",
+            r#"{ order = "{{ trigger.order }}", stage = "received" }"#,
+        ),
+        (
+            "b",
+            r#"{ order = "{{ steps.a.order }}", stage = "enriched" }"#,
+        ),
+        (
+            "c",
+            r#"{ order = "{{ steps.b.order }}", stage = "delivered" }"#,
+        ),
+    ] {
+        recipe.push_str(&format!(
+            "\n[[steps]]\nname = \"{name}\"\ncomponent = \"components/noop.wasm\"\naction = \"noop\"\ninput = {input}\n{grants}"
+        ));
+    }
+    std::fs::write(dir.join("recipe/recipe.toml"), recipe).unwrap();
     ok(wrun(&a.wrun, &dir).args(["key", "init"]));
     ok(wrun(&a.wrun, &dir).args(["member", "set", "bench", "admin"]));
     let token = ok(wrun(&a.wrun, &dir).args([
@@ -286,6 +285,18 @@ input = { order = "{{ steps.b.order }}", stage = "delivered" }
             .body(Full::new(body))
             .unwrap()
     };
+    if a.lang == "python" {
+        let (s, _, b) = admin
+            .send(send(
+                Method::PUT,
+                "/v1/workspaces/default/connections/api",
+                Bytes::from(r#"{"value":"unused-bench-secret-7c1d","hosts":["unused.test"]}"#),
+                "application/json",
+            ))
+            .await
+            .unwrap();
+        assert!(s.is_success(), "{s} {b:?}");
+    }
     let (s, _, b) = admin
         .send(send(
             Method::PUT,
