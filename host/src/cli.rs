@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
@@ -13,7 +13,7 @@ use wrun_runtime::recipe::{Recipe, RunReport, StepRecord, StepStatus};
 use wrun_runtime::{Engine, JobOptions};
 use zeroize::Zeroizing;
 
-use crate::connections::StoreConnections;
+use crate::daemon::oauth::Refresher;
 use crate::daemon::sqlite::SqliteStorage;
 use crate::daemon::storage::{EnvChange, Storage};
 use crate::keys::{KeySource, MasterKey};
@@ -238,6 +238,14 @@ enum ConnectionCommand {
         /// Where it goes: `header:Authorization=Bearer {}`, `basic`, `query:PARAM`, `body:FIELD`.
         #[arg(long = "apply", default_value = "header:Authorization=Bearer {}")]
         apply: String,
+        #[command(flatten)]
+        oauth: crate::oauth_cli::OAuthArgs,
+    },
+    /// Authorise an OAuth2 connection (authorization code with PKCE): prints
+    /// the provider's URL and waits for its redirect on a loopback port.
+    Authorize {
+        /// Connection name.
+        name: String,
     },
     /// List connections (names, hosts, placement, dates; never values).
     List,
@@ -581,7 +589,7 @@ fn audit_command(g: &Global, cmd: AuditCommand) -> Result<ExitCode> {
 /// Reads a connection value from stdin, or prompts for it without echo.
 /// Whether it is long and strong enough is checked by the operation that
 /// stores it ([`ops::put_connection`]).
-fn read_secret_value(name: &str) -> Result<Zeroizing<String>> {
+pub(crate) fn read_secret_value(name: &str) -> Result<Zeroizing<String>> {
     let value = if std::io::stdin().is_terminal() {
         Zeroizing::new(
             rpassword::prompt_password(format!("value of connection `{name}`: "))
@@ -607,7 +615,24 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
     let store = g.store()?;
     let actor = ops::Actor::cli(&g.workspace);
     match cmd {
-        ConnectionCommand::Add { name, hosts, apply } => {
+        ConnectionCommand::Add {
+            name,
+            hosts,
+            apply,
+            oauth,
+        } if oauth.grant.is_some() => {
+            let storage = g.storage()?;
+            let engine = g.engine()?;
+            crate::oauth_cli::add(&storage, &engine, &actor, &name, &hosts, &apply, oauth).await?;
+        }
+        ConnectionCommand::Authorize { name } => {
+            let storage = g.storage()?;
+            let engine = g.engine()?;
+            crate::oauth_cli::authorize(&storage, &engine, &actor, &name).await?;
+        }
+        ConnectionCommand::Add {
+            name, hosts, apply, ..
+        } => {
             // Checked before the value is asked for; the store refuses a
             // name that exists in the same transaction as the write.
             ops::check_connection_target(&name, &hosts, &apply)?;
@@ -973,9 +998,12 @@ async fn run_recipe(g: &Global, path: &Path, input: Option<&Path>, env: &str) ->
     let base = path.parent().unwrap_or(Path::new("."));
     let recipe = Recipe::load(&engine, manifest.clone(), |p| std::fs::read(base.join(p)))
         .map_err(|e| anyhow::anyhow!("recipe `{}` cannot be loaded:\n{e}", manifest.recipe.name))?;
-    let source = StoreConnections::new(Arc::new(Mutex::new(store)), &g.workspace, env, key);
-    let mut options =
-        JobOptions::new(&g.workspace, &manifest.recipe.name).connections(Arc::new(source));
+    drop(store);
+    // The daemon's reading of connections, OAuth2 refreshes included.
+    let storage = g.storage()?;
+    storage.enable_oauth(Arc::new(Refresher::new(engine.token_client())));
+    let mut options = JobOptions::new(&g.workspace, &manifest.recipe.name)
+        .connections(storage.connections(&g.workspace, env));
     for (k, v) in b.properties {
         options = options.property(k, v);
     }

@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
-mod connections;
+mod oauth_cli;
 mod output;
 mod scaffold;
 mod toolkit;

@@ -551,6 +551,12 @@ impl Engine {
         })
     }
 
+    /// A client for OAuth2 token endpoints that sends through this engine's
+    /// egress (address policy, roots and operator CAs, timeouts).
+    pub fn token_client(&self) -> crate::oauth::TokenClient {
+        crate::oauth::TokenClient::new(self.inner.egress.clone())
+    }
+
     /// Starts a job: the unit that owns placeholders and the mask set.
     pub fn job(&self, options: JobOptions) -> Job {
         Job::new(self.clone(), options)

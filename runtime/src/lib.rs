@@ -56,6 +56,7 @@ mod job;
 pub mod manifest;
 pub mod mask;
 mod misuse;
+pub mod oauth;
 pub mod policy;
 pub mod recipe;
 pub mod secrets;

@@ -34,6 +34,7 @@ pub mod canary;
 pub mod client;
 pub mod greet;
 pub mod mock;
+pub mod oauth;
 pub mod pki;
 
 pub use canary::{assert_absent, canary, find_encoded};

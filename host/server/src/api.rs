@@ -567,6 +567,10 @@ api_routes! {
     get "/v1/workspaces/{ws}/connections" => list_connections (Connections: read) ["connections"] "List connections (never their values).";
     put "/v1/workspaces/{ws}/connections/{name}" => put_connection (Connections: write) ["connections"] "Create or replace a connection; the value is write-only (without one, the stored value is kept for the new hosts and placement).";
     delete "/v1/workspaces/{ws}/connections/{name}" => delete_connection (Connections: write) ["connections"] "Delete a connection.";
+    put "/v1/workspaces/{ws}/connections/{name}/oauth2" => put_oauth_connection (Connections: write) ["connections"] "Create or replace an OAuth2 connection: the host obtains and refreshes its access token; the client secret is write-only.";
+    get "/v1/workspaces/{ws}/connections/{name}/oauth2" => get_oauth_connection (Connections: read) ["connections"] "An OAuth2 connection's client and state (never a token or the secret).";
+    post "/v1/workspaces/{ws}/connections/{name}/authorize" => authorize_connection (Connections: write) ["connections"] "Start an OAuth2 authorization code flow (PKCE): the provider URL to open; the provider redirects to /oauth/callback.";
+    get "/oauth/callback" => oauth_callback (public) ["connections"] "The OAuth2 redirect target: finishes an authorization (its state is checked and used once).";
     get "/v1/workspaces/{ws}/environments/{env}" => get_environment (Environments: read) ["environments"] "An environment's properties and bindings.";
     put "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => set_property (Environments: write) ["environments"] "Set a property.";
     delete "/v1/workspaces/{ws}/environments/{env}/properties/{name}" => remove_property (Environments: write) ["environments"] "Remove a property.";
@@ -1360,6 +1364,164 @@ async fn delete_connection(
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!("connection `{name}`")))
+    }
+}
+
+/// Body of an OAuth2 connection write. `Debug` never shows the secret.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OAuthConnectionBody {
+    hosts: Vec<String>,
+    #[serde(default = "bearer")]
+    placement: String,
+    grant: String,
+    token_url: String,
+    #[serde(default)]
+    authorize_url: Option<String>,
+    client_id: String,
+    client_secret: Zeroizing<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+async fn put_oauth_connection(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path((ws, name)): Path<(String, String)>,
+    body: LazyJson<OAuthConnectionBody>,
+) -> ApiResult {
+    let body = body.read(s.config.limits.max_body_bytes).await?;
+    let grant = wrun_runtime::oauth::GrantKind::parse(&body.grant).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_oauth",
+            format!(
+                "grant `{}` is not supported: use `client_credentials` or `authorization_code`",
+                body.grant.escape_debug()
+            ),
+        )
+    })?;
+    let input = crate::ops::OAuthConnectionInput {
+        name: &name,
+        hosts: &body.hosts,
+        placement: &body.placement,
+        config: wrun_runtime::oauth::OAuthClientConfig {
+            grant,
+            token_url: body.token_url.clone(),
+            authorize_url: body.authorize_url.clone(),
+            client_id: body.client_id.clone(),
+            scopes: body.scopes.clone(),
+        },
+        client_secret: body.client_secret,
+        replace: true,
+    };
+    crate::ops::put_oauth_connection(s.storage.as_ref(), &p.as_actor(), input)
+        .await
+        .map_err(storage_error)?;
+    // A client-credentials connection gets its first token now, so a wrong
+    // client or endpoint shows here rather than in a job.
+    let mut answer = json!({ "connection": name });
+    if grant == wrun_runtime::oauth::GrantKind::ClientCredentials
+        && let Some(refresher) = s.storage.oauth_refresher()
+        && let Err(e) = crate::ops::first_token(s.storage.as_ref(), &refresher, &ws, &name).await
+    {
+        answer["error"] = json!(e);
+    }
+    let status = s
+        .storage
+        .oauth_status(&ws, &name)
+        .await
+        .map_err(storage_error)?;
+    answer["oauth2"] = serde_json::to_value(status).map_err(|_| ApiError::internal())?;
+    reply(StatusCode::OK, answer)
+}
+
+async fn get_oauth_connection(
+    State(s): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult {
+    let status = s
+        .storage
+        .oauth_status(&ws, &name)
+        .await
+        .map_err(storage_error)?
+        .ok_or_else(|| ApiError::not_found(format!("OAuth2 connection `{name}`")))?;
+    reply(
+        StatusCode::OK,
+        json!({ "connection": name, "oauth2": status }),
+    )
+}
+
+/// The daemon's OAuth2 redirect URI.
+fn oauth_redirect_uri(config: &DaemonConfig) -> String {
+    format!("{}/oauth/callback", config.public_url.trim_end_matches('/'))
+}
+
+async fn authorize_connection(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
+) -> ApiResult {
+    let redirect = oauth_redirect_uri(&s.config);
+    let url = crate::ops::start_authorization(s.storage.as_ref(), &p.as_actor(), &name, &redirect)
+        .await
+        .map_err(storage_error)?;
+    reply(
+        StatusCode::OK,
+        json!({ "connection": name, "authorize_url": url, "redirect_uri": redirect }),
+    )
+}
+
+/// Query of the OAuth2 redirect.
+#[derive(Deserialize)]
+struct OAuthCallback {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+async fn oauth_callback(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Query(query): Query<OAuthCallback>,
+) -> ApiResult {
+    let ip = client_ip(addr);
+    let Some(state) = query.state.filter(|st| !st.is_empty() && st.len() <= 512) else {
+        s.limit_failure(ip)?;
+        return Err(ApiError::bad_request(
+            "invalid_callback",
+            "this is not an OAuth2 redirect: it has no state",
+        ));
+    };
+    let Some(refresher) = s.storage.oauth_refresher() else {
+        return Err(ApiError::internal());
+    };
+    let result = crate::ops::finish_authorization(
+        s.storage.as_ref(),
+        refresher.tokens(),
+        &ip.to_string(),
+        &state,
+        query.code.as_deref(),
+        query.error.as_deref(),
+    )
+    .await;
+    match result {
+        Ok((workspace, name)) => reply(
+            StatusCode::OK,
+            json!({ "workspace": workspace, "connection": name, "state": "ready" }),
+        ),
+        Err(crate::ops::CallbackError::UnknownState) => {
+            // Guessing states is limited per client address.
+            s.limit_failure(ip)?;
+            Err(ApiError::bad_request(
+                "invalid_state",
+                crate::ops::CallbackError::UnknownState.to_string(),
+            ))
+        }
+        Err(crate::ops::CallbackError::Storage(e)) => Err(storage_error(e)),
+        Err(e) => Err(ApiError::bad_request("authorization_failed", e.to_string())),
     }
 }
 

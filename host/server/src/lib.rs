@@ -33,7 +33,7 @@ pub mod schedule;
 pub mod signature;
 pub mod tls;
 
-pub use wrun_store::{audit, sqlite, storage};
+pub use wrun_store::{audit, oauth, sqlite, storage};
 
 // The store's modules under the names this crate's modules use.
 use wrun_store::db as store_sqlite;
@@ -170,6 +170,9 @@ pub async fn serve(
     let sqlite = SqliteStorage::open(db, key, key_source)?;
     let storage: Arc<dyn Storage> = Arc::new(Arc::clone(&sqlite));
     let metrics = Metrics::new();
+    let refresher = Arc::new(oauth::Refresher::new(engine.token_client()));
+    storage.enable_oauth(Arc::clone(&refresher));
+    metrics.watch_oauth(Arc::clone(&refresher));
     let runner = Runner::start(
         Arc::clone(&storage),
         engine,
@@ -195,6 +198,7 @@ pub async fn serve(
         stop_rx.clone(),
     );
     start_retention(Arc::clone(&storage), stop_rx.clone());
+    start_oauth_refresh(Arc::clone(&storage), refresher, stop_rx.clone());
     if let Some(path) = &config.audit.stream_file {
         admin::start_audit_stream(db.to_path_buf(), path.clone(), stop_rx.clone())?;
     }
@@ -282,6 +286,41 @@ fn start_retention(storage: Arc<dyn Storage>, mut stop: watch::Receiver<bool>) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "deleted job history past its retention"),
                 Err(e) => tracing::error!(error = %e, "the retention sweep failed"),
+            }
+        }
+    });
+}
+
+/// Every minute, refreshes the OAuth2 connections whose access token
+/// expires within five minutes, so that a connection nobody uses keeps its
+/// refresh token alive (providers expire idle ones) and a job finds a fresh
+/// token.
+fn start_oauth_refresh(
+    storage: Arc<dyn Storage>,
+    refresher: Arc<oauth::Refresher>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let before = wrun_store::UnixMillis(wrun_store::UnixMillis::now().0 + 5 * 60 * 1000);
+            let due = match storage.oauth_due(before).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::error!(error = %e, "listing OAuth2 connections to refresh failed");
+                    continue;
+                }
+            };
+            for (workspace, name) in due {
+                if let Err(e) =
+                    oauth::fresh_token(storage.as_ref(), &refresher, &workspace, &name).await
+                {
+                    tracing::warn!(%workspace, connection = %name, error = %e, "a periodic OAuth2 refresh failed");
+                }
             }
         }
     });

@@ -19,6 +19,7 @@
 //! | `wrun_http_requests_total` | counter | `status_class`: 1xx to 5xx |
 //! | `wrun_webhooks_total` | counter | `outcome`: accepted, rejected, rate_limited |
 //! | `wrun_recipe_loads_total` | counter | |
+//! | `wrun_oauth_refreshes_total` | counter | `outcome`: refreshed, failed (may pass), needs_reauth |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +190,11 @@ struct Inner {
     webhooks: Family<Label, Counter>,
     /// `wrun_recipe_loads_total`.
     recipe_loads: Counter,
+    /// `wrun_oauth_refreshes_total{outcome}`, brought up to the refresher's
+    /// own counts when rendered.
+    oauth_refreshes: Family<Label, Counter>,
+    /// The refresher whose counts those are.
+    oauth: std::sync::OnceLock<Arc<wrun_store::oauth::Refresher>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -270,8 +276,16 @@ impl Metrics {
             "Recipes compiled or read from the compile cache for jobs (a deploy, a restart)",
             recipe_loads.clone(),
         );
+        let oauth_refreshes = Family::<Label, Counter>::default();
+        registry.register(
+            "wrun_oauth_refreshes",
+            "OAuth2 token requests of connections, by outcome",
+            oauth_refreshes.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                oauth_refreshes,
+                oauth: std::sync::OnceLock::new(),
                 registry,
                 jobs_total,
                 jobs_current,
@@ -366,9 +380,30 @@ impl Metrics {
             .inc();
     }
 
+    /// Reports the OAuth2 refreshes of `refresher`
+    /// (`wrun_oauth_refreshes_total`).
+    pub fn watch_oauth(&self, refresher: Arc<wrun_store::oauth::Refresher>) {
+        let _ = self.inner.oauth.set(refresher);
+    }
+
     /// Renders every metric in the OpenMetrics text format (ending in
     /// `# EOF`); serve it with [`CONTENT_TYPE`].
     pub fn render(&self) -> String {
+        if let Some(refresher) = self.inner.oauth.get() {
+            let c = &refresher.counters;
+            for (outcome, count) in [
+                ("refreshed", &c.refreshed),
+                ("failed", &c.failed),
+                ("needs_reauth", &c.needs_reauth),
+            ] {
+                let counter = self
+                    .inner
+                    .oauth_refreshes
+                    .get_or_create(&[("outcome", outcome)]);
+                let now = count.load(std::sync::atomic::Ordering::Relaxed);
+                counter.inc_by(now.saturating_sub(counter.get()));
+            }
+        }
         let mut out = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
         {

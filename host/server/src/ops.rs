@@ -294,3 +294,270 @@ pub async fn deploy_recipe(
         .await?;
     Ok(lock)
 }
+
+/// What `wrun connection add --oauth2` and the API's OAuth2 connection put
+/// carry.
+pub struct OAuthConnectionInput<'a> {
+    /// Connection name.
+    pub name: &'a str,
+    /// Hosts the access token may be sent to.
+    pub hosts: &'a [String],
+    /// Where it goes (`header:Authorization=Bearer {}`).
+    pub placement: &'a str,
+    /// The client.
+    pub config: wrun_runtime::oauth::OAuthClientConfig,
+    /// The client secret.
+    pub client_secret: Zeroizing<String>,
+    /// Replace a connection of that name.
+    pub replace: bool,
+}
+
+/// Adds an OAuth2 connection: target and client checked with the runtime's
+/// rules, the secret sealed, audited with the client's configuration (never
+/// the secret). It has no token yet: a client-credentials connection gets
+/// one at its first use (or [`first_token`]), an authorization-code one
+/// after [`start_authorization`] and [`finish_authorization`].
+///
+/// # Errors
+///
+/// [`StorageError::Invalid`] for a bad target, endpoint, client id, scope
+/// or an empty secret; [`StorageError::Conflict`] when the name is taken
+/// and `replace` is not set; storage failures.
+pub async fn put_oauth_connection(
+    storage: &dyn Storage,
+    actor: &Actor,
+    input: OAuthConnectionInput<'_>,
+) -> StorageResult<()> {
+    let (grant, placement) = check_connection_target(input.name, input.hosts, input.placement)?;
+    input
+        .config
+        .check()
+        .map_err(|e| invalid("invalid_oauth", format!("connection `{}`: {e}", input.name)))?;
+    if input.client_secret.is_empty() {
+        return Err(invalid(
+            "invalid_oauth",
+            format!("connection `{}`: the client secret is empty", input.name),
+        ));
+    }
+    let shown_hosts: Vec<String> = grant.patterns().iter().map(ToString::to_string).collect();
+    let audit = actor.entry(
+        "connection.oauth.put",
+        format!("connection:{}", input.name),
+        json!({
+            "hosts": shown_hosts,
+            "placement": placement.to_string(),
+            "grant": input.config.grant.as_str(),
+            "token_url": input.config.token_url,
+            "authorize_url": input.config.authorize_url,
+            "client_id": input.config.client_id,
+            "scopes": input.config.scopes,
+        }),
+    );
+    let write = crate::storage::OAuthConnectionWrite {
+        name: input.name.to_string(),
+        hosts: grant,
+        placement,
+        config: input.config,
+        client_secret: wrun_runtime::SecretValue::new(input.client_secret.as_str()),
+        replace: input.replace,
+    };
+    storage
+        .put_oauth_connection(&actor.workspace, write, audit)
+        .await
+}
+
+/// Gets a client-credentials connection its first token now, so that a
+/// wrong client or endpoint shows when it is added rather than in a job.
+///
+/// # Errors
+///
+/// The message of the failure (the connection is then `needs_reauth` if
+/// the provider refused).
+pub async fn first_token(
+    storage: &dyn Storage,
+    refresher: &crate::oauth::Refresher,
+    workspace: &str,
+    name: &str,
+) -> Result<(), String> {
+    crate::oauth::fresh_token(storage, refresher, workspace, name).await
+}
+
+/// Starts an authorization code flow for OAuth2 connection `name`: a fresh
+/// `state` and PKCE verifier are kept in the store (10 minutes, once), the
+/// start is audited, and the provider's URL to send the user to is
+/// returned.
+///
+/// # Errors
+///
+/// [`StorageError::NotFound`] if there is no such OAuth2 connection;
+/// [`StorageError::Invalid`] if it has no authorization endpoint or the
+/// redirect URI is not a URL; storage failures.
+pub async fn start_authorization(
+    storage: &dyn Storage,
+    actor: &Actor,
+    name: &str,
+    redirect_uri: &str,
+) -> StorageResult<String> {
+    let status = storage
+        .oauth_status(&actor.workspace, name)
+        .await?
+        .ok_or_else(|| StorageError::NotFound {
+            what: "OAuth2 connection",
+            name: name.to_string(),
+        })?;
+    if status.config.grant != wrun_runtime::oauth::GrantKind::AuthorizationCode {
+        return Err(invalid(
+            "invalid_oauth",
+            format!(
+                "connection `{name}` uses the client credentials grant: it needs no authorization"
+            ),
+        ));
+    }
+    let start = wrun_runtime::oauth::start_authorization(&status.config, redirect_uri)
+        .map_err(|e| invalid("invalid_oauth", format!("connection `{name}`: {e}")))?;
+    let audit = actor.entry(
+        "connection.oauth.authorize",
+        format!("connection:{name}"),
+        json!({ "redirect_uri": redirect_uri }),
+    );
+    storage
+        .oauth_begin_authorization(&actor.workspace, name, &start, redirect_uri, audit)
+        .await?;
+    Ok(start.url)
+}
+
+/// Why a callback did not finish an authorization.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// No flow has this `state` (forged, replayed or expired): refused and
+    /// audited.
+    #[error(
+        "the authorization callback's state matches no authorization under way (it was forged, used already or expired)"
+    )]
+    UnknownState,
+    /// The provider said no (`error=access_denied`, ...).
+    #[error("the provider did not authorise connection `{name}`: {reason}")]
+    Denied {
+        /// The connection.
+        name: String,
+        /// The provider's error code.
+        reason: String,
+    },
+    /// The code exchange failed.
+    #[error("connection `{name}`: {reason}")]
+    Exchange {
+        /// The connection.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Finishes an authorization code flow from the provider's callback
+/// (`code`, `state`, or `error`): the `state` must match a flow under way
+/// (it is used up either way), the code is exchanged with its PKCE verifier
+/// through the egress, and the tokens are stored. Every outcome is audited,
+/// a refused `state` as a daemon-wide failure. Returns the workspace and
+/// connection authorised.
+///
+/// # Errors
+///
+/// See [`CallbackError`].
+pub async fn finish_authorization(
+    storage: &dyn Storage,
+    tokens: &wrun_runtime::oauth::TokenClient,
+    source: &str,
+    state: &str,
+    code: Option<&str>,
+    error: Option<&str>,
+) -> Result<(String, String), CallbackError> {
+    let Some(pending) = storage.oauth_take_authorization(state).await? else {
+        let audit = Entry {
+            workspace: None,
+            actor: "anonymous".into(),
+            action: "connection.oauth.callback".into(),
+            target: "connection:?".into(),
+            source: Some(source.to_string()),
+            outcome: Outcome::Denied,
+            detail: json!({ "reason": "unknown state" }),
+        };
+        storage.audit(vec![audit]).await?;
+        return Err(CallbackError::UnknownState);
+    };
+    let actor = Actor {
+        workspace: pending.workspace.clone(),
+        name: pending.actor.clone(),
+        source: source.to_string(),
+    };
+    let name = pending.name.clone();
+    let fail = |reason: String| {
+        let mut entry = actor.entry(
+            "connection.oauth.callback",
+            format!("connection:{name}"),
+            json!({ "reason": reason }),
+        );
+        entry.outcome = Outcome::Failure;
+        entry
+    };
+    let result = match (code, error) {
+        (_, Some(error)) => {
+            let reason: String = error
+                .chars()
+                .filter(char::is_ascii_graphic)
+                .take(64)
+                .collect();
+            Err(CallbackError::Denied {
+                name: name.clone(),
+                reason,
+            })
+        }
+        (None, None) => Err(CallbackError::Denied {
+            name: name.clone(),
+            reason: "no code".into(),
+        }),
+        (Some(code), None) => match storage.oauth_status(&pending.workspace, &name).await? {
+            None => Err(CallbackError::Exchange {
+                name: name.clone(),
+                reason: "it is no longer an OAuth2 connection".into(),
+            }),
+            Some(status) => {
+                let secret = storage
+                    .oauth_client_secret(&pending.workspace, &name)
+                    .await?;
+                tokens
+                    .exchange_code(
+                        &status.config,
+                        &secret,
+                        code,
+                        &pending.verifier,
+                        &pending.redirect_uri,
+                    )
+                    .await
+                    .map_err(|e| CallbackError::Exchange {
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    })
+            }
+        },
+    };
+    match result {
+        Ok(issued) => {
+            let audit = actor.entry(
+                "connection.oauth.authorized",
+                format!("connection:{name}"),
+                json!({ "refresh_token": issued.refresh.is_some() }),
+            );
+            storage
+                .oauth_store_tokens(&pending.workspace, &name, None, issued, audit)
+                .await?;
+            Ok((pending.workspace, name))
+        }
+        Err(e) => {
+            storage.audit(vec![fail(e.to_string())]).await?;
+            Err(e)
+        }
+    }
+}

@@ -24,7 +24,7 @@
 //! one whose schema is newer than this code are refused with an error that
 //! says what is wrong and where, before anything is written.
 //!
-//! # Schema (version 5, kept in `PRAGMA user_version`)
+//! # Schema (version 6, kept in `PRAGMA user_version`)
 //!
 //! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
 //! run inside one `BEGIN IMMEDIATE` transaction together with the
@@ -48,7 +48,9 @@
 //! recipes in `recipes` with `lock` holding component path -> SHA-256.
 //!
 //! Times are milliseconds since the Unix epoch ([`UnixMillis`]); version 4
-//! converted the columns that held seconds.
+//! converted the columns that held seconds. Version 6 adds OAuth2 clients
+//! and authorization flows (`oauth_clients`, `oauth_authorizations`; see
+//! [`crate::oauth`]).
 //!
 //! # What is authenticated
 //!
@@ -92,7 +94,7 @@ use wrun_runtime::Placement;
 use wrun_runtime::policy::{HostPattern, NetGrant};
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -799,6 +801,29 @@ impl SealedConnection {
         SealedConnection::read(conn, workspace, &stored)
     }
 
+    /// The connection's name in its workspace.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Seals `value` for this record's name, hosts and placement (an
+    /// OAuth2 connection's new access token).
+    pub(crate) fn reseal(
+        &self,
+        data_key: &DataKey,
+        workspace: &str,
+        value: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        seal_connection(
+            data_key,
+            workspace,
+            &self.name,
+            value,
+            &self.placement,
+            &self.hosts,
+        )
+    }
+
     /// Opens the value alone (checking that the record was not altered or
     /// moved), to re-seal it for another target.
     pub(crate) fn open_value(
@@ -1073,6 +1098,10 @@ impl Store {
         }
         if version < 5 {
             tx.execute_batch(MIGRATE_V5_RESPOND).doing(doing)?;
+        }
+        if version < 6 {
+            tx.execute_batch(crate::oauth::MIGRATE_V6_OAUTH)
+                .doing(doing)?;
         }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(
@@ -2098,10 +2127,14 @@ mod tests {
             .conn
             .pragma_update(None, "user_version", 3)
             .unwrap();
-        // A version 3 file has no `respond` column (version 5 added it).
+        // A version 3 file has no `respond` column (version 5 added it)
+        // and no OAuth2 tables (version 6).
         env.store
             .conn
-            .execute_batch("ALTER TABLE triggers DROP COLUMN respond")
+            .execute_batch(
+                "ALTER TABLE triggers DROP COLUMN respond;
+                 DROP TABLE oauth_authorizations; DROP TABLE oauth_clients;",
+            )
             .unwrap();
         let db = env.db();
         drop(env.store);
@@ -2152,8 +2185,8 @@ mod tests {
             matches!(
                 err,
                 StoreError::TooNew {
-                    found: 6,
-                    known: 5,
+                    found: 7,
+                    known: 6,
                     ..
                 }
             ),
@@ -2161,7 +2194,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("schema version 6") && msg.contains("newer"),
+            msg.contains("schema version 7") && msg.contains("newer"),
             "{msg}"
         );
         assert!(msg.contains(&db.display().to_string()), "{msg}");

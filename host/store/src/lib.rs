@@ -21,6 +21,7 @@ pub mod access;
 pub mod audit;
 pub mod db;
 pub mod keys;
+pub mod oauth;
 pub mod sqlite;
 pub mod storage;
 pub mod time;

@@ -54,6 +54,7 @@ use crate::db::{
     grant_json, read_connections, read_environment, seal_connection,
 };
 use crate::keys::{self, DataKey, KeySource, MasterKey};
+use crate::oauth::{self, Lease, LeaseEnd, OAuthStatus, PendingAuthorization, Refresher};
 use crate::storage::*;
 use crate::time::UnixMillis;
 
@@ -125,6 +126,8 @@ pub struct SqliteStorage {
     master: KeyCell,
     data_keys: RwLock<HashMap<String, Arc<DataKey>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Refreshes OAuth2 tokens for the connection sources, once enabled.
+    oauth: std::sync::OnceLock<Arc<Refresher>>,
 }
 
 impl Drop for SqliteStorage {
@@ -213,6 +216,7 @@ impl SqliteStorage {
             },
             data_keys: RwLock::new(HashMap::new()),
             writer: Mutex::new(Some(handle)),
+            oauth: std::sync::OnceLock::new(),
         }))
     }
 
@@ -494,19 +498,46 @@ struct DaemonConnections {
 #[async_trait::async_trait]
 impl ConnectionSource for DaemonConnections {
     async fn connection(&self, name: &str) -> Result<Option<wrun_runtime::Connection>, String> {
-        let (ws, env, logical) = (
-            self.workspace.clone(),
-            self.environment.clone(),
-            name.to_string(),
-        );
-        let sealed = self
-            .storage
-            .read(move |conn| Ok(SealedConnection::read_bound(conn, &ws, &env, &logical)?))
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(sealed) = sealed else {
+        let read = || {
+            let (ws, env, logical) = (
+                self.workspace.clone(),
+                self.environment.clone(),
+                name.to_string(),
+            );
+            self.storage.read(move |conn| {
+                let Some(sealed) = SealedConnection::read_bound(conn, &ws, &env, &logical)? else {
+                    return Ok(None);
+                };
+                let oauth = oauth::read_row(conn, &ws, sealed.name())?;
+                Ok(Some((sealed, oauth)))
+            })
+        };
+        let Some((mut sealed, oauth)) = read().await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
+        // An OAuth2 connection's value is its access token: refreshed
+        // first when it is about to expire, then read again.
+        if let Some(row) = oauth
+            && !row.is_fresh(UnixMillis::now())
+        {
+            let refresher = self.storage.oauth.get().ok_or_else(|| {
+                format!(
+                    "connection `{}` is an OAuth2 connection and this process cannot refresh its token",
+                    sealed.name()
+                )
+            })?;
+            oauth::fresh_token(&self.storage, refresher, &self.workspace, sealed.name()).await?;
+            match read().await.map_err(|e| e.to_string())? {
+                Some((again, Some(row))) if row.state == oauth::OAuthState::Ready => sealed = again,
+                Some((_, Some(row))) => {
+                    return Err(row
+                        .unusable(name)
+                        .unwrap_or_else(|| format!("OAuth2 connection `{name}` has no token")));
+                }
+                Some((again, None)) => sealed = again,
+                None => return Ok(None),
+            }
+        }
         let dk = self
             .storage
             .data_key(&self.workspace, false)
@@ -1612,6 +1643,16 @@ impl Storage for Arc<SqliteStorage> {
                     params![ws, name, sealed, hosts, placement, UnixMillis::now(), rotated],
                 )
                 .doing(|| format!("storing connection `{name}`"))?;
+            // A value given by a person makes it a static connection: the
+            // host no longer refreshes it (a retarget keeps its kind).
+            if rotated {
+                ctx.conn
+                    .execute(
+                        "DELETE FROM oauth_clients WHERE workspace = ?1 AND name = ?2",
+                        params![ws, name],
+                    )
+                    .doing(|| format!("storing connection `{name}`"))?;
+            }
             ctx.audit(&[audit])
         })
         .await
@@ -1634,6 +1675,213 @@ impl Storage for Arc<SqliteStorage> {
             )
         })
         .await
+    }
+
+    async fn put_oauth_connection(
+        &self,
+        workspace: &str,
+        write: OAuthConnectionWrite,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        check_name("connection", &write.name)?;
+        write.config.check().map_err(|e| StorageError::Invalid {
+            code: "invalid_oauth",
+            message: format!("connection `{}`: {e}", write.name),
+        })?;
+        let hosts = grant_json(&write.hosts)?;
+        let placement = write.placement.to_string();
+        check_placement(&placement)?;
+        let dk = self.data_key(workspace, true).await?;
+        let ws = workspace.to_string();
+        self.write(move |ctx| {
+            let name = write.name.as_str();
+            if !write.replace && SealedConnection::read(ctx.conn, &ws, name)?.is_some() {
+                return Err(StorageError::Conflict(format!(
+                    "connection `{name}` already exists in workspace `{ws}`"
+                )));
+            }
+            // No token yet: an empty value, sealed to the connection's target.
+            let sealed = seal_connection(&dk, &ws, name, "", &placement, &hosts)?;
+            ctx.conn
+                .execute(
+                    "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
+                     ON CONFLICT (workspace, name) DO UPDATE SET sealed = excluded.sealed, hosts = excluded.hosts,
+                        placement = excluded.placement, rotated_at = ?6",
+                    params![ws, name, sealed, hosts, placement, UnixMillis::now()],
+                )
+                .doing(|| format!("storing connection `{name}`"))?;
+            oauth::put_client(ctx.conn, &dk, &ws, name, &write.config, &write.client_secret)?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn oauth_status(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> StorageResult<Option<OAuthStatus>> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.read(move |conn| oauth::read_status(conn, &ws, &name))
+            .await
+    }
+
+    async fn oauth_client_secret(&self, workspace: &str, name: &str) -> StorageResult<SecretValue> {
+        let dk = self.data_key(workspace, false).await?;
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.read(move |conn| oauth::read_client_secret(conn, &dk, &ws, &name))
+            .await
+    }
+
+    async fn oauth_lease(&self, workspace: &str, name: &str, holder: &str) -> StorageResult<Lease> {
+        let dk = self.data_key(workspace, false).await?;
+        let (ws, name, holder) = (workspace.to_string(), name.to_string(), holder.to_string());
+        self.write(move |ctx| {
+            oauth::take_lease(ctx.conn, &dk, &ws, &name, &holder, UnixMillis::now())
+        })
+        .await
+    }
+
+    async fn oauth_store_tokens(
+        &self,
+        workspace: &str,
+        name: &str,
+        holder: Option<&str>,
+        tokens: wrun_runtime::oauth::IssuedTokens,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        let dk = self.data_key(workspace, false).await?;
+        let (ws, name, holder) = (
+            workspace.to_string(),
+            name.to_string(),
+            holder.map(str::to_string),
+        );
+        self.write(move |ctx| {
+            oauth::store_tokens(
+                ctx.conn,
+                &dk,
+                &ws,
+                &name,
+                holder.as_deref(),
+                &tokens,
+                UnixMillis::now(),
+            )?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn oauth_end_lease(
+        &self,
+        workspace: &str,
+        name: &str,
+        holder: &str,
+        end: LeaseEnd,
+        audit: Option<Entry>,
+    ) -> StorageResult<()> {
+        let (ws, name, holder) = (workspace.to_string(), name.to_string(), holder.to_string());
+        self.write(move |ctx| {
+            // Only the holder's end counts, and is audited.
+            if oauth::end_lease_in(ctx.conn, &ws, &name, &holder, &end)?
+                && let Some(audit) = audit
+            {
+                ctx.audit(&[audit])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn oauth_begin_authorization(
+        &self,
+        workspace: &str,
+        name: &str,
+        start: &wrun_runtime::oauth::AuthorizationStart,
+        redirect_uri: &str,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        let dk = self.data_key(workspace, false).await?;
+        let (ws, name, redirect) = (
+            workspace.to_string(),
+            name.to_string(),
+            redirect_uri.to_string(),
+        );
+        let (state, verifier) = (start.state.clone(), start.verifier.clone());
+        self.write(move |ctx| {
+            if oauth::read_row(ctx.conn, &ws, &name)?.is_none() {
+                return Err(StorageError::NotFound {
+                    what: "OAuth2 connection",
+                    name: name.clone(),
+                });
+            }
+            oauth::begin_authorization(
+                ctx.conn,
+                &dk,
+                &ws,
+                &name,
+                &state,
+                &verifier,
+                &redirect,
+                &audit.actor,
+                UnixMillis::now(),
+            )?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn oauth_take_authorization(
+        &self,
+        state: &str,
+    ) -> StorageResult<Option<PendingAuthorization>> {
+        let owned = state.to_string();
+        let taken = self
+            .write(move |ctx| oauth::take_authorization(ctx.conn, &owned, UnixMillis::now()))
+            .await?;
+        let Some(oauth::TakenAuthorization {
+            workspace,
+            name,
+            verifier: sealed,
+            redirect_uri,
+            actor,
+        }) = taken
+        else {
+            return Ok(None);
+        };
+        let dk = self.data_key(&workspace, false).await?;
+        let verifier = oauth::open_verifier(&dk, &workspace, &name, state, &sealed)?;
+        Ok(Some(PendingAuthorization {
+            workspace,
+            name,
+            verifier,
+            redirect_uri,
+            actor,
+        }))
+    }
+
+    async fn oauth_due(&self, before: UnixMillis) -> StorageResult<Vec<(String, String)>> {
+        self.read(move |conn| {
+            query_rows(
+                conn,
+                "SELECT workspace, name FROM oauth_clients
+                 WHERE state = 'ready' AND refresh_token IS NOT NULL AND expires_at < ?1
+                 ORDER BY expires_at",
+                params![before.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+                || "listing OAuth2 connections to refresh".to_string(),
+            )
+        })
+        .await
+    }
+
+    fn enable_oauth(&self, refresher: Arc<Refresher>) {
+        // The first refresher stays: connection sources already hold it.
+        let _ = self.oauth.set(refresher);
+    }
+
+    fn oauth_refresher(&self) -> Option<Arc<Refresher>> {
+        self.oauth.get().cloned()
     }
 
     async fn environment(

@@ -14,13 +14,15 @@ use serde::Serialize;
 use serde_json::Value;
 use wrun_runtime::policy::{HostPattern, NetGrant};
 use wrun_runtime::recipe::Resume;
-use wrun_runtime::{Connection, Placement};
+use wrun_runtime::{Connection, Placement, SecretValue};
 use zeroize::Zeroizing;
 
 use crate::access::PermissionSet;
 use crate::audit::{AuditError, Entry, Stored};
 use crate::db::StoreError;
+use crate::oauth::{Lease, LeaseEnd, OAuthStatus, PendingAuthorization, Refresher};
 use crate::time::UnixMillis;
+use wrun_runtime::oauth::{IssuedTokens, OAuthClientConfig};
 
 /// What a storage operation can fail with, whatever the backend: callers
 /// match these kinds, never a database's own errors, which arrive as the
@@ -567,6 +569,32 @@ impl std::fmt::Debug for ConnectionWrite {
     }
 }
 
+/// A write of an OAuth2 connection.
+pub struct OAuthConnectionWrite {
+    /// Connection name.
+    pub name: String,
+    /// Hosts the access token may be sent to.
+    pub hosts: NetGrant,
+    /// Where the access token goes in a request.
+    pub placement: Placement,
+    /// The client's configuration (checked).
+    pub config: OAuthClientConfig,
+    /// The client secret.
+    pub client_secret: SecretValue,
+    /// Replace a connection of that name (its tokens are dropped).
+    pub replace: bool,
+}
+
+impl std::fmt::Debug for OAuthConnectionWrite {
+    /// Never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConnectionWrite")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An environment's properties and bindings.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EnvironmentView {
@@ -718,6 +746,68 @@ pub trait Storage: Send + Sync + 'static {
         name: &str,
         audit: Entry,
     ) -> StorageResult<bool>;
+    /// Adds (or, with `replace`, replaces) an OAuth2 connection: its hosts
+    /// and placement, its client (the secret sealed) and no token yet.
+    async fn put_oauth_connection(
+        &self,
+        workspace: &str,
+        write: OAuthConnectionWrite,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// The OAuth2 configuration and state of a connection (never a token);
+    /// `None` if it is not an OAuth2 connection.
+    async fn oauth_status(&self, workspace: &str, name: &str)
+    -> StorageResult<Option<OAuthStatus>>;
+    /// The client secret of OAuth2 connection `name`, for a code exchange.
+    async fn oauth_client_secret(&self, workspace: &str, name: &str) -> StorageResult<SecretValue>;
+    /// Takes the refresh lease of OAuth2 connection `name` for `holder`, in
+    /// a write transaction that re-reads the credentials, or says why not
+    /// (see [`crate::oauth`]).
+    async fn oauth_lease(&self, workspace: &str, name: &str, holder: &str) -> StorageResult<Lease>;
+    /// Stores new tokens of an OAuth2 connection and ends the lease, only
+    /// if `holder` still holds it ([`StorageError::Conflict`] if not);
+    /// `holder` `None` is a person's authorization.
+    async fn oauth_store_tokens(
+        &self,
+        workspace: &str,
+        name: &str,
+        holder: Option<&str>,
+        tokens: IssuedTokens,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// Ends `holder`'s lease without tokens (and marks the connection
+    /// `needs_reauth` if the provider refused).
+    async fn oauth_end_lease(
+        &self,
+        workspace: &str,
+        name: &str,
+        holder: &str,
+        end: LeaseEnd,
+        audit: Option<Entry>,
+    ) -> StorageResult<()>;
+    /// Records the start of an authorization code flow.
+    async fn oauth_begin_authorization(
+        &self,
+        workspace: &str,
+        name: &str,
+        start: &wrun_runtime::oauth::AuthorizationStart,
+        redirect_uri: &str,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// Takes the flow a callback's `state` belongs to (once); `None` if
+    /// there is none or it expired.
+    async fn oauth_take_authorization(
+        &self,
+        state: &str,
+    ) -> StorageResult<Option<PendingAuthorization>>;
+    /// OAuth2 connections with a refresh token whose access token expires
+    /// before `before`: what a periodic refresh keeps alive.
+    async fn oauth_due(&self, before: UnixMillis) -> StorageResult<Vec<(String, String)>>;
+    /// Lets this store's connection sources refresh OAuth2 tokens through
+    /// `refresher`; without it, a job that needs a refresh fails saying so.
+    fn enable_oauth(&self, refresher: std::sync::Arc<Refresher>);
+    /// The refresher set with [`Storage::enable_oauth`].
+    fn oauth_refresher(&self) -> Option<std::sync::Arc<Refresher>>;
     /// An environment's properties and bindings.
     async fn environment(
         &self,

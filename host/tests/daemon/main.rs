@@ -11,6 +11,7 @@ mod credentials;
 mod edges;
 mod endpoints;
 mod history;
+mod oauth;
 mod one_store;
 mod requests;
 mod support;

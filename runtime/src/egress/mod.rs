@@ -789,6 +789,127 @@ impl Egress {
     }
 }
 
+/// Why a request the host itself sends (see [`Egress::send_host`]) got no
+/// answer. The message names the host and never carries a body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HostRequestError(pub String);
+
+impl Egress {
+    /// Sends a request on the host's own behalf (an OAuth2 token request,
+    /// not a guest's) under the same rules as a guest request: HTTPS only,
+    /// every resolved address classified by the [`AddressPolicy`] before a
+    /// connection, TLS against the same roots and operator CAs, the same
+    /// connect and first-byte timeouts and the total deadline. Redirects
+    /// are not followed. The response body is read whole, up to `max_body`
+    /// bytes.
+    pub(crate) async fn send_host(
+        self: &Arc<Self>,
+        request: Request<Vec<u8>>,
+        max_body: usize,
+    ) -> Result<Response<Vec<u8>>, HostRequestError> {
+        let fail = |why: String| HostRequestError(why);
+        let (mut parts, body) = request.into_parts();
+        if parts.uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return Err(fail(format!(
+                "only https:// is allowed, not {}://",
+                parts.uri.scheme_str().unwrap_or("")
+            )));
+        }
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let (host, port) = addr::parse_authority(&authority, 443)
+            .map_err(|e| fail(format!("invalid destination: {e}")))?;
+        let addrs = match &host {
+            Host::Ip(ip) => vec![*ip],
+            Host::Name(name) => {
+                match tokio::time::timeout(self.limits.connect_timeout, self.resolver.resolve(name))
+                    .await
+                {
+                    Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
+                    Ok(Ok(_)) => return Err(fail(format!("{name} resolves to no address"))),
+                    Ok(Err(e)) => return Err(fail(format!("{name} does not resolve: {e}"))),
+                    Err(_) => return Err(fail(format!("resolving {name} timed out"))),
+                }
+            }
+        };
+        for ip in &addrs {
+            if let Err(blocked) = self.policy.check(*ip) {
+                return Err(fail(format!(
+                    "{host} resolves to a refused address: {blocked}"
+                )));
+            }
+        }
+        let host_header = http::HeaderValue::from_str(&authority)
+            .map_err(|_| fail("invalid destination".into()))?;
+        parts.headers.insert(http::header::HOST, host_header);
+        parts.headers.remove(http::header::EXPECT);
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        parts.uri = http::Uri::builder()
+            .path_and_query(path)
+            .build()
+            .map_err(|_| fail("invalid destination".into()))?;
+        let body = RequestBody::full(Bytes::from(body));
+        if let Some(len) = body.exact_len().filter(|len| *len > 0) {
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.total_timeout;
+        let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+        let response = self
+            .clone()
+            .round_trip(
+                &host,
+                port,
+                &addrs,
+                Request::from_parts(parts, body),
+                deadline,
+                timer.as_mut(),
+            )
+            .await
+            .map_err(|e| fail(format!("{host}:{port}: {e}")))?;
+        let (head, mut incoming) = response.into_parts();
+        let mut out = Vec::new();
+        loop {
+            let frame = tokio::select! {
+                biased;
+                frame = incoming.frame() => frame,
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(fail(format!("{host}:{port}: the response did not end in time")));
+                }
+            };
+            match frame {
+                None => break,
+                Some(Err(e)) => return Err(fail(format!("{host}:{port}: {e}"))),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if out.len() + data.len() > max_body {
+                            return Err(fail(format!(
+                                "{host}:{port}: the response exceeds {max_body} bytes"
+                            )));
+                        }
+                        out.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        Ok(Response::from_parts(head, out))
+    }
+}
+
 /// Scrubs a response head of the job's secret values, or says why the
 /// response cannot be scrubbed.
 ///
@@ -920,6 +1041,20 @@ impl RequestBody {
             sent: 0,
             refusal: Arc::new(Mutex::new(None)),
             exact: Some(0),
+            may_inject: false,
+            injected: Vec::new(),
+        }
+    }
+
+    /// A body the host has whole (its own requests).
+    fn full(bytes: Bytes) -> RequestBody {
+        RequestBody {
+            exact: Some(bytes.len() as u64),
+            limit: bytes.len() as u64,
+            prefix: Some(bytes),
+            rest: None,
+            sent: 0,
+            refusal: Arc::new(Mutex::new(None)),
             may_inject: false,
             injected: Vec::new(),
         }
