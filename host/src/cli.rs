@@ -667,7 +667,8 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
                     .iter()
                     .map(|c| {
                         json!({ "name": c.name, "hosts": c.hosts, "placement": c.placement,
-                                "created_at": c.created_at, "rotated_at": c.rotated_at })
+                                "created_at": c.created_at, "rotated_at": c.rotated_at,
+                                "oauth2": c.oauth2 })
                     })
                     .collect();
                 println!("{}", Value::Array(rows));
@@ -676,7 +677,7 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
             } else {
                 for c in list {
                     output::line(&format!(
-                        "{:<24} {:<40} {:<34} created {}{}",
+                        "{:<24} {:<40} {:<34} created {}{}{}",
                         c.name,
                         c.hosts
                             .iter()
@@ -687,6 +688,9 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
                         c.created_at.rfc3339(),
                         c.rotated_at
                             .map(|t| format!(", rotated {}", t.rfc3339()))
+                            .unwrap_or_default(),
+                        c.oauth2
+                            .map(|state| format!(", oauth2 {}", state.as_str()))
                             .unwrap_or_default()
                     ));
                 }

@@ -1081,3 +1081,215 @@ fn paths_are_what_the_tests_expect() {
     assert!(guests_dir().join("github_issue.wasm").exists());
     assert!(Path::new(env!("CARGO_BIN_EXE_wrun")).exists());
 }
+
+/// Sends a plain HTTP GET of `path` to 127.0.0.1:`port`; returns the status.
+async fn loopback_get(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let head = text(&answer);
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_connections_are_added_authorised_on_loopback_and_used_by_run() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use wrun_tests::oauth::OAuthServer;
+
+    let dir = tempdir();
+    let pki = TestPki::new(&["oauth.test"]);
+    std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();
+    let client_secret = canary("oauth-client");
+    let server = OAuthServer::start(&pki, "wrun-cli", &client_secret).await;
+    let port = server.port();
+    let base = format!("https://oauth.test:{port}");
+    let wrun = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wrun"));
+        cmd.current_dir(&dir)
+            .env("WRUN_DB", dir.join("wrun.db"))
+            .env("WRUN_KEY_FILE", dir.join("master.key"))
+            .env("WRUN_CA_FILE", dir.join("ca.pem"))
+            .env("WRUN_ALLOW_RANGES", "127.0.0.0/8")
+            .env("WRUN_RESOLVE", "oauth.test=127.0.0.1")
+            .env(
+                "WRUN_CACHE_DIR",
+                std::env::temp_dir().join("wrun-cli-test-cache"),
+            )
+            .env("NO_COLOR", "1")
+            .env_remove("WRUN_MASTER_KEY")
+            .env_remove("WRUN_WORKSPACE")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let run_ok = |cmd: &mut std::process::Command, stdin: &str| -> String {
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{cmd:?}: {all}");
+        all
+    };
+    let mut outputs = Vec::new();
+    outputs.push(run_ok(wrun().args(["key", "init"]), ""));
+
+    // Client credentials: the first token is fetched when it is added.
+    let host = format!("oauth.test:{port}");
+    let token_url = format!("{base}/token");
+    let added = run_ok(
+        wrun().args([
+            "connection",
+            "add",
+            "api",
+            "--host",
+            &host,
+            "--oauth2",
+            "client-credentials",
+            "--token-url",
+            &token_url,
+            "--client-id",
+            "wrun-cli",
+            "--scope",
+            "read",
+        ]),
+        &client_secret,
+    );
+    assert!(added.contains("connection `api` has a token"), "{added}");
+    assert_eq!(server.token_calls().client_credentials, 1);
+    outputs.push(added);
+
+    // A step that calls the provider's API with the connection.
+    let project = dir.join("me");
+    std::fs::create_dir_all(project.join("components")).unwrap();
+    std::fs::copy(
+        guests_dir().join("hostile.wasm"),
+        project.join("components/hostile.wasm"),
+    )
+    .unwrap();
+    let recipe = |secret: &str| {
+        format!(
+            "[recipe]\nname = \"me\"\n\n[[steps]]\nname = \"call\"\ncomponent = \"components/hostile.wasm\"\naction = \"auth\"\ninput = {{ url = \"{base}/api/me\", secret = \"{secret}\" }}\n\n[steps.grants]\nnet = [\"{host}\"]\nsecrets = {{ {secret} = \"{secret}\" }}\nenv = [\"unused\"]\n"
+        )
+    };
+    std::fs::write(project.join("recipe.toml"), recipe("api")).unwrap();
+    run_ok(wrun().args(["env", "set", "unused=1"]), "");
+    let run = run_ok(
+        wrun()
+            .args(["--json", "run"])
+            .arg(project.join("recipe.toml")),
+        "",
+    );
+    assert!(run.contains("\"status\":200"), "{run}");
+    assert_eq!(server.api_calls(), (1, 0));
+    outputs.push(run);
+
+    // Authorization code: the command prints the provider's URL, waits on
+    // a loopback port, refuses a forged redirect and takes the real one.
+    let authorize_url = format!("{base}/authorize");
+    let mut child = wrun()
+        .args([
+            "connection",
+            "add",
+            "user",
+            "--host",
+            &host,
+            "--oauth2",
+            "authorization-code",
+            "--token-url",
+            &token_url,
+            "--authorize-url",
+            &authorize_url,
+            "--client-id",
+            "wrun-cli",
+            "--scope",
+            "offline_access",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(client_secret.as_bytes())
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    while !url.starts_with("https://") {
+        url.clear();
+        assert!(stdout.read_line(&mut url).unwrap() > 0, "no URL printed");
+    }
+    let location = server.authorize(url.trim()).await.unwrap();
+    let callback = location
+        .strip_prefix("http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("{location} is not a loopback redirect"));
+    let (cb_port, path) = callback.split_once('/').unwrap();
+    let cb_port: u16 = cb_port.parse().unwrap();
+    let forged = "/callback?code=stolen&state=forged-0123456789abcdef";
+    assert_eq!(loopback_get(cb_port, forged).await, 400);
+    assert_eq!(loopback_get(cb_port, &format!("/{path}")).await, 200);
+    let out = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let all = format!("{url}{rest}{}", text(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("connection `user` is authorised"), "{all}");
+    assert!(all.contains("unknown state was refused"), "{all}");
+    assert_eq!(server.token_calls().authorization_code, 1);
+    outputs.push(all);
+    std::fs::write(project.join("recipe.toml"), recipe("user")).unwrap();
+    let run = run_ok(
+        wrun()
+            .args(["--json", "run"])
+            .arg(project.join("recipe.toml")),
+        "",
+    );
+    assert!(run.contains("\"status\":200"), "{run}");
+    outputs.push(run);
+    let list = run_ok(wrun().args(["connection", "list"]), "");
+    assert_eq!(list.matches(", oauth2 ready").count(), 2, "{list}");
+    outputs.push(list);
+    let audit = run_ok(wrun().args(["audit", "stream"]), "");
+    for action in [
+        "connection.oauth.put",
+        "connection.oauth.authorize",
+        "connection.oauth.authorized",
+        "connection.oauth.refresh",
+    ] {
+        assert!(
+            audit.contains(&format!("\"{action}\"")),
+            "{action}: {audit}"
+        );
+    }
+    assert!(audit.contains("\"outcome\":\"denied\""), "{audit}");
+    outputs.push(audit);
+
+    let mut needles = vec![client_secret.clone()];
+    needles.extend(server.issued_access_tokens());
+    needles.extend(server.issued_refresh_tokens());
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+    let mut db = std::fs::read(dir.join("wrun.db")).unwrap();
+    if let Ok(wal) = std::fs::read(dir.join("wrun.db-wal")) {
+        db.extend(wal);
+    }
+    assert_absent(&db, &needles, "the database");
+    assert_absent(outputs.join("\n").as_bytes(), &needles, "wrun's output");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -665,8 +665,10 @@ pub(crate) fn read_connections(
     let doing = || format!("listing connections of workspace `{workspace}`");
     let mut stmt = conn
         .prepare_cached(
-            "SELECT name, hosts, placement, created_at, rotated_at FROM connections
-             WHERE workspace = ?1 ORDER BY name",
+            "SELECT c.name, c.hosts, c.placement, c.created_at, c.rotated_at, o.state
+             FROM connections c
+             LEFT JOIN oauth_clients o ON o.workspace = c.workspace AND o.name = c.name
+             WHERE c.workspace = ?1 ORDER BY c.name",
         )
         .doing(doing)?;
     let rows = stmt
@@ -677,13 +679,18 @@ pub(crate) fn read_connections(
                 r.get::<_, String>(2)?,
                 r.get(3)?,
                 r.get(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         })
         .doing(doing)?;
     let mut out = Vec::new();
     for row in rows {
-        let (name, hosts, placement, created_at, rotated_at) = row.doing(doing)?;
+        let (name, hosts, placement, created_at, rotated_at, oauth) = row.doing(doing)?;
         out.push(ConnectionSummary {
+            oauth2: oauth.map(|state| {
+                crate::oauth::OAuthState::parse(&state)
+                    .unwrap_or(crate::oauth::OAuthState::NeedsReauth)
+            }),
             hosts: parse_host_patterns(workspace, &name, &hosts)?,
             placement: parse_placement(workspace, &name, &placement)?,
             name,

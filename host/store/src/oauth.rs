@@ -129,7 +129,7 @@ impl OAuthState {
         }
     }
 
-    fn parse(text: &str) -> Option<OAuthState> {
+    pub(crate) fn parse(text: &str) -> Option<OAuthState> {
         match text {
             "pending" => Some(OAuthState::Pending),
             "ready" => Some(OAuthState::Ready),

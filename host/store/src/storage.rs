@@ -492,8 +492,11 @@ pub struct ConnectionSummary {
     pub placement: Placement,
     /// When it was added.
     pub created_at: UnixMillis,
-    /// When its value was last replaced.
+    /// When its value was last replaced (for OAuth2, the last new token).
     pub rotated_at: Option<UnixMillis>,
+    /// For an OAuth2 connection, where it stands; absent for a static one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<crate::oauth::OAuthState>,
 }
 
 /// A write of a connection. The runtime's types carry the checks: a

@@ -214,6 +214,7 @@ async fn two_hundred_jobs_on_an_expired_token_refresh_it_once() {
     let r = api
         .get(&format!("/v1/workspaces/{WS}/connections"), &token)
         .await;
+    assert_eq!(r.json["connections"][0]["oauth2"], "ready", "{}", r.json);
     responses.push(r.json.to_string());
 
     // No token and no client secret anywhere at rest, in logs or answers.
