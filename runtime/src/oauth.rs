@@ -561,6 +561,40 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_error_keeps_its_code_and_never_a_value_sent() {
+        let refresh = "rt_6f1d9c2b7a4e8f0d3c5b9a1e7d2f4c8b";
+        let response = oauth2::basic::BasicErrorResponse::new(
+            BasicErrorResponseType::InvalidGrant,
+            Some(format!("refresh token {refresh} was revoked\nat 12:00")),
+            None,
+        );
+        let err = classify(RequestTokenError::ServerResponse(response), &[refresh]);
+        let TokenError::Rejected { code, description } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(code, "invalid_grant");
+        let description = description.as_deref().unwrap_or_default();
+        assert!(!description.contains(refresh), "{description}");
+        assert!(!description.contains('\n'), "{description}");
+        assert!(description.contains("was revoked"), "{description}");
+        assert!(err.needs_reauthorization());
+
+        // A body that is not a token response is never quoted.
+        let body = format!("{{\"access_token\": 12, \"echo\": \"{refresh}\"}}");
+        let parse = serde_path_to_error::deserialize::<_, BasicTokenResponse>(
+            &mut serde_json::Deserializer::from_str(&body),
+        )
+        .expect_err("not a token response");
+        let err = classify(
+            RequestTokenError::Parse(parse, body.into_bytes()),
+            &[refresh],
+        );
+        assert!(matches!(err, TokenError::Malformed(_)), "{err:?}");
+        assert!(!err.to_string().contains(refresh), "{err}");
+        assert!(!err.to_string().contains("12"), "{err}");
+    }
+
+    #[test]
     fn grant_kinds_parse_with_either_separator() {
         assert_eq!(
             GrantKind::parse("client-credentials"),

@@ -136,7 +136,10 @@ mod tests {
                 "/readyz",
                 "/metrics",
                 "/openapi.json",
-                "/hooks/{id}"
+                "/hooks/{id}",
+                // The provider's redirect: a single-use `state` authorises
+                // it, and unknown ones count as failures of the address.
+                "/oauth/callback"
             ]
         );
         for (method, path, permission, _, _) in ROUTES {

@@ -15,6 +15,7 @@ mod guest_sdk;
 mod limits;
 mod load;
 mod misuse;
+mod oauth;
 mod polyglot;
 mod reflect;
 mod secrets;
