@@ -140,7 +140,10 @@ struct Inner {
     max_pattern_len: usize,
     /// The same patterns, matched in any ASCII letter case; `None` when the
     /// automaton could not be built (then everything counts as a match).
-    any_case: Option<AhoCorasick>,
+    /// Built at the first use: most maskers never need it, and building
+    /// it for every job cost more than the job's step (a case-insensitive
+    /// DFA over every pattern of a 43-byte value took about 2 ms).
+    any_case: std::sync::OnceLock<Option<AhoCorasick>>,
 }
 
 /// How an [`Inner`] finds matches.
@@ -234,7 +237,21 @@ impl Masker {
         let Some(inner) = self.inner.as_deref() else {
             return false;
         };
-        match &inner.any_case {
+        let any_case = inner.any_case.get_or_init(|| {
+            let mut patterns = BTreeSet::new();
+            let mut runs = BTreeMap::new();
+            for (index, value) in inner.values.iter().enumerate() {
+                add_patterns(value, &mut patterns);
+                add_runs(index, value, &mut runs);
+            }
+            patterns.extend(runs.into_keys());
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
+                .build(&patterns)
+                .ok()
+        });
+        match any_case {
             Some(automaton) => automaton.is_match(canonical::decode(haystack).as_slice()),
             None => !haystack.is_empty(),
         }
@@ -362,17 +379,13 @@ impl Masker {
         let continued = patterns.iter().map(|p| runs.get(p).copied()).collect();
         let matcher = Searcher::new(&patterns, continued, values.iter().cloned().collect())
             .map_or(Matcher::RedactAll, Matcher::Search);
-        let any_case = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .build(&patterns)
-            .ok();
         Masker {
             inner: Some(Arc::new(Inner {
                 matcher,
                 values,
                 pattern_count: patterns.len(),
                 max_pattern_len,
-                any_case,
+                any_case: std::sync::OnceLock::new(),
             })),
         }
     }
@@ -1598,7 +1611,7 @@ mod tests {
                 values: BTreeSet::new(),
                 pattern_count: 0,
                 max_pattern_len: 4,
-                any_case: None,
+                any_case: std::sync::OnceLock::from(None),
             })),
         };
         assert!(matches!(masker.mask_bytes(b""), Cow::Borrowed(b"")));
