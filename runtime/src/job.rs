@@ -192,7 +192,7 @@ impl JobShared {
                         .connections
                         .connection(name)
                         .await
-                        .map_err(|e| err(format!("the connection store failed: {e}")))?
+                        .map_err(err)?
                         .ok_or_else(|| err("no such connection in this workspace".into()))?;
                     let secret = Arc::new(JobSecret {
                         connection,

@@ -315,8 +315,9 @@ pub trait ConnectionSource: Send + Sync {
     ///
     /// # Errors
     ///
-    /// A message saying why the store could not answer. It must not contain
-    /// the value.
+    /// A message saying why the connection cannot be had (the store
+    /// failed; an OAuth2 connection needs to be authorised again), shown
+    /// to the recipe's author as it is. It must not contain the value.
     async fn connection(&self, name: &str) -> Result<Option<Connection>, String>;
 }
 
