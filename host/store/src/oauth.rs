@@ -381,37 +381,23 @@ pub(crate) fn read_status(
     name: &str,
 ) -> StorageResult<Option<OAuthStatus>> {
     check_name("connection", name)?;
-    let row = conn
+    let Some(row) = read_row(conn, workspace, name)? else {
+        return Ok(None);
+    };
+    let config: String = conn
         .query_row(
-            "SELECT config, state, reason, expires_at, refreshed_at FROM oauth_clients
-             WHERE workspace = ?1 AND name = ?2",
+            "SELECT config FROM oauth_clients WHERE workspace = ?1 AND name = ?2",
             params![workspace, name],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                ))
-            },
+            |r| r.get(0),
         )
-        .optional()
         .doing(|| format!("reading OAuth2 connection `{name}`"))?;
-    row.map(|(config, state, reason, expires_at, refreshed_at)| {
-        Ok(OAuthStatus {
-            config: parse_config(name, &config)?,
-            state: OAuthState::parse(&state).ok_or_else(|| {
-                damaged(format!(
-                    "OAuth2 connection `{name}` has an unknown state `{state}`"
-                ))
-            })?,
-            reason,
-            expires_at: expires_at.map(UnixMillis),
-            refreshed_at: refreshed_at.map(UnixMillis),
-        })
-    })
-    .transpose()
+    Ok(Some(OAuthStatus {
+        config: parse_config(name, &config)?,
+        state: row.state,
+        reason: row.reason,
+        expires_at: row.expires_at,
+        refreshed_at: row.refreshed_at,
+    }))
 }
 
 fn parse_config(name: &str, text: &str) -> StorageResult<OAuthClientConfig> {

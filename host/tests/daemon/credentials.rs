@@ -36,17 +36,9 @@ fn assert_unauthorized(r: &Reply, code: &str, what: &str) {
     );
 }
 
-/// The whole audit log, through `wrun audit stream`.
-fn audit_stream(site: &Site) -> Vec<Value> {
-    site.ok(site.wrun().args(["audit", "stream"]))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The `auth.failure` reasons audited from 127.0.0.1.
 fn audited_failures(site: &Site) -> Vec<String> {
-    audit_stream(site)
+    site.audit_entries()
         .into_iter()
         .filter(|e| e["action"] == "auth.failure")
         .map(|e| {
@@ -212,7 +204,8 @@ async fn bad_api_tokens_are_refused_audited_and_counted() {
     expected.sort();
     assert_eq!(audited, expected);
     // No token text reaches the audit log or the daemon's logs.
-    let log = audit_stream(&site)
+    let log = site
+        .audit_entries()
         .iter()
         .map(Value::to_string)
         .collect::<String>();

@@ -136,17 +136,9 @@ async fn run_many(api: &mut Api, token: &str, n: usize) -> Vec<String> {
     jobs
 }
 
-/// The whole audit log, through `wrun audit stream`.
-fn audit(site: &Site) -> Vec<Value> {
-    site.ok(site.wrun().args(["audit", "stream"]))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The audit entries of `action`.
 fn audited(site: &Site, action: &str) -> Vec<Value> {
-    audit(site)
+    site.audit_entries()
         .into_iter()
         .filter(|e| e["action"] == action)
         .collect()
@@ -231,7 +223,7 @@ async fn two_hundred_jobs_on_an_expired_token_refresh_it_once() {
         "API answers, job outputs and history",
     );
     assert_absent(
-        audit(&site)
+        site.audit_entries()
             .iter()
             .map(Value::to_string)
             .collect::<Vec<_>>()

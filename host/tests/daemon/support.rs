@@ -160,6 +160,14 @@ impl Site {
         }
     }
 
+    /// The whole audit log, through `wrun audit stream`, one entry a value.
+    pub(crate) fn audit_entries(&self) -> Vec<Value> {
+        self.ok(self.wrun().args(["audit", "stream"]))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// Every log file the daemon wrote in this site.
     pub(crate) fn logs(&self) -> Vec<u8> {
         let mut all = Vec::new();

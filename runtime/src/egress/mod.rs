@@ -564,34 +564,10 @@ impl Egress {
         used.dedup();
 
         // Resolve, classify every address, and connect to a checked one.
-        let addrs = match &host {
-            Host::Ip(ip) => vec![*ip],
-            Host::Name(name) => {
-                match tokio::time::timeout(self.limits.connect_timeout, self.resolver.resolve(name))
-                    .await
-                {
-                    Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
-                    Ok(Ok(_)) => {
-                        let why = format!("{name} resolves to no address");
-                        return Err(scope.refuse_unreachable(&url, &host, port, why));
-                    }
-                    Ok(Err(e)) => {
-                        let why = format!("{name} does not resolve: {e}");
-                        return Err(scope.refuse_unreachable(&url, &host, port, why));
-                    }
-                    Err(_) => {
-                        let why = format!("resolving {name} timed out");
-                        return Err(scope.refuse_unreachable(&url, &host, port, why));
-                    }
-                }
-            }
+        let addrs = match self.checked_addresses(&host).await {
+            Ok(addrs) => addrs,
+            Err(why) => return Err(scope.refuse_unreachable(&url, &host, port, why)),
         };
-        for ip in &addrs {
-            if let Err(blocked) = self.policy.check(*ip) {
-                let why = format!("{host} resolves to a refused address: {blocked}");
-                return Err(scope.refuse_unreachable(&url, &host, port, why));
-            }
-        }
 
         // Origin-form URI; the Host header was set by wasi-http.
         let path = parts
@@ -661,6 +637,32 @@ impl Egress {
             done: false,
         };
         Ok(Response::from_parts(head, body.boxed_unsync()))
+    }
+
+    /// Resolves `host` through the pluggable resolver (within the connect
+    /// timeout) and classifies every address with the [`AddressPolicy`]:
+    /// one refused address refuses the destination, before any connection.
+    /// The one place both guest and host requests get their addresses.
+    async fn checked_addresses(&self, host: &Host) -> Result<Vec<IpAddr>, String> {
+        let addrs = match host {
+            Host::Ip(ip) => vec![*ip],
+            Host::Name(name) => {
+                match tokio::time::timeout(self.limits.connect_timeout, self.resolver.resolve(name))
+                    .await
+                {
+                    Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
+                    Ok(Ok(_)) => return Err(format!("{name} resolves to no address")),
+                    Ok(Err(e)) => return Err(format!("{name} does not resolve: {e}")),
+                    Err(_) => return Err(format!("resolving {name} timed out")),
+                }
+            }
+        };
+        for ip in &addrs {
+            if let Err(blocked) = self.policy.check(*ip) {
+                return Err(format!("{host} resolves to a refused address: {blocked}"));
+            }
+        }
+        Ok(addrs)
     }
 
     /// Sends over a pooled connection, or a new one to the first checked
@@ -823,26 +825,7 @@ impl Egress {
             .unwrap_or_default();
         let (host, port) = addr::parse_authority(&authority, 443)
             .map_err(|e| fail(format!("invalid destination: {e}")))?;
-        let addrs = match &host {
-            Host::Ip(ip) => vec![*ip],
-            Host::Name(name) => {
-                match tokio::time::timeout(self.limits.connect_timeout, self.resolver.resolve(name))
-                    .await
-                {
-                    Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
-                    Ok(Ok(_)) => return Err(fail(format!("{name} resolves to no address"))),
-                    Ok(Err(e)) => return Err(fail(format!("{name} does not resolve: {e}"))),
-                    Err(_) => return Err(fail(format!("resolving {name} timed out"))),
-                }
-            }
-        };
-        for ip in &addrs {
-            if let Err(blocked) = self.policy.check(*ip) {
-                return Err(fail(format!(
-                    "{host} resolves to a refused address: {blocked}"
-                )));
-            }
-        }
+        let addrs = self.checked_addresses(&host).await.map_err(fail)?;
         let host_header = http::HeaderValue::from_str(&authority)
             .map_err(|_| fail("invalid destination".into()))?;
         parts.headers.insert(http::header::HOST, host_header);
