@@ -305,12 +305,14 @@ pub(crate) struct OAuthRow {
 
 impl OAuthRow {
     /// `Some(message)` when a job cannot use the connection as it stands.
-    pub(crate) fn unusable(&self, name: &str) -> Option<String> {
+    pub(crate) fn unusable(&self, name: &str, grant: Option<GrantKind>) -> Option<String> {
         match self.state {
             OAuthState::Pending => Some(format!(
                 "OAuth2 connection `{name}` has not been authorised yet: run `wrun connection authorize {name}` or POST .../connections/{name}/authorize"
             )),
-            OAuthState::NeedsReauth => Some(needs_reauth_message(name, self.reason.as_deref())),
+            OAuthState::NeedsReauth => {
+                Some(needs_reauth_message(name, grant, self.reason.as_deref()))
+            }
             OAuthState::Ready => None,
         }
     }
@@ -329,11 +331,16 @@ impl OAuthRow {
     }
 }
 
-fn needs_reauth_message(name: &str, reason: Option<&str>) -> String {
-    format!(
-        "OAuth2 connection `{name}` needs to be authorised again{}: run `wrun connection authorize {name}` or POST .../connections/{name}/authorize",
-        reason.map(|r| format!(" ({r})")).unwrap_or_default()
-    )
+fn needs_reauth_message(name: &str, grant: Option<GrantKind>, reason: Option<&str>) -> String {
+    let reason = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+    match grant {
+        Some(GrantKind::ClientCredentials) => format!(
+            "OAuth2 connection `{name}` was refused by its provider{reason}: fix its client and add it again (`wrun connection add {name} --oauth2 client-credentials --replace ...` or PUT .../connections/{name}/oauth2)"
+        ),
+        _ => format!(
+            "OAuth2 connection `{name}` needs to be authorised again{reason}: run `wrun connection authorize {name}` or POST .../connections/{name}/authorize"
+        ),
+    }
 }
 
 /// Reads the OAuth2 columns of a connection; `None` for other connections.
@@ -522,7 +529,7 @@ pub(crate) fn take_lease(
     }
     // A client-credentials connection can always ask; others need consent.
     if !(oauth.state == OAuthState::Pending && config.grant == GrantKind::ClientCredentials)
-        && let Some(message) = oauth.unusable(name)
+        && let Some(message) = oauth.unusable(name, Some(config.grant))
     {
         return Ok(Lease::NotUsable(message));
     }
@@ -903,6 +910,7 @@ pub async fn fresh_token(
                 description: Some("the provider issued no refresh token".into()),
             }),
         };
+        let grant = credentials.config.grant;
         drop(credentials);
         let counters = &refresher.counters;
         return match result {
@@ -927,7 +935,7 @@ pub async fn fresh_token(
                     Err(StorageError::Invalid { message, .. }) => {
                         let end = LeaseEnd::NeedsReauth(message.clone());
                         finish_lease(storage, refresher, workspace, name, end).await;
-                        Err(needs_reauth_message(name, Some(&message)))
+                        Err(needs_reauth_message(name, Some(grant), Some(&message)))
                     }
                     Err(e) => Err(format!(
                         "OAuth2 connection `{name}`: the new token could not be stored: {e}"
@@ -944,7 +952,7 @@ pub async fn fresh_token(
                     LeaseEnd::NeedsReauth(reason.clone()),
                 )
                 .await;
-                Err(needs_reauth_message(name, Some(&reason)))
+                Err(needs_reauth_message(name, Some(grant), Some(&reason)))
             }
             Err(e) => {
                 counters

@@ -531,7 +531,7 @@ impl ConnectionSource for DaemonConnections {
                 Some((again, Some(row))) if row.state == oauth::OAuthState::Ready => sealed = again,
                 Some((_, Some(row))) => {
                     return Err(row
-                        .unusable(name)
+                        .unusable(name, None)
                         .unwrap_or_else(|| format!("OAuth2 connection `{name}` has no token")));
                 }
                 Some((again, None)) => sealed = again,

@@ -380,3 +380,37 @@ async fn a_daemon_killed_during_a_refresh_leaves_the_connection_marked_once() {
     assert_eq!(provider.server.token_requests_started(), 3, "no retry loop");
     assert_eq!(audited(&site, "connection.oauth.needs_reauth").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_credentials_connection_with_a_wrong_secret_says_so_when_added() {
+    let (site, token) = site("");
+    let provider = Provider::new(&site).await;
+    let daemon = provider.start(&site);
+    let mut api = daemon.client().await;
+    let wrong = canary("wrong-secret");
+    let body = |secret: &str| {
+        json!({
+            "hosts": [format!("oauth.test:{}", provider.server.port())],
+            "grant": "client_credentials",
+            "token_url": format!("{}/token", provider.base()),
+            "client_id": CLIENT_ID,
+            "client_secret": secret,
+        })
+    };
+    let path = format!("/v1/workspaces/{WS}/connections/cc/oauth2");
+    let r = api.put(&path, &token, &body(&wrong)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["oauth2"]["state"], "needs_reauth", "{}", r.json);
+    let error = r.json["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("invalid_client") && error.contains("--replace"),
+        "{error}"
+    );
+    assert!(!r.raw.windows(wrong.len()).any(|w| w == wrong.as_bytes()));
+    // Fixed, it has a token at once.
+    let r = api.put(&path, &token, &body(&provider.secret)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["oauth2"]["state"], "ready", "{}", r.json);
+    assert!(r.json.get("error").is_none(), "{}", r.json);
+    assert_eq!(provider.server.token_calls().client_credentials, 1);
+}
