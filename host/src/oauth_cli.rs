@@ -193,6 +193,11 @@ async fn callback(
     .await;
     match result {
         Err(ops::CallbackError::UnknownState) => {
+            if let Err(e) =
+                ops::audit_refused_callback(cb.storage.as_ref(), &peer.ip().to_string()).await
+            {
+                output::warn(&format!("a refused redirect was not audited: {e}"));
+            }
             output::warn("a redirect with an unknown state was refused; still waiting");
             (
                 StatusCode::BAD_REQUEST,

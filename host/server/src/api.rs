@@ -1513,8 +1513,12 @@ async fn oauth_callback(
             json!({ "workspace": workspace, "connection": name, "state": "ready" }),
         ),
         Err(crate::ops::CallbackError::UnknownState) => {
-            // Guessing states is limited per client address.
+            // Guessing states is limited per client address; past the
+            // budget, refusals are answered 429 and not audited one by one.
             s.limit_failure(ip)?;
+            crate::ops::audit_refused_callback(s.storage.as_ref(), &ip.to_string())
+                .await
+                .map_err(storage_error)?;
             Err(ApiError::bad_request(
                 "invalid_state",
                 crate::ops::CallbackError::UnknownState.to_string(),

@@ -456,12 +456,34 @@ pub enum CallbackError {
     Storage(#[from] StorageError),
 }
 
+/// Audits a callback whose `state` matched no authorization, as a
+/// daemon-wide denial from `source` (never the state itself). The daemon
+/// calls it only within the address's failure budget, so that nobody can
+/// fill the audit log from outside.
+///
+/// # Errors
+///
+/// Storage failures.
+pub async fn audit_refused_callback(storage: &dyn Storage, source: &str) -> StorageResult<()> {
+    let audit = Entry {
+        workspace: None,
+        actor: "anonymous".into(),
+        action: "connection.oauth.callback".into(),
+        target: "connection:?".into(),
+        source: Some(source.to_string()),
+        outcome: Outcome::Denied,
+        detail: json!({ "reason": "unknown state" }),
+    };
+    storage.audit(vec![audit]).await
+}
+
 /// Finishes an authorization code flow from the provider's callback
 /// (`code`, `state`, or `error`): the `state` must match a flow under way
 /// (it is used up either way), the code is exchanged with its PKCE verifier
-/// through the egress, and the tokens are stored. Every outcome is audited,
-/// a refused `state` as a daemon-wide failure. Returns the workspace and
-/// connection authorised.
+/// through the egress, and the tokens are stored. Every outcome of a known
+/// `state` is audited; an unknown one is the caller's to audit
+/// ([`audit_refused_callback`]) within its failure budget. Returns the
+/// workspace and connection authorised.
 ///
 /// # Errors
 ///
@@ -475,16 +497,6 @@ pub async fn finish_authorization(
     error: Option<&str>,
 ) -> Result<(String, String), CallbackError> {
     let Some(pending) = storage.oauth_take_authorization(state).await? else {
-        let audit = Entry {
-            workspace: None,
-            actor: "anonymous".into(),
-            action: "connection.oauth.callback".into(),
-            target: "connection:?".into(),
-            source: Some(source.to_string()),
-            outcome: Outcome::Denied,
-            detail: json!({ "reason": "unknown state" }),
-        };
-        storage.audit(vec![audit]).await?;
         return Err(CallbackError::UnknownState);
     };
     let actor = Actor {

@@ -335,6 +335,33 @@ async fn a_callback_with_a_forged_or_spent_state_is_refused_and_audited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_states_is_limited_and_does_not_fill_the_audit_log() {
+    let site = Site::new("[limits]\nfailures_per_second = 1\nfailure_burst = 3\n");
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let path = format!("/oauth/callback?code=x&state=guess-{i:04}-0123456789");
+        statuses.push(api.send(Method::GET, &path, None, None).await.status);
+    }
+    assert!(
+        statuses[..3].iter().all(|s| *s == StatusCode::BAD_REQUEST),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[4..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let audited = audited(&site, "connection.oauth.callback").len();
+    assert!(
+        (3..=4).contains(&audited),
+        "{audited} refusals audited for 20 guesses"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_during_a_refresh_leaves_the_connection_marked_once() {
     let (site, token) = site("");
     let provider = Provider::new(&site).await;
