@@ -445,6 +445,12 @@ pub(crate) fn put_client(
         params![workspace, name, config_json, sealed],
     )
     .doing(|| format!("storing OAuth2 connection `{name}`"))?;
+    // Flows started for the client it replaces cannot finish with this one.
+    conn.execute(
+        "DELETE FROM oauth_authorizations WHERE workspace = ?1 AND name = ?2",
+        params![workspace, name],
+    )
+    .doing(|| format!("storing OAuth2 connection `{name}`"))?;
     Ok(())
 }
 
@@ -994,5 +1000,225 @@ async fn finish_lease(
         .await
     {
         tracing::error!(%workspace, connection = %name, error = %e, "ending an OAuth2 refresh lease failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use wrun_runtime::oauth::start_authorization;
+    use wrun_runtime::policy::NetGrant;
+    use wrun_runtime::{Placement, SecretValue};
+
+    use super::*;
+    use crate::keys::MasterKey;
+    use crate::sqlite::SqliteStorage;
+    use crate::storage::OAuthConnectionWrite;
+
+    const WS: &str = "ws";
+
+    fn entry() -> Entry {
+        Entry {
+            workspace: Some(WS.into()),
+            actor: "test".into(),
+            action: "test".into(),
+            target: "connection".into(),
+            source: None,
+            outcome: Outcome::Success,
+            detail: json!({}),
+        }
+    }
+
+    fn write(grant: GrantKind, replace: bool) -> OAuthConnectionWrite {
+        OAuthConnectionWrite {
+            name: "crm".into(),
+            hosts: NetGrant::parse_for_connection(&["api.crm.test".to_string()]).unwrap(),
+            placement: Placement::bearer(),
+            config: OAuthClientConfig {
+                grant,
+                token_url: "https://login.crm.test/token".into(),
+                authorize_url: Some("https://login.crm.test/authorize".into()),
+                client_id: "app".into(),
+                scopes: vec![],
+            },
+            client_secret: SecretValue::new("client-secret-7c1e9b2d4f6a8e0c"),
+            replace,
+        }
+    }
+
+    fn tokens(access: &str, refresh: Option<&str>) -> IssuedTokens {
+        IssuedTokens {
+            access: SecretValue::new(access),
+            refresh: refresh.map(SecretValue::new),
+            expires_in: Some(Duration::from_secs(3600)),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lease_fences_who_may_store_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite =
+            SqliteStorage::open(&dir.path().join("wrun.db"), MasterKey::generate(), None).unwrap();
+        let storage: &dyn Storage = &sqlite;
+        storage
+            .put_oauth_connection(WS, write(GrantKind::AuthorizationCode, false), entry())
+            .await
+            .unwrap();
+        // Never authorised: nobody may refresh it.
+        let lease = storage.oauth_lease(WS, "crm", "a").await.unwrap();
+        assert!(
+            matches!(&lease, Lease::NotUsable(m) if m.contains("not been authorised")),
+            "{lease:?}"
+        );
+        // A person's authorization stores tokens without a lease.
+        storage
+            .oauth_store_tokens(
+                WS,
+                "crm",
+                None,
+                tokens("at_first_0123456789abcdef", Some("rt_first_0123456789")),
+                entry(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            storage.oauth_lease(WS, "crm", "a").await.unwrap(),
+            Lease::Fresh
+        ));
+
+        // Due for a refresh: the first holder gets the credentials as stored,
+        // a second one waits, and only the holder's tokens are kept.
+        sqlite
+            .write(|ctx| {
+                ctx.conn
+                    .execute("UPDATE oauth_clients SET expires_at = 0", [])
+                    .doing(|| "test".to_string())?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let Lease::Acquired(credentials) = storage.oauth_lease(WS, "crm", "a").await.unwrap()
+        else {
+            panic!("the first holder gets the lease");
+        };
+        assert_eq!(
+            credentials.refresh_token.as_ref().map(SecretValue::expose),
+            Some("rt_first_0123456789")
+        );
+        assert_eq!(
+            credentials.client_secret.expose(),
+            "client-secret-7c1e9b2d4f6a8e0c"
+        );
+        assert!(matches!(
+            storage.oauth_lease(WS, "crm", "b").await.unwrap(),
+            Lease::Busy(_)
+        ));
+        let stolen = storage
+            .oauth_store_tokens(
+                WS,
+                "crm",
+                Some("b"),
+                tokens("at_stolen_0123456789abc", None),
+                entry(),
+            )
+            .await;
+        assert!(
+            matches!(stolen, Err(StorageError::Conflict(_))),
+            "{stolen:?}"
+        );
+        storage
+            .oauth_store_tokens(
+                WS,
+                "crm",
+                Some("a"),
+                tokens("at_second_0123456789abc", Some("rt_second_012345678")),
+                entry(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            storage.oauth_lease(WS, "crm", "b").await.unwrap(),
+            Lease::Fresh
+        ));
+        // A holder that lost its lease cannot mark the connection either.
+        storage
+            .oauth_end_lease(WS, "crm", "a", LeaseEnd::NeedsReauth("late".into()), None)
+            .await
+            .unwrap();
+        let status = storage.oauth_status(WS, "crm").await.unwrap().unwrap();
+        assert_eq!(status.state, OAuthState::Ready);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replacing_or_deleting_a_connection_drops_its_flows() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite =
+            SqliteStorage::open(&dir.path().join("wrun.db"), MasterKey::generate(), None).unwrap();
+        let storage: &dyn Storage = &sqlite;
+        let w = write(GrantKind::AuthorizationCode, false);
+        let config = w.config.clone();
+        storage.put_oauth_connection(WS, w, entry()).await.unwrap();
+        let start = || start_authorization(&config, "http://127.0.0.1:9/callback").unwrap();
+        let first = start();
+        storage
+            .oauth_begin_authorization(WS, "crm", &first, "http://127.0.0.1:9/callback", entry())
+            .await
+            .unwrap();
+        let again = storage
+            .put_oauth_connection(WS, write(GrantKind::AuthorizationCode, false), entry())
+            .await;
+        assert!(matches!(again, Err(StorageError::Conflict(_))), "{again:?}");
+        storage
+            .put_oauth_connection(WS, write(GrantKind::AuthorizationCode, true), entry())
+            .await
+            .unwrap();
+        assert!(
+            storage
+                .oauth_take_authorization(first.state.expose())
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let second = start();
+        storage
+            .oauth_begin_authorization(WS, "crm", &second, "http://127.0.0.1:9/callback", entry())
+            .await
+            .unwrap();
+        assert!(storage.delete_connection(WS, "crm", entry()).await.unwrap());
+        assert!(storage.oauth_status(WS, "crm").await.unwrap().is_none());
+        assert!(
+            storage
+                .oauth_take_authorization(second.state.expose())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // A state is good once.
+        storage
+            .put_oauth_connection(WS, write(GrantKind::AuthorizationCode, false), entry())
+            .await
+            .unwrap();
+        let third = start();
+        storage
+            .oauth_begin_authorization(WS, "crm", &third, "http://127.0.0.1:9/callback", entry())
+            .await
+            .unwrap();
+        let taken = storage
+            .oauth_take_authorization(third.state.expose())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken.verifier.expose(), third.verifier.expose());
+        assert!(
+            storage
+                .oauth_take_authorization(third.state.expose())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
