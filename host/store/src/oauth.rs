@@ -162,6 +162,9 @@ pub struct OAuthCredentials {
     pub client_secret: SecretValue,
     /// The refresh token, if the connection has one.
     pub refresh_token: Option<SecretValue>,
+    /// The access token it holds now, if any: masked out of what the
+    /// provider answers, with the others.
+    pub current_access: Option<SecretValue>,
 }
 
 impl fmt::Debug for OAuthCredentials {
@@ -549,6 +552,11 @@ pub(crate) fn take_lease(
     let refresh_token = refresh
         .map(|sealed| open_field(dk, workspace, name, "refresh_token", &config_json, &sealed))
         .transpose()?;
+    let current_access = crate::db::SealedConnection::read(conn, workspace, name)?
+        .map(|sealed| sealed.open_value(dk, workspace))
+        .transpose()?
+        .filter(|value| !value.is_empty())
+        .map(|value| SecretValue::new(value.as_str()));
     conn.execute(
         "UPDATE oauth_clients SET lease_holder = ?3, lease_until = ?4 WHERE workspace = ?1 AND name = ?2",
         params![workspace, name, holder, now.0 + LEASE.as_millis() as i64],
@@ -558,6 +566,7 @@ pub(crate) fn take_lease(
         config,
         client_secret,
         refresh_token,
+        current_access,
     }))
 }
 
@@ -917,6 +926,18 @@ pub async fn fresh_token(
             }),
         };
         let grant = credentials.config.grant;
+        // A provider's message may quote any token it knows: none is kept.
+        let masker = wrun_runtime::mask::Masker::new(
+            [
+                Some(&credentials.client_secret),
+                credentials.refresh_token.as_ref(),
+                credentials.current_access.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|v| v.expose().as_bytes()),
+        );
+        let result = result.map_err(|e| mask_error(&masker, e));
         drop(credentials);
         let counters = &refresher.counters;
         return match result {
@@ -968,6 +989,19 @@ pub async fn fresh_token(
                 Err(format!("OAuth2 connection `{name}`: {e}"))
             }
         };
+    }
+}
+
+/// A token error with every known token masked out of its text.
+fn mask_error(masker: &wrun_runtime::mask::Masker, error: TokenError) -> TokenError {
+    let mask = |text: String| masker.mask_str(&text).into_owned();
+    match error {
+        TokenError::Rejected { code, description } => TokenError::Rejected {
+            code: mask(code),
+            description: description.map(mask),
+        },
+        TokenError::Unavailable(m) => TokenError::Unavailable(mask(m)),
+        TokenError::Malformed(m) => TokenError::Malformed(mask(m)),
     }
 }
 
@@ -1150,6 +1184,22 @@ mod tests {
             .unwrap();
         let status = storage.oauth_status(WS, "crm").await.unwrap().unwrap();
         assert_eq!(status.state, OAuthState::Ready);
+    }
+
+    #[test]
+    fn a_provider_message_quoting_the_current_access_token_is_masked() {
+        let access = "at_current_6b2f9d1c4e8a0357";
+        let masker = wrun_runtime::mask::Masker::new([access]);
+        let error = TokenError::Rejected {
+            code: "invalid_grant".into(),
+            description: Some(format!("token {access} was revoked")),
+        };
+        let text = mask_error(&masker, error).to_string();
+        assert!(!text.contains(access), "{text}");
+        assert!(
+            text.contains("invalid_grant") && text.contains("was revoked"),
+            "{text}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
