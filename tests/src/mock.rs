@@ -323,14 +323,33 @@ async fn serve_connection(stream: TcpStream, acceptor: Option<TlsAcceptor>, shar
     }
 }
 
-/// Runs hyper's HTTP/1.1 server (keep-alive on) over `io`.
+/// Runs hyper's HTTP/1.1 server (keep-alive on) over `io`, answering with
+/// this mock's route table.
 async fn serve_http<S>(io: S, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
+    serve_http1(io, move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+        async move { handle(&shared, request).await }
+    })
+    .await;
+}
+
+/// Runs hyper's HTTP/1.1 server (keep-alive on) over `io`, answering every
+/// request with `handler`: the serving loop of this crate's test servers.
+pub(crate) async fn serve_http1<S, H, F, B>(io: S, handler: H)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let handler = Arc::new(handler);
+    let service = service_fn(move |request| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(handler(request).await) }
     });
     // Connection errors (a client going away mid-request) end this connection only.
     let _ = hyper::server::conn::http1::Builder::new()

@@ -80,7 +80,6 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::convert::Infallible;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -97,8 +96,6 @@ use http::header::{
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
@@ -608,15 +605,11 @@ async fn serve_connection(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<
     let Ok(tls) = acceptor.accept(stream).await else {
         return;
     };
-    let service = service_fn(move |request| {
+    crate::mock::serve_http1(tls, move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
-    });
-    // Connection errors (a client going away mid-request) end this connection only.
-    let _ = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        async move { handle(&shared, request).await }
+    })
+    .await;
 }
 
 /// Answers a request from the route table.

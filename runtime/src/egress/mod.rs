@@ -570,16 +570,7 @@ impl Egress {
         };
 
         // Origin-form URI; the Host header was set by wasi-http.
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        parts.uri = match http::Uri::builder().path_and_query(path).build() {
-            Ok(uri) => uri,
-            Err(_) => return Err(HttpError::HttpRequestUriInvalid),
-        };
+        parts.uri = origin_form(&parts.uri).ok_or(HttpError::HttpRequestUriInvalid)?;
         let method = parts.method.to_string();
         let request = Request::from_parts(parts, body);
 
@@ -791,6 +782,13 @@ impl Egress {
     }
 }
 
+/// The origin form of `uri` (its path and query), as sent on a connection
+/// to the checked address.
+fn origin_form(uri: &http::Uri) -> Option<http::Uri> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    http::Uri::builder().path_and_query(path).build().ok()
+}
+
 /// Why a request the host itself sends (see [`Egress::send_host`]) got no
 /// answer. The message names the host and never carries a body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -834,16 +832,7 @@ impl Egress {
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        parts.uri = http::Uri::builder()
-            .path_and_query(path)
-            .build()
-            .map_err(|_| fail("invalid destination".into()))?;
+        parts.uri = origin_form(&parts.uri).ok_or_else(|| fail("invalid destination".into()))?;
         let body = RequestBody::full(Bytes::from(body));
         if let Some(len) = body.exact_len().filter(|len| *len > 0) {
             parts
