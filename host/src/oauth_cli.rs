@@ -96,7 +96,7 @@ pub(crate) async fn add(
     match grant {
         GrantKind::ClientCredentials => {
             let refresher = Refresher::new(engine.token_client());
-            ops::first_token(storage.as_ref(), &refresher, &actor.workspace, name)
+            crate::daemon::oauth::fresh_token(storage.as_ref(), &refresher, &actor.workspace, name)
                 .await
                 .map_err(|e| {
                     anyhow::anyhow!("connection `{name}` was added, but its first token: {e}")

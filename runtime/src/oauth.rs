@@ -137,13 +137,6 @@ impl OAuthClientConfig {
         }
         Ok(())
     }
-
-    /// The host of the token endpoint, as written.
-    pub fn token_host(&self) -> Option<String> {
-        Url::parse(&self.token_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string))
-    }
 }
 
 fn check_endpoint(field: &str, text: &str) -> Result<(), OAuthConfigError> {

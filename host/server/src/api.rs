@@ -1422,7 +1422,7 @@ async fn put_oauth_connection(
     let mut answer = json!({ "connection": name });
     if grant == wrun_runtime::oauth::GrantKind::ClientCredentials
         && let Some(refresher) = s.storage.oauth_refresher()
-        && let Err(e) = crate::ops::first_token(s.storage.as_ref(), &refresher, &ws, &name).await
+        && let Err(e) = crate::oauth::fresh_token(s.storage.as_ref(), &refresher, &ws, &name).await
     {
         answer["error"] = json!(e);
     }

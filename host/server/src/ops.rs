@@ -315,7 +315,7 @@ pub struct OAuthConnectionInput<'a> {
 /// Adds an OAuth2 connection: target and client checked with the runtime's
 /// rules, the secret sealed, audited with the client's configuration (never
 /// the secret). It has no token yet: a client-credentials connection gets
-/// one at its first use (or [`first_token`]), an authorization-code one
+/// one at its first use (the API and the CLI ask for it at once), an authorization-code one
 /// after [`start_authorization`] and [`finish_authorization`].
 ///
 /// # Errors
@@ -364,22 +364,6 @@ pub async fn put_oauth_connection(
     storage
         .put_oauth_connection(&actor.workspace, write, audit)
         .await
-}
-
-/// Gets a client-credentials connection its first token now, so that a
-/// wrong client or endpoint shows when it is added rather than in a job.
-///
-/// # Errors
-///
-/// The message of the failure (the connection is then `needs_reauth` if
-/// the provider refused).
-pub async fn first_token(
-    storage: &dyn Storage,
-    refresher: &crate::oauth::Refresher,
-    workspace: &str,
-    name: &str,
-) -> Result<(), String> {
-    crate::oauth::fresh_token(storage, refresher, workspace, name).await
 }
 
 /// Starts an authorization code flow for OAuth2 connection `name`: a fresh

@@ -1324,7 +1324,9 @@ impl Store {
     }
 
     /// The data key of a workspace that has a connection (so it must have a
-    /// key).
+    /// key). The daemon's connection source has its own cached keys; this
+    /// serves the store's own tests.
+    #[cfg(test)]
     fn existing_data_key_in(
         conn: &Connection,
         workspace: &str,
@@ -1389,6 +1391,7 @@ impl Store {
     /// value, its hosts or its placement were altered, or the value was
     /// copied from another record; [`StoreError::DataKeyTampered`]; SQL
     /// errors.
+    #[cfg(test)]
     pub fn bound_connection(
         &self,
         workspace: &str,

@@ -224,7 +224,7 @@ impl fmt::Debug for PendingAuthorization {
 }
 
 /// The SHA-256 of an authorization's `state`, its key in the store.
-pub fn state_hash(state: &str) -> Vec<u8> {
+fn state_hash(state: &str) -> Vec<u8> {
     Sha256::digest(state.as_bytes()).to_vec()
 }
 

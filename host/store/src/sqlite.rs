@@ -550,6 +550,29 @@ impl ConnectionSource for DaemonConnections {
     }
 }
 
+/// Writes a connection's row: added, or replaced in place (`rotated` marks
+/// a new value). The one write of `connections` rows, static or OAuth2.
+fn upsert_connection(
+    conn: &Connection,
+    workspace: &str,
+    name: &str,
+    sealed: &[u8],
+    hosts: &str,
+    placement: &str,
+    rotated: bool,
+) -> StorageResult<()> {
+    conn.execute(
+        "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
+         ON CONFLICT (workspace, name) DO UPDATE SET sealed = excluded.sealed, hosts = excluded.hosts,
+            placement = excluded.placement,
+            rotated_at = CASE WHEN ?7 THEN ?6 ELSE rotated_at END",
+        params![workspace, name, sealed, hosts, placement, UnixMillis::now(), rotated],
+    )
+    .doing(|| format!("storing connection `{name}`"))?;
+    Ok(())
+}
+
 /// The strength rule of connection values ([`wrun_runtime::secrets::check_value_strength`]),
 /// applied by the store to every value it seals.
 fn check_strength(c: &wrun_runtime::Connection) -> StorageResult<()> {
@@ -1607,9 +1630,12 @@ impl Storage for Arc<SqliteStorage> {
                 {
                     return Err(missing());
                 }
-                ConnectionWrite::Create(c) | ConnectionWrite::Replace(c) | ConnectionWrite::Put(c) => {
-                    (Zeroizing::new(c.value().expose().to_string()), current.is_some())
-                }
+                ConnectionWrite::Create(c)
+                | ConnectionWrite::Replace(c)
+                | ConnectionWrite::Put(c) => (
+                    Zeroizing::new(c.value().expose().to_string()),
+                    current.is_some(),
+                ),
                 ConnectionWrite::Retarget {
                     hosts: grant,
                     placement: new_placement,
@@ -1633,16 +1659,7 @@ impl Storage for Arc<SqliteStorage> {
                 }
             };
             let sealed = seal_connection(&dk, &ws, &name, &value, &placement, &hosts)?;
-            ctx.conn
-                .execute(
-                    "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
-                     ON CONFLICT (workspace, name) DO UPDATE SET sealed = excluded.sealed, hosts = excluded.hosts,
-                        placement = excluded.placement,
-                        rotated_at = CASE WHEN ?7 THEN ?6 ELSE rotated_at END",
-                    params![ws, name, sealed, hosts, placement, UnixMillis::now(), rotated],
-                )
-                .doing(|| format!("storing connection `{name}`"))?;
+            upsert_connection(ctx.conn, &ws, &name, &sealed, &hosts, &placement, rotated)?;
             // A value given by a person makes it a static connection: the
             // host no longer refreshes it (a retarget keeps its kind).
             if rotated {
@@ -1702,16 +1719,15 @@ impl Storage for Arc<SqliteStorage> {
             }
             // No token yet: an empty value, sealed to the connection's target.
             let sealed = seal_connection(&dk, &ws, name, "", &placement, &hosts)?;
-            ctx.conn
-                .execute(
-                    "INSERT INTO connections (workspace, name, sealed, hosts, placement, created_at, rotated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
-                     ON CONFLICT (workspace, name) DO UPDATE SET sealed = excluded.sealed, hosts = excluded.hosts,
-                        placement = excluded.placement, rotated_at = ?6",
-                    params![ws, name, sealed, hosts, placement, UnixMillis::now()],
-                )
-                .doing(|| format!("storing connection `{name}`"))?;
-            oauth::put_client(ctx.conn, &dk, &ws, name, &write.config, &write.client_secret)?;
+            upsert_connection(ctx.conn, &ws, name, &sealed, &hosts, &placement, true)?;
+            oauth::put_client(
+                ctx.conn,
+                &dk,
+                &ws,
+                name,
+                &write.config,
+                &write.client_secret,
+            )?;
             ctx.audit(&[audit])
         })
         .await
