@@ -155,6 +155,29 @@ enum Command {
     /// Verify or stream the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Job history: erase a data subject.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Destroy the content of every ended job of the workspace that
+    /// mentions a data subject (any field, any case); ids, recipes, times
+    /// and states stay. Prints the counts as JSON.
+    Erase {
+        /// The subject (an e-mail address, a name, an identifier); read
+        /// from stdin when left out, which keeps it out of the shell
+        /// history and the process list.
+        #[arg(long)]
+        subject: Option<String>,
+        /// A request or ticket id kept in the audit entry.
+        #[arg(long)]
+        reference: Option<String>,
+        /// Only count what would be erased.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -456,6 +479,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Token(cmd) => token_command(g, cmd).await,
         Command::Member(cmd) => member_command(g, cmd).await,
         Command::Audit(cmd) => audit_command(g, cmd),
+        Command::Jobs(cmd) => jobs_command(g, cmd).await,
     }
 }
 
@@ -551,6 +575,37 @@ async fn member_command(g: &Global, cmd: MemberCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn jobs_command(g: &Global, cmd: JobsCommand) -> Result<ExitCode> {
+    match cmd {
+        JobsCommand::Erase {
+            subject,
+            reference,
+            dry_run,
+        } => {
+            let subject = match subject {
+                Some(s) => zeroize::Zeroizing::new(s),
+                None => {
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the subject from stdin")?;
+                    line
+                }
+            };
+            let report = crate::daemon::ops::erase_subject(
+                g.storage()?.as_ref(),
+                &crate::daemon::ops::Actor::cli(&g.workspace),
+                subject.trim(),
+                reference.as_deref(),
+                dry_run,
+            )
+            .await?;
+            output::json(&serde_json::json!(report));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn audit_command(g: &Global, cmd: AuditCommand) -> Result<ExitCode> {

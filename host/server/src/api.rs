@@ -561,6 +561,7 @@ api_routes! {
     post "/v1/workspaces/{ws}/recipes/{name}/runs" => run_recipe (Jobs: write) ["jobs"] "Run a recipe now (202 with the job id).";
     get "/v1/workspaces/{ws}/jobs" => list_jobs (Jobs: read) ["jobs"] "List jobs, newest first.";
     post "/v1/workspaces/{ws}/jobs/delete" => delete_jobs (Jobs: write) ["jobs"] "Delete job history by criteria (recipe, time range, a field value).";
+    post "/v1/workspaces/{ws}/jobs/erase" => erase_jobs (Jobs: write) ["jobs"] "Erase a data subject: destroy the content of every ended job that mentions it (any field, any case), keep ids, times and states; `dry_run` only counts.";
     get "/v1/workspaces/{ws}/jobs/{id}" => get_job (Jobs: read) ["jobs"] "A job with its masked history.";
     post "/v1/workspaces/{ws}/jobs/{id}/cancel" => cancel_job (Jobs: write) ["jobs"] "Cancel a queued or running job.";
     post "/v1/workspaces/{ws}/jobs/{id}/rerun" => rerun_job (Jobs: write) ["jobs"] "Run a job again with the same input.";
@@ -1228,6 +1229,12 @@ async fn rerun_job(
             "the job has not ended; cancel it first or wait",
         ));
     }
+    if old.summary.erased_at.is_some() {
+        return Err(ApiError::conflict(
+            "job_erased",
+            "the job's content was erased for a data subject; there is no input to run again",
+        ));
+    }
     let job = NewJob {
         id: new_job_id(),
         workspace: ws.clone(),
@@ -1300,6 +1307,39 @@ async fn delete_jobs(
         .await
         .map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "deleted": n }))
+}
+
+/// The body of `POST .../jobs/erase`. Not `Debug`: the subject is
+/// personal data and stays out of every log.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseRequest {
+    /// The data subject: an e-mail address, a name, an identifier.
+    subject: String,
+    /// A request or ticket id kept in the audit entry.
+    reference: Option<String>,
+    /// Only count what would be erased.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn erase_jobs(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path(_ws): Path<String>,
+    request: LazyJson<EraseRequest>,
+) -> ApiResult {
+    let request = request.read(s.config.limits.max_body_bytes).await?;
+    let report = crate::ops::erase_subject(
+        s.storage.as_ref(),
+        &p.as_actor(),
+        &request.subject,
+        request.reference.as_deref(),
+        request.dry_run,
+    )
+    .await
+    .map_err(storage_error)?;
+    reply(StatusCode::OK, json!(report))
 }
 
 async fn list_connections(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {

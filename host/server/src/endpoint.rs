@@ -308,6 +308,7 @@ mod tests {
                 started_at: None,
                 finished_at: None,
                 error: (state == JobState::Failed).then(|| "step `b`: upstream said 500".into()),
+                erased_at: None,
             },
             input: Value::Null,
             steps,

@@ -557,3 +557,41 @@ pub async fn finish_authorization(
         }
     }
 }
+
+/// Longest reference (a ticket id) an erasure may carry into the audit log.
+const MAX_ERASE_REFERENCE: usize = 200;
+
+/// Destroys a data subject's records in the actor's workspace (see
+/// [`wrun_store::erase`]): checks the subject, then runs the one storage
+/// operation, which audits the erasure with its counts and the caller's
+/// `reference` (a request or ticket id), never with the subject.
+///
+/// # Errors
+///
+/// [`StorageError::Invalid`] for a subject that is too short, too long or
+/// has control characters, or a reference that is too long; storage errors
+/// (a record that cannot be opened stops the erasure before anything is
+/// written).
+pub async fn erase_subject(
+    storage: &dyn Storage,
+    actor: &Actor,
+    subject: &str,
+    reference: Option<&str>,
+    dry_run: bool,
+) -> StorageResult<wrun_store::erase::EraseReport> {
+    let subject = wrun_store::erase::Subject::new(subject)?;
+    if let Some(r) = reference
+        && (r.chars().count() > MAX_ERASE_REFERENCE || r.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            "invalid_reference",
+            format!(
+                "the reference must have at most {MAX_ERASE_REFERENCE} characters and no control characters"
+            ),
+        ));
+    }
+    let entry = actor.entry("jobs.erase", "jobs", json!({ "reference": reference }));
+    storage
+        .erase_subject(&actor.workspace, &subject, dry_run, entry)
+        .await
+}

@@ -24,7 +24,7 @@
 //! one whose schema is newer than this code are refused with an error that
 //! says what is wrong and where, before anything is written.
 //!
-//! # Schema (version 6, kept in `PRAGMA user_version`)
+//! # Schema (version 7, kept in `PRAGMA user_version`)
 //!
 //! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
 //! run inside one `BEGIN IMMEDIATE` transaction together with the
@@ -50,7 +50,8 @@
 //! Times are milliseconds since the Unix epoch ([`UnixMillis`]); version 4
 //! converted the columns that held seconds. Version 6 adds OAuth2 clients
 //! and authorization flows (`oauth_clients`, `oauth_authorizations`; see
-//! [`crate::oauth`]).
+//! [`crate::oauth`]). Version 7 adds `jobs.erased_at`, the time a job's
+//! content was destroyed for a data subject (see [`crate::erase`]).
 //!
 //! # What is authenticated
 //!
@@ -94,7 +95,7 @@ use wrun_runtime::Placement;
 use wrun_runtime::policy::{HostPattern, NetGrant};
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -222,6 +223,9 @@ UPDATE triggers SET created_at = created_at * 1000, last_slot = last_slot * 1000
 /// Version 5: a webhook may answer its request with its job's result
 /// (`respond`: the JSON of `storage::RespondMode`, NULL for a plain webhook).
 const MIGRATE_V5_RESPOND: &str = "ALTER TABLE triggers ADD COLUMN respond TEXT;";
+
+/// Schema version 7: when a job's content was erased for a data subject.
+const MIGRATE_V7_ERASED: &str = "ALTER TABLE jobs ADD COLUMN erased_at INTEGER;";
 
 /// Version 2: the daemon's tables (members, roles, API tokens, stored
 /// components, triggers, jobs and their steps, workspace settings) and the
@@ -1109,6 +1113,9 @@ impl Store {
         if version < 6 {
             tx.execute_batch(crate::oauth::MIGRATE_V6_OAUTH)
                 .doing(doing)?;
+        }
+        if version < 7 {
+            tx.execute_batch(MIGRATE_V7_ERASED).doing(doing)?;
         }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(

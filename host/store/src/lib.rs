@@ -20,6 +20,7 @@
 pub mod access;
 pub mod audit;
 pub mod db;
+pub mod erase;
 pub mod keys;
 pub mod oauth;
 pub mod sqlite;

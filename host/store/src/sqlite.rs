@@ -53,6 +53,7 @@ use crate::db::{
     Doing as _, OpenMode, SealedConnection, Store, StoreError, check_name, check_placement,
     grant_json, read_connections, read_environment, seal_connection,
 };
+use crate::erase::{self, EraseReport, Subject};
 use crate::keys::{self, DataKey, KeySource, MasterKey};
 use crate::oauth::{self, Lease, LeaseEnd, OAuthStatus, PendingAuthorization, Refresher};
 use crate::storage::*;
@@ -640,7 +641,7 @@ fn finish_token((mut t, scopes, ips): (TokenRecord, String, String)) -> StorageR
 
 const TOKEN_COLUMNS: &str = "id, workspace, name, hash, owner, creator, scopes, allow_ips, created_at, expires_at, revoked_at, last_used_at, last_used_ip";
 
-const JOB_COLUMNS: &str = "id, workspace, recipe, environment, state, trigger_kind, rerun_of, created_at, started_at, finished_at, error";
+const JOB_COLUMNS: &str = "id, workspace, recipe, environment, state, trigger_kind, rerun_of, created_at, started_at, finished_at, error, erased_at";
 
 /// Reads a job summary row.
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
@@ -658,6 +659,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
             started_at: r.get(8)?,
             finished_at: r.get(9)?,
             error: None,
+            erased_at: r.get(11)?,
         },
         state,
         r.get(10)?,
@@ -688,6 +690,194 @@ fn open_error(dk: &DataKey, s: &mut JobSummary, sealed: Option<Vec<u8>>) -> Stor
         s.error = v.as_str().map(String::from);
     }
     Ok(())
+}
+
+/// A job read by an erasure's scan: its state and sealed records.
+struct ScannedJob {
+    id: String,
+    state: String,
+    payload: Vec<u8>,
+    error: Option<Vec<u8>>,
+    idempotency_key: Option<String>,
+    created_at: i64,
+    /// Index, sealed record, sealed checkpoint.
+    steps: Vec<(i64, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What replaces a matching job's content: a sealed `null` payload, the
+/// reduced step records, and whether its idempotency key goes too.
+struct ErasedJob {
+    id: String,
+    payload: Vec<u8>,
+    clear_key: bool,
+    steps: Vec<(i64, Vec<u8>)>,
+}
+
+impl ScannedJob {
+    /// Whether any record of the job mentions the subject. Records are
+    /// opened one at a time and dropped at once.
+    fn mentions(&self, dk: &DataKey, ws: &str, subject: &Subject) -> StorageResult<bool> {
+        let id = &self.id;
+        let found = |sealed: &[u8], part: &str| {
+            let damaged = |reason: String| StorageError::Damaged {
+                what: format!("the {part} record of job {id}"),
+                reason,
+            };
+            let plain = keys::open(dk, sealed, &job_aad(ws, id, part))
+                .map_err(|e| damaged(e.to_string()))?;
+            subject
+                .found_in_json(&plain)
+                .map_err(|e| damaged(e.to_string()))
+        };
+        if self
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| subject.found_in(&Value::String(k.into())))
+            || found(&self.payload, "payload")?
+        {
+            return Ok(true);
+        }
+        if let Some(error) = &self.error
+            && found(error, "error")?
+        {
+            return Ok(true);
+        }
+        for (idx, history, checkpoint) in &self.steps {
+            if found(history, &format!("history:{idx}"))? {
+                return Ok(true);
+            }
+            if let Some(c) = checkpoint
+                && found(c, &format!("checkpoint:{idx}"))?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The sealed replacement of the job's content.
+    fn erased(self, dk: &DataKey, ws: &str, subject: &Subject) -> StorageResult<ErasedJob> {
+        let clear_key = self
+            .idempotency_key
+            .is_some_and(|k| subject.found_in(&Value::String(k)));
+        let id = self.id;
+        let seal = |value: &Value, part: &str| {
+            let plain = serde_json::to_vec(value).map_err(damaged("an erased record"))?;
+            keys::seal(dk, &plain, &job_aad(ws, &id, part)).map_err(|e| StorageError::Damaged {
+                what: format!("the erased records of job {id}"),
+                reason: e.to_string(),
+            })
+        };
+        let payload = seal(&Value::Null, "payload")?;
+        let steps = self
+            .steps
+            .iter()
+            .map(|(idx, history, _)| {
+                let part = format!("history:{idx}");
+                let record = SqliteStorage::open_json(
+                    dk,
+                    history,
+                    &job_aad(ws, &id, &part),
+                    &format!("the {part} record of job {id}"),
+                )?;
+                Ok((*idx, seal(&erase::erased_step(&record), &part)?))
+            })
+            .collect::<StorageResult<Vec<_>>>()?;
+        Ok(ErasedJob {
+            id: id.clone(),
+            payload,
+            clear_key,
+            steps,
+        })
+    }
+}
+
+/// An erasure's audit entry: the caller's, with the counts (never the
+/// subject).
+fn erase_audit(mut entry: Entry, dry_run: bool, report: &EraseReport) -> Entry {
+    if let Some(obj) = entry.detail.as_object_mut() {
+        obj.insert("dry_run".into(), dry_run.into());
+        obj.insert("scanned".into(), report.scanned.into());
+        obj.insert("matched".into(), report.matched.into());
+        obj.insert("erased".into(), report.erased.into());
+        obj.insert("active".into(), report.active.into());
+    }
+    entry
+}
+
+impl SqliteStorage {
+    /// One page of an erasure's scan: up to [`erase::PAGE`] jobs of the
+    /// workspace after `after` (by creation time and id, along the
+    /// workspace's time index) not erased yet, with their steps, read in
+    /// one transaction.
+    async fn erase_page(
+        self: &Arc<Self>,
+        workspace: &str,
+        after: &(i64, String),
+    ) -> StorageResult<Vec<ScannedJob>> {
+        let (ws, (at, id)) = (workspace.to_string(), after.clone());
+        self.read(move |conn| {
+            let doing = || "reading job history to look for a data subject".to_string();
+            let tx = conn.unchecked_transaction().doing(doing)?;
+            let mut jobs = query_rows(
+                &tx,
+                "SELECT id, state, payload, error, idempotency_key, created_at FROM jobs
+                 WHERE workspace = ?1 AND (created_at, id) > (?2, ?3) AND erased_at IS NULL
+                 ORDER BY created_at, id LIMIT ?4",
+                params![ws, at, id, erase::PAGE as i64],
+                |r| {
+                    Ok(ScannedJob {
+                        id: r.get(0)?,
+                        state: r.get(1)?,
+                        payload: r.get(2)?,
+                        error: r.get(3)?,
+                        idempotency_key: r.get(4)?,
+                        created_at: r.get(5)?,
+                        steps: Vec::new(),
+                    })
+                },
+                doing,
+            )?;
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT idx, history, checkpoint FROM job_steps WHERE job = ?1 ORDER BY idx",
+                )
+                .doing(doing)?;
+            for job in &mut jobs {
+                job.steps = stmt
+                    .query_map(params![job.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .doing(doing)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .doing(doing)?;
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    /// Folds the write-ahead log into the database file and empties it,
+    /// so that no page image of destroyed records stays in it (with
+    /// `secure_delete`, the freed space in the file is zeroed). A reader
+    /// in a long transaction can hold it: a few tries, then the next
+    /// checkpoint does it.
+    async fn clear_log(self: &Arc<Self>) -> bool {
+        for _ in 0..20 {
+            let busy = self
+                .read(|conn| {
+                    Ok(conn
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .doing(|| "emptying the write-ahead log".to_string())?)
+                })
+                .await;
+            if matches!(busy, Ok(0)) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    }
 }
 
 /// A trigger row: the record, its sealed secret, its sealed input.
@@ -2017,7 +2207,7 @@ impl Storage for Arc<SqliteStorage> {
                     .query_row(
                         &format!("SELECT {JOB_COLUMNS}, payload FROM jobs WHERE id = ?1"),
                         params![id_owned],
-                        |r| Ok((job_row(r)?, r.get::<_, Vec<u8>>(11)?)),
+                        |r| Ok((job_row(r)?, r.get::<_, Vec<u8>>(12)?)),
                     )
                     .optional()
                     .doing(doing)?;
@@ -2202,7 +2392,7 @@ impl Storage for Arc<SqliteStorage> {
                     .query_row(
                         &format!("SELECT {JOB_COLUMNS}, payload FROM jobs WHERE workspace = ?1 AND id = ?2"),
                         params![ws, id],
-                        |r| Ok((job_row(r)?, r.get::<_, Vec<u8>>(11)?)),
+                        |r| Ok((job_row(r)?, r.get::<_, Vec<u8>>(12)?)),
                     )
                     .optional()
                     .doing(doing)?;
@@ -2392,6 +2582,86 @@ impl Storage for Arc<SqliteStorage> {
         .await
     }
 
+    async fn erase_subject(
+        &self,
+        workspace: &str,
+        subject: &Subject,
+        dry_run: bool,
+        audit: Entry,
+    ) -> StorageResult<EraseReport> {
+        let mut report = EraseReport::default();
+        let mut found: Vec<ErasedJob> = Vec::new();
+        let mut after = (i64::MIN, String::new());
+        let mut dk = None;
+        loop {
+            let page = self.erase_page(workspace, &after).await?;
+            let Some(last) = page.last() else { break };
+            after = (last.created_at, last.id.clone());
+            let dk = match &dk {
+                Some(k) => Arc::clone(k),
+                None => dk.insert(self.data_key(workspace, false).await?).clone(),
+            };
+            for job in page {
+                report.scanned += 1;
+                if !job.mentions(&dk, workspace, subject)? {
+                    continue;
+                }
+                report.matched += 1;
+                match JobState::parse(&job.state) {
+                    Some(state) if state.is_final() => {
+                        found.push(job.erased(&dk, workspace, subject)?)
+                    }
+                    _ => report.active += 1,
+                }
+            }
+        }
+        if dry_run || found.is_empty() {
+            self.audit(vec![erase_audit(audit, dry_run, &report)])
+                .await?;
+            return Ok(report);
+        }
+        let ws = workspace.to_string();
+        let mut counted = report;
+        let erased = self
+            .write(move |ctx| {
+                let now = UnixMillis::now();
+                let mut erased = 0u64;
+                for job in &found {
+                    let doing = || format!("erasing the content of job {}", job.id);
+                    let n = ctx
+                        .conn
+                        .execute(
+                            "UPDATE jobs SET payload = ?3, error = NULL, erased_at = ?4,
+                                 idempotency_key = CASE WHEN ?5 THEN NULL ELSE idempotency_key END
+                             WHERE workspace = ?1 AND id = ?2 AND erased_at IS NULL
+                               AND state IN ('succeeded', 'failed', 'cancelled')",
+                            params![ws, job.id, job.payload, now, job.clear_key],
+                        )
+                        .doing(doing)?;
+                    if n == 0 {
+                        // Deleted (or erased) since the scan.
+                        continue;
+                    }
+                    erased += 1;
+                    for (idx, history) in &job.steps {
+                        ctx.conn
+                            .execute(
+                                "UPDATE job_steps SET history = ?3, checkpoint = NULL WHERE job = ?1 AND idx = ?2",
+                                params![job.id, idx, history],
+                            )
+                            .doing(doing)?;
+                    }
+                }
+                counted.erased = erased;
+                ctx.audit(&[erase_audit(audit, false, &counted)])?;
+                Ok(erased)
+            })
+            .await?;
+        report.erased = erased;
+        report.log_cleared = self.clear_log().await;
+        Ok(report)
+    }
+
     async fn set_retention(
         &self,
         workspace: &str,
@@ -2483,3 +2753,6 @@ impl Storage for Arc<SqliteStorage> {
             .await
     }
 }
+
+#[cfg(test)]
+mod erase_tests;

@@ -383,6 +383,10 @@ pub struct JobSummary {
     pub finished_at: Option<UnixMillis>,
     /// The failure, masked.
     pub error: Option<String>,
+    /// When its content was erased (a data subject's erasure): the input,
+    /// error and step records are gone, the times and states remain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<UnixMillis>,
 }
 
 /// A job with its history.
@@ -869,6 +873,17 @@ pub trait Storage: Send + Sync + 'static {
         criteria: DeleteCriteria,
         audit: Entry,
     ) -> StorageResult<u64>;
+    /// Destroys the content of every ended job of `workspace` that
+    /// mentions `subject` (see [`crate::erase`]), in one transaction with
+    /// `audit` (which gets the counts); with `dry_run`, only counts (and
+    /// still audits: looking a person up is itself recorded).
+    async fn erase_subject(
+        &self,
+        workspace: &str,
+        subject: &crate::erase::Subject,
+        dry_run: bool,
+        audit: Entry,
+    ) -> StorageResult<crate::erase::EraseReport>;
     /// Sets a workspace's history retention (`None`: keep forever).
     async fn set_retention(
         &self,

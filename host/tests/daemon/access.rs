@@ -324,6 +324,11 @@ fn team_a_routes(f: &Fixture, ws: &str) -> Vec<(Method, String, Option<Value>)> 
             format!("{w}/jobs/delete"),
             Some(json!({ "recipe": "three" })),
         ),
+        (
+            Method::POST,
+            format!("{w}/jobs/erase"),
+            Some(json!({ "subject": "nobody@example.test", "dry_run": true })),
+        ),
         (Method::GET, format!("{w}/jobs/{job}"), None),
         (Method::POST, format!("{w}/jobs/{job}/cancel"), None),
         (Method::POST, format!("{w}/jobs/{job}/rerun"), None),

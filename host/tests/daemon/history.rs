@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use wrun_tests::{MockServer, TestPki, assert_absent, canary, guests_dir};
 
-use crate::support::{Api, Reply, Site, noop_bundle};
+use crate::support::{Api, Reply, Site, noop_bundle, with_stdin};
 
 /// Keeps every response body a test saw, for the canary scan.
 #[derive(Default)]
@@ -600,4 +600,147 @@ async fn tampering_with_the_audit_log_is_detected() {
 
     // The original is still intact.
     assert_eq!(verify(&site, &site.db()).0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_subject_is_erased_through_the_api_and_the_cli() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    site.member("team-a", "rita", "analyst");
+    let token = site.token("team-a", "alice", "*:write");
+    let reader = site.token("team-a", "rita", "*:read");
+    let three = noop_bundle(&site, "three", 2);
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api.deploy("team-a", "three", &token, &three).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // The subject reaches the payload, both steps' inputs and outputs.
+    let person = canary("person");
+    let a = run(&mut api, &token, "team-a", "three", &person).await;
+    let b = run(
+        &mut api,
+        &token,
+        "team-a",
+        "three",
+        &format!("Dear {},", person.to_uppercase()),
+    )
+    .await;
+    let c = run(&mut api, &token, "team-a", "three", "someone-else").await;
+    let job_path = |id: &str| format!("/v1/workspaces/team-a/jobs/{id}");
+    let before = api.get(&job_path(&a), &token).await;
+    assert!(String::from_utf8_lossy(&before.raw).contains(&person));
+
+    let erase = "/v1/workspaces/team-a/jobs/erase";
+    let body = json!({ "subject": person, "reference": "DSR-7" });
+    // Nobody without the right may erase, or even search.
+    let r = api.send(Method::POST, erase, None, Some(&body)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.json);
+    let r = api.post(erase, &reader, &body).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    // A subject that would match too much is refused without being echoed.
+    let r = api.post(erase, &token, &json!({ "subject": " q7" })).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.json);
+    assert_eq!(r.json["error"]["code"], "invalid_subject");
+    assert!(
+        !String::from_utf8_lossy(&r.raw).contains("q7"),
+        "{}",
+        r.json
+    );
+    let r = api
+        .post(erase, &token, &json!({ "subject": person, "extra": 1 }))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+
+    let dry = json!({ "subject": person.to_uppercase(), "dry_run": true });
+    let r = api.post(erase, &token, &dry).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(
+        (&r.json["matched"], &r.json["erased"]),
+        (&json!(2), &json!(0)),
+        "{}",
+        r.json
+    );
+    assert_eq!(api.get(&job_path(&a), &token).await.raw, before.raw);
+
+    let r = api.post(erase, &token, &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["erased"], 2, "{}", r.json);
+    assert_eq!(r.json["scanned"], 3, "{}", r.json);
+    for id in [&a, &b] {
+        let r = api.get(&job_path(id), &token).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+        assert_eq!(r.json["state"], "succeeded", "{}", r.json);
+        assert_eq!(r.json["input"], Value::Null, "{}", r.json);
+        assert!(r.json["erased_at"].is_i64(), "{}", r.json);
+        let steps = r.json["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 2, "{}", r.json);
+        assert!(
+            steps
+                .iter()
+                .all(|s| s["erased"] == true && s["output"].is_null())
+        );
+        assert_absent(&r.raw, &[&person, &person.to_uppercase()], "an erased job");
+        // There is nothing left to run again.
+        let r = api
+            .post(&format!("{}/rerun", job_path(id)), &token, &json!({}))
+            .await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.json);
+        assert_eq!(r.json["error"]["code"], "job_erased");
+    }
+    let kept = api.get(&job_path(&c), &token).await;
+    assert_eq!(kept.json["input"]["value"], "someone-else", "{}", kept.json);
+    assert!(kept.json.get("erased_at").is_none(), "{}", kept.json);
+    // The jobs stay listed: ids, recipe, states and times identify nobody.
+    assert_eq!(
+        job_ids(&mut api, &token, "team-a").await,
+        sorted(&[&a, &b, &c])
+    );
+
+    // The command line runs the same operation on the same database, with
+    // the subject on stdin (out of the shell history and process list).
+    let d = run(&mut api, &token, "team-a", "three", &person).await;
+    let (ok, out) = with_stdin(
+        site.wrun().args([
+            "--workspace",
+            "team-a",
+            "jobs",
+            "erase",
+            "--reference",
+            "DSR-8",
+        ]),
+        &format!("{person}\n"),
+    );
+    assert!(ok, "{out}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["erased"], 1, "{out}");
+    let r = api.get(&job_path(&d), &token).await;
+    assert!(r.json["erased_at"].is_i64(), "{}", r.json);
+
+    // Each erasure (and the dry run) is audited with its counts and
+    // reference, never with the subject.
+    let r = api.get("/v1/workspaces/team-a/audit", &token).await;
+    let erasures: Vec<&Value> = r.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "jobs.erase")
+        .collect();
+    assert_eq!(erasures.len(), 3, "{}", r.json);
+    assert_eq!(erasures[0]["detail"]["dry_run"], true);
+    assert_eq!(erasures[1]["detail"]["erased"], 2);
+    assert_eq!(erasures[1]["detail"]["reference"], "DSR-7");
+    assert_eq!(erasures[1]["actor"], "alice");
+    assert!(
+        erasures[2]["actor"].as_str().unwrap().starts_with("cli:"),
+        "{}",
+        r.json
+    );
+    let upper = person.to_uppercase();
+    assert_absent(&r.raw, &[&person, &upper], "the audit log");
+    assert_absent(
+        audit_stream(&site).as_bytes(),
+        &[&person, &upper],
+        "the audit stream",
+    );
+    assert_absent(&site.logs(), &[&person, &upper], "the daemon's logs");
 }
