@@ -119,6 +119,13 @@ enum Command {
         /// The bundle file to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// Sign the bundle's lock with this key file (`wrun signing-key new`).
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        /// The bundle's version (default: now, in milliseconds); a
+        /// workspace refuses a signed version lower than the one it runs.
+        #[arg(long = "bundle-version")]
+        bundle_version: Option<u64>,
     },
     /// Unpack a bundle into a recipe directory and list what must be bound.
     Import {
@@ -158,6 +165,33 @@ enum Command {
     /// Job history: erase a data subject.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Bundle signing keys: create one, trust or revoke one in a workspace.
+    #[command(subcommand, name = "signing-key")]
+    SigningKey(SigningKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SigningKeyCommand {
+    /// Create an author's signing key file (0600); prints its public key.
+    New {
+        /// The key file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Trust a public key in the workspace: bundles it signs may deploy.
+    Trust {
+        /// A name for the key.
+        name: String,
+        /// The public key (`wrun-ed25519:...`).
+        public_key: String,
+    },
+    /// Revoke a trusted key: bundles it signed are refused from now on.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
+    /// List the workspace's keys.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,8 +477,20 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check { recipe, env } => check(g, &recipe, &env).await,
         Command::Run { recipe, input, env } => run_recipe(g, &recipe, input.as_deref(), &env).await,
-        Command::Export { recipe, output } => {
-            let lock = bundle::export(&recipe, &output)?;
+        Command::Export {
+            recipe,
+            output,
+            sign,
+            bundle_version,
+        } => {
+            let key = sign
+                .as_deref()
+                .map(crate::daemon::signing::AuthorKey::load)
+                .transpose()?;
+            let lock = bundle::export(&recipe, &output, bundle_version, key.as_ref())?;
+            if let Some(key) = &key {
+                output::line(&format!("signed with {}", key.public()));
+            }
             if g.json {
                 println!("{}", json!({ "bundle": output, "lock": lock }));
             } else {
@@ -480,6 +526,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Member(cmd) => member_command(g, cmd).await,
         Command::Audit(cmd) => audit_command(g, cmd),
         Command::Jobs(cmd) => jobs_command(g, cmd).await,
+        Command::SigningKey(cmd) => signing_key_command(g, cmd).await,
     }
 }
 
@@ -571,6 +618,56 @@ async fn member_command(g: &Global, cmd: MemberCommand) -> Result<ExitCode> {
         MemberCommand::List => {
             for (subject, role) in admin::list_members(g.storage()?.as_ref(), &g.workspace).await? {
                 println!("{subject}  {role}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn signing_key_command(g: &Global, cmd: SigningKeyCommand) -> Result<ExitCode> {
+    use crate::daemon::signing::AuthorKey;
+    match cmd {
+        SigningKeyCommand::New { out } => {
+            let key = AuthorKey::generate();
+            key.write_new(&out)?;
+            eprintln!(
+                "wrote signing key {} (keep it secret; trust the public key below)",
+                out.display()
+            );
+            println!("{}", key.public());
+        }
+        SigningKeyCommand::Trust { name, public_key } => {
+            let key = ops::trust_signing_key(
+                g.storage()?.as_ref(),
+                &ops::Actor::cli(&g.workspace),
+                &name,
+                &public_key,
+            )
+            .await?;
+            eprintln!("workspace {} trusts key `{name}` ({})", g.workspace, key.id);
+        }
+        SigningKeyCommand::Revoke { name } => {
+            let revoked = ops::revoke_signing_key(
+                g.storage()?.as_ref(),
+                &ops::Actor::cli(&g.workspace),
+                &name,
+            )
+            .await?;
+            ensure!(
+                revoked,
+                "no trusted signing key `{name}` in workspace {}",
+                g.workspace
+            );
+            eprintln!("signing key `{name}` revoked in workspace {}", g.workspace);
+        }
+        SigningKeyCommand::List => {
+            for k in g.storage()?.signing_keys(&g.workspace).await? {
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "trusted"
+                };
+                println!("{}  {}  {}  {state}", k.name, k.id, k.public_key);
             }
         }
     }
@@ -1138,6 +1235,37 @@ fn print_step(index: usize, total: usize, record: &StepRecord) {
     }
 }
 
+/// Prints what each step of an imported version may do and what changed.
+fn show_review(deployment: &ops::Deployment) {
+    let review = deployment.review();
+    output::line("what each step may do:");
+    for (step, g) in &review.steps {
+        let list = |set: &std::collections::BTreeSet<String>| {
+            if set.is_empty() {
+                "-".to_string()
+            } else {
+                set.iter().cloned().collect::<Vec<_>>().join(", ")
+            }
+        };
+        let widened = review.changes.get(step).is_some_and(|c| c.widens);
+        output::line(&format!(
+            "  {step}{}: hosts {}; secrets {}; properties {}; memory {}; time {}",
+            if widened { " (widened)" } else { "" },
+            list(&g.hosts),
+            list(&g.secrets),
+            list(&g.properties),
+            g.memory
+                .map_or("default".into(), |m| format!("{} MiB", m >> 20)),
+            g.timeout_ms.map_or("default".into(), |t| format!("{t} ms")),
+        ));
+    }
+    if let ops::Deployment::Pending { id, .. } = deployment {
+        output::warn(&format!(
+            "this version widens grants: it waits for an admin's approval (pending {id}); the deployed version keeps running"
+        ));
+    }
+}
+
 async fn import(g: &Global, path: &Path, into: Option<PathBuf>, env: &str) -> Result<ExitCode> {
     let staging = into
         .clone()
@@ -1161,7 +1289,7 @@ async fn import(g: &Global, path: &Path, into: Option<PathBuf>, env: &str) -> Re
     let store = g.store()?;
     let bundle =
         std::fs::read(path).with_context(|| format!("reading bundle {}", path.display()))?;
-    ops::deploy_recipe(
+    let deployment = ops::deploy_recipe(
         g.storage()?.as_ref(),
         g.engine()?,
         &ops::Actor::cli(&g.workspace),
@@ -1169,13 +1297,17 @@ async fn import(g: &Global, path: &Path, into: Option<PathBuf>, env: &str) -> Re
         bundle,
     )
     .await?;
+    if !g.json {
+        show_review(&deployment);
+    }
     let b = bindings_of(&store, &g.workspace, env, &manifest)?;
     if g.json {
         println!(
             "{}",
             json!({ "recipe": manifest.recipe.name, "dir": dir, "connections": lock.connections,
                     "properties": lock.properties, "missing_connections": b.missing_connections,
-                    "missing_properties": b.missing_properties })
+                    "missing_properties": b.missing_properties, "review": deployment.review(),
+                    "pending": match &deployment { ops::Deployment::Pending { id, .. } => Some(id), _ => None } })
         );
     } else {
         output::line(&format!(

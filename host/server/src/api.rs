@@ -554,6 +554,8 @@ api_routes! {
     put "/v1/workspaces/{ws}/recipes/{name}" => put_recipe (Recipes: write) ["recipes"] "Deploy a recipe from a bundle (`wrun export`), as application/gzip.";
     get "/v1/workspaces/{ws}/recipes/{name}" => get_recipe (Recipes: read) ["recipes"] "A deployed recipe's manifest and components.";
     delete "/v1/workspaces/{ws}/recipes/{name}" => delete_recipe (Recipes: write) ["recipes"] "Remove a recipe and its triggers.";
+    get "/v1/workspaces/{ws}/recipes/{name}/pending" => get_pending_recipe (Recipes: read) ["recipes"] "The version of a recipe waiting for approval, with its grant review.";
+    post "/v1/workspaces/{ws}/recipes/{name}/approve" => approve_recipe (Members: write) ["recipes"] "Approve the waiting version named by `pending` (its id from the review): it runs from now on.";
     get "/v1/workspaces/{ws}/recipes/{name}/triggers" => list_triggers (Recipes: read) ["recipes"] "Webhooks and schedules of a recipe.";
     post "/v1/workspaces/{ws}/recipes/{name}/webhooks" => create_webhook (Recipes: write) ["recipes"] "Create a webhook (its URL and signing secret are shown once); `respond` makes it answer with its job's result.";
     post "/v1/workspaces/{ws}/recipes/{name}/schedules" => create_schedule (Recipes: write) ["recipes"] "Create a cron schedule with a time zone.";
@@ -588,6 +590,11 @@ api_routes! {
     delete "/v1/workspaces/{ws}/roles/{name}" => delete_role (Members: write) ["members"] "Delete a custom role.";
     get "/v1/workspaces/{ws}/settings" => get_settings (Members: read) ["members"] "Workspace settings (history retention).";
     put "/v1/workspaces/{ws}/settings" => put_settings (Members: write) ["members"] "Change workspace settings.";
+    get "/v1/workspaces/{ws}/governance" => get_governance (Members: read) ["members"] "Whether bundles must be signed and grant widenings approved.";
+    put "/v1/workspaces/{ws}/governance" => put_governance (Members: write) ["members"] "Require signed bundles (`require_signatures`) and approval of versions that widen grants (`review_grants`).";
+    get "/v1/workspaces/{ws}/signing-keys" => list_signing_keys (Members: read) ["members"] "Bundle signing keys the workspace trusts or revoked.";
+    put "/v1/workspaces/{ws}/signing-keys/{name}" => trust_signing_key (Members: write) ["members"] "Trust a bundle signing key (`public_key`, as `wrun signing-key new` prints it).";
+    delete "/v1/workspaces/{ws}/signing-keys/{name}" => revoke_signing_key (Members: write) ["members"] "Revoke a signing key: bundles it signed are refused from now on.";
     get "/v1/workspaces/{ws}/audit" => read_audit (Audit: read) ["audit"] "Audit entries of the workspace.";
 }
 
@@ -817,7 +824,7 @@ async fn put_recipe(
         .acquire()
         .await
         .map_err(|_| ApiError::internal())?;
-    let lock = crate::ops::deploy_recipe(
+    let deployment = crate::ops::deploy_recipe(
         s.storage.as_ref(),
         s.runner.engine(),
         &p.as_actor(),
@@ -826,10 +833,125 @@ async fn put_recipe(
     )
     .await
     .map_err(storage_error)?;
+    let lock = deployment.lock();
+    let mut answer = json!({
+        "recipe": name, "components": lock.components, "connections": lock.connections,
+        "properties": lock.properties, "version": lock.version, "review": deployment.review(),
+    });
+    match &deployment {
+        crate::ops::Deployment::Running { .. } => {
+            answer["status"] = json!("running");
+            reply(StatusCode::OK, answer)
+        }
+        crate::ops::Deployment::Pending { id, .. } => {
+            answer["status"] = json!("pending_approval");
+            answer["pending"] = json!(id);
+            reply(StatusCode::ACCEPTED, answer)
+        }
+    }
+}
+
+async fn get_pending_recipe(
+    State(s): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult {
+    match s
+        .storage
+        .pending_recipe(&ws, &name)
+        .await
+        .map_err(storage_error)?
+    {
+        Some(pending) => reply(StatusCode::OK, json!(pending)),
+        None => Err(ApiError::not_found(format!(
+            "a version of recipe `{name}` waiting for approval"
+        ))),
+    }
+}
+
+/// Body of an approval.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// The id of the waiting version, as its review shows it.
+    pending: String,
+}
+
+async fn approve_recipe(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
+    body: LazyJson<ApproveBody>,
+) -> ApiResult {
+    let body = body.read(s.config.limits.max_body_bytes).await?;
+    crate::ops::approve_recipe(s.storage.as_ref(), &p.as_actor(), &name, &body.pending)
+        .await
+        .map_err(storage_error)?;
     reply(
         StatusCode::OK,
-        json!({ "recipe": name, "components": lock.components, "connections": lock.connections, "properties": lock.properties }),
+        json!({ "recipe": name, "status": "running", "approved": body.pending }),
     )
+}
+
+async fn get_governance(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {
+    let g = s.storage.governance(&ws).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!(g))
+}
+
+async fn put_governance(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path(ws): Path<String>,
+    body: LazyJson<crate::storage::Governance>,
+) -> ApiResult {
+    let g = body.read(s.config.limits.max_body_bytes).await?;
+    let audit = p.entry("settings.governance", "settings", json!(g));
+    s.storage
+        .set_governance(&ws, g, audit)
+        .await
+        .map_err(storage_error)?;
+    reply(StatusCode::OK, json!(g))
+}
+
+async fn list_signing_keys(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {
+    let keys = s.storage.signing_keys(&ws).await.map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "keys": keys }))
+}
+
+/// Body of a signing key to trust.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustKeyBody {
+    /// `wrun-ed25519:<base64>`.
+    public_key: String,
+}
+
+async fn trust_signing_key(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
+    body: LazyJson<TrustKeyBody>,
+) -> ApiResult {
+    let body = body.read(s.config.limits.max_body_bytes).await?;
+    let key =
+        crate::ops::trust_signing_key(s.storage.as_ref(), &p.as_actor(), &name, &body.public_key)
+            .await
+            .map_err(storage_error)?;
+    reply(StatusCode::OK, json!(key))
+}
+
+async fn revoke_signing_key(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
+) -> ApiResult {
+    if crate::ops::revoke_signing_key(s.storage.as_ref(), &p.as_actor(), &name)
+        .await
+        .map_err(storage_error)?
+    {
+        reply(StatusCode::OK, json!({ "name": name, "revoked": true }))
+    } else {
+        Err(ApiError::not_found(format!("signing key `{name}`")))
+    }
 }
 
 async fn get_recipe(
@@ -839,9 +961,16 @@ async fn get_recipe(
     let Some(r) = s.storage.recipe(&ws, &name).await.map_err(storage_error)? else {
         return Err(ApiError::not_found(format!("recipe `{name}`")));
     };
+    let pending = s
+        .storage
+        .pending_recipe(&ws, &name)
+        .await
+        .map_err(storage_error)?
+        .map(|p| p.id);
     reply(
         StatusCode::OK,
-        json!({ "recipe": name, "manifest": r.manifest, "components": r.components, "updated_at": r.updated_at }),
+        json!({ "recipe": name, "manifest": r.manifest, "components": r.components, "updated_at": r.updated_at,
+                "signed_version": r.signed_version, "signer": r.signer, "pending": pending }),
     )
 }
 

@@ -3,9 +3,11 @@
 //!
 //! A bundle is a gzip-compressed tar archive with exactly these entries:
 //!
-//! - `wrun-lock.json`: format version, recipe name, the SHA-256 of every
-//!   component, and the *names* of the connections and properties the recipe
-//!   needs (see [`Lock`]);
+//! - `wrun-lock.json`: format version, recipe name, the SHA-256 of the
+//!   manifest and of every component, the bundle's version, and the *names*
+//!   of the connections and properties the recipe needs (see [`Lock`]);
+//! - `wrun-lock.sig` (when signed, `wrun export --sign KEY`): the author's
+//!   ed25519 signature of the lock's exact bytes (see [`crate::signing`]);
 //! - `recipe.toml`: the manifest, with component paths rewritten to
 //!   `components/…` and `build` entries dropped;
 //! - `components/<step>.wasm`: one component per step.
@@ -23,8 +25,13 @@ use anyhow::{Context, Result, bail, ensure};
 
 use wrun_runtime::manifest::Manifest;
 
-/// Bundle format understood by this version.
-pub const FORMAT: u32 = 1;
+/// Bundle format written by this version. Format 1 (no manifest hash, no
+/// version, never signed) is still read.
+pub const FORMAT: u32 = 2;
+/// The signature entry of a signed bundle.
+pub const SIGNATURE_ENTRY: &str = "wrun-lock.sig";
+/// The lock entry.
+pub const LOCK_ENTRY: &str = "wrun-lock.json";
 /// Largest bundle entry read on import.
 const MAX_ENTRY: u64 = 64 << 20;
 /// Largest total size of all entries read on import.
@@ -44,6 +51,14 @@ pub struct Lock {
     pub connections: Vec<String>,
     /// Property names the recipe needs set.
     pub properties: Vec<String>,
+    /// Lowercase hex SHA-256 of `recipe.toml` (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// The bundle's version (format 2): the author's `--version`, else the
+    /// export time in milliseconds. A signed version lower than the one
+    /// deployed is a downgrade and is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 /// Lowercase hex SHA-256 of some bytes.
@@ -59,13 +74,20 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
         .map_err(|errors| anyhow::anyhow!("{}: invalid recipe:\n{errors}", path.display()))
 }
 
-/// Writes `recipe` (a manifest file) and its components to a bundle at `out`.
+/// Writes `recipe` (a manifest file) and its components to a bundle at
+/// `out`, with `version` (default: now, in milliseconds), signed with
+/// `sign` when given.
 ///
 /// # Errors
 ///
 /// An invalid manifest, a component that cannot be read (not built yet), or
 /// an I/O error writing `out` (which is then left untouched).
-pub fn export(recipe: &Path, out: &Path) -> Result<Lock> {
+pub fn export(
+    recipe: &Path,
+    out: &Path,
+    version: Option<u64>,
+    sign: Option<&crate::signing::AuthorKey>,
+) -> Result<Lock> {
     let mut manifest = read_manifest(recipe)?;
     let base = recipe.parent().unwrap_or(Path::new("."));
     let mut components = BTreeMap::new();
@@ -85,15 +107,22 @@ pub fn export(recipe: &Path, out: &Path) -> Result<Lock> {
         step.component = PathBuf::from(entry);
         step.build = None;
     }
+    let manifest_text = manifest.to_toml().context("serialising the manifest")?;
+    let version = version
+        .unwrap_or_else(|| u64::try_from(wrun_store::UnixMillis::now().0).unwrap_or_default());
     let lock = Lock {
         format: FORMAT,
         recipe: manifest.recipe.name.clone(),
         components,
         connections: manifest.connections().into_iter().collect(),
         properties: manifest.properties().into_iter().collect(),
+        manifest: Some(sha256_hex(manifest_text.as_bytes())),
+        version: Some(version),
     };
-    let manifest_text = manifest.to_toml().context("serialising the manifest")?;
     let lock_text = serde_json::to_vec_pretty(&lock)?;
+    let signature = sign
+        .map(|key| serde_json::to_vec_pretty(&key.sign(&lock_text)))
+        .transpose()?;
 
     // Write next to the destination, then rename: no partial bundle.
     let dir = out
@@ -114,7 +143,10 @@ pub fn export(recipe: &Path, out: &Path) -> Result<Lock> {
             tar.append_data(&mut header, name, data)
                 .with_context(|| format!("writing {name} into the bundle"))
         };
-        add("wrun-lock.json", &lock_text)?;
+        add(LOCK_ENTRY, &lock_text)?;
+        if let Some(signature) = &signature {
+            add(SIGNATURE_ENTRY, signature)?;
+        }
         add("recipe.toml", manifest_text.as_bytes())?;
         for (name, bytes) in &blobs {
             add(name, bytes)?;
@@ -211,7 +243,8 @@ pub fn read(source: impl Read, shown: &str) -> Result<BundleContents> {
     {
         let mut entry = entry.with_context(|| format!("{} is not a valid wrun bundle", shown))?;
         let name = entry.path()?.to_string_lossy().into_owned();
-        let allowed = name == "wrun-lock.json"
+        let allowed = name == LOCK_ENTRY
+            || name == SIGNATURE_ENTRY
             || name == "recipe.toml"
             || name
                 .strip_prefix("components/")
@@ -254,16 +287,29 @@ pub fn read(source: impl Read, shown: &str) -> Result<BundleContents> {
     )
     .context("the bundle's wrun-lock.json is invalid")?;
     ensure!(
-        lock.format == FORMAT,
-        "bundle format {} is not supported by this wrun (it reads format {FORMAT})",
+        lock.format == 1 || lock.format == FORMAT,
+        "bundle format {} is not supported by this wrun (it reads formats 1 to {FORMAT})",
         lock.format
     );
-    let text = std::str::from_utf8(
-        entries
-            .get("recipe.toml")
-            .context("the bundle has no recipe.toml")?,
-    )
-    .context("the bundle's recipe.toml is not UTF-8")?;
+    let manifest_bytes = entries
+        .get("recipe.toml")
+        .context("the bundle has no recipe.toml")?;
+    match (&lock.manifest, lock.format) {
+        (Some(hash), _) => {
+            let actual = sha256_hex(manifest_bytes);
+            ensure!(
+                &actual == hash,
+                "recipe.toml does not match the lock (sha256 {actual}, expected {hash}): the bundle was altered"
+            );
+        }
+        (None, 1) => ensure!(
+            !entries.contains_key(SIGNATURE_ENTRY),
+            "a format 1 bundle cannot be signed (its lock does not cover the manifest)"
+        ),
+        (None, _) => bail!("the bundle's lock has no manifest hash"),
+    }
+    let text =
+        std::str::from_utf8(manifest_bytes).context("the bundle's recipe.toml is not UTF-8")?;
     let manifest = Manifest::parse(text)
         .map_err(|e| anyhow::anyhow!("the bundle's recipe.toml is invalid:\n{e}"))?;
     for step in &manifest.steps {

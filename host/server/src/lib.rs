@@ -29,8 +29,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod ratelimit;
+pub mod review;
 pub mod schedule;
 pub mod signature;
+pub mod signing;
 pub mod tls;
 
 pub use wrun_store::{audit, oauth, sqlite, storage};

@@ -16,7 +16,10 @@ use zeroize::Zeroizing;
 
 use crate::audit::{Entry, Outcome};
 use crate::bundle::Lock;
-use crate::storage::{ConnectionWrite, EnvChange, Storage, StorageError, StorageResult};
+use crate::review::Review;
+use crate::storage::{
+    ConnectionWrite, EnvChange, Governance, RecipeVersion, Storage, StorageError, StorageResult,
+};
 
 /// Who makes a change, as its audit entry names them.
 #[derive(Debug, Clone)]
@@ -229,28 +232,143 @@ pub async fn change_environment(
         .await
 }
 
-/// Deploys (creates or replaces) a recipe from a bundle (`wrun export`):
-/// the bundle is read and its hashes checked, every step is compiled with
-/// `engine`, and only a recipe that loads whole is stored with its
-/// components. `expected` is the name the caller deploys it as, if any.
+/// What a deployment did.
+#[derive(Debug, Clone)]
+pub enum Deployment {
+    /// The version runs from now on.
+    Running {
+        /// The bundle's lock.
+        lock: Lock,
+        /// What each step may do, and what changed.
+        review: Review,
+    },
+    /// The version widens grants and waits for an admin's approval; the
+    /// deployed version keeps running.
+    Pending {
+        /// The bundle's lock.
+        lock: Lock,
+        /// What each step may do, and what widens.
+        review: Review,
+        /// The id an approval names.
+        id: String,
+    },
+}
+
+impl Deployment {
+    /// The lock.
+    pub fn lock(&self) -> &Lock {
+        match self {
+            Deployment::Running { lock, .. } | Deployment::Pending { lock, .. } => lock,
+        }
+    }
+
+    /// The review.
+    pub fn review(&self) -> &Review {
+        match self {
+            Deployment::Running { review, .. } | Deployment::Pending { review, .. } => review,
+        }
+    }
+}
+
+/// Checks a bundle's signature against the workspace's keys: returns the
+/// signed version and the signer's id, `None` for an unsigned bundle the
+/// workspace accepts.
+async fn check_signature(
+    storage: &dyn Storage,
+    workspace: &str,
+    governance: Governance,
+    lock: &Lock,
+    entries: &BTreeMap<String, Vec<u8>>,
+) -> StorageResult<Option<(u64, String)>> {
+    let Some(sig) = entries.get(crate::bundle::SIGNATURE_ENTRY) else {
+        if governance.require_signatures {
+            return Err(invalid(
+                "signature_required",
+                "this workspace deploys only signed bundles (`wrun export --sign KEY`)",
+            ));
+        }
+        return Ok(None);
+    };
+    let refuse = |e: anyhow::Error| invalid("invalid_signature", format!("{e:#}"));
+    let sig: crate::signing::BundleSignature = serde_json::from_slice(sig).map_err(|e| {
+        invalid(
+            "invalid_signature",
+            format!("the bundle's signature entry is invalid: {e}"),
+        )
+    })?;
+    let key = crate::signing::PublicKey::parse(&sig.key).map_err(refuse)?;
+    let trusted = storage
+        .signing_keys(workspace)
+        .await?
+        .into_iter()
+        .find(|k| k.id == key.id);
+    match trusted {
+        None => {
+            return Err(invalid(
+                "untrusted_key",
+                format!(
+                    "the bundle is signed by key {}, which this workspace does not trust",
+                    key.id
+                ),
+            ));
+        }
+        Some(k) if k.revoked_at.is_some() => {
+            return Err(invalid(
+                "revoked_key",
+                format!(
+                    "the bundle is signed by key `{}` ({}), which this workspace revoked",
+                    k.name, k.id
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    let lock_bytes = entries
+        .get(crate::bundle::LOCK_ENTRY)
+        .ok_or_else(|| invalid("invalid_bundle", "the bundle has no lock"))?;
+    key.verify(lock_bytes, &sig).map_err(refuse)?;
+    let version = lock
+        .version
+        .ok_or_else(|| invalid("invalid_signature", "a signed lock must carry a version"))?;
+    Ok(Some((version, key.id)))
+}
+
+/// Deploys a recipe bundle: verified (hashes, and the signature against
+/// the workspace's trusted keys; unsigned bundles are refused when the
+/// workspace requires signatures), compiled, reviewed against the version
+/// running now, then stored with its audit entry; or, when the workspace
+/// reviews grants and this version widens any, kept for an admin's
+/// approval while the running version goes on. A refused signature or
+/// downgrade is audited as denied.
 ///
 /// # Errors
 ///
 /// [`StorageError::Invalid`] for a bundle that is not valid, holds another
-/// recipe than `expected`, or does not load; storage failures.
+/// recipe than `expected`, does not load, or whose signature is missing,
+/// untrusted, revoked or does not verify; [`StorageError::Conflict`] for a
+/// downgrade; storage failures.
 pub async fn deploy_recipe(
     storage: &dyn Storage,
     engine: Engine,
     actor: &Actor,
     expected: Option<&str>,
     bundle: Vec<u8>,
-) -> StorageResult<Lock> {
+) -> StorageResult<Deployment> {
     let parsed = tokio::task::spawn_blocking(move || {
         crate::bundle::read(&bundle[..], "the bundle").map_err(|e| format!("{e:#}"))
     })
     .await
     .map_err(|e| StorageError::Internal(format!("reading the bundle failed: {e}")))?;
-    let (manifest, lock, entries) = parsed.map_err(|e| invalid("invalid_bundle", e))?;
+    let (manifest, lock, entries) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // A bundle altered on its way is a security event, not only bad
+            // input.
+            let e = invalid("invalid_bundle", e);
+            refused_deploy(storage, actor, expected.unwrap_or("?"), &e).await;
+            return Err(e);
+        }
+    };
     let name = manifest.recipe.name.clone();
     if let Some(expected) = expected
         && expected != name
@@ -260,6 +378,15 @@ pub async fn deploy_recipe(
             format!("the bundle holds recipe `{name}`, not `{expected}`"),
         ));
     }
+    let governance = storage.governance(&actor.workspace).await?;
+    let signed = match check_signature(storage, &actor.workspace, governance, &lock, &entries).await
+    {
+        Ok(signed) => signed,
+        Err(e) => {
+            refused_deploy(storage, actor, &name, &e).await;
+            return Err(e);
+        }
+    };
     let components: BTreeMap<String, Vec<u8>> = entries
         .into_iter()
         .filter(|(k, _)| k.starts_with("components/"))
@@ -284,15 +411,136 @@ pub async fn deploy_recipe(
     let text = manifest
         .to_toml()
         .map_err(|e| invalid("invalid_recipe", e.to_string()))?;
-    let audit = actor.entry(
+
+    // What each step may do, against the version running now.
+    let running = storage.recipe(&actor.workspace, &name).await?;
+    let before = running.as_ref().and_then(|r| {
+        let old = wrun_runtime::manifest::Manifest::parse(&r.manifest).ok()?;
+        Some(crate::review::grants(&old, &r.components))
+    });
+    let review = crate::review::review(
+        crate::review::grants(&manifest, &lock.components),
+        before.as_ref(),
+    );
+    let review_json = serde_json::to_value(&review)
+        .map_err(|e| StorageError::Internal(format!("serialising a review: {e}")))?;
+    let (signed_version, signer) = signed.unzip();
+    let version = RecipeVersion {
+        manifest: text,
+        components,
+        signed_version,
+        signer: signer.clone(),
+        review: review_json,
+    };
+    let detail = json!({
+        "components": lock.components, "connections": lock.connections,
+        "signed_version": signed_version, "signer": signer, "widens": review.widens,
+    });
+    let result = if governance.review_grants && review.widens {
+        let audit = actor.entry("recipe.submit", format!("recipe:{name}"), detail);
+        storage
+            .submit_recipe(&actor.workspace, &name, version, &actor.name, audit)
+            .await
+            .map(|id| Deployment::Pending { lock, review, id })
+    } else {
+        let audit = actor.entry("recipe.deploy", format!("recipe:{name}"), detail);
+        storage
+            .put_recipe(&actor.workspace, &name, version, audit)
+            .await
+            .map(|()| Deployment::Running { lock, review })
+    };
+    if let Err(e @ StorageError::Conflict(_)) = &result {
+        refused_deploy(storage, actor, &name, e).await;
+    }
+    result
+}
+
+/// Audits a deployment refused for its signature or as a downgrade.
+async fn refused_deploy(storage: &dyn Storage, actor: &Actor, name: &str, e: &StorageError) {
+    let mut entry = actor.entry(
         "recipe.deploy",
         format!("recipe:{name}"),
-        json!({ "components": lock.components, "connections": lock.connections }),
+        json!({ "reason": e.to_string() }),
+    );
+    entry.outcome = Outcome::Denied;
+    if let Err(err) = storage.audit(vec![entry]).await {
+        tracing::error!(error = %err, "a refused deployment could not be audited");
+    }
+}
+
+/// Approves the version of a recipe that waits for it (the one with id
+/// `id`, as the approver reviewed it): it runs from now on.
+///
+/// # Errors
+///
+/// `NotFound` when no version with that id waits; `Conflict` for a
+/// downgrade against what was deployed meanwhile; storage failures.
+pub async fn approve_recipe(
+    storage: &dyn Storage,
+    actor: &Actor,
+    name: &str,
+    id: &str,
+) -> StorageResult<()> {
+    let audit = actor.entry(
+        "recipe.approve",
+        format!("recipe:{name}"),
+        json!({ "pending": id }),
     );
     storage
-        .put_recipe(&actor.workspace, &name, text, components, audit)
+        .approve_recipe(&actor.workspace, name, id, audit)
+        .await
+}
+
+/// Trusts a bundle signing key in the actor's workspace.
+///
+/// # Errors
+///
+/// `Invalid` for a key that is not a wrun public key; `Conflict` for a
+/// name taken or a key revoked before.
+pub async fn trust_signing_key(
+    storage: &dyn Storage,
+    actor: &Actor,
+    name: &str,
+    public_key: &str,
+) -> StorageResult<wrun_store::storage::SigningKey> {
+    let key = crate::signing::PublicKey::parse(public_key)
+        .map_err(|e| invalid("invalid_key", format!("{e:#}")))?;
+    let record = wrun_store::storage::SigningKey {
+        name: name.into(),
+        id: key.id.clone(),
+        public_key: key.text,
+        added_at: wrun_store::UnixMillis::now(),
+        revoked_at: None,
+    };
+    let audit = actor.entry(
+        "signing_key.trust",
+        format!("signing_key:{name}"),
+        json!({ "id": key.id }),
+    );
+    storage
+        .trust_signing_key(&actor.workspace, record.clone(), audit)
         .await?;
-    Ok(lock)
+    Ok(record)
+}
+
+/// Revokes a trusted signing key; `false` if there is none by that name.
+///
+/// # Errors
+///
+/// Storage failures.
+pub async fn revoke_signing_key(
+    storage: &dyn Storage,
+    actor: &Actor,
+    name: &str,
+) -> StorageResult<bool> {
+    let audit = actor.entry(
+        "signing_key.revoke",
+        format!("signing_key:{name}"),
+        json!({}),
+    );
+    storage
+        .revoke_signing_key(&actor.workspace, name, audit)
+        .await
 }
 
 /// What `wrun connection add --oauth2` and the API's OAuth2 connection put

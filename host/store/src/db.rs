@@ -24,7 +24,7 @@
 //! one whose schema is newer than this code are refused with an error that
 //! says what is wrong and where, before anything is written.
 //!
-//! # Schema (version 7, kept in `PRAGMA user_version`)
+//! # Schema (version 8, kept in `PRAGMA user_version`)
 //!
 //! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
 //! run inside one `BEGIN IMMEDIATE` transaction together with the
@@ -52,6 +52,10 @@
 //! and authorization flows (`oauth_clients`, `oauth_authorizations`; see
 //! [`crate::oauth`]). Version 7 adds `jobs.erased_at`, the time a job's
 //! content was destroyed for a data subject (see [`crate::erase`]).
+//! Version 8 adds signed bundles and grant review: `recipes.signed_version`
+//! and `signer`, `pending_recipes` (versions waiting for approval),
+//! `signing_keys` (keys a workspace trusts or revoked) and the governance
+//! flags in `settings`.
 //!
 //! # What is authenticated
 //!
@@ -95,7 +99,7 @@ use wrun_runtime::Placement;
 use wrun_runtime::policy::{HostPattern, NetGrant};
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -226,6 +230,37 @@ const MIGRATE_V5_RESPOND: &str = "ALTER TABLE triggers ADD COLUMN respond TEXT;"
 
 /// Schema version 7: when a job's content was erased for a data subject.
 const MIGRATE_V7_ERASED: &str = "ALTER TABLE jobs ADD COLUMN erased_at INTEGER;";
+
+/// Schema version 8: signed bundles, grant review, trusted signing keys.
+const MIGRATE_V8_SIGNED: &str = "
+ALTER TABLE recipes ADD COLUMN signed_version INTEGER;
+ALTER TABLE recipes ADD COLUMN signer TEXT;
+ALTER TABLE settings ADD COLUMN require_signatures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE settings ADD COLUMN review_grants INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE pending_recipes (
+    workspace      TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    id             TEXT NOT NULL,
+    manifest       TEXT NOT NULL,
+    lock           TEXT NOT NULL,
+    signed_version INTEGER,
+    signer         TEXT,
+    review         TEXT NOT NULL,
+    submitted_by   TEXT NOT NULL,
+    submitted_at   INTEGER NOT NULL,
+    PRIMARY KEY (workspace, name)
+) STRICT;
+CREATE TABLE signing_keys (
+    workspace  TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    added_at   INTEGER NOT NULL,
+    revoked_at INTEGER,
+    PRIMARY KEY (workspace, name),
+    UNIQUE (workspace, id)
+) STRICT;
+";
 
 /// Version 2: the daemon's tables (members, roles, API tokens, stored
 /// components, triggers, jobs and their steps, workspace settings) and the
@@ -1116,6 +1151,9 @@ impl Store {
         }
         if version < 7 {
             tx.execute_batch(MIGRATE_V7_ERASED).doing(doing)?;
+        }
+        if version < 8 {
+            tx.execute_batch(MIGRATE_V8_SIGNED).doing(doing)?;
         }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(

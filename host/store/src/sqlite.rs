@@ -692,6 +692,122 @@ fn open_error(dk: &DataKey, s: &mut JobSummary, sealed: Option<Vec<u8>>) -> Stor
     Ok(())
 }
 
+/// A recipe version as its rows hold it.
+struct RecipeRow {
+    manifest: String,
+    /// Component path -> SHA-256, as JSON.
+    lock: String,
+    signed_version: Option<i64>,
+    signer: Option<String>,
+    /// The review, as JSON.
+    review: String,
+    components: BTreeMap<String, Vec<u8>>,
+}
+
+impl RecipeRow {
+    fn new(v: RecipeVersion) -> StorageResult<RecipeRow> {
+        let hashes: BTreeMap<String, String> = v
+            .components
+            .iter()
+            .map(|(path, bytes)| (path.clone(), crate::sha256_hex(bytes)))
+            .collect();
+        let signed_version = v
+            .signed_version
+            .map(|n| {
+                i64::try_from(n).map_err(|_| StorageError::Invalid {
+                    code: "invalid_version",
+                    message: format!("bundle version {n} is too large"),
+                })
+            })
+            .transpose()?;
+        Ok(RecipeRow {
+            manifest: v.manifest,
+            lock: serde_json::to_string(&hashes).map_err(damaged("components"))?,
+            signed_version,
+            signer: v.signer,
+            review: serde_json::to_string(&v.review).map_err(damaged("a review"))?,
+            components: v.components,
+        })
+    }
+
+    /// The version's id: a digest of what it runs.
+    fn id(&self) -> String {
+        crate::sha256_hex(
+            format!(
+                "{}\0{}\0{:?}\0{:?}",
+                self.manifest, self.lock, self.signed_version, self.signer
+            )
+            .as_bytes(),
+        )
+    }
+
+    fn store_components(&self, conn: &Connection) -> StorageResult<()> {
+        for (path, bytes) in &self.components {
+            insert_component(conn, path, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses replacing the deployed version by an older signed one, by
+    /// other content under the same signed version, or by an unsigned one.
+    fn check_not_downgrade(&self, conn: &Connection, ws: &str, name: &str) -> StorageResult<()> {
+        let current: Option<(Option<i64>, String, String)> = conn
+            .query_row(
+                "SELECT signed_version, manifest, lock FROM recipes WHERE workspace = ?1 AND name = ?2",
+                params![ws, name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .doing(|| format!("reading the deployed version of recipe `{name}`"))?;
+        let Some((Some(deployed), manifest, lock)) = current else {
+            return Ok(());
+        };
+        match self.signed_version {
+            None => Err(StorageError::Conflict(format!(
+                "recipe `{name}` runs signed version {deployed}; an unsigned bundle cannot replace it"
+            ))),
+            Some(v) if v < deployed => Err(StorageError::Conflict(format!(
+                "downgrade refused: bundle version {v} of recipe `{name}` is older than the deployed signed version {deployed}"
+            ))),
+            Some(v) if v == deployed && (manifest != self.manifest || lock != self.lock) => {
+                Err(StorageError::Conflict(format!(
+                    "recipe `{name}` already runs signed version {v} with other content; sign the change with a higher version"
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Makes this the deployed version and drops the one waiting.
+    fn deploy(&self, conn: &Connection, ws: &str, name: &str) -> StorageResult<()> {
+        let doing = || format!("storing recipe `{name}`");
+        conn.execute(
+            "INSERT INTO recipes (workspace, name, manifest, lock, imported_at, signed_version, signer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (workspace, name) DO UPDATE SET manifest = excluded.manifest, lock = excluded.lock,
+                 imported_at = excluded.imported_at, signed_version = excluded.signed_version, signer = excluded.signer",
+            params![ws, name, self.manifest, self.lock, UnixMillis::now(), self.signed_version, self.signer],
+        )
+        .doing(doing)?;
+        conn.execute(
+            "DELETE FROM pending_recipes WHERE workspace = ?1 AND name = ?2",
+            params![ws, name],
+        )
+        .doing(doing)?;
+        Ok(())
+    }
+}
+
+/// Stores a component by its SHA-256 (content-addressed, kept once).
+fn insert_component(conn: &Connection, path: &str, bytes: &[u8]) -> StorageResult<()> {
+    conn.execute(
+        "INSERT INTO components (sha256, bytes) VALUES (?1, ?2) ON CONFLICT (sha256) DO NOTHING",
+        params![crate::sha256_hex(bytes), bytes],
+    )
+    .doing(|| format!("storing component {path}"))?;
+    Ok(())
+}
+
 /// A job read by an erasure's scan: its state and sealed records.
 struct ScannedJob {
     id: String,
@@ -1446,36 +1562,275 @@ impl Storage for Arc<SqliteStorage> {
         &self,
         workspace: &str,
         name: &str,
-        manifest: String,
-        components: BTreeMap<String, Vec<u8>>,
+        version: RecipeVersion,
         audit: Entry,
     ) -> StorageResult<()> {
         check_name("recipe", name)?;
         self.data_key(workspace, true).await?;
         let (ws, name) = (workspace.to_string(), name.to_string());
-        let hashes: BTreeMap<String, String> = components
-            .iter()
-            .map(|(path, bytes)| (path.clone(), crate::sha256_hex(bytes)))
-            .collect();
-        let lock = serde_json::to_string(&hashes).map_err(damaged("components"))?;
+        let row = RecipeRow::new(version)?;
         self.write(move |ctx| {
-            for (path, bytes) in &components {
-                let Some(sha) = hashes.get(path) else { continue };
-                ctx.conn
-                    .execute(
-                        "INSERT INTO components (sha256, bytes) VALUES (?1, ?2) ON CONFLICT (sha256) DO NOTHING",
-                        params![sha, bytes],
-                    )
-                    .doing(|| format!("storing component {path}"))?;
+            row.store_components(ctx.conn)?;
+            row.check_not_downgrade(ctx.conn, &ws, &name)?;
+            row.deploy(ctx.conn, &ws, &name)?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn submit_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: RecipeVersion,
+        submitted_by: &str,
+        audit: Entry,
+    ) -> StorageResult<String> {
+        check_name("recipe", name)?;
+        self.data_key(workspace, true).await?;
+        let (ws, name, by) = (
+            workspace.to_string(),
+            name.to_string(),
+            submitted_by.to_string(),
+        );
+        let row = RecipeRow::new(version)?;
+        self.write(move |ctx| {
+            row.store_components(ctx.conn)?;
+            row.check_not_downgrade(ctx.conn, &ws, &name)?;
+            let id = row.id();
+            ctx.conn
+                .execute(
+                    "INSERT INTO pending_recipes (workspace, name, id, manifest, lock, signed_version, signer, review, submitted_by, submitted_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (workspace, name) DO UPDATE SET id = excluded.id, manifest = excluded.manifest,
+                         lock = excluded.lock, signed_version = excluded.signed_version, signer = excluded.signer,
+                         review = excluded.review, submitted_by = excluded.submitted_by, submitted_at = excluded.submitted_at",
+                    params![ws, name, id, row.manifest, row.lock, row.signed_version, row.signer, row.review, by, UnixMillis::now()],
+                )
+                .doing(|| format!("keeping recipe `{name}` for approval"))?;
+            let mut audit = audit;
+            if let Some(obj) = audit.detail.as_object_mut() {
+                obj.insert("pending".into(), id.clone().into());
+            }
+            ctx.audit(&[audit])?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn pending_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> StorageResult<Option<PendingRecipe>> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT id, signed_version, signer, review, submitted_by, submitted_at
+                     FROM pending_recipes WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, UnixMillis>(5)?,
+                        ))
+                    },
+                )
+                .optional()
+                .doing(|| format!("reading the pending version of recipe `{name}`"))?;
+            row.map(
+                |(id, version, signer, review, submitted_by, submitted_at)| {
+                    Ok(PendingRecipe {
+                        id,
+                        signed_version: version.and_then(|v| u64::try_from(v).ok()),
+                        signer,
+                        review: serde_json::from_str(&review)
+                            .map_err(damaged(format!("the review of recipe `{name}`")))?,
+                        submitted_by,
+                        submitted_at,
+                    })
+                },
+            )
+            .transpose()
+        })
+        .await
+    }
+
+    async fn approve_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+        id: &str,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        let (ws, name, id) = (workspace.to_string(), name.to_string(), id.to_string());
+        self.write(move |ctx| {
+            let doing = || format!("approving recipe `{name}`");
+            let pending = ctx
+                .conn
+                .query_row(
+                    "SELECT manifest, lock, signed_version, signer, review FROM pending_recipes
+                     WHERE workspace = ?1 AND name = ?2 AND id = ?3",
+                    params![ws, name, id],
+                    |r| {
+                        Ok(RecipeRow {
+                            manifest: r.get(0)?,
+                            lock: r.get(1)?,
+                            signed_version: r.get(2)?,
+                            signer: r.get(3)?,
+                            review: r.get(4)?,
+                            components: BTreeMap::new(),
+                        })
+                    },
+                )
+                .optional()
+                .doing(doing)?;
+            let Some(row) = pending else {
+                return Err(StorageError::NotFound {
+                    what: "pending version",
+                    name: id,
+                });
+            };
+            row.check_not_downgrade(ctx.conn, &ws, &name)?;
+            row.deploy(ctx.conn, &ws, &name)?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn governance(&self, workspace: &str) -> StorageResult<Governance> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT require_signatures, review_grants FROM settings WHERE workspace = ?1",
+                    params![ws],
+                    |r| {
+                        Ok(Governance {
+                            require_signatures: r.get(0)?,
+                            review_grants: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .doing(|| "reading the governance settings".to_string())?
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn set_governance(
+        &self,
+        workspace: &str,
+        settings: Governance,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        let ws = workspace.to_string();
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "INSERT INTO settings (workspace, require_signatures, review_grants) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (workspace) DO UPDATE SET require_signatures = excluded.require_signatures,
+                         review_grants = excluded.review_grants",
+                    params![ws, settings.require_signatures, settings.review_grants],
+                )
+                .doing(|| "changing the governance settings".to_string())?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn signing_keys(&self, workspace: &str) -> StorageResult<Vec<SigningKey>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            query_rows(
+                conn,
+                "SELECT name, id, public_key, added_at, revoked_at FROM signing_keys WHERE workspace = ?1 ORDER BY name",
+                params![ws],
+                |r| {
+                    Ok(SigningKey {
+                        name: r.get(0)?,
+                        id: r.get(1)?,
+                        public_key: r.get(2)?,
+                        added_at: r.get(3)?,
+                        revoked_at: r.get(4)?,
+                    })
+                },
+                || "listing signing keys".to_string(),
+            )
+        })
+        .await
+    }
+
+    async fn trust_signing_key(
+        &self,
+        workspace: &str,
+        key: SigningKey,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        check_name("signing key", &key.name)?;
+        let ws = workspace.to_string();
+        self.write(move |ctx| {
+            let doing = || format!("trusting signing key `{}`", key.name);
+            let existing: Option<(String, Option<UnixMillis>)> = ctx
+                .conn
+                .query_row(
+                    "SELECT name, revoked_at FROM signing_keys WHERE workspace = ?1 AND (name = ?2 OR id = ?3)",
+                    params![ws, key.name, key.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .doing(doing)?;
+            match existing {
+                Some((_, Some(_))) => {
+                    return Err(StorageError::Conflict(format!(
+                        "signing key `{}` (or key {}) was revoked in this workspace; a revoked key stays revoked",
+                        key.name, key.id
+                    )));
+                }
+                Some((name, None)) => {
+                    return Err(StorageError::Conflict(format!(
+                        "a signing key named `{}` or with id {} is already trusted (as `{name}`)",
+                        key.name, key.id
+                    )));
+                }
+                None => {}
             }
             ctx.conn
                 .execute(
-                    "INSERT INTO recipes (workspace, name, manifest, lock, imported_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (workspace, name) DO UPDATE SET manifest = excluded.manifest, lock = excluded.lock, imported_at = excluded.imported_at",
-                    params![ws, name, manifest, lock, UnixMillis::now()],
+                    "INSERT INTO signing_keys (workspace, name, id, public_key, added_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![ws, key.name, key.id, key.public_key, UnixMillis::now()],
                 )
-                .doing(|| format!("storing recipe `{name}`"))?;
+                .doing(doing)?;
             ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn revoke_signing_key(
+        &self,
+        workspace: &str,
+        name: &str,
+        audit: Entry,
+    ) -> StorageResult<bool> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "UPDATE signing_keys SET revoked_at = ?3 WHERE workspace = ?1 AND name = ?2 AND revoked_at IS NULL",
+                    params![ws, name, UnixMillis::now()],
+                )
+                .doing(|| format!("revoking signing key `{name}`"))?;
+            if n > 0 {
+                ctx.audit(&[audit])?;
+            }
+            Ok(n > 0)
         })
         .await
     }
@@ -1483,20 +1838,22 @@ impl Storage for Arc<SqliteStorage> {
     async fn recipe(&self, workspace: &str, name: &str) -> StorageResult<Option<StoredRecipe>> {
         let (ws, name) = (workspace.to_string(), name.to_string());
         self.read(move |conn| {
-            let row: Option<(String, String, UnixMillis)> = conn
+            let row: Option<(String, String, UnixMillis, Option<i64>, Option<String>)> = conn
                 .query_row(
-                    "SELECT manifest, lock, imported_at FROM recipes WHERE workspace = ?1 AND name = ?2",
+                    "SELECT manifest, lock, imported_at, signed_version, signer FROM recipes WHERE workspace = ?1 AND name = ?2",
                     params![ws, name],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()
                 .doing(|| format!("reading recipe `{name}`"))?;
-            row.map(|(manifest, lock, updated_at)| {
+            row.map(|(manifest, lock, updated_at, signed_version, signer)| {
                 Ok(StoredRecipe {
                     manifest,
                     components: serde_json::from_str(&lock)
                         .map_err(damaged(format!("the components of recipe `{name}`")))?,
                     updated_at,
+                    signed_version: signed_version.and_then(|v| u64::try_from(v).ok()),
+                    signer,
                 })
             })
             .transpose()
@@ -1574,6 +1931,12 @@ impl Storage for Arc<SqliteStorage> {
                     params![ws, name],
                 )
                 .doing(|| format!("deleting recipe `{name}`"))?;
+            ctx.conn
+                .execute(
+                    "DELETE FROM pending_recipes WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                )
+                .doing(|| format!("deleting the pending version of recipe `{name}`"))?;
             if n > 0 {
                 ctx.conn
                     .execute(

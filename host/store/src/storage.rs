@@ -180,6 +180,70 @@ pub struct StoredRecipe {
     pub components: BTreeMap<String, String>,
     /// The last deployment: a version for caches.
     pub updated_at: UnixMillis,
+    /// The signed bundle version deployed.
+    pub signed_version: Option<u64>,
+    /// The key that signed it.
+    pub signer: Option<String>,
+}
+
+/// A recipe version to deploy or to keep for approval.
+#[derive(Debug, Clone)]
+pub struct RecipeVersion {
+    /// The manifest (TOML).
+    pub manifest: String,
+    /// Component path -> bytes.
+    pub components: BTreeMap<String, Vec<u8>>,
+    /// The signed bundle version, when the bundle was signed by a trusted
+    /// key.
+    pub signed_version: Option<u64>,
+    /// The id of the key that signed it.
+    pub signer: Option<String>,
+    /// The grant review shown to the approver (JSON).
+    pub review: Value,
+}
+
+/// A recipe version waiting for an admin's approval.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingRecipe {
+    /// Its id: what an approval names.
+    pub id: String,
+    /// The signed bundle version.
+    pub signed_version: Option<u64>,
+    /// The key that signed it.
+    pub signer: Option<String>,
+    /// What each step may do and what widens.
+    pub review: Value,
+    /// Who submitted it.
+    pub submitted_by: String,
+    /// When.
+    pub submitted_at: UnixMillis,
+}
+
+/// A workspace's governance settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Governance {
+    /// Deploy only bundles signed by a key the workspace trusts.
+    #[serde(default)]
+    pub require_signatures: bool,
+    /// A version that widens a step's grants waits for an admin's approval.
+    #[serde(default)]
+    pub review_grants: bool,
+}
+
+/// A bundle signing key of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SigningKey {
+    /// The name the workspace gave it.
+    pub name: String,
+    /// Its id (first 16 hex digits of the SHA-256 of the key).
+    pub id: String,
+    /// The public key (`wrun-ed25519:...`).
+    pub public_key: String,
+    /// When it was trusted.
+    pub added_at: UnixMillis,
+    /// When it was revoked.
+    pub revoked_at: Option<UnixMillis>,
 }
 
 /// A deployed recipe as listed.
@@ -687,15 +751,72 @@ pub trait Storage: Send + Sync + 'static {
 
     // -- Recipes and triggers --------------------------------------------
 
-    /// Deploys (creates or replaces) a recipe with its components.
+    /// Deploys (creates or replaces) a recipe with its components, and
+    /// drops a version of it that waited for approval. Refuses a downgrade
+    /// in the same transaction: a signed version lower than the deployed
+    /// one, the same version with other content, or an unsigned version
+    /// over a signed one ([`StorageError::Conflict`]).
     async fn put_recipe(
         &self,
         workspace: &str,
         name: &str,
-        manifest: String,
-        components: BTreeMap<String, Vec<u8>>,
+        version: RecipeVersion,
         audit: Entry,
     ) -> StorageResult<()>;
+    /// Keeps a version that widens grants until an admin approves it (one
+    /// per recipe: a newer submission replaces it); the deployed version
+    /// keeps running. Returns the pending version's id.
+    async fn submit_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: RecipeVersion,
+        submitted_by: &str,
+        audit: Entry,
+    ) -> StorageResult<String>;
+    /// The version of a recipe waiting for approval.
+    async fn pending_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> StorageResult<Option<PendingRecipe>>;
+    /// Deploys the pending version `id` (the one the approver reviewed),
+    /// with the checks of [`Storage::put_recipe`]; `NotFound` when there is
+    /// no pending version or it is another one now.
+    async fn approve_recipe(
+        &self,
+        workspace: &str,
+        name: &str,
+        id: &str,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// A workspace's governance settings.
+    async fn governance(&self, workspace: &str) -> StorageResult<Governance>;
+    /// Changes a workspace's governance settings.
+    async fn set_governance(
+        &self,
+        workspace: &str,
+        settings: Governance,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// The signing keys a workspace trusts or has revoked.
+    async fn signing_keys(&self, workspace: &str) -> StorageResult<Vec<SigningKey>>;
+    /// Trusts a bundle signing key under a name; `Conflict` if the name is
+    /// taken or the key was revoked here (a revoked key stays revoked).
+    async fn trust_signing_key(
+        &self,
+        workspace: &str,
+        key: SigningKey,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// Revokes a trusted key by name: bundles it signed are refused from
+    /// now on; `false` if there is no such key.
+    async fn revoke_signing_key(
+        &self,
+        workspace: &str,
+        name: &str,
+        audit: Entry,
+    ) -> StorageResult<bool>;
     /// A deployed recipe.
     async fn recipe(&self, workspace: &str, name: &str) -> StorageResult<Option<StoredRecipe>>;
     /// The deployment time of a recipe (its version), without its content:

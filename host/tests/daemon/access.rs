@@ -387,6 +387,25 @@ fn team_a_routes(f: &Fixture, ws: &str) -> Vec<(Method, String, Option<Value>)> 
             format!("{w}/settings"),
             Some(json!({ "retention_days": 1 })),
         ),
+        (Method::GET, format!("{w}/governance"), None),
+        (
+            Method::PUT,
+            format!("{w}/governance"),
+            Some(json!({ "require_signatures": true })),
+        ),
+        (Method::GET, format!("{w}/signing-keys"), None),
+        (
+            Method::PUT,
+            format!("{w}/signing-keys/k"),
+            Some(json!({ "public_key": "wrun-ed25519:AAAA" })),
+        ),
+        (Method::DELETE, format!("{w}/signing-keys/k"), None),
+        (Method::GET, format!("{w}/recipes/three/pending"), None),
+        (
+            Method::POST,
+            format!("{w}/recipes/three/approve"),
+            Some(json!({ "pending": "x" })),
+        ),
         (Method::GET, format!("{w}/audit"), None),
     ]
 }

@@ -10,6 +10,7 @@ mod crash;
 mod credentials;
 mod edges;
 mod endpoints;
+mod governance;
 mod history;
 mod oauth;
 mod one_store;

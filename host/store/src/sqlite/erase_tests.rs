@@ -50,7 +50,11 @@ fn records(
                    { "kind": "http", "url": format!("https://crm.test/contacts/{i}") }]
     });
     let mut checkpoint = None;
-    let mut state = if i.is_multiple_of(3) { "failed" } else { "succeeded" };
+    let mut state = if i.is_multiple_of(3) {
+        "failed"
+    } else {
+        "succeeded"
+    };
     if i % EVERY == 7 {
         match (i / EVERY) % 8 {
             0 => payload["email"] = json!("ALICE.LIDDELL@wonder.test"),
@@ -75,7 +79,11 @@ fn records(
     }
     if i >= JOBS {
         // The extra jobs still running: their checkpoint names the subject.
-        state = if i.is_multiple_of(2) { "running" } else { "queued" };
+        state = if i.is_multiple_of(2) {
+            "running"
+        } else {
+            "queued"
+        };
         checkpoint = Some(json!({ "output": { "to": SUBJECT }, "marked": [] }));
     }
     (state, payload, error, key, vec![(step, checkpoint)])
