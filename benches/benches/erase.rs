@@ -16,7 +16,7 @@ use wrun_store::audit::{Entry, Outcome};
 use wrun_store::erase::Subject;
 use wrun_store::keys::MasterKey;
 use wrun_store::sqlite::SqliteStorage;
-use wrun_store::storage::{JobState, NewJob, StepCommit, Storage};
+use wrun_store::storage::{JobState, NewJob, RecipeVersion, StepCommit, Storage};
 
 const WS: &str = "bench";
 const JOBS: usize = 100_000;
@@ -88,6 +88,22 @@ fn fill(rt: &tokio::runtime::Runtime, dir: &Path, key: &MasterKey) -> PathBuf {
     let sqlite = SqliteStorage::open(&path, key, None).expect("store");
     let storage: Arc<dyn Storage> = Arc::new(sqlite);
     rt.block_on(async {
+        // Jobs belong to a deployed recipe.
+        storage
+            .put_recipe(
+                WS,
+                "sync",
+                RecipeVersion {
+                    manifest: "[recipe]\nname = \"sync\"\n".into(),
+                    components: Default::default(),
+                    signed_version: None,
+                    signer: None,
+                    review: json!({}),
+                },
+                entry(),
+            )
+            .await
+            .expect("recipe");
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..JOBS {
             if tasks.len() >= 512 {

@@ -306,6 +306,24 @@ enum ConnectionCommand {
     },
     /// List connections (names, hosts, placement, dates; never values).
     List,
+    /// Set a connection's outbound limits (none given: remove them).
+    /// Requests past them are refused before they leave.
+    Limit {
+        /// Connection name.
+        name: String,
+        /// Requests per minute.
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        /// Requests that may go at once (default: a tenth of the minute's).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Request body bytes per minute.
+        #[arg(long)]
+        bytes_per_minute: Option<u64>,
+        /// Distinct request paths per minute.
+        #[arg(long)]
+        paths_per_minute: Option<u32>,
+    },
     /// Remove a connection.
     Rm {
         /// Connection name.
@@ -810,6 +828,31 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
             output::line(&format!(
                 "added connection `{name}` in workspace `{}`",
                 g.workspace
+            ));
+        }
+        ConnectionCommand::Limit {
+            name,
+            requests_per_minute,
+            burst,
+            bytes_per_minute,
+            paths_per_minute,
+        } => {
+            let limits = crate::daemon::storage::ConnectionLimits {
+                requests_per_minute,
+                burst,
+                bytes_per_minute,
+                paths_per_minute,
+            };
+            ops::set_connection_limits(
+                g.storage()?.as_ref(),
+                &ops::Actor::cli(&g.workspace),
+                &name,
+                limits,
+            )
+            .await?;
+            output::line(&format!(
+                "connection `{name}` limits: {}",
+                serde_json::to_string(&limits)?
             ));
         }
         ConnectionCommand::List => {

@@ -56,6 +56,9 @@ pub struct JobOptions {
     pub properties: HashMap<String, String>,
     /// Receives events and audit events as they happen.
     pub observer: Arc<dyn Observer>,
+    /// The host's per-connection limits, asked before a request carrying a
+    /// connection leaves (see [`crate::guard`]).
+    pub guard: Option<Arc<dyn crate::guard::ConnectionGuard>>,
 }
 
 impl JobOptions {
@@ -68,6 +71,7 @@ impl JobOptions {
             connections: Arc::new(StaticConnections::new()),
             properties: HashMap::new(),
             observer: Arc::new(NoopObserver),
+            guard: None,
         }
     }
 
@@ -86,6 +90,12 @@ impl JobOptions {
     /// Sets the observer.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> JobOptions {
         self.observer = observer;
+        self
+    }
+
+    /// Sets the per-connection guard.
+    pub fn guard(mut self, guard: Arc<dyn crate::guard::ConnectionGuard>) -> JobOptions {
+        self.guard = Some(guard);
         self
     }
 }
@@ -122,6 +132,7 @@ pub(crate) struct JobShared {
     connections: Arc<dyn ConnectionSource>,
     pub(crate) properties: HashMap<String, String>,
     pub(crate) observer: Arc<dyn Observer>,
+    guard: Option<Arc<dyn crate::guard::ConnectionGuard>>,
     sensitive: RwLock<Sensitive>,
     load_lock: tokio::sync::Mutex<()>,
 }
@@ -307,6 +318,7 @@ impl Job {
                 connections: options.connections,
                 properties: options.properties,
                 observer: options.observer,
+                guard: options.guard,
                 sensitive: RwLock::new(Sensitive::default()),
                 load_lock: tokio::sync::Mutex::new(()),
             }),
@@ -458,6 +470,7 @@ impl Job {
             observer: job.observer.clone(),
             events,
             misuse,
+            guard: job.guard.clone(),
         }))
     }
 

@@ -51,6 +51,7 @@ mod engine;
 mod error;
 pub mod events;
 mod grants;
+pub mod guard;
 mod host_impl;
 mod job;
 pub mod manifest;

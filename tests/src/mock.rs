@@ -408,7 +408,19 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Respons
     } else if path == "/redirect" {
         redirect(query)
     } else if let Some(code) = path.strip_prefix("/status/") {
-        status(code)
+        let mut response = status(code);
+        // `/status/429?retry_after=N` asks the client to wait N seconds.
+        if let Some(wait) = query
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("retry_after="))
+            .and_then(|v| http::HeaderValue::from_str(v).ok())
+        {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, wait);
+        }
+        response
     } else if path == "/slow" {
         slow(query).await
     } else if path == "/hang" {

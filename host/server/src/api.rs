@@ -570,6 +570,8 @@ api_routes! {
     get "/v1/workspaces/{ws}/connections" => list_connections (Connections: read) ["connections"] "List connections (never their values).";
     put "/v1/workspaces/{ws}/connections/{name}" => put_connection (Connections: write) ["connections"] "Create or replace a connection; the value is write-only (without one, the stored value is kept for the new hosts and placement).";
     delete "/v1/workspaces/{ws}/connections/{name}" => delete_connection (Connections: write) ["connections"] "Delete a connection.";
+    get "/v1/workspaces/{ws}/connections/{name}/limits" => get_connection_limits (Connections: read) ["connections"] "A connection's outbound limits.";
+    put "/v1/workspaces/{ws}/connections/{name}/limits" => put_connection_limits (Connections: write) ["connections"] "Set a connection's outbound limits (`requests_per_minute`, `burst`, `bytes_per_minute`, `paths_per_minute`; `{}` removes them): requests past them are refused before they leave.";
     put "/v1/workspaces/{ws}/connections/{name}/oauth2" => put_oauth_connection (Connections: write) ["connections"] "Create or replace an OAuth2 connection: the host obtains and refreshes its access token; the client secret is write-only.";
     get "/v1/workspaces/{ws}/connections/{name}/oauth2" => get_oauth_connection (Connections: read) ["connections"] "An OAuth2 connection's client and state (never a token or the secret).";
     post "/v1/workspaces/{ws}/connections/{name}/authorize" => authorize_connection (Connections: write) ["connections"] "Start an OAuth2 authorization code flow (PKCE): the provider URL to open; the provider redirects to /oauth/callback.";
@@ -890,6 +892,43 @@ async fn approve_recipe(
         StatusCode::OK,
         json!({ "recipe": name, "status": "running", "approved": body.pending }),
     )
+}
+
+async fn get_connection_limits(
+    State(s): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult {
+    let known = s
+        .storage
+        .list_connections(&ws)
+        .await
+        .map_err(storage_error)?
+        .into_iter()
+        .any(|c| c.name == name);
+    if !known {
+        return Err(ApiError::not_found(format!("connection `{name}`")));
+    }
+    let limits = s
+        .storage
+        .connection_limits(&ws)
+        .await
+        .map_err(storage_error)?
+        .remove(&name)
+        .unwrap_or_default();
+    reply(StatusCode::OK, json!(limits))
+}
+
+async fn put_connection_limits(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
+    body: LazyJson<crate::storage::ConnectionLimits>,
+) -> ApiResult {
+    let limits = body.read(s.config.limits.max_body_bytes).await?;
+    crate::ops::set_connection_limits(s.storage.as_ref(), &p.as_actor(), &name, limits)
+        .await
+        .map_err(storage_error)?;
+    reply(StatusCode::OK, json!(limits))
 }
 
 async fn get_governance(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {

@@ -66,6 +66,8 @@ pub struct Runner {
     /// Requests waiting for a job's end (webhooks in response mode).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     stopping: watch::Sender<bool>,
+    /// Outbound limits per connection, shared by every job.
+    limiter: Arc<crate::limits::ConnectionLimiter>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -223,7 +225,9 @@ impl Runner {
     ) -> Arc<Runner> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
         let (stopping, _) = watch::channel(false);
+        let limiter = Arc::new(crate::limits::ConnectionLimiter::new(Arc::clone(&storage)));
         let runner = Arc::new(Runner {
+            limiter,
             storage,
             engine,
             metrics,
@@ -514,12 +518,14 @@ impl Runner {
             .storage
             .environment(&summary.workspace, &summary.environment)
             .await?;
+        self.limiter.refresh(&summary.workspace).await?;
         let observer = Arc::new(JobObserver::new(
             Arc::clone(&self.storage),
             self.metrics.clone(),
             &summary,
         ));
         let mut options = JobOptions::new(&summary.workspace, &summary.recipe)
+            .guard(Arc::clone(&self.limiter) as Arc<dyn wrun_runtime::guard::ConnectionGuard>)
             .connections(
                 self.storage
                     .connections(&summary.workspace, &summary.environment),

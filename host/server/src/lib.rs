@@ -25,6 +25,7 @@ pub mod config;
 pub mod endpoint;
 pub mod http_error;
 pub mod jobs;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;

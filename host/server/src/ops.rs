@@ -843,3 +843,54 @@ pub async fn erase_subject(
         .erase_subject(&actor.workspace, &subject, dry_run, entry)
         .await
 }
+
+/// Largest limit accepted in any field (requests, paths or bytes per minute).
+const MAX_LIMIT: u64 = 1 << 40;
+
+/// Sets a connection's outbound limits (all unset: no limit), audited with
+/// the limits.
+///
+/// # Errors
+///
+/// `Invalid` for a zero or absurd limit, or a burst without a request
+/// limit; `NotFound` for an unknown connection; storage failures.
+pub async fn set_connection_limits(
+    storage: &dyn Storage,
+    actor: &Actor,
+    name: &str,
+    limits: crate::storage::ConnectionLimits,
+) -> StorageResult<()> {
+    let fields = [
+        (
+            "requests_per_minute",
+            limits.requests_per_minute.map(u64::from),
+        ),
+        ("burst", limits.burst.map(u64::from)),
+        ("bytes_per_minute", limits.bytes_per_minute),
+        ("paths_per_minute", limits.paths_per_minute.map(u64::from)),
+    ];
+    for (field, value) in fields {
+        if let Some(v) = value
+            && (v == 0 || v > MAX_LIMIT)
+        {
+            return Err(invalid(
+                "invalid_limits",
+                format!("`{field}` must be between 1 and {MAX_LIMIT} (leave it out for no limit)"),
+            ));
+        }
+    }
+    if limits.burst.is_some() && limits.requests_per_minute.is_none() {
+        return Err(invalid(
+            "invalid_limits",
+            "`burst` needs `requests_per_minute`",
+        ));
+    }
+    let audit = actor.entry(
+        "connection.limits",
+        format!("connection:{name}"),
+        json!(limits),
+    );
+    storage
+        .set_connection_limits(&actor.workspace, name, limits, audit)
+        .await
+}

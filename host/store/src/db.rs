@@ -24,7 +24,7 @@
 //! one whose schema is newer than this code are refused with an error that
 //! says what is wrong and where, before anything is written.
 //!
-//! # Schema (version 8, kept in `PRAGMA user_version`)
+//! # Schema (version 9, kept in `PRAGMA user_version`)
 //!
 //! `PRAGMA application_id` is set to `0x7772756e` ("wrun"). Schema changes
 //! run inside one `BEGIN IMMEDIATE` transaction together with the
@@ -56,6 +56,7 @@
 //! and `signer`, `pending_recipes` (versions waiting for approval),
 //! `signing_keys` (keys a workspace trusts or revoked) and the governance
 //! flags in `settings`.
+//! Version 9 adds `connection_limits` (a connection's outbound limits, JSON).
 //!
 //! # What is authenticated
 //!
@@ -99,7 +100,7 @@ use wrun_runtime::Placement;
 use wrun_runtime::policy::{HostPattern, NetGrant};
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -230,6 +231,16 @@ const MIGRATE_V5_RESPOND: &str = "ALTER TABLE triggers ADD COLUMN respond TEXT;"
 
 /// Schema version 7: when a job's content was erased for a data subject.
 const MIGRATE_V7_ERASED: &str = "ALTER TABLE jobs ADD COLUMN erased_at INTEGER;";
+
+/// Schema version 9: outbound limits per connection.
+const MIGRATE_V9_LIMITS: &str = "
+CREATE TABLE connection_limits (
+    workspace TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    limits    TEXT NOT NULL,
+    PRIMARY KEY (workspace, name)
+) STRICT;
+";
 
 /// Schema version 8: signed bundles, grant review, trusted signing keys.
 const MIGRATE_V8_SIGNED: &str = "
@@ -1154,6 +1165,9 @@ impl Store {
         }
         if version < 8 {
             tx.execute_batch(MIGRATE_V8_SIGNED).doing(doing)?;
+        }
+        if version < 9 {
+            tx.execute_batch(MIGRATE_V9_LIMITS).doing(doing)?;
         }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(

@@ -2236,6 +2236,12 @@ impl Storage for Arc<SqliteStorage> {
     ) -> StorageResult<bool> {
         let (ws, name) = (workspace.to_string(), name.to_string());
         self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "DELETE FROM connection_limits WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                )
+                .doing(|| format!("deleting the limits of connection `{name}`"))?;
             delete_audited(
                 ctx,
                 "DELETE FROM connections WHERE workspace = ?1 AND name = ?2",
@@ -2243,6 +2249,78 @@ impl Storage for Arc<SqliteStorage> {
                 &name,
                 audit,
             )
+        })
+        .await
+    }
+
+    async fn set_connection_limits(
+        &self,
+        workspace: &str,
+        name: &str,
+        limits: ConnectionLimits,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        let text = serde_json::to_string(&limits).map_err(damaged("connection limits"))?;
+        self.write(move |ctx| {
+            let doing = || format!("setting the limits of connection `{name}`");
+            let exists = ctx
+                .conn
+                .query_row(
+                    "SELECT 1 FROM connections WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                    |_| Ok(()),
+                )
+                .optional()
+                .doing(doing)?
+                .is_some();
+            if !exists {
+                return Err(StorageError::NotFound {
+                    what: "connection",
+                    name,
+                });
+            }
+            if limits.is_none() {
+                ctx.conn
+                    .execute(
+                        "DELETE FROM connection_limits WHERE workspace = ?1 AND name = ?2",
+                        params![ws, name],
+                    )
+                    .doing(doing)?;
+            } else {
+                ctx.conn
+                    .execute(
+                        "INSERT INTO connection_limits (workspace, name, limits) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (workspace, name) DO UPDATE SET limits = excluded.limits",
+                        params![ws, name, text],
+                    )
+                    .doing(doing)?;
+            }
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn connection_limits(
+        &self,
+        workspace: &str,
+    ) -> StorageResult<BTreeMap<String, ConnectionLimits>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            let rows = query_rows(
+                conn,
+                "SELECT name, limits FROM connection_limits WHERE workspace = ?1",
+                params![ws],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                || "reading connection limits".to_string(),
+            )?;
+            rows.into_iter()
+                .map(|(name, text)| {
+                    let limits = serde_json::from_str(&text)
+                        .map_err(damaged(format!("the limits of connection `{name}`")))?;
+                    Ok((name, limits))
+                })
+                .collect()
         })
         .await
     }

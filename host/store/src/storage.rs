@@ -567,6 +567,33 @@ pub struct ConnectionSummary {
     pub oauth2: Option<crate::oauth::OAuthState>,
 }
 
+/// Outbound limits of one connection, enforced in egress once the request
+/// is known to carry it. Unset fields do not limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Requests per minute, refilled continuously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// Requests that may go at once (default: a tenth of the minute's, at
+    /// least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Request body bytes per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_minute: Option<u64>,
+    /// Distinct request paths per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths_per_minute: Option<u32>,
+}
+
+impl ConnectionLimits {
+    /// Whether nothing is limited.
+    pub fn is_none(&self) -> bool {
+        *self == ConnectionLimits::default()
+    }
+}
+
 /// A write of a connection. The runtime's types carry the checks: a
 /// [`Connection`] exists only with a parsed, non-empty, non-public-suffix
 /// host list, a parsed placement and a value long enough to be masked; the
@@ -809,6 +836,20 @@ pub trait Storage: Send + Sync + 'static {
         key: SigningKey,
         audit: Entry,
     ) -> StorageResult<()>;
+    /// Sets (or, with no limit, removes) a connection's outbound limits;
+    /// `NotFound` if there is no such connection.
+    async fn set_connection_limits(
+        &self,
+        workspace: &str,
+        name: &str,
+        limits: ConnectionLimits,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// The outbound limits of a workspace's connections, by name.
+    async fn connection_limits(
+        &self,
+        workspace: &str,
+    ) -> StorageResult<BTreeMap<String, ConnectionLimits>>;
     /// Revokes a trusted key by name: bundles it signed are refused from
     /// now on; `false` if there is no such key.
     async fn revoke_signing_key(

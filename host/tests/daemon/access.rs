@@ -387,6 +387,12 @@ fn team_a_routes(f: &Fixture, ws: &str) -> Vec<(Method, String, Option<Value>)> 
             format!("{w}/settings"),
             Some(json!({ "retention_days": 1 })),
         ),
+        (Method::GET, format!("{w}/connections/{conn}/limits"), None),
+        (
+            Method::PUT,
+            format!("{w}/connections/{conn}/limits"),
+            Some(json!({ "requests_per_minute": 1 })),
+        ),
         (Method::GET, format!("{w}/governance"), None),
         (
             Method::PUT,

@@ -12,6 +12,7 @@ mod edges;
 mod endpoints;
 mod governance;
 mod history;
+mod limits;
 mod oauth;
 mod one_store;
 mod requests;

@@ -280,9 +280,31 @@ pub(crate) struct Scope {
     pub(crate) events: Arc<EventLog>,
     /// The step's misuse watch: connection values in the guest's requests.
     pub(crate) misuse: Arc<StepMisuse>,
+    /// The host's per-connection limits.
+    pub(crate) guard: Option<Arc<dyn crate::guard::ConnectionGuard>>,
 }
 
 impl Scope {
+    /// A request of this step carrying `connection`, for the guard.
+    fn connection_use<'a>(
+        &'a self,
+        connection: &'a str,
+        host: &'a str,
+        path: &'a str,
+        request_bytes: u64,
+    ) -> crate::guard::ConnectionUse<'a> {
+        crate::guard::ConnectionUse {
+            workspace: &self.workspace,
+            connection,
+            recipe: &self.recipe,
+            job: &self.job,
+            step: &self.step,
+            host,
+            path,
+            request_bytes,
+        }
+    }
+
     /// Requests this step run has sent or tried to send.
     #[cfg(feature = "bench-probes")]
     pub(crate) fn requests_sent(&self) -> u32 {
@@ -563,6 +585,20 @@ impl Egress {
         used.sort();
         used.dedup();
 
+        // The host's per-connection limits, now that it is known which
+        // connections the request carries.
+        let host_text = host.to_string();
+        let path = parts.uri.path().to_string();
+        let request_bytes = body.exact_len().unwrap_or(0);
+        if let Some(guard) = &scope.guard {
+            for connection in &used {
+                let request = scope.connection_use(connection, &host_text, &path, request_bytes);
+                if let Err(reason) = guard.admit(&request) {
+                    return Err(refuse_egress(reason));
+                }
+            }
+        }
+
         // Resolve, classify every address, and connect to a checked one.
         let addrs = match self.checked_addresses(&host).await {
             Ok(addrs) => addrs,
@@ -604,6 +640,17 @@ impl Egress {
                 return Err(e);
             }
         };
+        if let Some(guard) = &scope.guard {
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| crate::guard::parse_retry_after(v, std::time::SystemTime::now()));
+            for connection in &used {
+                let request = scope.connection_use(connection, &host_text, &path, request_bytes);
+                guard.answered(&request, response.status().as_u16(), retry_after);
+            }
+        }
         scope.report(Event::Request {
             step: scope.step.clone(),
             method,
