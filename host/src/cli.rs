@@ -323,6 +323,27 @@ enum ConnectionCommand {
         /// Distinct request paths per minute.
         #[arg(long)]
         paths_per_minute: Option<u32>,
+        /// Alert when a minute's requests pass this multiple of the
+        /// connection's baseline (default: 3 standard deviations above it).
+        #[arg(long)]
+        spike_multiple: Option<u32>,
+        /// Suspend the connection when an alert fires.
+        #[arg(long)]
+        suspend_on_alert: bool,
+    },
+    /// The egress trail: which job, step and recipe sent a connection to
+    /// which host, per minute (JSON lines).
+    Usage {
+        /// Connection name.
+        name: String,
+        /// How far back, like `1h` or `7d`.
+        #[arg(long, default_value = "24h")]
+        since: humantime::Duration,
+    },
+    /// Resume a connection an alert suspended.
+    Resume {
+        /// Connection name.
+        name: String,
     },
     /// Remove a connection.
     Rm {
@@ -836,12 +857,16 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
             burst,
             bytes_per_minute,
             paths_per_minute,
+            spike_multiple,
+            suspend_on_alert,
         } => {
             let limits = crate::daemon::storage::ConnectionLimits {
                 requests_per_minute,
                 burst,
                 bytes_per_minute,
                 paths_per_minute,
+                spike_multiple,
+                suspend_on_alert,
             };
             ops::set_connection_limits(
                 g.storage()?.as_ref(),
@@ -854,6 +879,37 @@ async fn connection(g: &Global, cmd: ConnectionCommand) -> Result<ExitCode> {
                 "connection `{name}` limits: {}",
                 serde_json::to_string(&limits)?
             ));
+        }
+        ConnectionCommand::Usage { name, since } => {
+            let now = wrun_store::UnixMillis::now();
+            let back = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+            let rows = g
+                .storage()?
+                .connection_usage(
+                    &g.workspace,
+                    Some(&name),
+                    wrun_store::UnixMillis(now.0.saturating_sub(back)),
+                    wrun_store::UnixMillis(now.0 + 60_000),
+                    usize::MAX >> 1,
+                )
+                .await?;
+            for row in rows {
+                println!("{}", serde_json::to_string(&row)?);
+            }
+        }
+        ConnectionCommand::Resume { name } => {
+            let resumed = ops::resume_connection(
+                g.storage()?.as_ref(),
+                &ops::Actor::cli(&g.workspace),
+                &name,
+            )
+            .await?;
+            ensure!(
+                resumed,
+                "connection `{name}` is not suspended in workspace {}",
+                g.workspace
+            );
+            output::line(&format!("connection `{name}` resumed"));
         }
         ConnectionCommand::List => {
             let list = store.list_connections(&g.workspace)?;

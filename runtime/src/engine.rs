@@ -557,6 +557,22 @@ impl Engine {
         crate::oauth::TokenClient::new(self.inner.egress.clone())
     }
 
+    /// Sends a request on the host's own behalf (an operator's alert
+    /// webhook) under the egress rules of guest requests: HTTPS only, every
+    /// resolved address classified, the same roots, operator CAs and
+    /// timeouts, no redirect followed; the body is read up to `max_body`.
+    ///
+    /// # Errors
+    ///
+    /// The request was refused or got no answer; the message names the host.
+    pub async fn send_host(
+        &self,
+        request: http::Request<Vec<u8>>,
+        max_body: usize,
+    ) -> std::result::Result<http::Response<Vec<u8>>, crate::egress::HostRequestError> {
+        self.inner.egress.send_host(request, max_body).await
+    }
+
     /// Starts a job: the unit that owns placeholders and the mask set.
     pub fn job(&self, options: JobOptions) -> Job {
         Job::new(self.clone(), options)

@@ -572,6 +572,8 @@ api_routes! {
     delete "/v1/workspaces/{ws}/connections/{name}" => delete_connection (Connections: write) ["connections"] "Delete a connection.";
     get "/v1/workspaces/{ws}/connections/{name}/limits" => get_connection_limits (Connections: read) ["connections"] "A connection's outbound limits.";
     put "/v1/workspaces/{ws}/connections/{name}/limits" => put_connection_limits (Connections: write) ["connections"] "Set a connection's outbound limits (`requests_per_minute`, `burst`, `bytes_per_minute`, `paths_per_minute`; `{}` removes them): requests past them are refused before they leave.";
+    get "/v1/workspaces/{ws}/connections/{name}/usage" => connection_usage (Connections: read) ["connections"] "The egress trail: which job, step and recipe sent the connection to which host, per minute (`from`, `to` in ms; `limit`).";
+    post "/v1/workspaces/{ws}/connections/{name}/resume" => resume_connection (Members: write) ["connections"] "Resume a connection an alert suspended.";
     put "/v1/workspaces/{ws}/connections/{name}/oauth2" => put_oauth_connection (Connections: write) ["connections"] "Create or replace an OAuth2 connection: the host obtains and refreshes its access token; the client secret is write-only.";
     get "/v1/workspaces/{ws}/connections/{name}/oauth2" => get_oauth_connection (Connections: read) ["connections"] "An OAuth2 connection's client and state (never a token or the secret).";
     post "/v1/workspaces/{ws}/connections/{name}/authorize" => authorize_connection (Connections: write) ["connections"] "Start an OAuth2 authorization code flow (PKCE): the provider URL to open; the provider redirects to /oauth/callback.";
@@ -915,7 +917,67 @@ async fn get_connection_limits(
         .map_err(storage_error)?
         .remove(&name)
         .unwrap_or_default();
-    reply(StatusCode::OK, json!(limits))
+    let suspended = s
+        .storage
+        .suspended_connections(&ws)
+        .await
+        .map_err(storage_error)?
+        .remove(&name);
+    reply(
+        StatusCode::OK,
+        json!({ "limits": limits, "suspended": suspended }),
+    )
+}
+
+/// Query of the egress trail.
+#[derive(Debug, Deserialize)]
+struct UsageQuery {
+    /// From (ms since the epoch; default: a day ago).
+    from: Option<i64>,
+    /// To, excluded (default: now).
+    to: Option<i64>,
+    /// At most this many rows (default 1000, at most 10000).
+    limit: Option<usize>,
+}
+
+async fn connection_usage(
+    State(s): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+) -> ApiResult {
+    let now = wrun_store::UnixMillis::now().0;
+    let rows = s
+        .storage
+        .connection_usage(
+            &ws,
+            Some(&name),
+            wrun_store::UnixMillis(q.from.unwrap_or(now - 86_400_000)),
+            wrun_store::UnixMillis(q.to.unwrap_or(now + 60_000)),
+            q.limit.unwrap_or(1000).min(10_000),
+        )
+        .await
+        .map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "usage": rows }))
+}
+
+async fn resume_connection(
+    State(s): State<AppState>,
+    Authorized(p): Authorized,
+    Path((_ws, name)): Path<(String, String)>,
+) -> ApiResult {
+    if crate::ops::resume_connection(s.storage.as_ref(), &p.as_actor(), &name)
+        .await
+        .map_err(storage_error)?
+    {
+        reply(
+            StatusCode::OK,
+            json!({ "connection": name, "suspended": false }),
+        )
+    } else {
+        Err(ApiError::not_found(format!(
+            "a suspension of connection `{name}`"
+        )))
+    }
 }
 
 async fn put_connection_limits(

@@ -47,7 +47,8 @@
 //!
 //! Environment variables override the file: `WRUN_LISTEN`,
 //! `WRUN_PUBLIC_URL`, `WRUN_LOG`, `WRUN_TLS_CERT`, `WRUN_TLS_KEY`,
-//! `WRUN_DEV_SELF_SIGNED` (`1`), `WRUN_WORKERS`, `WRUN_AUDIT_STREAM_FILE`.
+//! `WRUN_DEV_SELF_SIGNED` (`1`), `WRUN_WORKERS`, `WRUN_AUDIT_STREAM_FILE`,
+//! `WRUN_ALERT_WEBHOOK_URL`.
 //! The database, the master key, the compile cache and egress options are
 //! the global options of `wrun` (`--db`, `--key-file`, ...).
 
@@ -89,6 +90,18 @@ pub struct DaemonConfig {
     /// JWTs of an identity provider.
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
+    /// Alerts on connection use.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// Alerts on connection use (spikes, new callers).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// An HTTPS URL each alert is POSTed to as JSON (through the egress
+    /// rules: a private address needs an allowed range).
+    pub webhook_url: Option<String>,
 }
 
 /// TLS settings.
@@ -402,11 +415,21 @@ impl DaemonConfig {
         if let Some(v) = get("WRUN_AUDIT_STREAM_FILE") {
             self.audit.stream_file = Some(v.into());
         }
+        if let Some(v) = get("WRUN_ALERT_WEBHOOK_URL") {
+            self.alerts.webhook_url = Some(v);
+        }
         Ok(())
     }
 
     /// Checks settings that do not go together.
     fn check(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.alerts.webhook_url
+            && !url.starts_with("https://")
+        {
+            return Err(ConfigError::Inconsistent(
+                "[alerts] webhook_url must be an https:// URL".into(),
+            ));
+        }
         let has_cert = self.tls.cert.is_some() && self.tls.key.is_some();
         if !has_cert && !self.tls.dev_self_signed {
             return Err(ConfigError::Inconsistent(

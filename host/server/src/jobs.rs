@@ -68,6 +68,8 @@ pub struct Runner {
     stopping: watch::Sender<bool>,
     /// Outbound limits per connection, shared by every job.
     limiter: Arc<crate::limits::ConnectionLimiter>,
+    /// The operator's alert webhook, once configured.
+    alert_webhook: Arc<std::sync::OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -225,9 +227,36 @@ impl Runner {
     ) -> Arc<Runner> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
         let (stopping, _) = watch::channel(false);
-        let limiter = Arc::new(crate::limits::ConnectionLimiter::new(Arc::clone(&storage)));
+        let (limiter, alerts) = crate::limits::ConnectionLimiter::new(Arc::clone(&storage));
+        let limiter = Arc::new(limiter);
+        let alert_webhook = Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(crate::limits::handle_alerts(
+            alerts,
+            crate::limits::AlertSinks {
+                storage: Arc::clone(&storage),
+                metrics: metrics.clone(),
+                engine: engine.clone(),
+                webhook: Arc::clone(&alert_webhook),
+            },
+        ));
+        // The egress trail reaches the store every few seconds.
+        let flushing = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(limiter) = flushing.upgrade() else {
+                    break;
+                };
+                if let Err(e) = limiter.flush().await {
+                    tracing::error!(error = %e, "connection usage could not be stored");
+                }
+            }
+        });
         let runner = Arc::new(Runner {
             limiter,
+            alert_webhook,
             storage,
             engine,
             metrics,
@@ -252,6 +281,21 @@ impl Runner {
             }
         });
         runner
+    }
+
+    /// Where alerts on connection use are posted (`[alerts] webhook_url`);
+    /// set once.
+    pub fn set_alert_webhook(&self, url: String) {
+        let _ = self.alert_webhook.set(url);
+    }
+
+    /// Stores the connection usage counted so far (at shutdown).
+    ///
+    /// # Errors
+    ///
+    /// The store refused it.
+    pub async fn flush_usage(&self) -> Result<(), StorageError> {
+        self.limiter.flush().await
     }
 
     /// Queues every job that was queued or running when the daemon stopped.

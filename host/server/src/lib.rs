@@ -185,6 +185,9 @@ pub async fn serve(
             per_workspace: config.workers.per_workspace,
         },
     );
+    if let Some(url) = &config.alerts.webhook_url {
+        runner.set_alert_webhook(url.clone());
+    }
     let recovered = runner.recover().await?;
     if recovered > 0 {
         tracing::info!(
@@ -248,6 +251,9 @@ pub async fn serve(
     runner
         .shutdown(Duration::from_secs(config.workers.shutdown_grace_secs))
         .await;
+    if let Err(e) = runner.flush_usage().await {
+        tracing::error!(error = %e, "connection usage could not be stored at shutdown");
+    }
     drop(sqlite);
     Ok(())
 }

@@ -1,27 +1,95 @@
-//! Outbound limits per connection: the daemon's [`ConnectionGuard`].
+//! Outbound limits, usage and alerts per connection: the daemon's
+//! [`ConnectionGuard`].
 //!
 //! Each connection of a workspace may carry [`ConnectionLimits`]: requests
 //! per minute as a token bucket (refilled continuously, `burst` at once),
 //! request body bytes per minute and distinct paths per minute (fixed
 //! one-minute windows). Egress asks [`ConnectionLimiter::admit`] once it
-//! knows which connections a request carries; a request past a limit is
-//! refused before it leaves. An upstream's `429` blocks the connection for
-//! its `Retry-After` (one second without one), for every job of the
-//! workspace.
+//! knows which connections a request carries; a request past a limit, or
+//! carrying a suspended connection, is refused before it leaves. An
+//! upstream's `429` blocks the connection for its `Retry-After` (one second
+//! without one), for every job of the workspace.
 //!
-//! The limits are read from the store when a job starts, at most once per
-//! [`RELOAD`] per workspace, so a change applies to the next jobs within
-//! that time. The state is per process: with several daemon nodes each
-//! keeps its own buckets (a shared budget needs the shared store of the
-//! PostgreSQL backend).
+//! Every request that leaves is counted per connection, minute, job, step
+//! and host; the counts go to the store every few seconds ([`flush`]) and
+//! are the egress trail. Against the connection's last hour (the baseline,
+//! read with the limits) an [`Alert`] fires when a minute's attempts (sent
+//! or refused by a limit: a burst past the limit is the signal) exceed the
+//! baseline by 3 standard deviations or by the connection's
+//! `spike_multiple` (at least [`MIN_SPIKE`] requests), and when a recipe's
+//! step that never used the connection does. An alert is an audit entry, a
+//! metric, a POST to the operator's webhook, and with `suspend_on_alert`
+//! suspends the connection at once until an admin resumes it.
+//!
+//! The limits, baselines and suspensions are read from the store when a job
+//! starts, at most once per [`RELOAD`] per workspace. The state is per
+//! process: with several daemon nodes each keeps its own buckets (a shared
+//! budget needs the shared store of the PostgreSQL backend).
+//!
+//! [`flush`]: ConnectionLimiter::flush
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+use tokio::sync::mpsc;
 use wrun_runtime::guard::{ConnectionGuard, ConnectionUse};
 
-use crate::storage::{ConnectionLimits, Storage, StorageResult};
+use crate::audit::{Entry, Outcome};
+use crate::storage::{ConnectionLimits, ConnectionUsage, Storage, StorageResult, UsageBaseline};
+use wrun_store::UnixMillis;
+
+/// Fewest requests in a minute that count as a spike.
+pub const MIN_SPIKE: u64 = 10;
+
+/// How long an alert's suspension is trusted before the store confirms it.
+const SUSPENSION_GRACE: Duration = Duration::from_secs(10);
+
+/// An alert on a connection's use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// Workspace.
+    pub workspace: String,
+    /// Connection.
+    pub connection: String,
+    /// `spike` or `new_caller`.
+    pub kind: &'static str,
+    /// The recipe, step and job that sent the request that raised it.
+    pub recipe: String,
+    /// Step.
+    pub step: String,
+    /// Job.
+    pub job: String,
+    /// Requests this minute, and the baseline's mean and threshold.
+    pub requests: u64,
+    /// Mean requests per minute over the last hour.
+    pub baseline: f64,
+    /// The threshold that was passed.
+    pub threshold: f64,
+    /// Whether the connection was suspended.
+    pub suspended: bool,
+}
+
+/// Mean, standard deviation and threshold of a baseline.
+fn threshold(baseline: &[u64], multiple: Option<u32>) -> Option<(f64, f64)> {
+    // An hour without a single request is no baseline to compare with.
+    if baseline.iter().all(|&n| n == 0) {
+        return None;
+    }
+    let n = baseline.len() as f64;
+    let mean = baseline.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = baseline
+        .iter()
+        .map(|&x| (x as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let limit = match multiple {
+        Some(m) => mean * f64::from(m),
+        None => mean + 3.0 * var.sqrt(),
+    };
+    Some((mean, limit.max(MIN_SPIKE as f64)))
+}
 
 /// How stale a workspace's limits may be.
 pub const RELOAD: Duration = Duration::from_secs(2);
@@ -41,6 +109,11 @@ struct Bucket {
     bytes: u64,
     paths: BTreeSet<String>,
     blocked_until: Option<Instant>,
+    /// The minute being counted (start, ms) and its requests.
+    minute: i64,
+    minute_requests: u64,
+    /// The minute a spike was raised for (once per minute).
+    alerted: Option<i64>,
 }
 
 impl Bucket {
@@ -52,6 +125,9 @@ impl Bucket {
             bytes: 0,
             paths: BTreeSet::new(),
             blocked_until: None,
+            minute: 0,
+            minute_requests: 0,
+            alerted: None,
         }
     }
 }
@@ -68,13 +144,31 @@ fn burst(limits: &ConnectionLimits) -> u32 {
 struct Loaded {
     at: Instant,
     limits: Arc<BTreeMap<String, ConnectionLimits>>,
+    baselines: Arc<BTreeMap<String, UsageBaseline>>,
 }
 
-/// Token buckets and windows per connection, shared by every job.
+/// (workspace, connection).
+type ConnectionKey = (String, String);
+
+/// (recipe, step).
+type Caller = (String, String);
+
+/// Usage not yet in the store: (workspace, connection, minute, recipe,
+/// step, job, host) -> (requests, bytes).
+type PendingUsage = HashMap<(String, String, i64, String, String, String, String), (u64, u64)>;
+
+/// Token buckets, windows, usage and alerts per connection, shared by
+/// every job.
 pub struct ConnectionLimiter {
     storage: Arc<dyn Storage>,
     loaded: Mutex<HashMap<String, Loaded>>,
     buckets: Mutex<HashMap<(String, String), Bucket>>,
+    /// Callers seen since the baselines were read.
+    seen: Mutex<HashMap<ConnectionKey, BTreeSet<Caller>>>,
+    /// Suspended connections, with why and since when this process knows.
+    suspended: Mutex<HashMap<(String, String), (String, Instant)>>,
+    usage: Mutex<PendingUsage>,
+    alerts: mpsc::UnboundedSender<Alert>,
 }
 
 impl std::fmt::Debug for ConnectionLimiter {
@@ -84,13 +178,59 @@ impl std::fmt::Debug for ConnectionLimiter {
 }
 
 impl ConnectionLimiter {
-    /// A limiter reading limits from `storage`.
-    pub fn new(storage: Arc<dyn Storage>) -> ConnectionLimiter {
-        ConnectionLimiter {
-            storage,
-            loaded: Mutex::new(HashMap::new()),
-            buckets: Mutex::new(HashMap::new()),
+    /// A limiter reading limits from `storage`; its alerts come out of the
+    /// returned receiver (see [`handle_alerts`]).
+    pub fn new(storage: Arc<dyn Storage>) -> (ConnectionLimiter, mpsc::UnboundedReceiver<Alert>) {
+        let (alerts, rx) = mpsc::unbounded_channel();
+        (
+            ConnectionLimiter {
+                storage,
+                loaded: Mutex::new(HashMap::new()),
+                buckets: Mutex::new(HashMap::new()),
+                seen: Mutex::new(HashMap::new()),
+                suspended: Mutex::new(HashMap::new()),
+                usage: Mutex::new(HashMap::new()),
+                alerts,
+            },
+            rx,
+        )
+    }
+
+    /// Writes the counted usage to the store (the daemon calls it every
+    /// few seconds and at shutdown).
+    ///
+    /// # Errors
+    ///
+    /// The store refused the write (the counts are dropped).
+    pub async fn flush(&self) -> StorageResult<()> {
+        let pending =
+            std::mem::take(&mut *self.usage.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut per_ws: BTreeMap<String, Vec<ConnectionUsage>> = BTreeMap::new();
+        for ((ws, connection, minute, recipe, step, job, host), (requests, bytes_out)) in pending {
+            per_ws.entry(ws).or_default().push(ConnectionUsage {
+                connection,
+                minute: UnixMillis(minute),
+                recipe,
+                step,
+                job,
+                host,
+                requests,
+                bytes_out,
+            });
         }
+        for (ws, rows) in per_ws {
+            self.storage.record_connection_usage(&ws, rows).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a connection is suspended in this process's view.
+    fn suspension(&self, workspace: &str, connection: &str) -> Option<String> {
+        self.suspended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(workspace.to_string(), connection.to_string()))
+            .map(|(reason, _)| reason.clone())
     }
 
     /// Reads a workspace's limits if they are older than [`RELOAD`]; the
@@ -110,6 +250,34 @@ impl ConnectionLimiter {
             return Ok(());
         }
         let limits = Arc::new(self.storage.connection_limits(workspace).await?);
+        // What was counted but not stored yet belongs to the baseline too.
+        self.flush().await?;
+        let baselines = Arc::new(
+            self.storage
+                .usage_baselines(workspace, UnixMillis::now())
+                .await?,
+        );
+        let stored = self.storage.suspended_connections(workspace).await?;
+        {
+            let mut suspended = self
+                .suspended
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A suspension raised here stands until the store has it; one
+            // the store no longer has was resumed by an admin.
+            suspended.retain(|(ws, name), (_, since)| {
+                ws != workspace || stored.contains_key(name) || since.elapsed() < SUSPENSION_GRACE
+            });
+            for (name, reason) in stored {
+                suspended
+                    .entry((workspace.to_string(), name))
+                    .or_insert((reason, Instant::now() - SUSPENSION_GRACE));
+            }
+        }
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(ws, _), _| ws != workspace);
         self.loaded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -118,9 +286,97 @@ impl ConnectionLimiter {
                 Loaded {
                     at: Instant::now(),
                     limits,
+                    baselines,
                 },
             );
         Ok(())
+    }
+
+    fn baseline_of(&self, workspace: &str, connection: &str) -> Option<UsageBaseline> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(workspace)
+            .and_then(|l| l.baselines.get(connection).cloned())
+    }
+
+    /// Counts a request that left, for the egress trail.
+    fn record(&self, r: &ConnectionUse<'_>) {
+        let now_ms = UnixMillis::now().0;
+        let minute = now_ms - now_ms.rem_euclid(60_000);
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = usage
+            .entry((
+                r.workspace.into(),
+                r.connection.into(),
+                minute,
+                r.recipe.into(),
+                r.step.into(),
+                r.job.into(),
+                r.host.into(),
+            ))
+            .or_insert((0, 0));
+        e.0 += 1;
+        e.1 += r.request_bytes;
+    }
+
+    /// Counts an attempt (sent or not: a burst past the limit is the
+    /// signal) and raises the alerts it calls for.
+    fn observe(&self, r: &ConnectionUse<'_>, limits: &ConnectionLimits, bucket: &mut Bucket) {
+        let now_ms = UnixMillis::now().0;
+        let minute = now_ms - now_ms.rem_euclid(60_000);
+        if bucket.minute != minute {
+            bucket.minute = minute;
+            bucket.minute_requests = 0;
+        }
+        bucket.minute_requests += 1;
+        let baseline = self
+            .baseline_of(r.workspace, r.connection)
+            .unwrap_or_default();
+        let caller = (r.recipe.to_string(), r.step.to_string());
+        let new_caller = {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            let mine = seen
+                .entry((r.workspace.to_string(), r.connection.to_string()))
+                .or_default();
+            // A connection nobody used yet is learning its callers.
+            let known = !baseline.callers.is_empty() || !mine.is_empty();
+            let new = !baseline.callers.contains(&caller) && mine.insert(caller);
+            known && new
+        };
+        let alert = |kind: &'static str, mean: f64, limit: f64| Alert {
+            workspace: r.workspace.into(),
+            connection: r.connection.into(),
+            kind,
+            recipe: r.recipe.into(),
+            step: r.step.into(),
+            job: r.job.into(),
+            requests: bucket.minute_requests,
+            baseline: mean,
+            threshold: limit,
+            suspended: limits.suspend_on_alert,
+        };
+        let mut raised = Vec::new();
+        if new_caller {
+            raised.push(alert("new_caller", 0.0, 0.0));
+        }
+        if bucket.alerted != Some(minute)
+            && let Some((mean, limit)) = threshold(&baseline.per_minute, limits.spike_multiple)
+            && bucket.minute_requests as f64 > limit
+        {
+            bucket.alerted = Some(minute);
+            raised.push(alert("spike", mean, limit));
+        }
+        for a in raised {
+            if a.suspended {
+                self.suspended
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry((a.workspace.clone(), a.connection.clone()))
+                    .or_insert_with(|| (format!("{} alert", a.kind), Instant::now()));
+            }
+            let _ = self.alerts.send(a);
+        }
     }
 
     fn limits_of(&self, workspace: &str, connection: &str) -> Option<ConnectionLimits> {
@@ -134,17 +390,18 @@ impl ConnectionLimiter {
 
 impl ConnectionGuard for ConnectionLimiter {
     fn admit(&self, r: &ConnectionUse<'_>) -> Result<(), String> {
-        let limits = self.limits_of(r.workspace, r.connection);
+        if let Some(reason) = self.suspension(r.workspace, r.connection) {
+            return Err(format!(
+                "connection `{}` is suspended ({reason}) until an admin resumes it; the request was not sent",
+                r.connection
+            ));
+        }
+        let limits = self
+            .limits_of(r.workspace, r.connection)
+            .unwrap_or_default();
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (r.workspace.to_string(), r.connection.to_string());
-        let Some(limits) = limits else {
-            // Unlimited: only an upstream's 429 may hold it.
-            return match buckets.get(&key).and_then(|b| b.blocked_until) {
-                Some(until) if until > now => Err(blocked(r.connection, until - now)),
-                _ => Ok(()),
-            };
-        };
         let bucket = buckets
             .entry(key)
             .or_insert_with(|| Bucket::new(now, &limits));
@@ -153,6 +410,14 @@ impl ConnectionGuard for ConnectionLimiter {
                 return Err(blocked(r.connection, until - now));
             }
             bucket.blocked_until = None;
+        }
+        self.observe(r, &limits, bucket);
+        if let Some(reason) = self.suspension(r.workspace, r.connection) {
+            // This very request raised the alert that suspended it.
+            return Err(format!(
+                "connection `{}` is suspended ({reason}) until an admin resumes it; the request was not sent",
+                r.connection
+            ));
         }
         if now.duration_since(bucket.window_start) >= WINDOW {
             bucket.window_start = now;
@@ -197,6 +462,7 @@ impl ConnectionGuard for ConnectionLimiter {
         if limits.paths_per_minute.is_some() {
             bucket.paths.insert(r.path.to_string());
         }
+        self.record(r);
         Ok(())
     }
 
@@ -222,6 +488,77 @@ impl ConnectionGuard for ConnectionLimiter {
     }
 }
 
+/// Where alerts go besides the audit log and the metrics.
+#[derive(Clone)]
+pub struct AlertSinks {
+    /// The store (audit entries, suspensions).
+    pub storage: Arc<dyn Storage>,
+    /// Metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// The engine whose egress sends the operator's webhook.
+    pub engine: wrun_runtime::Engine,
+    /// The operator's webhook URL (`[alerts] webhook_url`).
+    pub webhook: Arc<std::sync::OnceLock<String>>,
+}
+
+/// Handles alerts until the limiter is gone: each is audited (actor
+/// `system`), counted, posted to the operator's webhook as JSON, and
+/// suspends its connection in the store when asked.
+pub async fn handle_alerts(mut rx: mpsc::UnboundedReceiver<Alert>, sinks: AlertSinks) {
+    while let Some(a) = rx.recv().await {
+        sinks.metrics.connection_alert(a.kind);
+        let detail = json!({
+            "kind": a.kind, "connection": a.connection, "recipe": a.recipe, "step": a.step,
+            "job": a.job, "requests_this_minute": a.requests,
+            "baseline_per_minute": (a.baseline * 100.0).round() / 100.0,
+            "threshold": (a.threshold * 100.0).round() / 100.0, "suspended": a.suspended,
+        });
+        let entry = |action: &str, outcome: Outcome| Entry {
+            workspace: Some(a.workspace.clone()),
+            actor: "system".into(),
+            action: action.into(),
+            target: format!("connection:{}", a.connection),
+            source: None,
+            outcome,
+            detail: detail.clone(),
+        };
+        let written = if a.suspended {
+            sinks
+                .storage
+                .suspend_connection(
+                    &a.workspace,
+                    &a.connection,
+                    &format!("{} alert", a.kind),
+                    entry("connection.suspend", Outcome::Success),
+                )
+                .await
+        } else {
+            Ok(())
+        };
+        let audited = sinks
+            .storage
+            .audit(vec![entry("connection.alert", Outcome::Denied)])
+            .await;
+        for e in [written, audited].into_iter().filter_map(Result::err) {
+            tracing::error!(error = %e, connection = %a.connection, "an alert could not be stored");
+        }
+        if let Some(url) = sinks.webhook.get() {
+            let body = json!({ "workspace": a.workspace, "alert": detail });
+            let request = http::Request::post(url.as_str())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string().into_bytes());
+            match request {
+                Ok(request) => {
+                    if let Err(e) = sinks.engine.send_host(request, 4096).await {
+                        tracing::warn!(error = %e, "the alert webhook could not be reached");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the alert webhook URL is not valid"),
+            }
+        }
+    }
+}
+
 fn blocked(connection: &str, left: Duration) -> String {
     format!(
         "the upstream asked connection `{connection}` to wait (429, Retry-After): {} s left; the request was not sent",
@@ -243,15 +580,108 @@ mod tests {
             None,
         )
         .unwrap();
-        let limiter = ConnectionLimiter::new(Arc::new(storage));
+        let (limiter, _alerts) = ConnectionLimiter::new(Arc::new(storage));
         limiter.loaded.lock().unwrap().insert(
             "ws".into(),
             Loaded {
                 at: Instant::now(),
                 limits: Arc::new(BTreeMap::from([("crm".to_string(), limits)])),
+                baselines: Arc::new(BTreeMap::new()),
             },
         );
         limiter
+    }
+
+    #[test]
+    fn a_spike_is_three_deviations_or_the_stated_multiple_over_the_baseline() {
+        assert_eq!(threshold(&[0; 60], None), None, "no baseline, no spike");
+        let steady = [2u64; 60];
+        let (mean, limit) = threshold(&steady, None).unwrap();
+        assert_eq!(mean, 2.0);
+        assert_eq!(limit, MIN_SPIKE as f64, "never below the floor");
+        let (_, limit) = threshold(&steady, Some(10)).unwrap();
+        assert_eq!(limit, 20.0);
+        let mut noisy = [0u64; 60];
+        for (i, n) in noisy.iter_mut().enumerate() {
+            *n = if i % 2 == 0 { 10 } else { 30 };
+        }
+        let (mean, limit) = threshold(&noisy, None).unwrap();
+        assert_eq!((mean, limit), (20.0, 50.0));
+    }
+
+    #[test]
+    fn a_new_caller_and_a_spike_raise_alerts_and_may_suspend() {
+        let (l, mut alerts) = {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = crate::sqlite::SqliteStorage::open(
+                &dir.path().join("wrun.db"),
+                wrun_store::keys::MasterKey::generate(),
+                None,
+            )
+            .unwrap();
+            ConnectionLimiter::new(Arc::new(storage))
+        };
+        let baseline = UsageBaseline {
+            per_minute: vec![2; 60],
+            callers: BTreeSet::from([("r".to_string(), "s".to_string())]),
+        };
+        l.loaded.lock().unwrap().insert(
+            "ws".into(),
+            Loaded {
+                at: Instant::now(),
+                limits: Arc::new(BTreeMap::from([(
+                    "crm".to_string(),
+                    ConnectionLimits {
+                        spike_multiple: Some(10),
+                        suspend_on_alert: true,
+                        ..Default::default()
+                    },
+                )])),
+                baselines: Arc::new(BTreeMap::from([
+                    ("crm".to_string(), baseline.clone()),
+                    ("crm2".to_string(), baseline),
+                ])),
+            },
+        );
+        // A recipe that never used the connection: an alert (no suspension
+        // without `suspend_on_alert`), once.
+        let mut copied = request("crm2", "/a", 0);
+        copied.recipe = "copied";
+        l.admit(&copied).unwrap();
+        let alert = alerts.try_recv().unwrap();
+        assert_eq!(
+            (alert.kind, alert.recipe.as_str(), alert.suspended),
+            ("new_caller", "copied", false)
+        );
+        l.admit(&copied).unwrap();
+        assert!(alerts.try_recv().is_err());
+        // The known caller, at its usual pace: no alert.
+        for _ in 0..5 {
+            l.admit(&request("crm", "/a", 0)).unwrap();
+        }
+        assert!(alerts.try_recv().is_err());
+        // Ten times the baseline within the minute: one spike alert, and the
+        // connection is suspended from that request on.
+        let mut refused = None;
+        for _ in 0..30 {
+            if let Err(e) = l.admit(&request("crm", "/a", 0)) {
+                refused = Some(e);
+                break;
+            }
+        }
+        let alert = alerts.try_recv().unwrap();
+        assert_eq!((alert.kind, alert.requests), ("spike", 21));
+        assert!(refused.unwrap().contains("suspended (spike alert)"));
+        assert!(
+            l.admit(&request("crm", "/a", 0))
+                .unwrap_err()
+                .contains("suspended")
+        );
+        // A connection without history learns its callers.
+        let mut other = request("other", "/a", 0);
+        other.recipe = "copied";
+        l.admit(&other).unwrap();
+        assert!(alerts.try_recv().is_err());
     }
 
     fn request<'a>(connection: &'a str, path: &'a str, bytes: u64) -> ConnectionUse<'a> {

@@ -20,6 +20,7 @@
 //! | `wrun_webhooks_total` | counter | `outcome`: accepted, rejected, rate_limited |
 //! | `wrun_recipe_loads_total` | counter | |
 //! | `wrun_oauth_refreshes_total` | counter | `outcome`: refreshed, failed (may pass), needs_reauth |
+//! | `wrun_connection_alerts_total` | counter | `kind`: spike, new_caller |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,6 +196,8 @@ struct Inner {
     oauth_refreshes: Family<Label, Counter>,
     /// The refresher whose counts those are.
     oauth: std::sync::OnceLock<Arc<wrun_store::oauth::Refresher>>,
+    /// `wrun_connection_alerts_total{kind}`.
+    connection_alerts: Family<Label, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -282,8 +285,15 @@ impl Metrics {
             "OAuth2 token requests of connections, by outcome",
             oauth_refreshes.clone(),
         );
+        let connection_alerts = Family::<Label, Counter>::default();
+        registry.register(
+            "wrun_connection_alerts",
+            "Alerts on connection use (spike, new_caller)",
+            connection_alerts.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                connection_alerts,
                 oauth_refreshes,
                 oauth: std::sync::OnceLock::new(),
                 registry,
@@ -501,6 +511,14 @@ impl Metrics {
     /// A webhook delivery's outcome.
     pub fn webhook(&self, outcome: WebhookOutcome) {
         self.record_webhook(outcome);
+    }
+
+    /// An alert on a connection's use (`spike` or `new_caller`).
+    pub fn connection_alert(&self, kind: &'static str) {
+        self.inner
+            .connection_alerts
+            .get_or_create(&[("kind", kind)])
+            .inc();
     }
 }
 

@@ -868,6 +868,7 @@ pub async fn set_connection_limits(
         ("burst", limits.burst.map(u64::from)),
         ("bytes_per_minute", limits.bytes_per_minute),
         ("paths_per_minute", limits.paths_per_minute.map(u64::from)),
+        ("spike_multiple", limits.spike_multiple.map(u64::from)),
     ];
     for (field, value) in fields {
         if let Some(v) = value
@@ -892,5 +893,22 @@ pub async fn set_connection_limits(
     );
     storage
         .set_connection_limits(&actor.workspace, name, limits, audit)
+        .await
+}
+
+/// Resumes a connection an alert suspended; `false` if it was not
+/// suspended.
+///
+/// # Errors
+///
+/// Storage failures.
+pub async fn resume_connection(
+    storage: &dyn Storage,
+    actor: &Actor,
+    name: &str,
+) -> StorageResult<bool> {
+    let audit = actor.entry("connection.resume", format!("connection:{name}"), json!({}));
+    storage
+        .resume_connection(&actor.workspace, name, audit)
         .await
 }

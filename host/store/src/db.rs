@@ -56,7 +56,10 @@
 //! and `signer`, `pending_recipes` (versions waiting for approval),
 //! `signing_keys` (keys a workspace trusts or revoked) and the governance
 //! flags in `settings`.
-//! Version 9 adds `connection_limits` (a connection's outbound limits, JSON).
+//! Version 9 adds `connection_limits` (a connection's outbound limits and
+//! alert settings, JSON), `connection_suspensions` and `connection_usage`
+//! (requests and bytes per connection, minute, job, step and host: the
+//! egress trail and the baseline of alerts).
 //!
 //! # What is authenticated
 //!
@@ -232,13 +235,32 @@ const MIGRATE_V5_RESPOND: &str = "ALTER TABLE triggers ADD COLUMN respond TEXT;"
 /// Schema version 7: when a job's content was erased for a data subject.
 const MIGRATE_V7_ERASED: &str = "ALTER TABLE jobs ADD COLUMN erased_at INTEGER;";
 
-/// Schema version 9: outbound limits per connection.
+/// Schema version 9: outbound limits, suspensions and usage per connection.
 const MIGRATE_V9_LIMITS: &str = "
 CREATE TABLE connection_limits (
     workspace TEXT NOT NULL,
     name      TEXT NOT NULL,
     limits    TEXT NOT NULL,
     PRIMARY KEY (workspace, name)
+) STRICT;
+CREATE TABLE connection_suspensions (
+    workspace    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    suspended_at INTEGER NOT NULL,
+    PRIMARY KEY (workspace, name)
+) STRICT;
+CREATE TABLE connection_usage (
+    workspace  TEXT NOT NULL,
+    connection TEXT NOT NULL,
+    minute     INTEGER NOT NULL,
+    recipe     TEXT NOT NULL,
+    step       TEXT NOT NULL,
+    job        TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    requests   INTEGER NOT NULL,
+    bytes_out  INTEGER NOT NULL,
+    PRIMARY KEY (workspace, connection, minute, job, step, host)
 ) STRICT;
 ";
 

@@ -2242,6 +2242,12 @@ impl Storage for Arc<SqliteStorage> {
                     params![ws, name],
                 )
                 .doing(|| format!("deleting the limits of connection `{name}`"))?;
+            ctx.conn
+                .execute(
+                    "DELETE FROM connection_suspensions WHERE workspace = ?1 AND name = ?2",
+                    params![ws, name],
+                )
+                .doing(|| format!("deleting the suspension of connection `{name}`"))?;
             delete_audited(
                 ctx,
                 "DELETE FROM connections WHERE workspace = ?1 AND name = ?2",
@@ -2297,6 +2303,174 @@ impl Storage for Arc<SqliteStorage> {
                     .doing(doing)?;
             }
             ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn record_connection_usage(
+        &self,
+        workspace: &str,
+        rows: Vec<ConnectionUsage>,
+    ) -> StorageResult<()> {
+        let ws = workspace.to_string();
+        self.write_with(Durability::Process, move |ctx| {
+            let mut stmt = ctx
+                .conn
+                .prepare_cached(
+                    "INSERT INTO connection_usage (workspace, connection, minute, recipe, step, job, host, requests, bytes_out)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (workspace, connection, minute, job, step, host) DO UPDATE SET
+                         requests = requests + excluded.requests, bytes_out = bytes_out + excluded.bytes_out",
+                )
+                .doing(|| "recording connection usage".to_string())?;
+            for u in &rows {
+                stmt.execute(params![
+                    ws,
+                    u.connection,
+                    u.minute,
+                    u.recipe,
+                    u.step,
+                    u.job,
+                    u.host,
+                    i64::try_from(u.requests).unwrap_or(i64::MAX),
+                    i64::try_from(u.bytes_out).unwrap_or(i64::MAX)
+                ])
+                .doing(|| "recording connection usage".to_string())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn connection_usage(
+        &self,
+        workspace: &str,
+        connection: Option<&str>,
+        from: UnixMillis,
+        to: UnixMillis,
+        limit: usize,
+    ) -> StorageResult<Vec<ConnectionUsage>> {
+        let (ws, connection) = (workspace.to_string(), connection.map(str::to_string));
+        self.read(move |conn| {
+            query_rows(
+                conn,
+                "SELECT connection, minute, recipe, step, job, host, requests, bytes_out FROM connection_usage
+                 WHERE workspace = ?1 AND (?2 IS NULL OR connection = ?2) AND minute >= ?3 AND minute < ?4
+                 ORDER BY minute, connection, job, step, host LIMIT ?5",
+                params![ws, connection, from, to, limit as i64],
+                |r| {
+                    Ok(ConnectionUsage {
+                        connection: r.get(0)?,
+                        minute: r.get(1)?,
+                        recipe: r.get(2)?,
+                        step: r.get(3)?,
+                        job: r.get(4)?,
+                        host: r.get(5)?,
+                        requests: u64::try_from(r.get::<_, i64>(6)?).unwrap_or_default(),
+                        bytes_out: u64::try_from(r.get::<_, i64>(7)?).unwrap_or_default(),
+                    })
+                },
+                || "reading connection usage".to_string(),
+            )
+        })
+        .await
+    }
+
+    async fn usage_baselines(
+        &self,
+        workspace: &str,
+        now: UnixMillis,
+    ) -> StorageResult<BTreeMap<String, UsageBaseline>> {
+        let ws = workspace.to_string();
+        let minute = now.0 - now.0.rem_euclid(60_000);
+        let start = minute - 60 * 60_000;
+        self.read(move |conn| {
+            let doing = || "reading connection baselines".to_string();
+            let mut out: BTreeMap<String, UsageBaseline> = BTreeMap::new();
+            for (connection, at, requests) in query_rows(
+                conn,
+                "SELECT connection, minute, SUM(requests) FROM connection_usage
+                 WHERE workspace = ?1 AND minute >= ?2 AND minute < ?3 GROUP BY connection, minute",
+                params![ws, start, minute],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+                doing,
+            )? {
+                let b = out.entry(connection).or_default();
+                if b.per_minute.is_empty() {
+                    b.per_minute = vec![0; 60];
+                }
+                let slot = usize::try_from((at - start) / 60_000).unwrap_or(0).min(59);
+                b.per_minute[slot] += u64::try_from(requests).unwrap_or_default();
+            }
+            for (connection, recipe, step) in query_rows(
+                conn,
+                "SELECT DISTINCT connection, recipe, step FROM connection_usage WHERE workspace = ?1",
+                params![ws],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+                doing,
+            )? {
+                out.entry(connection).or_default().callers.insert((recipe, step));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn suspend_connection(
+        &self,
+        workspace: &str,
+        name: &str,
+        reason: &str,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        let (ws, name, reason) = (workspace.to_string(), name.to_string(), reason.to_string());
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "INSERT INTO connection_suspensions (workspace, name, reason, suspended_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (workspace, name) DO NOTHING",
+                    params![ws, name, reason, UnixMillis::now()],
+                )
+                .doing(|| format!("suspending connection `{name}`"))?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn resume_connection(
+        &self,
+        workspace: &str,
+        name: &str,
+        audit: Entry,
+    ) -> StorageResult<bool> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.write(move |ctx| {
+            delete_audited(
+                ctx,
+                "DELETE FROM connection_suspensions WHERE workspace = ?1 AND name = ?2",
+                &ws,
+                &name,
+                audit,
+            )
+        })
+        .await
+    }
+
+    async fn suspended_connections(
+        &self,
+        workspace: &str,
+    ) -> StorageResult<BTreeMap<String, String>> {
+        let ws = workspace.to_string();
+        self.read(move |conn| {
+            Ok(query_rows(
+                conn,
+                "SELECT name, reason FROM connection_suspensions WHERE workspace = ?1",
+                params![ws],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                || "reading suspended connections".to_string(),
+            )?
+            .into_iter()
+            .collect())
         })
         .await
     }
@@ -3155,6 +3329,16 @@ impl Storage for Arc<SqliteStorage> {
                 .query_map(params![now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .doing(doing)?
                 .collect::<rusqlite::Result<Vec<_>>>()
+                .doing(doing)?;
+            // The egress trail is kept as long as job history.
+            ctx.conn
+                .execute(
+                    "DELETE FROM connection_usage WHERE EXISTS (
+                         SELECT 1 FROM settings s WHERE s.workspace = connection_usage.workspace
+                         AND s.retention_days IS NOT NULL
+                         AND connection_usage.minute < ?1 - s.retention_days * 86400000)",
+                    params![now],
+                )
                 .doing(doing)?;
             let mut per_ws: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (id, ws) in rows {

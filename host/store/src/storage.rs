@@ -585,6 +585,47 @@ pub struct ConnectionLimits {
     /// Distinct request paths per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paths_per_minute: Option<u32>,
+    /// Alert when a minute's requests exceed this multiple of the
+    /// connection's baseline (default: 3 standard deviations above it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike_multiple: Option<u32>,
+    /// Suspend the connection when an alert fires, until an admin resumes
+    /// it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend_on_alert: bool,
+}
+
+/// Requests of one connection in one minute by one job's step to one host:
+/// a row of the egress trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionUsage {
+    /// The connection.
+    pub connection: String,
+    /// The minute (start, milliseconds since the epoch).
+    pub minute: UnixMillis,
+    /// Recipe.
+    pub recipe: String,
+    /// Step.
+    pub step: String,
+    /// Job.
+    pub job: String,
+    /// Destination host.
+    pub host: String,
+    /// Requests sent.
+    pub requests: u64,
+    /// Request body bytes sent.
+    pub bytes_out: u64,
+}
+
+/// What the alerts of a connection compare against: requests per minute
+/// over the last hour and the callers seen using it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageBaseline {
+    /// Requests in each of the last 60 whole minutes (oldest first; zero
+    /// where none).
+    pub per_minute: Vec<u64>,
+    /// `(recipe, step)` pairs that ever used the connection.
+    pub callers: std::collections::BTreeSet<(String, String)>,
 }
 
 impl ConnectionLimits {
@@ -850,6 +891,51 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         workspace: &str,
     ) -> StorageResult<BTreeMap<String, ConnectionLimits>>;
+    /// Adds usage rows (counts add up per connection, minute, job, step
+    /// and host).
+    async fn record_connection_usage(
+        &self,
+        workspace: &str,
+        rows: Vec<ConnectionUsage>,
+    ) -> StorageResult<()>;
+    /// The egress trail: which job, step and recipe sent `connection` (all
+    /// when `None`) to which host, per minute in `[from, to)`, oldest first,
+    /// at most `limit` rows.
+    async fn connection_usage(
+        &self,
+        workspace: &str,
+        connection: Option<&str>,
+        from: UnixMillis,
+        to: UnixMillis,
+        limit: usize,
+    ) -> StorageResult<Vec<ConnectionUsage>>;
+    /// Each connection's baseline before minute `now`.
+    async fn usage_baselines(
+        &self,
+        workspace: &str,
+        now: UnixMillis,
+    ) -> StorageResult<BTreeMap<String, UsageBaseline>>;
+    /// Suspends a connection (after an alert): requests carrying it are
+    /// refused until [`Storage::resume_connection`].
+    async fn suspend_connection(
+        &self,
+        workspace: &str,
+        name: &str,
+        reason: &str,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// Resumes a suspended connection; `false` if it was not suspended.
+    async fn resume_connection(
+        &self,
+        workspace: &str,
+        name: &str,
+        audit: Entry,
+    ) -> StorageResult<bool>;
+    /// The suspended connections of a workspace and why.
+    async fn suspended_connections(
+        &self,
+        workspace: &str,
+    ) -> StorageResult<BTreeMap<String, String>>;
     /// Revokes a trusted key by name: bundles it signed are refused from
     /// now on; `false` if there is no such key.
     async fn revoke_signing_key(
