@@ -144,7 +144,7 @@ fn burst(limits: &ConnectionLimits) -> u32 {
 struct Loaded {
     at: Instant,
     limits: Arc<BTreeMap<String, ConnectionLimits>>,
-    baselines: Arc<BTreeMap<String, UsageBaseline>>,
+    baselines: BTreeMap<String, Arc<UsageBaseline>>,
 }
 
 /// (workspace, connection).
@@ -252,11 +252,13 @@ impl ConnectionLimiter {
         let limits = Arc::new(self.storage.connection_limits(workspace).await?);
         // What was counted but not stored yet belongs to the baseline too.
         self.flush().await?;
-        let baselines = Arc::new(
-            self.storage
-                .usage_baselines(workspace, UnixMillis::now())
-                .await?,
-        );
+        let baselines = self
+            .storage
+            .usage_baselines(workspace, UnixMillis::now())
+            .await?
+            .into_iter()
+            .map(|(name, b)| (name, Arc::new(b)))
+            .collect();
         let stored = self.storage.suspended_connections(workspace).await?;
         {
             let mut suspended = self
@@ -292,7 +294,7 @@ impl ConnectionLimiter {
         Ok(())
     }
 
-    fn baseline_of(&self, workspace: &str, connection: &str) -> Option<UsageBaseline> {
+    fn baseline_of(&self, workspace: &str, connection: &str) -> Option<Arc<UsageBaseline>> {
         self.loaded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -572,7 +574,8 @@ mod tests {
 
     use super::*;
 
-    fn limiter(limits: ConnectionLimits) -> ConnectionLimiter {
+    /// A limiter over an empty store (these tests set its state directly).
+    fn bare() -> (ConnectionLimiter, mpsc::UnboundedReceiver<Alert>) {
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::sqlite::SqliteStorage::open(
             &dir.path().join("wrun.db"),
@@ -580,13 +583,17 @@ mod tests {
             None,
         )
         .unwrap();
-        let (limiter, _alerts) = ConnectionLimiter::new(Arc::new(storage));
+        ConnectionLimiter::new(Arc::new(storage))
+    }
+
+    fn limiter(limits: ConnectionLimits) -> ConnectionLimiter {
+        let (limiter, _alerts) = bare();
         limiter.loaded.lock().unwrap().insert(
             "ws".into(),
             Loaded {
                 at: Instant::now(),
                 limits: Arc::new(BTreeMap::from([("crm".to_string(), limits)])),
-                baselines: Arc::new(BTreeMap::new()),
+                baselines: BTreeMap::new(),
             },
         );
         limiter
@@ -611,16 +618,7 @@ mod tests {
 
     #[test]
     fn a_new_caller_and_a_spike_raise_alerts_and_may_suspend() {
-        let (l, mut alerts) = {
-            let dir = tempfile::tempdir().unwrap();
-            let storage = crate::sqlite::SqliteStorage::open(
-                &dir.path().join("wrun.db"),
-                wrun_store::keys::MasterKey::generate(),
-                None,
-            )
-            .unwrap();
-            ConnectionLimiter::new(Arc::new(storage))
-        };
+        let (l, mut alerts) = bare();
         let baseline = UsageBaseline {
             per_minute: vec![2; 60],
             callers: BTreeSet::from([("r".to_string(), "s".to_string())]),
@@ -637,10 +635,10 @@ mod tests {
                         ..Default::default()
                     },
                 )])),
-                baselines: Arc::new(BTreeMap::from([
-                    ("crm".to_string(), baseline.clone()),
-                    ("crm2".to_string(), baseline),
-                ])),
+                baselines: BTreeMap::from([
+                    ("crm".to_string(), Arc::new(baseline.clone())),
+                    ("crm2".to_string(), Arc::new(baseline)),
+                ]),
             },
         );
         // A recipe that never used the connection: an alert (no suspension

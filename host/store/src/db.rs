@@ -2218,13 +2218,21 @@ mod tests {
             .conn
             .pragma_update(None, "user_version", 3)
             .unwrap();
-        // A version 3 file has no `respond` column (version 5 added it)
-        // and no OAuth2 tables (version 6).
+        // A version 3 file has no `respond` column (version 5 added it), no
+        // OAuth2 tables (version 6), no `erased_at` (version 7), nothing of
+        // signed bundles (version 8) or of connection limits (version 9).
         env.store
             .conn
             .execute_batch(
                 "ALTER TABLE triggers DROP COLUMN respond;
-                 DROP TABLE oauth_authorizations; DROP TABLE oauth_clients;",
+                 DROP TABLE oauth_authorizations; DROP TABLE oauth_clients;
+                 ALTER TABLE jobs DROP COLUMN erased_at;
+                 ALTER TABLE recipes DROP COLUMN signed_version; ALTER TABLE recipes DROP COLUMN signer;
+                 ALTER TABLE settings DROP COLUMN require_signatures;
+                 ALTER TABLE settings DROP COLUMN review_grants;
+                 DROP TABLE pending_recipes; DROP TABLE signing_keys;
+                 DROP TABLE connection_limits; DROP TABLE connection_suspensions;
+                 DROP TABLE connection_usage;",
             )
             .unwrap();
         let db = env.db();
@@ -2275,17 +2283,15 @@ mod tests {
         assert!(
             matches!(
                 err,
-                StoreError::TooNew {
-                    found: 7,
-                    known: 6,
-                    ..
-                }
+                StoreError::TooNew { found, known, .. }
+                    if found == SCHEMA_VERSION + 1 && known == SCHEMA_VERSION
             ),
             "{err}"
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("schema version 7") && msg.contains("newer"),
+            msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1))
+                && msg.contains("newer"),
             "{msg}"
         );
         assert!(msg.contains(&db.display().to_string()), "{msg}");

@@ -29,6 +29,18 @@ fn drill_bundle(
     bundle(site, name, "hostile.wasm", &text)
 }
 
+/// Adds connection `crm` for the mock's host.
+async fn add_crm(api: &mut Api, token: &str, secret: &str, port: u16) {
+    let r = api
+        .put(
+            &format!("/v1/workspaces/{WS}/connections/crm"),
+            token,
+            &json!({ "value": secret, "hosts": [format!("api.crm.test:{port}")] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+}
+
 async fn run(api: &mut Api, token: &str, recipe: &str) -> serde_json::Value {
     let r = api
         .post(
@@ -59,14 +71,7 @@ async fn requests_past_a_connections_limit_are_refused_before_they_leave() {
     ]);
     let mut api = daemon.client().await;
     let port = crm.port();
-    let r = api
-        .put(
-            &format!("/v1/workspaces/{WS}/connections/crm"),
-            &token,
-            &json!({ "value": secret, "hosts": [format!("api.crm.test:{port}")] }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    add_crm(&mut api, &token, &secret, port).await;
     let limits = format!("/v1/workspaces/{WS}/connections/crm/limits");
     let r = api.put(&limits, &token, &json!({ "burst": 5 })).await;
     assert_eq!(
@@ -209,14 +214,7 @@ async fn a_stolen_token_drill_is_refused_alerted_suspended_and_traced() {
     ]);
     let mut api = daemon.client().await;
     let port = crm.port();
-    let r = api
-        .put(
-            &format!("/v1/workspaces/{WS}/connections/crm"),
-            &token,
-            &json!({ "value": secret, "hosts": [format!("api.crm.test:{port}")] }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    add_crm(&mut api, &token, &secret, port).await;
     let limits = format!("/v1/workspaces/{WS}/connections/crm/limits");
     let r = api
         .put(
