@@ -46,9 +46,16 @@ pub trait ConnectionGuard: Send + Sync {
     /// The reason the request is refused.
     fn admit(&self, request: &ConnectionUse<'_>) -> Result<(), String>;
 
-    /// The upstream answered `status` (with `retry_after` when it sent a
-    /// `Retry-After` header).
-    fn answered(&self, request: &ConnectionUse<'_>, status: u16, retry_after: Option<Duration>);
+    /// The upstream answered `status`, with `retry_after` when it sent a
+    /// `Retry-After` header and `response_bytes` when it declared the
+    /// body's length (`Content-Length`).
+    fn answered(
+        &self,
+        request: &ConnectionUse<'_>,
+        status: u16,
+        retry_after: Option<Duration>,
+        response_bytes: Option<u64>,
+    );
 }
 
 /// Reads a `Retry-After` value in seconds (RFC 9110 §10.2.3); an HTTP date

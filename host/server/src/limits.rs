@@ -11,7 +11,8 @@
 //! without one), for every job of the workspace.
 //!
 //! Every request that leaves is counted per connection, minute, job, step
-//! and host; the counts go to the store every few seconds ([`flush`]) and
+//! and host (requests, request body bytes, and response bytes as the
+//! upstream declared them in `Content-Length`); the counts go to the store every few seconds ([`flush`]) and
 //! are the egress trail. Against the connection's last hour (the baseline,
 //! read with the limits) an [`Alert`] fires when a minute's attempts (sent
 //! or refused by a limit: a burst past the limit is the signal) exceed the
@@ -114,6 +115,23 @@ struct Bucket {
     minute_requests: u64,
     /// The minute a spike was raised for (once per minute).
     alerted: Option<i64>,
+    /// Callers (recipe -> steps) seen using the connection in this process.
+    seen: BTreeMap<String, BTreeSet<String>>,
+    /// Usage not in the store yet.
+    usage: Vec<UsageRow>,
+}
+
+/// Counts of one minute, job, step and host, not in the store yet.
+#[derive(Debug)]
+struct UsageRow {
+    minute: i64,
+    recipe: String,
+    step: String,
+    job: String,
+    host: String,
+    requests: u64,
+    bytes_out: u64,
+    bytes_in: u64,
 }
 
 impl Bucket {
@@ -128,6 +146,8 @@ impl Bucket {
             minute: 0,
             minute_requests: 0,
             alerted: None,
+            seen: BTreeMap::new(),
+            usage: Vec::new(),
         }
     }
 }
@@ -147,27 +167,15 @@ struct Loaded {
     baselines: BTreeMap<String, Arc<UsageBaseline>>,
 }
 
-/// (workspace, connection).
-type ConnectionKey = (String, String);
-
-/// (recipe, step).
-type Caller = (String, String);
-
-/// Usage not yet in the store: (workspace, connection, minute, recipe,
-/// step, job, host) -> (requests, bytes).
-type PendingUsage = HashMap<(String, String, i64, String, String, String, String), (u64, u64)>;
-
 /// Token buckets, windows, usage and alerts per connection, shared by
 /// every job.
 pub struct ConnectionLimiter {
     storage: Arc<dyn Storage>,
     loaded: Mutex<HashMap<String, Loaded>>,
-    buckets: Mutex<HashMap<(String, String), Bucket>>,
-    /// Callers seen since the baselines were read.
-    seen: Mutex<HashMap<ConnectionKey, BTreeSet<Caller>>>,
+    /// Workspace -> connection -> its state (looked up without allocating).
+    buckets: Mutex<HashMap<String, HashMap<String, Bucket>>>,
     /// Suspended connections, with why and since when this process knows.
     suspended: Mutex<HashMap<(String, String), (String, Instant)>>,
-    usage: Mutex<PendingUsage>,
     alerts: mpsc::UnboundedSender<Alert>,
 }
 
@@ -187,9 +195,7 @@ impl ConnectionLimiter {
                 storage,
                 loaded: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
-                seen: Mutex::new(HashMap::new()),
                 suspended: Mutex::new(HashMap::new()),
-                usage: Mutex::new(HashMap::new()),
                 alerts,
             },
             rx,
@@ -203,20 +209,26 @@ impl ConnectionLimiter {
     ///
     /// The store refused the write (the counts are dropped).
     pub async fn flush(&self) -> StorageResult<()> {
-        let pending =
-            std::mem::take(&mut *self.usage.lock().unwrap_or_else(PoisonError::into_inner));
         let mut per_ws: BTreeMap<String, Vec<ConnectionUsage>> = BTreeMap::new();
-        for ((ws, connection, minute, recipe, step, job, host), (requests, bytes_out)) in pending {
-            per_ws.entry(ws).or_default().push(ConnectionUsage {
-                connection,
-                minute: UnixMillis(minute),
-                recipe,
-                step,
-                job,
-                host,
-                requests,
-                bytes_out,
-            });
+        {
+            let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+            for (ws, connections) in buckets.iter_mut() {
+                for (connection, bucket) in connections.iter_mut() {
+                    for u in bucket.usage.drain(..) {
+                        per_ws.entry(ws.clone()).or_default().push(ConnectionUsage {
+                            connection: connection.clone(),
+                            minute: UnixMillis(u.minute),
+                            recipe: u.recipe,
+                            step: u.step,
+                            job: u.job,
+                            host: u.host,
+                            requests: u.requests,
+                            bytes_out: u.bytes_out,
+                            bytes_in: u.bytes_in,
+                        });
+                    }
+                }
+            }
         }
         for (ws, rows) in per_ws {
             self.storage.record_connection_usage(&ws, rows).await?;
@@ -226,11 +238,37 @@ impl ConnectionLimiter {
 
     /// Whether a connection is suspended in this process's view.
     fn suspension(&self, workspace: &str, connection: &str) -> Option<String> {
-        self.suspended
+        let suspended = self
+            .suspended
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        if suspended.is_empty() {
+            return None;
+        }
+        suspended
             .get(&(workspace.to_string(), connection.to_string()))
             .map(|(reason, _)| reason.clone())
+    }
+
+    /// Runs `f` on a connection's state, created on first use.
+    fn with_bucket<T>(
+        &self,
+        r: &ConnectionUse<'_>,
+        limits: &ConnectionLimits,
+        f: impl FnOnce(&mut Bucket) -> T,
+    ) -> T {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let connections = match buckets.get_mut(r.workspace) {
+            Some(c) => c,
+            None => buckets.entry(r.workspace.to_string()).or_default(),
+        };
+        let bucket = match connections.get_mut(r.connection) {
+            Some(b) => b,
+            None => connections
+                .entry(r.connection.to_string())
+                .or_insert_with(|| Bucket::new(Instant::now(), limits)),
+        };
+        f(bucket)
     }
 
     /// Reads a workspace's limits if they are older than [`RELOAD`]; the
@@ -276,10 +314,6 @@ impl ConnectionLimiter {
                     .or_insert((reason, Instant::now() - SUSPENSION_GRACE));
             }
         }
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(ws, _), _| ws != workspace);
         self.loaded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -302,24 +336,28 @@ impl ConnectionLimiter {
             .and_then(|l| l.baselines.get(connection).cloned())
     }
 
-    /// Counts a request that left, for the egress trail.
-    fn record(&self, r: &ConnectionUse<'_>) {
+    /// The trail's row of this minute for the request's job, step and
+    /// host (a step sending many requests finds its row at the end).
+    fn usage_row<'b>(bucket: &'b mut Bucket, r: &ConnectionUse<'_>) -> &'b mut UsageRow {
         let now_ms = UnixMillis::now().0;
         let minute = now_ms - now_ms.rem_euclid(60_000);
-        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        let e = usage
-            .entry((
-                r.workspace.into(),
-                r.connection.into(),
+        let at = bucket.usage.iter().rposition(|u| {
+            u.minute == minute && u.job == r.job && u.step == r.step && u.host == r.host
+        });
+        let at = at.unwrap_or_else(|| {
+            bucket.usage.push(UsageRow {
                 minute,
-                r.recipe.into(),
-                r.step.into(),
-                r.job.into(),
-                r.host.into(),
-            ))
-            .or_insert((0, 0));
-        e.0 += 1;
-        e.1 += r.request_bytes;
+                recipe: r.recipe.into(),
+                step: r.step.into(),
+                job: r.job.into(),
+                host: r.host.into(),
+                requests: 0,
+                bytes_out: 0,
+                bytes_in: 0,
+            });
+            bucket.usage.len() - 1
+        });
+        &mut bucket.usage[at]
     }
 
     /// Counts an attempt (sent or not: a burst past the limit is the
@@ -332,19 +370,27 @@ impl ConnectionLimiter {
             bucket.minute_requests = 0;
         }
         bucket.minute_requests += 1;
-        let baseline = self
-            .baseline_of(r.workspace, r.connection)
-            .unwrap_or_default();
-        let caller = (r.recipe.to_string(), r.step.to_string());
-        let new_caller = {
-            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            let mine = seen
-                .entry((r.workspace.to_string(), r.connection.to_string()))
-                .or_default();
+        let baseline = self.baseline_of(r.workspace, r.connection);
+        // A known caller is found without allocating; the first request of
+        // a caller in this process looks at the stored history.
+        let seen = bucket
+            .seen
+            .get(r.recipe)
+            .is_some_and(|steps| steps.contains(r.step));
+        let new_caller = !seen && {
             // A connection nobody used yet is learning its callers.
-            let known = !baseline.callers.is_empty() || !mine.is_empty();
-            let new = !baseline.callers.contains(&caller) && mine.insert(caller);
-            known && new
+            let known =
+                baseline.as_ref().is_some_and(|b| !b.callers.is_empty()) || !bucket.seen.is_empty();
+            let stored = baseline.as_ref().is_some_and(|b| {
+                b.callers
+                    .contains(&(r.recipe.to_string(), r.step.to_string()))
+            });
+            bucket
+                .seen
+                .entry(r.recipe.to_string())
+                .or_default()
+                .insert(r.step.to_string());
+            known && !stored
         };
         let alert = |kind: &'static str, mean: f64, limit: f64| Alert {
             workspace: r.workspace.into(),
@@ -363,7 +409,9 @@ impl ConnectionLimiter {
             raised.push(alert("new_caller", 0.0, 0.0));
         }
         if bucket.alerted != Some(minute)
-            && let Some((mean, limit)) = threshold(&baseline.per_minute, limits.spike_multiple)
+            && let Some((mean, limit)) = baseline
+                .as_ref()
+                .and_then(|b| threshold(&b.per_minute, limits.spike_multiple))
             && bucket.minute_requests as f64 > limit
         {
             bucket.alerted = Some(minute);
@@ -402,11 +450,49 @@ impl ConnectionGuard for ConnectionLimiter {
             .limits_of(r.workspace, r.connection)
             .unwrap_or_default();
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (r.workspace.to_string(), r.connection.to_string());
-        let bucket = buckets
-            .entry(key)
-            .or_insert_with(|| Bucket::new(now, &limits));
+        self.with_bucket(r, &limits, |bucket| self.admit_in(r, &limits, bucket, now))
+    }
+
+    fn answered(
+        &self,
+        r: &ConnectionUse<'_>,
+        status: u16,
+        retry_after: Option<Duration>,
+        response_bytes: Option<u64>,
+    ) {
+        if response_bytes.is_none() && status != 429 {
+            return;
+        }
+        let limits = self
+            .limits_of(r.workspace, r.connection)
+            .unwrap_or_default();
+        self.with_bucket(r, &limits, |bucket| {
+            if let Some(bytes) = response_bytes {
+                Self::usage_row(bucket, r).bytes_in += bytes;
+            }
+            if status == 429 {
+                let wait = retry_after
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(MAX_RETRY_AFTER);
+                let until = Instant::now() + wait;
+                if bucket.blocked_until.is_none_or(|b| b < until) {
+                    bucket.blocked_until = Some(until);
+                }
+            }
+        });
+    }
+}
+
+impl ConnectionLimiter {
+    /// [`ConnectionGuard::admit`] on the connection's state.
+    fn admit_in(
+        &self,
+        r: &ConnectionUse<'_>,
+        limits: &ConnectionLimits,
+        bucket: &mut Bucket,
+        now: Instant,
+    ) -> Result<(), String> {
+        let limits = *limits;
         if let Some(until) = bucket.blocked_until {
             if until > now {
                 return Err(blocked(r.connection, until - now));
@@ -464,29 +550,10 @@ impl ConnectionGuard for ConnectionLimiter {
         if limits.paths_per_minute.is_some() {
             bucket.paths.insert(r.path.to_string());
         }
-        self.record(r);
+        let row = Self::usage_row(bucket, r);
+        row.requests += 1;
+        row.bytes_out += r.request_bytes;
         Ok(())
-    }
-
-    fn answered(&self, r: &ConnectionUse<'_>, status: u16, retry_after: Option<Duration>) {
-        if status != 429 {
-            return;
-        }
-        let wait = retry_after
-            .unwrap_or(Duration::from_secs(1))
-            .min(MAX_RETRY_AFTER);
-        let now = Instant::now();
-        let limits = self
-            .limits_of(r.workspace, r.connection)
-            .unwrap_or_default();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let bucket = buckets
-            .entry((r.workspace.to_string(), r.connection.to_string()))
-            .or_insert_with(|| Bucket::new(now, &limits));
-        let until = now + wait;
-        if bucket.blocked_until.is_none_or(|b| b < until) {
-            bucket.blocked_until = Some(until);
-        }
     }
 }
 
@@ -738,7 +805,12 @@ mod tests {
     fn a_429_holds_the_connection_for_its_retry_after() {
         let l = limiter(ConnectionLimits::default());
         l.admit(&request("crm", "/a", 0)).unwrap();
-        l.answered(&request("crm", "/a", 0), 429, Some(Duration::from_secs(30)));
+        l.answered(
+            &request("crm", "/a", 0),
+            429,
+            Some(Duration::from_secs(30)),
+            None,
+        );
         let err = l.admit(&request("crm", "/b", 0)).unwrap_err();
         assert!(err.contains("429"), "{err}");
         // Unlimited connections are held too.
@@ -746,6 +818,7 @@ mod tests {
             &request("free", "/a", 0),
             429,
             Some(Duration::from_millis(1)),
+            None,
         );
         l.admit(&request("other", "/a", 0)).unwrap();
         std::thread::sleep(Duration::from_millis(20));

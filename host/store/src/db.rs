@@ -260,6 +260,7 @@ CREATE TABLE connection_usage (
     host       TEXT NOT NULL,
     requests   INTEGER NOT NULL,
     bytes_out  INTEGER NOT NULL,
+    bytes_in   INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (workspace, connection, minute, job, step, host)
 ) STRICT;
 ";

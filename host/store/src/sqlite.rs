@@ -2317,10 +2317,11 @@ impl Storage for Arc<SqliteStorage> {
             let mut stmt = ctx
                 .conn
                 .prepare_cached(
-                    "INSERT INTO connection_usage (workspace, connection, minute, recipe, step, job, host, requests, bytes_out)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                    "INSERT INTO connection_usage (workspace, connection, minute, recipe, step, job, host, requests, bytes_out, bytes_in)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (workspace, connection, minute, job, step, host) DO UPDATE SET
-                         requests = requests + excluded.requests, bytes_out = bytes_out + excluded.bytes_out",
+                         requests = requests + excluded.requests, bytes_out = bytes_out + excluded.bytes_out,
+                         bytes_in = bytes_in + excluded.bytes_in",
                 )
                 .doing(|| "recording connection usage".to_string())?;
             for u in &rows {
@@ -2333,7 +2334,8 @@ impl Storage for Arc<SqliteStorage> {
                     u.job,
                     u.host,
                     i64::try_from(u.requests).unwrap_or(i64::MAX),
-                    i64::try_from(u.bytes_out).unwrap_or(i64::MAX)
+                    i64::try_from(u.bytes_out).unwrap_or(i64::MAX),
+                    i64::try_from(u.bytes_in).unwrap_or(i64::MAX)
                 ])
                 .doing(|| "recording connection usage".to_string())?;
             }
@@ -2354,7 +2356,7 @@ impl Storage for Arc<SqliteStorage> {
         self.read(move |conn| {
             query_rows(
                 conn,
-                "SELECT connection, minute, recipe, step, job, host, requests, bytes_out FROM connection_usage
+                "SELECT connection, minute, recipe, step, job, host, requests, bytes_out, bytes_in FROM connection_usage
                  WHERE workspace = ?1 AND (?2 IS NULL OR connection = ?2) AND minute >= ?3 AND minute < ?4
                  ORDER BY minute, connection, job, step, host LIMIT ?5",
                 params![ws, connection, from, to, limit as i64],
@@ -2368,6 +2370,7 @@ impl Storage for Arc<SqliteStorage> {
                         host: r.get(5)?,
                         requests: u64::try_from(r.get::<_, i64>(6)?).unwrap_or_default(),
                         bytes_out: u64::try_from(r.get::<_, i64>(7)?).unwrap_or_default(),
+                        bytes_in: u64::try_from(r.get::<_, i64>(8)?).unwrap_or_default(),
                     })
                 },
                 || "reading connection usage".to_string(),

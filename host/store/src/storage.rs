@@ -615,6 +615,9 @@ pub struct ConnectionUsage {
     pub requests: u64,
     /// Request body bytes sent.
     pub bytes_out: u64,
+    /// Response bytes received, as the upstream declared them
+    /// (`Content-Length`; a response without one is not counted).
+    pub bytes_in: u64,
 }
 
 /// What the alerts of a connection compare against: requests per minute

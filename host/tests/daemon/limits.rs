@@ -328,6 +328,7 @@ async fn a_stolen_token_drill_is_refused_alerted_suspended_and_traced() {
     assert_eq!(row["recipe"], "sync");
     assert_eq!(row["step"], "send");
     assert_eq!(row["host"], "api.crm.test");
+    assert!(row["bytes_in"].as_u64().unwrap() > 0, "{row}");
     assert!(row["job"].as_str().unwrap().starts_with("job_"), "{row}");
     let job = row["job"].as_str().unwrap().to_string();
     let cli = site.ok(site.wrun().args([

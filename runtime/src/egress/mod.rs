@@ -646,9 +646,19 @@ impl Egress {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| crate::guard::parse_retry_after(v, std::time::SystemTime::now()));
+            let response_bytes = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             for connection in &used {
                 let request = scope.connection_use(connection, &host_text, &path, request_bytes);
-                guard.answered(&request, response.status().as_u16(), retry_after);
+                guard.answered(
+                    &request,
+                    response.status().as_u16(),
+                    retry_after,
+                    response_bytes,
+                );
             }
         }
         scope.report(Event::Request {
