@@ -176,8 +176,8 @@ pub struct EraseReport {
     /// once they end.
     pub active: u64,
     /// Whether the write-ahead log was emptied afterwards, so that no copy
-    /// of the destroyed records stays in it (false when a long reader kept
-    /// it; the next checkpoint overwrites it).
+    /// of the destroyed records stays in it (false when nothing was erased,
+    /// or when a long reader kept it: the next checkpoint overwrites it).
     pub log_cleared: bool,
 }
 
