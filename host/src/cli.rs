@@ -192,6 +192,16 @@ enum SigningKeyCommand {
     },
     /// List the workspace's keys.
     List,
+    /// Set the workspace's rules: deploy only signed bundles, and keep
+    /// versions that widen grants for an admin's approval.
+    Require {
+        /// Refuse unsigned bundles.
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        signatures: bool,
+        /// Keep versions that widen a step's grants for approval.
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        grant_review: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -698,6 +708,25 @@ async fn signing_key_command(g: &Global, cmd: SigningKeyCommand) -> Result<ExitC
                 g.workspace
             );
             eprintln!("signing key `{name}` revoked in workspace {}", g.workspace);
+        }
+        SigningKeyCommand::Require {
+            signatures,
+            grant_review,
+        } => {
+            let settings = crate::daemon::storage::Governance {
+                require_signatures: signatures,
+                review_grants: grant_review,
+            };
+            ops::set_governance(
+                g.storage()?.as_ref(),
+                &ops::Actor::cli(&g.workspace),
+                settings,
+            )
+            .await?;
+            eprintln!(
+                "workspace {}: signatures required {signatures}, grant review {grant_review}",
+                g.workspace
+            );
         }
         SigningKeyCommand::List => {
             for k in g.storage()?.signing_keys(&g.workspace).await? {

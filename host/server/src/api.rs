@@ -1001,13 +1001,11 @@ async fn get_governance(State(s): State<AppState>, Path(ws): Path<String>) -> Ap
 async fn put_governance(
     State(s): State<AppState>,
     Authorized(p): Authorized,
-    Path(ws): Path<String>,
+    Path(_ws): Path<String>,
     body: LazyJson<crate::storage::Governance>,
 ) -> ApiResult {
     let g = body.read(s.config.limits.max_body_bytes).await?;
-    let audit = p.entry("settings.governance", "settings", json!(g));
-    s.storage
-        .set_governance(&ws, g, audit)
+    crate::ops::set_governance(s.storage.as_ref(), &p.as_actor(), g)
         .await
         .map_err(storage_error)?;
     reply(StatusCode::OK, json!(g))

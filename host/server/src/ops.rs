@@ -912,3 +912,20 @@ pub async fn resume_connection(
         .resume_connection(&actor.workspace, name, audit)
         .await
 }
+
+/// Changes a workspace's governance settings (signed bundles required,
+/// grant widenings approved), audited with the new settings.
+///
+/// # Errors
+///
+/// Storage failures.
+pub async fn set_governance(
+    storage: &dyn Storage,
+    actor: &Actor,
+    settings: Governance,
+) -> StorageResult<()> {
+    let audit = actor.entry("settings.governance", "settings", json!(settings));
+    storage
+        .set_governance(&actor.workspace, settings, audit)
+        .await
+}

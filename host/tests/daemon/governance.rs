@@ -365,6 +365,29 @@ async fn the_cli_signs_trusts_and_shows_what_an_import_may_do() {
         listed.contains("author") && listed.contains("trusted"),
         "{listed}"
     );
+    // The workspace's rules, from the shell: an unsigned bundle is refused.
+    site.ok(site.wrun().args([
+        "--workspace",
+        "team-a",
+        "signing-key",
+        "require",
+        "--signatures",
+        "true",
+        "--grant-review",
+        "false",
+    ]));
+    let unsigned = sync_bundle(&site, "cli-unsigned", &[], None, 6);
+    let out = site
+        .wrun()
+        .args(["--workspace", "team-a", "import"])
+        .arg(&unsigned)
+        .arg("--into")
+        .arg(site.dir.join("imported-unsigned"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("only signed bundles"), "{stderr}");
 
     let bundle = sync_bundle(&site, "cli", &["api.github.test"], Some(&author), 7);
     let out = site.ok(site
