@@ -465,6 +465,17 @@ async fn another_workspace_is_invisible_and_untouchable() {
             );
         }
     }
+    // Without a credential, every route (the new ones too) answers 401 and
+    // changes nothing.
+    for (method, path, body) in team_a_routes(&f, "team-a") {
+        let r = api.send(method.clone(), &path, None, body.as_ref()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "no token: {method} {path}: {}",
+            r.json
+        );
+    }
     for (method, path, body) in team_a_routes(&f, "team-b") {
         let r = api
             .send(method.clone(), &path, Some(&f.admin), body.as_ref())

@@ -587,12 +587,18 @@ impl Egress {
 
         // The host's per-connection limits, now that it is known which
         // connections the request carries.
-        let host_text = host.to_string();
-        let path = parts.uri.path().to_string();
-        let request_bytes = body.exact_len().unwrap_or(0);
-        if let Some(guard) = &scope.guard {
+        // Only a job with a guard pays for what the guard is shown.
+        let guarded = scope.guard.as_ref().map(|guard| {
+            (
+                guard,
+                host.to_string(),
+                parts.uri.path().to_string(),
+                body.exact_len().unwrap_or(0),
+            )
+        });
+        if let Some((guard, host_text, path, request_bytes)) = &guarded {
             for connection in &used {
-                let request = scope.connection_use(connection, &host_text, &path, request_bytes);
+                let request = scope.connection_use(connection, host_text, path, *request_bytes);
                 if let Err(reason) = guard.admit(&request) {
                     return Err(refuse_egress(reason));
                 }
@@ -640,7 +646,7 @@ impl Egress {
                 return Err(e);
             }
         };
-        if let Some(guard) = &scope.guard {
+        if let Some((guard, host_text, path, request_bytes)) = &guarded {
             let retry_after = response
                 .headers()
                 .get(http::header::RETRY_AFTER)
@@ -652,7 +658,7 @@ impl Egress {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             for connection in &used {
-                let request = scope.connection_use(connection, &host_text, &path, request_bytes);
+                let request = scope.connection_use(connection, host_text, path, *request_bytes);
                 guard.answered(
                     &request,
                     response.status().as_u16(),
