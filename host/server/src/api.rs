@@ -187,6 +187,17 @@ impl AppState {
         access: Access,
     ) -> Result<Principal, ApiError> {
         let principal = self.authenticate(headers, addr).await?;
+        Self::permit(principal, workspace, resource, access)
+    }
+
+    /// Checks that an authenticated caller may do `access` on `resource` in
+    /// `workspace`: another workspace is 404, a missing permission 403.
+    fn permit(
+        principal: Principal,
+        workspace: &str,
+        resource: Resource,
+        access: Access,
+    ) -> Result<Principal, ApiError> {
         if principal.workspace != workspace {
             return Err(ApiError::not_found(format!("workspace `{workspace}`")));
         }
@@ -208,7 +219,7 @@ impl AppState {
     /// # Errors
     ///
     /// 429 once the network is past its failure budget.
-    fn limit_failure(&self, ip: IpAddr) -> Result<(), ApiError> {
+    pub(crate) fn limit_failure(&self, ip: IpAddr) -> Result<(), ApiError> {
         self.failure_limits
             .check(&client_key(ip))
             .map_err(|wait| ApiError::too_many_requests(retry_after_secs(wait)))
@@ -270,7 +281,13 @@ impl AppState {
             .map_err(|wait| ApiError::too_many_requests(retry_after_secs(wait)))
     }
 
-    async fn authenticate_token(&self, presented: &str, ip: IpAddr) -> Result<Principal, ApiError> {
+    /// Authenticates an API token (`wrun_pat_...`) presented from `ip`,
+    /// with the same checks, limits and audit as a bearer token.
+    pub(crate) async fn authenticate_token(
+        &self,
+        presented: &str,
+        ip: IpAddr,
+    ) -> Result<Principal, ApiError> {
         let parsed = match auth::parse_token(presented) {
             Ok(p) => p,
             Err(e) => {
@@ -291,6 +308,18 @@ impl AppState {
                 .await);
         };
         self.limit(&actor)?;
+        self.token_principal(&record, ip).await
+    }
+
+    /// The caller a stored token stands for, from `ip`: refused (and
+    /// audited) when it is revoked, expired or not allowed from `ip`; its
+    /// permissions are its scopes within its owner's current role.
+    pub(crate) async fn token_principal(
+        &self,
+        record: &TokenRecord,
+        ip: IpAddr,
+    ) -> Result<Principal, ApiError> {
+        let actor = format!("token:{}", record.id);
         let now = UnixMillis::now();
         if record.revoked_at.is_some() {
             return Err(self
@@ -454,17 +483,28 @@ async fn authorize_route(
     next: axum::middleware::Next,
 ) -> Response {
     let headers = request.headers();
+    // The web console's calls carry the caller its session stands for (an
+    // extension: nothing a client sends can set it); they are checked
+    // against the route's permission exactly as a bearer's are.
+    let console = request
+        .extensions()
+        .get::<ConsoleCaller>()
+        .map(|c| c.0.clone());
     let principal = match permission {
         Permission::Public => return next.run(request).await,
-        Permission::Caller => s.authenticate(headers, addr).await,
+        Permission::Caller => match console {
+            Some(principal) => Ok(principal),
+            None => s.authenticate(headers, addr).await,
+        },
         Permission::Needs(resource, access) => {
             let workspace = params
                 .iter()
                 .find(|(name, _)| *name == "ws")
                 .map(|(_, value)| value.to_string());
-            match workspace {
-                Some(ws) => s.authorize(headers, addr, &ws, resource, access).await,
-                None => {
+            match (workspace, console) {
+                (Some(ws), Some(principal)) => AppState::permit(principal, &ws, resource, access),
+                (Some(ws), None) => s.authorize(headers, addr, &ws, resource, access).await,
+                (None, _) => {
                     tracing::error!(
                         path = %request.uri().path(),
                         "a route that needs a permission has no {{ws}} parameter"
@@ -482,6 +522,12 @@ async fn authorize_route(
         Err(e) => e.into_response(),
     }
 }
+
+/// The caller of a web console request, as its session stands for it: put
+/// in the extensions of the API request the console makes on the caller's
+/// behalf, in place of an `Authorization` header.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsoleCaller(pub(crate) Principal);
 
 /// The caller of a route, as [`authorize_route`] authorised it from the
 /// route's permission.
@@ -564,6 +610,7 @@ api_routes! {
     get "/v1/workspaces/{ws}/jobs" => list_jobs (Jobs: read) ["jobs"] "List jobs, newest first.";
     post "/v1/workspaces/{ws}/jobs/delete" => delete_jobs (Jobs: write) ["jobs"] "Delete job history by criteria (recipe, time range, a field value).";
     post "/v1/workspaces/{ws}/jobs/erase" => erase_jobs (Jobs: write) ["jobs"] "Erase a data subject: destroy the content of every ended job that mentions it (any field, any case), keep ids, times and states; `dry_run` only counts.";
+    get "/v1/workspaces/{ws}/jobs/stats" => job_stats (Jobs: read) ["jobs"] "How many jobs were created, and how many failed, per `bucket_ms` (at least a minute) from `since` (ms).";
     get "/v1/workspaces/{ws}/jobs/{id}" => get_job (Jobs: read) ["jobs"] "A job with its masked history.";
     post "/v1/workspaces/{ws}/jobs/{id}/cancel" => cancel_job (Jobs: write) ["jobs"] "Cancel a queued or running job.";
     post "/v1/workspaces/{ws}/jobs/{id}/rerun" => rerun_job (Jobs: write) ["jobs"] "Run a job again with the same input.";
@@ -600,6 +647,7 @@ api_routes! {
     put "/v1/workspaces/{ws}/signing-keys/{name}" => trust_signing_key (Members: write) ["members"] "Trust a bundle signing key (`public_key`, as `wrun signing-key new` prints it).";
     delete "/v1/workspaces/{ws}/signing-keys/{name}" => revoke_signing_key (Members: write) ["members"] "Revoke a signing key: bundles it signed are refused from now on.";
     get "/v1/workspaces/{ws}/audit" => read_audit (Audit: read) ["audit"] "Audit entries of the workspace.";
+    get "/v1/workspaces/{ws}/audit/verify" => verify_audit (Audit: read) ["audit"] "Verify the audit log's MAC chain: how many entries, how many verified, the positions of problems.";
 }
 
 async fn healthz() -> ApiResult {
@@ -1413,6 +1461,31 @@ async fn list_jobs(
     reply(StatusCode::OK, json!({ "jobs": jobs }))
 }
 
+/// Query of job statistics.
+#[derive(Debug, Deserialize)]
+struct StatsQuery {
+    since: i64,
+    #[serde(default = "hour_ms")]
+    bucket_ms: i64,
+}
+
+fn hour_ms() -> i64 {
+    3_600_000
+}
+
+async fn job_stats(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> ApiResult {
+    let buckets = s
+        .storage
+        .job_stats(&ws, UnixMillis(q.since), q.bucket_ms)
+        .await
+        .map_err(storage_error)?;
+    reply(StatusCode::OK, json!({ "buckets": buckets }))
+}
+
 async fn get_job(State(s): State<AppState>, Path((ws, id)): Path<(String, String)>) -> ApiResult {
     match s.storage.job(&ws, &id).await.map_err(storage_error)? {
         Some(job) => reply(
@@ -2206,16 +2279,43 @@ async fn delete_role(
 }
 
 async fn get_settings(State(s): State<AppState>, Path(ws): Path<String>) -> ApiResult {
-    let days = s.storage.retention(&ws).await.map_err(storage_error)?;
-    reply(StatusCode::OK, json!({ "retention_days": days }))
+    settings_of(&s, &ws).await
 }
 
-/// Body of a settings change.
+/// A workspace's settings as the API shows them.
+async fn settings_of(s: &AppState, ws: &str) -> ApiResult {
+    let days = s.storage.retention(ws).await.map_err(storage_error)?;
+    let idle = s
+        .storage
+        .session_idle_secs(ws)
+        .await
+        .map_err(storage_error)?;
+    reply(
+        StatusCode::OK,
+        json!({ "retention_days": days, "session_idle_secs": idle }),
+    )
+}
+
+/// Body of a settings change: a field left out is left as it is; `null`
+/// sets the default.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettingsBody {
     /// Days to keep ended jobs (`null`: forever).
-    retention_days: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    retention_days: Option<Option<u32>>,
+    /// Seconds a console session may stay unused (`null`: 30 minutes).
+    #[serde(default, deserialize_with = "present")]
+    session_idle_secs: Option<Option<u32>>,
+}
+
+/// A field that is present (even as `null`) is `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 async fn put_settings(
@@ -2225,25 +2325,35 @@ async fn put_settings(
     body: LazyJson<SettingsBody>,
 ) -> ApiResult {
     let body = body.read(s.config.limits.max_body_bytes).await?;
-    if body.retention_days == Some(0) {
-        return Err(ApiError::bad_request(
-            "invalid_retention",
-            "retention_days is at least 1, or null",
-        ));
+    if let Some(days) = body.retention_days {
+        if days == Some(0) {
+            return Err(ApiError::bad_request(
+                "invalid_retention",
+                "retention_days is at least 1, or null",
+            ));
+        }
+        let audit = p.entry(
+            "settings.retention",
+            "settings",
+            json!({ "retention_days": days }),
+        );
+        s.storage
+            .set_retention(&ws, days, audit)
+            .await
+            .map_err(storage_error)?;
     }
-    let audit = p.entry(
-        "settings.retention",
-        "settings",
-        json!({ "retention_days": body.retention_days }),
-    );
-    s.storage
-        .set_retention(&ws, body.retention_days, audit)
-        .await
-        .map_err(storage_error)?;
-    reply(
-        StatusCode::OK,
-        json!({ "retention_days": body.retention_days }),
-    )
+    if let Some(secs) = body.session_idle_secs {
+        let audit = p.entry(
+            "settings.session_idle",
+            "settings",
+            json!({ "session_idle_secs": secs }),
+        );
+        s.storage
+            .set_session_idle_secs(&ws, secs, audit)
+            .await
+            .map_err(storage_error)?;
+    }
+    settings_of(&s, &ws).await
 }
 
 /// Query of an audit read.
@@ -2265,6 +2375,20 @@ async fn read_audit(
         .await
         .map_err(storage_error)?;
     reply(StatusCode::OK, json!({ "entries": entries }))
+}
+
+async fn verify_audit(State(s): State<AppState>) -> ApiResult {
+    let report = s.storage.verify_audit().await.map_err(storage_error)?;
+    reply(
+        StatusCode::OK,
+        json!({
+            "intact": report.is_intact(),
+            "entries": report.entries,
+            "verified": report.verified,
+            "problems": report.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "omitted": report.omitted,
+        }),
+    )
 }
 
 /// Keeps `JobState` in the document's vocabulary.

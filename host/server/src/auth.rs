@@ -592,15 +592,15 @@ fn default_leeway_secs() -> u64 {
     30
 }
 /// Returns the default `subject_claim`.
-fn default_subject_claim() -> String {
+pub(crate) fn default_subject_claim() -> String {
     "sub".to_owned()
 }
 /// Returns the default `workspace_claim`.
-fn default_workspace_claim() -> String {
+pub(crate) fn default_workspace_claim() -> String {
     "wrun_workspace".to_owned()
 }
 /// Returns the default `role_claim`.
-fn default_role_claim() -> String {
+pub(crate) fn default_role_claim() -> String {
     "wrun_role".to_owned()
 }
 
@@ -829,6 +829,63 @@ impl JwtVerifier {
     ///
     /// One `AuthError::Jwt*` variant per failed check; see the list above.
     pub fn verify(&self, token: &str, now: u64) -> Result<JwtIdentity, AuthError> {
+        self.verify_with_claims(token, now)
+            .map(|(identity, _)| identity)
+    }
+
+    /// Builds a verifier whose key is a JSON Web Key (an OpenID Connect
+    /// provider's, from its `jwks_uri`); the algorithm is the configured
+    /// one, checked against the key's type by `jsonwebtoken`.
+    ///
+    /// # Errors
+    ///
+    /// As [`JwtVerifier::from_parts`]; [`AuthError::JwtKeyInvalid`] if the
+    /// key is not one `jsonwebtoken` can verify with, or is symmetric.
+    pub fn from_jwk(
+        config: JwtConfig,
+        jwk: &jsonwebtoken::jwk::Jwk,
+    ) -> Result<JwtVerifier, AuthError> {
+        let algorithm = parse_algorithm(&config.algorithm)?;
+        check_config(&config)?;
+        let invalid = |reason: &str| AuthError::JwtKeyInvalid {
+            algorithm: config.algorithm.clone(),
+            reason: reason.to_owned(),
+        };
+        if algorithm.family() == AlgorithmFamily::Hmac
+            || matches!(
+                jwk.algorithm,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+            )
+        {
+            return Err(invalid("a provider's key must be asymmetric"));
+        }
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|_| invalid("the JSON Web Key does not load"))?;
+        let mut validation = Validation::new(algorithm);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        Ok(JwtVerifier {
+            config,
+            algorithm,
+            key,
+            validation,
+        })
+    }
+
+    /// As [`JwtVerifier::verify`], also returning every claim (an OpenID
+    /// Connect ID token's `nonce` is checked by its caller).
+    ///
+    /// # Errors
+    ///
+    /// As [`JwtVerifier::verify`].
+    pub fn verify_with_claims(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(JwtIdentity, serde_json::Map<String, serde_json::Value>), AuthError> {
         let malformed = |reason| AuthError::JwtMalformed { reason };
         if token.len() > MAX_JWT_LEN {
             return Err(malformed("it is longer than 16 KiB"));
@@ -864,7 +921,8 @@ impl JwtVerifier {
                 _ => AuthError::JwtInvalidSignature,
             }
         })?;
-        self.check_claims(&data.claims, now)
+        let identity = self.check_claims(&data.claims, now)?;
+        Ok((identity, data.claims))
     }
 
     /// Checks the raw JOSE header: `alg` must equal the configured name and

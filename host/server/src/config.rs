@@ -93,6 +93,80 @@ pub struct DaemonConfig {
     /// Alerts on connection use.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The web console under `/ui`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// The web console (`/ui`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The longest a session lasts, however active (default 8 hours); the
+    /// idle timeout is a workspace setting.
+    #[serde(default = "default_session_hours")]
+    pub session_max_hours: u64,
+    /// Sign-in through an OpenID Connect provider.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> ConsoleConfig {
+        ConsoleConfig {
+            enabled: true,
+            session_max_hours: default_session_hours(),
+            oidc: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_session_hours() -> u64 {
+    8
+}
+
+/// The operator's OpenID Connect provider (authorization code with PKCE).
+/// Its discovery document, keys and token endpoint are fetched through the
+/// egress rules (HTTPS, the operator's CAs; a private address needs an
+/// allowed range).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL; `{issuer}/.well-known/openid-configuration` is read.
+    pub issuer: String,
+    /// The client id registered with the provider.
+    pub client_id: String,
+    /// The environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// The label of the sign-in button.
+    #[serde(default = "default_oidc_label")]
+    pub label: String,
+    /// Scopes asked for besides `openid`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The claim holding the subject. Default `sub`.
+    #[serde(default = "crate::auth::default_subject_claim")]
+    pub subject_claim: String,
+    /// The claim holding the workspace name. Default `wrun_workspace`.
+    #[serde(default = "crate::auth::default_workspace_claim")]
+    pub workspace_claim: String,
+    /// The claim holding the role. Default `wrun_role`.
+    #[serde(default = "crate::auth::default_role_claim")]
+    pub role_claim: String,
+    /// Maps role claim values to wrun role names (as `[jwt] role_map`).
+    #[serde(default)]
+    pub role_map: std::collections::BTreeMap<String, String>,
+}
+
+fn default_oidc_label() -> String {
+    "Sign in with single sign-on".into()
 }
 
 /// Alerts on connection use (spikes, new callers).

@@ -8,6 +8,8 @@
 //! [`auth`] (tokens, JWTs, IP allowlists; the access model comes from
 //! `wrun-store`), [`jobs`] (the runner and the scheduler), [`metrics`],
 //! [`ratelimit`], [`signature`] (webhook HMAC) and [`schedule`] (cron).
+//! The web console under `/ui` renders pages over the same API router,
+//! calling it in process as the signed-in caller.
 //! [`ops`] holds the changes the API and the CLI both make (connections,
 //! environments, recipe deployment), [`admin`] what only the CLI does on the
 //! same database (bootstrap members and tokens, audit verification and
@@ -22,6 +24,7 @@ pub mod api;
 pub mod auth;
 pub mod bundle;
 pub mod config;
+mod console;
 pub mod endpoint;
 pub mod http_error;
 pub mod jobs;
@@ -125,12 +128,16 @@ impl App {
             deploys: Arc::new(tokio::sync::Semaphore::new(2)),
             ready: Arc::clone(&ready),
         };
-        let router = api::router(config, &state)
-            .layer(axum::middleware::from_fn_with_state(
-                metrics,
-                metrics::count_http_responses,
-            ))
-            .with_state(state);
+        let api = api::router(config, &state).with_state(state.clone());
+        let router = if config.console.enabled {
+            api.clone().merge(console::router(api, state)?)
+        } else {
+            api
+        }
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::count_http_responses,
+        ));
         Ok(App {
             router,
             ready,

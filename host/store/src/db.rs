@@ -103,7 +103,7 @@ use wrun_runtime::Placement;
 use wrun_runtime::policy::{HostPattern, NetGrant};
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -1192,6 +1192,10 @@ impl Store {
         if version < 9 {
             tx.execute_batch(MIGRATE_V9_LIMITS).doing(doing)?;
         }
+        if version < 10 {
+            tx.execute_batch(crate::sessions::MIGRATE_V10_SESSIONS)
+                .doing(doing)?;
+        }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('schema', ?1)
@@ -2233,7 +2237,9 @@ mod tests {
                  ALTER TABLE settings DROP COLUMN review_grants;
                  DROP TABLE pending_recipes; DROP TABLE signing_keys;
                  DROP TABLE connection_limits; DROP TABLE connection_suspensions;
-                 DROP TABLE connection_usage;",
+                 DROP TABLE connection_usage;
+                 ALTER TABLE settings DROP COLUMN session_idle_secs;
+                 DROP TABLE console_sessions;",
             )
             .unwrap();
         let db = env.db();

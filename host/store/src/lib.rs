@@ -12,7 +12,8 @@
 //! (the operations, backend-neutral, with their error type), [`sqlite`]
 //! (their embedded implementation with group commit), [`audit`] (the
 //! chain: append, read, verify, stream) and [`access`] (the permission
-//! model that roles and token scopes are stored as); [`time`] has the one
+//! model that roles and token scopes are stored as); [`sessions`] has the
+//! web console's sessions; [`time`] has the one
 //! time unit of stored data, [`UnixMillis`].
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod db;
 pub mod erase;
 pub mod keys;
 pub mod oauth;
+pub mod sessions;
 pub mod sqlite;
 pub mod storage;
 pub mod time;

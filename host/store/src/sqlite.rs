@@ -1294,6 +1294,7 @@ impl Storage for Arc<SqliteStorage> {
                     .doing(|| "revoking a token".to_string())?
                     .is_some();
             if exists {
+                crate::sessions::end_of_token(ctx.conn, &id)?;
                 ctx.audit(&[audit])?;
             }
             Ok(exists)
@@ -1443,6 +1444,7 @@ impl Storage for Arc<SqliteStorage> {
         let (ws, subject) = (workspace.to_string(), subject.to_string());
         self.write(move |ctx| {
             keep_an_admin(ctx.conn, &ws, &subject, None)?;
+            crate::sessions::end_of_subject(ctx.conn, &ws, &subject)?;
             delete_audited(
                 ctx,
                 "DELETE FROM members WHERE workspace = ?1 AND subject = ?2",
@@ -3067,30 +3069,49 @@ impl Storage for Arc<SqliteStorage> {
             .read(move |conn| {
                 let doing = || "listing jobs".to_string();
                 let limit = filter.limit.unwrap_or(50).clamp(1, 500) as i64;
-                let rows = query_rows(
-                    conn,
-                    &format!(
-                        "SELECT {JOB_COLUMNS}
-                     FROM jobs
-                     WHERE workspace = ?1
-                     AND (?2 IS NULL OR recipe = ?2)
-                     AND (?3 IS NULL OR state = ?3)
-                     AND (?4 IS NULL OR (created_at, id) < (SELECT created_at, id
-                     FROM jobs
-                     WHERE workspace = ?1
-                     AND id = ?4))
-                     ORDER BY created_at DESC, id DESC LIMIT ?5"
-                    ),
-                    params![
-                        ws,
-                        filter.recipe,
-                        filter.state.map(JobState::as_str),
-                        filter.before,
-                        limit
-                    ],
-                    job_row,
-                    doing,
-                )?;
+                // Only the filters given become conditions, so a time range
+                // is an index range on (workspace, created_at), not a scan.
+                let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1");
+                if filter.recipe.is_some() {
+                    sql.push_str(" AND recipe = ?2");
+                }
+                if filter.state.is_some() {
+                    sql.push_str(" AND state = ?3");
+                }
+                if filter.before.is_some() {
+                    sql.push_str(
+                        " AND (created_at, id) < (SELECT created_at, id FROM jobs
+                           WHERE workspace = ?1 AND id = ?4)",
+                    );
+                }
+                if filter.since.is_some() {
+                    sql.push_str(" AND created_at >= ?6");
+                }
+                if filter.until.is_some() {
+                    sql.push_str(" AND created_at < ?7");
+                }
+                sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?5");
+                let mut stmt = conn.prepare_cached(&sql).doing(doing)?;
+                let values: [(&str, &dyn rusqlite::ToSql); 7] = [
+                    ("?1", &ws),
+                    ("?2", &filter.recipe),
+                    ("?3", &filter.state.map(JobState::as_str)),
+                    ("?4", &filter.before),
+                    ("?5", &limit),
+                    ("?6", &filter.since),
+                    ("?7", &filter.until),
+                ];
+                // Bind only the parameters the statement names.
+                for (name, value) in values {
+                    if let Some(index) = stmt.parameter_index(name).doing(doing)? {
+                        stmt.raw_bind_parameter(index, value).doing(doing)?;
+                    }
+                }
+                let mut rows = Vec::new();
+                let mut raw = stmt.raw_query();
+                while let Some(row) = raw.next().doing(doing)? {
+                    rows.push(job_row(row).doing(doing)?);
+                }
                 rows.into_iter()
                     .map(finish_job_row)
                     .collect::<StorageResult<Vec<_>>>()
@@ -3106,6 +3127,37 @@ impl Storage for Arc<SqliteStorage> {
                 Ok(s)
             })
             .collect()
+    }
+
+    async fn job_stats(
+        &self,
+        workspace: &str,
+        since: UnixMillis,
+        bucket_ms: i64,
+    ) -> StorageResult<Vec<JobBucket>> {
+        let ws = workspace.to_string();
+        let bucket = bucket_ms.max(60_000);
+        self.read(move |conn| {
+            query_rows(
+                conn,
+                "SELECT (created_at - ?2) / ?3, COUNT(*), SUM(state = 'failed') FROM jobs
+                 WHERE workspace = ?1 AND created_at >= ?2 GROUP BY 1 ORDER BY 1",
+                params![ws, since, bucket],
+                |r| {
+                    Ok(JobBucket {
+                        start: UnixMillis(
+                            since
+                                .0
+                                .saturating_add(r.get::<_, i64>(0)?.saturating_mul(bucket)),
+                        ),
+                        total: r.get::<_, i64>(1)?.unsigned_abs(),
+                        failed: r.get::<_, Option<i64>>(2)?.unwrap_or(0).unsigned_abs(),
+                    })
+                },
+                || "counting jobs over time".to_string(),
+            )
+        })
+        .await
     }
 
     async fn cancel_job(
@@ -3280,6 +3332,108 @@ impl Storage for Arc<SqliteStorage> {
         Ok(report)
     }
 
+    async fn create_session(
+        &self,
+        session: crate::sessions::ConsoleSession,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        self.write(move |ctx| {
+            crate::sessions::insert(ctx.conn, &session)?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+    ) -> StorageResult<Option<(crate::sessions::ConsoleSession, u32)>> {
+        let id_hash = id_hash.to_string();
+        self.read(move |conn| {
+            let Some(session) = crate::sessions::get(conn, &id_hash)? else {
+                return Ok(None);
+            };
+            let idle = crate::sessions::idle_secs(conn, &session.workspace)?;
+            Ok(Some((session, idle)))
+        })
+        .await
+    }
+
+    async fn touch_session(&self, id_hash: &str, at: UnixMillis) -> StorageResult<()> {
+        let id_hash = id_hash.to_string();
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = this
+                .write_with(Durability::Process, move |ctx| {
+                    ctx.conn
+                        .execute(
+                            "UPDATE console_sessions SET last_seen = MAX(last_seen, ?2) WHERE id_hash = ?1",
+                            params![id_hash, at],
+                        )
+                        .doing(|| "recording a console session's use".to_string())?;
+                    Ok(())
+                })
+                .await;
+        });
+        Ok(())
+    }
+
+    async fn end_session(&self, id_hash: &str, audit: Option<Entry>) -> StorageResult<bool> {
+        let id_hash = id_hash.to_string();
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "DELETE FROM console_sessions WHERE id_hash = ?1",
+                    params![id_hash],
+                )
+                .doing(|| "ending a console session".to_string())?;
+            if n > 0
+                && let Some(audit) = audit
+            {
+                ctx.audit(&[audit])?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn sweep_sessions(&self, now: UnixMillis) -> StorageResult<usize> {
+        self.write(move |ctx| crate::sessions::sweep(ctx.conn, now))
+            .await
+    }
+
+    async fn session_idle_secs(&self, workspace: &str) -> StorageResult<u32> {
+        let ws = workspace.to_string();
+        self.read(move |conn| crate::sessions::idle_secs(conn, &ws))
+            .await
+    }
+
+    async fn set_session_idle_secs(
+        &self,
+        workspace: &str,
+        secs: Option<u32>,
+        audit: Entry,
+    ) -> StorageResult<()> {
+        use crate::sessions::{MAX_IDLE_SECS, MIN_IDLE_SECS};
+        if let Some(secs) = secs
+            && !(MIN_IDLE_SECS..=MAX_IDLE_SECS).contains(&secs)
+        {
+            return Err(StorageError::Invalid {
+                code: "invalid_session_idle",
+                message: format!(
+                    "the session idle timeout must be {MIN_IDLE_SECS} to {MAX_IDLE_SECS} seconds, not {secs}"
+                ),
+            });
+        }
+        let ws = workspace.to_string();
+        self.write(move |ctx| {
+            crate::sessions::set_idle_secs(ctx.conn, &ws, secs)?;
+            ctx.audit(&[audit])
+        })
+        .await
+    }
+
     async fn set_retention(
         &self,
         workspace: &str,
@@ -3312,6 +3466,16 @@ impl Storage for Arc<SqliteStorage> {
                 .optional()
                 .doing(|| "reading the retention".to_string())?
                 .flatten())
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> StorageResult<audit::VerifyReport> {
+        // On the writer's connection, where the chain's key is: no entry
+        // is appended while the chain is read.
+        self.write(move |ctx| {
+            audit::verify(ctx.conn, ctx.audit_key)
+                .map_err(|e| StorageError::Internal(e.to_string()))
         })
         .await
     }

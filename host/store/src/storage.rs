@@ -518,6 +518,17 @@ impl std::fmt::Debug for StepCommit {
     }
 }
 
+/// Jobs created in one time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct JobBucket {
+    /// The bucket's start.
+    pub start: UnixMillis,
+    /// Jobs created in it.
+    pub total: u64,
+    /// Of which failed.
+    pub failed: u64,
+}
+
 /// Filters of a job listing.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct JobFilter {
@@ -530,6 +541,10 @@ pub struct JobFilter {
     pub before: Option<String>,
     /// At most this many (default 50, at most 500).
     pub limit: Option<usize>,
+    /// Only jobs created at or after this time.
+    pub since: Option<UnixMillis>,
+    /// Only jobs created before this time.
+    pub until: Option<UnixMillis>,
 }
 
 /// Which jobs a deletion (a GDPR request) removes. At least one criterion
@@ -1109,6 +1124,15 @@ pub trait Storage: Send + Sync + 'static {
     /// Jobs of a workspace, newest first.
     async fn list_jobs(&self, workspace: &str, filter: JobFilter)
     -> StorageResult<Vec<JobSummary>>;
+    /// How many jobs of a workspace were created per `bucket_ms` from
+    /// `since` on, and how many of them failed (buckets without jobs are
+    /// left out).
+    async fn job_stats(
+        &self,
+        workspace: &str,
+        since: UnixMillis,
+        bucket_ms: i64,
+    ) -> StorageResult<Vec<JobBucket>>;
     /// Cancels a queued or running job; returns its state after, or `None`
     /// if there is no such job.
     async fn cancel_job(
@@ -1147,11 +1171,50 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes ended jobs older than their workspace's retention.
     async fn sweep_retention(&self, now: UnixMillis) -> StorageResult<u64>;
 
+    // -- Console sessions -------------------------------------------------
+
+    /// Starts a web console session, audited with `audit` in the same
+    /// transaction.
+    async fn create_session(
+        &self,
+        session: crate::sessions::ConsoleSession,
+        audit: Entry,
+    ) -> StorageResult<()>;
+    /// The session whose cookie secret hashes to `id_hash`, with its
+    /// workspace's idle timeout in seconds.
+    async fn session(
+        &self,
+        id_hash: &str,
+    ) -> StorageResult<Option<(crate::sessions::ConsoleSession, u32)>>;
+    /// Records a session's use at `at` (batched, not awaited: callers touch
+    /// a session at most once a minute or so).
+    async fn touch_session(&self, id_hash: &str, at: UnixMillis) -> StorageResult<()>;
+    /// Ends a session (sign-out, idle timeout, a credential no longer
+    /// valid); `false` if there was none. The audit entry is written only
+    /// when a session ended.
+    async fn end_session(&self, id_hash: &str, audit: Option<Entry>) -> StorageResult<bool>;
+    /// Deletes sessions past their end or their idle timeout; how many.
+    async fn sweep_sessions(&self, now: UnixMillis) -> StorageResult<usize>;
+    /// A workspace's console idle timeout in seconds.
+    async fn session_idle_secs(&self, workspace: &str) -> StorageResult<u32>;
+    /// Sets a workspace's console idle timeout (`None`: the default), from
+    /// [`crate::sessions::MIN_IDLE_SECS`] to
+    /// [`crate::sessions::MAX_IDLE_SECS`].
+    async fn set_session_idle_secs(
+        &self,
+        workspace: &str,
+        secs: Option<u32>,
+        audit: Entry,
+    ) -> StorageResult<()>;
+
     // -- Audit ------------------------------------------------------------
 
     /// Appends entries (authentication failures, refusals reported by the
     /// runtime); committed with the next group.
     async fn audit(&self, entries: Vec<Entry>) -> StorageResult<()>;
+    /// Verifies the whole audit chain (every workspace's entries are links
+    /// of one chain; the report names positions, never entries' content).
+    async fn verify_audit(&self) -> StorageResult<crate::audit::VerifyReport>;
     /// Audit entries after `after`, of one workspace.
     async fn read_audit(
         &self,
