@@ -6,6 +6,7 @@
 
 mod access;
 mod claims;
+mod console;
 mod crash;
 mod credentials;
 mod edges;

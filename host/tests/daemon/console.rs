@@ -1,0 +1,356 @@
+//! The web console over HTTPS without a browser: sessions, cookies, CSRF,
+//! roles enforced by the API behind every form, sessions ended by token
+//! revocation, member removal and the idle timeout.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+
+use crate::support::{Api, Reply, Site, noop_bundle};
+
+/// The value of `name="csrf"` in a page.
+pub(crate) fn csrf_in(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field");
+    let rest = &page[at + 19..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// `name=value` of a `Set-Cookie` header named `name`.
+fn set_cookie<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// A console client: a connection and the cookies it holds.
+pub(crate) struct Browserless {
+    pub(crate) api: Api,
+    pub(crate) cookies: Vec<String>,
+}
+
+impl Browserless {
+    pub(crate) async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("cookie", self.cookies.join("; "));
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let body = match form {
+            Some(pairs) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                let text: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={}",
+                            percent_encoding::utf8_percent_encode(
+                                v,
+                                percent_encoding::NON_ALPHANUMERIC
+                            )
+                        )
+                    })
+                    .collect();
+                Bytes::from(text.join("&"))
+            }
+            None => Bytes::new(),
+        };
+        self.api.raw(req.body(Full::new(body)).unwrap()).await
+    }
+
+    pub(crate) async fn get(&mut self, path: &str) -> Reply {
+        self.request(Method::GET, path, None, &[]).await
+    }
+
+    pub(crate) async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Reply {
+        self.request(
+            Method::POST,
+            path,
+            Some(form),
+            &[("sec-fetch-site", "same-origin")],
+        )
+        .await
+    }
+
+    /// Signs in with an API token; returns the session cookie's header.
+    pub(crate) async fn sign_in(&mut self, token: &str) -> String {
+        let page = self.get("/ui/login").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let login = set_cookie(&page, "__Host-wrun_login").expect("a login cookie");
+        self.cookies = vec![cookie_pair(login)];
+        let csrf = csrf_in(&String::from_utf8_lossy(&page.raw));
+        let r = self
+            .post("/ui/login", &[("token", token), ("csrf", &csrf)])
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::SEE_OTHER,
+            "{}",
+            String::from_utf8_lossy(&r.raw)
+        );
+        assert_eq!(r.headers["location"], "/ui/jobs");
+        let session = set_cookie(&r, "__Host-wrun_session")
+            .expect("a session cookie")
+            .to_string();
+        self.cookies = vec![cookie_pair(&session)];
+        session
+    }
+
+    /// The CSRF token of the signed-in session (from a page's form).
+    pub(crate) async fn csrf(&mut self) -> String {
+        let r = self.get("/ui/jobs").await;
+        assert_eq!(r.status, StatusCode::OK);
+        csrf_in(&String::from_utf8_lossy(&r.raw))
+    }
+}
+
+fn text(r: &Reply) -> String {
+    String::from_utf8_lossy(&r.raw).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sessions_are_strict_and_every_form_is_the_apis_decision() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    site.member("team-a", "bob", "analyst");
+    let admin = site.token("team-a", "alice", "*:write");
+    let reader = site.token("team-a", "bob", "*:read");
+    let bundle = noop_bundle(&site, "greet", 2);
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api.deploy("team-a", "greet", &admin, &bundle).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+
+    // Nothing without a session; the sign-in page is strict.
+    let mut anon = Browserless {
+        api: daemon.client().await,
+        cookies: vec![],
+    };
+    let r = anon.get("/ui/jobs").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers["location"], "/ui/login");
+    let r = anon.get("/ui/login").await;
+    let csp = r.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    // A sign-in form posted without the cookie its page set is refused.
+    let csrf = csrf_in(&text(&r));
+    let r = anon
+        .post("/ui/login", &[("token", &admin), ("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A wrong token is refused and audited like a bearer's.
+    let mut wrong = Browserless {
+        api: daemon.client().await,
+        cookies: vec![],
+    };
+    let page = wrong.get("/ui/login").await;
+    wrong.cookies = vec![cookie_pair(set_cookie(&page, "__Host-wrun_login").unwrap())];
+    let csrf = csrf_in(&text(&page));
+    let forged = format!("{}x", &admin[..admin.len() - 1]);
+    let r = wrong
+        .post("/ui/login", &[("token", &forged), ("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(
+        r.headers["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/ui/login?error=")
+    );
+    assert!(set_cookie(&r, "__Host-wrun_session").is_none());
+
+    // The admin signs in: the cookie is HttpOnly, Secure, SameSite=Strict.
+    let mut alice = Browserless {
+        api: daemon.client().await,
+        cookies: vec![],
+    };
+    let session = alice.sign_in(&admin).await;
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(session.contains(flag), "{session}");
+    }
+    assert!(!session.contains(&admin), "the cookie is not the token");
+    let r = alice.get("/ui/jobs").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers.contains_key("server-timing"));
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let csrf = alice.csrf().await;
+
+    // Run a job from the recipe page's form; see it finish.
+    let r = alice
+        .post(
+            "/ui/recipes/greet/run",
+            &[
+                ("csrf", &csrf),
+                ("environment", "prod"),
+                ("input", "{\"value\":\"hi\"}"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let job_page = r.headers["location"].to_str().unwrap().to_string();
+    let job = job_page.trim_start_matches("/ui/jobs/").to_string();
+    let detail = api.wait_job("team-a", &job, &admin).await;
+    assert_eq!(detail["state"], "succeeded", "{detail}");
+    let r = alice.get(&job_page).await;
+    assert!(text(&r).contains("succeeded"), "{}", text(&r));
+
+    // Forms without the session's CSRF token, or sent from another site,
+    // change nothing.
+    let r = alice
+        .post(&format!("/ui/jobs/{job}/rerun"), &[("csrf", "forged")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = alice
+        .request(
+            Method::POST,
+            &format!("/ui/jobs/{job}/rerun"),
+            Some(&[("csrf", csrf.as_str())]),
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = alice
+        .request(
+            Method::POST,
+            &format!("/ui/jobs/{job}/rerun"),
+            Some(&[("csrf", csrf.as_str())]),
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let jobs = api.get("/v1/workspaces/team-a/jobs", &admin).await;
+    assert_eq!(
+        jobs.json["jobs"].as_array().unwrap().len(),
+        1,
+        "no rerun happened"
+    );
+
+    // The analyst sees no write form, and posting one anyway is refused by
+    // the API: no token is created, no job rerun.
+    let mut bob = Browserless {
+        api: daemon.client().await,
+        cookies: vec![],
+    };
+    bob.sign_in(&reader).await;
+    let page = bob.get("/ui/recipes").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", text(&page));
+    assert!(!text(&page).contains("Deploy a bundle"));
+    let page = bob.get(&job_page).await;
+    assert!(text(&page).contains("succeeded"));
+    assert!(
+        !text(&page).contains("Rerun"),
+        "no write button for an analyst"
+    );
+    // A page the role may not read says so (the API's 403), and its
+    // section is not in the navigation.
+    let tokens_page = bob.get("/ui/tokens").await;
+    assert_eq!(tokens_page.status, StatusCode::FORBIDDEN);
+    assert!(!text(&tokens_page).contains("href=\"/ui/tokens\""));
+    let bob_csrf = csrf_in(&text(&page));
+    let r = bob
+        .post(
+            "/ui/tokens",
+            &[
+                ("csrf", &bob_csrf),
+                ("name", "mine"),
+                ("scopes", "*:write"),
+                ("expires_in", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+    let r = bob
+        .post(&format!("/ui/jobs/{job}/rerun"), &[("csrf", &bob_csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+    let tokens = api.get("/v1/workspaces/team-a/tokens", &admin).await;
+    assert_eq!(tokens.json["tokens"].as_array().unwrap().len(), 2);
+    let jobs = api.get("/v1/workspaces/team-a/jobs", &admin).await;
+    assert_eq!(jobs.json["jobs"].as_array().unwrap().len(), 1);
+
+    // The admin reruns through the console.
+    let r = alice
+        .post(&format!("/ui/jobs/{job}/rerun"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let jobs = api.get("/v1/workspaces/team-a/jobs", &admin).await;
+    assert_eq!(jobs.json["jobs"].as_array().unwrap().len(), 2);
+
+    // Revoking bob's token ends his session at his next request.
+    let bob_id = tokens.json["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["owner"] == "bob")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = api
+        .send(
+            Method::DELETE,
+            &format!("/v1/workspaces/team-a/tokens/{bob_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.json);
+    // (the revocation deleted it in its own transaction).
+    let r = bob.get("/ui/jobs").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers["location"], "/ui/login?ended=1");
+
+    // A session unused past the workspace's idle timeout is refused.
+    let conn = rusqlite::Connection::open(site.db()).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    conn.execute(
+        "UPDATE console_sessions SET last_seen = last_seen - 1900000",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let r = alice.get("/ui/jobs").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers["location"], "/ui/login?ended=idle");
+    let r = alice.get("/ui/jobs").await;
+    assert_eq!(
+        r.headers["location"], "/ui/login?ended=1",
+        "the session is gone"
+    );
+
+    // Every step is in the audit log, with the console's actions under the
+    // caller's name.
+    let audit = site.audit_entries();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert!(
+        actions.contains(&("console.sign_in", "alice")),
+        "{actions:?}"
+    );
+    assert!(actions.contains(&("console.sign_in", "bob")));
+    assert!(actions.contains(&("job.run", "alice")));
+    assert!(actions.contains(&("job.rerun", "alice")), "{actions:?}");
+    assert!(actions.contains(&("console.session_end", "alice")));
+    assert!(audit.iter().any(|e| e["action"] == "auth.failure"));
+}
