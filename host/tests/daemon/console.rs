@@ -354,3 +354,131 @@ async fn console_sessions_are_strict_and_every_form_is_the_apis_decision() {
     assert!(actions.contains(&("console.session_end", "alice")));
     assert!(audit.iter().any(|e| e["action"] == "auth.failure"));
 }
+
+/// The server time of a console answer (`Server-Timing: app;dur=...`).
+fn server_ms(r: &Reply) -> f64 {
+    let v = r.headers["server-timing"].to_str().unwrap();
+    v.trim_start_matches("app;dur=").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_jobs_and_ten_thousand_log_lines_stay_fast() {
+    let site = Site::new("");
+    site.member("team-a", "alice", "admin");
+    let admin = site.token("team-a", "alice", "*:write");
+    let text_manifest = "[recipe]\nname = \"chatty\"\n\n[trigger]\nkind = \"webhook\"\n\n\
+        [[steps]]\nname = \"talk\"\ncomponent = \"components/hostile.wasm\"\naction = \"log-flood\"\n\
+        input = { count = 10000, len = 60 }\n\n[steps.grants]\nnet = [\"api.example.com\"]\n\
+        secrets = { api = \"api\" }\nenv = [\"unused\"]\n";
+    let bundle = crate::support::bundle(&site, "chatty", "hostile.wasm", text_manifest);
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let r = api.deploy("team-a", "chatty", &admin, &bundle).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = api
+        .put(
+            "/v1/workspaces/team-a/connections/api",
+            &admin,
+            &serde_json::json!({ "value": "tok-Jb5Tc8Ny2Gf7Qm4Zr9Lw1", "hosts": ["api.example.com"] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = api
+        .post(
+            "/v1/workspaces/team-a/recipes/chatty/runs",
+            &admin,
+            &serde_json::json!({ "environment": "prod" }),
+        )
+        .await;
+    let job = r.json["job"].as_str().unwrap().to_string();
+    let detail = api.wait_job("team-a", &job, &admin).await;
+    assert_eq!(detail["state"], "succeeded", "{detail}");
+
+    let mut alice = Browserless {
+        api: daemon.client().await,
+        cookies: vec![],
+    };
+    alice.sign_in(&admin).await;
+
+    // A job with 10,000 log lines: 200 lines a page, every page reachable.
+    let r = alice.get(&format!("/ui/jobs/{job}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let page = text(&r);
+    assert!(
+        page.contains("Logs (10000 lines)"),
+        "{}",
+        &page[..page.len().min(2000)]
+    );
+    assert_eq!(page.matches("<li><span class=\"muted\">talk").count(), 200);
+    assert!(page.contains("page 1 of 50"));
+    let last = alice.get(&format!("/ui/jobs/{job}?log_page=49")).await;
+    assert!(text(&last).contains("page 50 of 50"));
+    assert_eq!(
+        text(&last)
+            .matches("<li><span class=\"muted\">talk")
+            .count(),
+        200
+    );
+    let mut job_times: Vec<f64> = Vec::new();
+    for i in 0..20 {
+        let r = alice.get(&format!("/ui/jobs/{job}?log_page={i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        job_times.push(server_ms(&r));
+    }
+
+    // A million job records in the workspace (written straight into the
+    // database: the listing never opens their payloads), with failures
+    // and ten recipes.
+    let conn = rusqlite::Connection::open(site.db()).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .unwrap();
+    let started = std::time::Instant::now();
+    conn.execute_batch(
+        "BEGIN;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
+         INSERT INTO jobs (id, workspace, recipe, environment, state, trigger_kind, payload, created_at, started_at, finished_at)
+         SELECT printf('job_seed_%08d', i), 'team-a', 'r' || (i % 10), 'prod',
+                CASE WHEN i % 997 = 0 THEN 'failed' ELSE 'succeeded' END, 'webhook', x'00',
+                (unixepoch() * 1000) - i * 500, NULL, NULL FROM n;
+         COMMIT;",
+    )
+    .unwrap();
+    eprintln!("seeded a million jobs in {:?}", started.elapsed());
+    drop(conn);
+
+    let variants = [
+        "/ui/jobs",
+        "/ui/jobs?state=failed",
+        "/ui/jobs?recipe=r3",
+        "/ui/jobs?hours=2",
+        "/ui/jobs?recipe=r7&state=failed",
+        "/ui/jobs?before=job_seed_00500000",
+    ];
+    let mut times: Vec<f64> = Vec::new();
+    for round in 0..40 {
+        for v in variants {
+            let r = alice.get(v).await;
+            assert_eq!(r.status, StatusCode::OK, "{v}");
+            if round == 0 {
+                // Every variant finds a full page.
+                assert_eq!(
+                    text(&r).matches("<tr><td><a class=\"mono\"").count(),
+                    50,
+                    "{v}"
+                );
+            }
+            times.push(server_ms(&r));
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    job_times.sort_by(f64::total_cmp);
+    let p99 = times[times.len() * 99 / 100];
+    let p50 = times[times.len() / 2];
+    eprintln!(
+        "jobs page over 1M jobs: p50 {p50:.1} ms, p99 {p99:.1} ms; job page of 10,000 log lines: p50 {:.1} ms, max {:.1} ms",
+        job_times[job_times.len() / 2],
+        job_times[job_times.len() - 1]
+    );
+    assert!(p99 < 100.0, "p99 {p99} ms");
+    assert!(job_times[job_times.len() - 1] < 1000.0, "{job_times:?}");
+}
