@@ -10,6 +10,11 @@
 //! - [`canary`](mod@canary): random secret-like values and [`assert_absent`],
 //!   which searches for them in raw and encoded forms.
 //! - [`greet`]: a grant-free step in each language, written over a scaffold.
+//! - [`oidc`]: [`OidcProvider`](oidc::OidcProvider), a local OpenID Connect
+//!   provider (authorization code with PKCE, ES256 id tokens) with knobs that
+//!   spoil its id tokens.
+//! - [`browser`]: [`Browser`](browser::Browser), headless Chromium driven
+//!   through chromedriver, reading the browser's console log.
 //!
 //! Everything listens on and connects to `127.0.0.1` only.
 //!
@@ -30,11 +35,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod canary;
 pub mod client;
 pub mod greet;
 pub mod mock;
 pub mod oauth;
+pub mod oidc;
 pub mod pki;
 
 pub use canary::{assert_absent, canary, find_encoded};

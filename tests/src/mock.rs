@@ -142,15 +142,14 @@ impl MockServer {
 
     /// Binds the listener and spawns the accept loop.
     async fn spawn(acceptor: Option<TlsAcceptor>) -> MockServer {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("bind a loopback port");
-        let addr = listener
-            .local_addr()
-            .expect("bound listener has an address");
+        let (listener, addr) = bind_loopback().await;
         let shared = Arc::new(Shared::default());
         let tls = acceptor.is_some();
-        let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
+        let serving = Arc::clone(&shared);
+        let task = tokio::spawn(accept_loop(listener, move |stream| {
+            serving.connections.fetch_add(1, Ordering::SeqCst);
+            serve_connection(stream, acceptor.clone(), Arc::clone(&serving))
+        }));
         MockServer {
             addr,
             tls,
@@ -277,8 +276,31 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Accepts connections until the task is aborted.
-async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared: Arc<Shared>) {
+/// Binds a listener on `127.0.0.1` with a port the system picks.
+///
+/// # Panics
+///
+/// Panics if no loopback port can be bound.
+pub(crate) async fn bind_loopback() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind a loopback port");
+    let addr = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    (listener, addr)
+}
+
+/// Accepts connections until the task running it is aborted, and serves each
+/// on a task of its own with `serve`.
+///
+/// Aborting the task drops its `JoinSet`, which aborts every connection task
+/// as well: the accept loop of this crate's test servers.
+pub(crate) async fn accept_loop<S, F>(listener: TcpListener, serve: S)
+where
+    S: Fn(TcpStream) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -286,12 +308,7 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, share
                 Ok((stream, _peer)) => {
                     // Like a production server: no Nagle delay on responses.
                     let _ = stream.set_nodelay(true);
-                    shared.connections.fetch_add(1, Ordering::SeqCst);
-                    connections.spawn(serve_connection(
-                        stream,
-                        acceptor.clone(),
-                        Arc::clone(&shared),
-                    ));
+                    connections.spawn(serve(stream));
                 }
                 // Accept errors such as running out of file descriptors are
                 // transient; back off briefly rather than spin.
@@ -300,6 +317,39 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, share
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+}
+
+/// Serves HTTPS on `listener` on a new task: TLS with `acceptor`, then
+/// HTTP/1.1 with keep-alive, every request answered by `handler`. Aborting
+/// the task stops the server and ends its connections.
+///
+/// A failed handshake (such as a client that does not trust the CA) simply
+/// ends that connection; the test sees it on the client side.
+///
+/// # Panics
+///
+/// Panics if called outside a tokio runtime.
+pub(crate) fn spawn_https<H, F, B>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handler: H,
+) -> JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let handler = Arc::new(handler);
+    tokio::spawn(accept_loop(listener, move |stream| {
+        let acceptor = acceptor.clone();
+        let handler = Arc::clone(&handler);
+        async move {
+            if let Ok(tls) = acceptor.accept(stream).await {
+                serve_http1(tls, move |request| handler(request)).await;
+            }
+        }
+    }))
 }
 
 /// Serves one accepted connection, with TLS when an acceptor is given.

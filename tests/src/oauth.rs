@@ -100,12 +100,12 @@ use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use url::Url;
 
 use crate::client::DirectClient;
+use crate::mock::{bind_loopback, spawn_https};
 use crate::pki::TestPki;
 
 /// How long an authorization code can be redeemed.
@@ -124,7 +124,7 @@ const S256_CHALLENGE_LEN: usize = 43;
 const BEARER_CHALLENGE: &str = r#"Bearer error="invalid_token""#;
 
 /// The response body type of every route.
-type ResponseBody = Full<Bytes>;
+pub(crate) type ResponseBody = Full<Bytes>;
 
 /// Counts of `/token` answers, by outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -161,20 +161,19 @@ impl OAuthServer {
     /// Panics if no loopback port can be bound, or if called outside a tokio
     /// runtime.
     pub async fn start(pki: &TestPki, client_id: &str, client_secret: &str) -> OAuthServer {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("bind a loopback port");
-        let addr = listener
-            .local_addr()
-            .expect("bound listener has an address");
         let shared = Arc::new(Shared {
             client_id: client_id.to_owned(),
             client_secret: client_secret.to_owned(),
             token_requests_started: AtomicUsize::new(0),
             state: Mutex::new(State::new()),
         });
+        let (listener, addr) = bind_loopback().await;
+        let serving = Arc::clone(&shared);
         let acceptor = TlsAcceptor::from(pki.server_config());
-        let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
+        let task = spawn_https(listener, acceptor, move |request| {
+            let shared = Arc::clone(&serving);
+            async move { handle(&shared, request).await }
+        });
         OAuthServer {
             addr,
             ca_pem: pki.ca_pem(),
@@ -217,38 +216,7 @@ impl OAuthServer {
     /// `Location` (the error then holds the status and body, such as an
     /// `invalid_request` about a missing `state`).
     pub async fn authorize(&self, authorize_url: &str) -> anyhow::Result<String> {
-        let url = Url::parse(authorize_url)
-            .with_context(|| format!("authorize URL {authorize_url:?} does not parse"))?;
-        if url.scheme() != "https" {
-            bail!("authorize URL {authorize_url:?} is not https");
-        }
-        if url.port_or_known_default() != Some(self.port()) {
-            bail!(
-                "authorize URL {authorize_url:?} is not on this server's port {}",
-                self.port()
-            );
-        }
-        let server_name = match url.host() {
-            Some(url::Host::Domain(domain)) => domain.to_owned(),
-            Some(url::Host::Ipv4(ip)) => ip.to_string(),
-            Some(url::Host::Ipv6(ip)) => ip.to_string(),
-            None => bail!("authorize URL {authorize_url:?} has no host"),
-        };
-        let mut client = DirectClient::connect(self.addr, &server_name, &self.ca_pem).await?;
-        let request = Request::get(url.as_str())
-            .body(Full::default())
-            .context("build the authorize request")?;
-        let (status, headers, body) = client.send(request).await?;
-        match headers.get(LOCATION) {
-            Some(location) if status == StatusCode::FOUND => Ok(location
-                .to_str()
-                .context("Location is not visible ASCII")?
-                .to_owned()),
-            _ => bail!(
-                "authorize answered {status} without a redirect: {}",
-                String::from_utf8_lossy(&body)
-            ),
-        }
+        follow_authorize(self.addr, &self.ca_pem, authorize_url).await
     }
 
     /// Sets the lifetime of access tokens issued from now on, which is also
@@ -352,6 +320,49 @@ impl Drop for OAuthServer {
         // Dropping the accept loop drops its `JoinSet`, which aborts every
         // connection task as well.
         self.task.abort();
+    }
+}
+
+/// Sends a GET to `authorize_url`, an `/authorize` URL on the server at
+/// `addr` whose certificate chains to `ca_pem`, and returns the `Location` of
+/// the redirect it answered: the browser's part of a sign-in (see
+/// [`OAuthServer::authorize`]).
+pub(crate) async fn follow_authorize(
+    addr: SocketAddr,
+    ca_pem: &str,
+    authorize_url: &str,
+) -> anyhow::Result<String> {
+    let url = Url::parse(authorize_url)
+        .with_context(|| format!("authorize URL {authorize_url:?} does not parse"))?;
+    if url.scheme() != "https" {
+        bail!("authorize URL {authorize_url:?} is not https");
+    }
+    if url.port_or_known_default() != Some(addr.port()) {
+        bail!(
+            "authorize URL {authorize_url:?} is not on this server's port {}",
+            addr.port()
+        );
+    }
+    let server_name = match url.host() {
+        Some(url::Host::Domain(domain)) => domain.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => bail!("authorize URL {authorize_url:?} has no host"),
+    };
+    let mut client = DirectClient::connect(addr, &server_name, ca_pem).await?;
+    let request = Request::get(url.as_str())
+        .body(Full::default())
+        .context("build the authorize request")?;
+    let (status, headers, body) = client.send(request).await?;
+    match headers.get(LOCATION) {
+        Some(location) if status == StatusCode::FOUND => Ok(location
+            .to_str()
+            .context("Location is not visible ASCII")?
+            .to_owned()),
+        _ => bail!(
+            "authorize answered {status} without a redirect: {}",
+            String::from_utf8_lossy(&body)
+        ),
     }
 }
 
@@ -483,12 +494,85 @@ impl State {
 }
 
 /// An authorization code waiting for its redemption.
-struct PendingCode {
+pub(crate) struct PendingCode {
     client_id: String,
     redirect_uri: String,
     code_challenge: String,
-    scope: Option<String>,
+    /// The scope of the authorization request, if it named one.
+    pub(crate) scope: Option<String>,
     expires_at: Instant,
+}
+
+impl PendingCode {
+    /// A code for `request` by `client_id`, redeemable for [`CODE_TTL`].
+    pub(crate) fn new(client_id: &str, request: &AuthorizeRequest) -> PendingCode {
+        PendingCode {
+            client_id: client_id.to_owned(),
+            redirect_uri: request.redirect_uri.clone(),
+            code_challenge: request.code_challenge.clone(),
+            scope: request.scope.clone(),
+            expires_at: Instant::now() + CODE_TTL,
+        }
+    }
+
+    /// Checks a redemption of this (just spent) code by `client_id`: not
+    /// expired, issued to that client, the same `redirect_uri` (as a string)
+    /// and a `code_verifier` matching the S256 challenge.
+    pub(crate) fn check(
+        &self,
+        client_id: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<(), OAuthError> {
+        if Instant::now() >= self.expires_at {
+            return Err(OAuthError::invalid_grant("authorization code expired"));
+        }
+        if self.client_id != client_id {
+            return Err(OAuthError::invalid_grant(
+                "authorization code was issued to another client",
+            ));
+        }
+        if self.redirect_uri != redirect_uri {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri differs from the authorization request",
+            ));
+        }
+        let verifier_ok = (43..=128).contains(&code_verifier.len())
+            && code_verifier
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        if !verifier_ok || s256_challenge(code_verifier) != self.code_challenge {
+            return Err(OAuthError::invalid_grant("code_verifier does not match"));
+        }
+        Ok(())
+    }
+}
+
+/// The checked parameters of an authorization request, common to OAuth 2.0
+/// and OpenID Connect.
+pub(crate) struct AuthorizeRequest {
+    /// `redirect_uri` parsed, to which the answer's parameters are added.
+    pub(crate) location: Url,
+    /// `redirect_uri` as given, which the redemption must repeat.
+    pub(crate) redirect_uri: String,
+    /// `state`, echoed in the redirect.
+    pub(crate) state: String,
+    /// The S256 `code_challenge`.
+    pub(crate) code_challenge: String,
+    /// `scope`, if given.
+    pub(crate) scope: Option<String>,
+}
+
+impl AuthorizeRequest {
+    /// The answer's redirect target: `redirect_uri` with `name=value` and
+    /// `state` added to its query.
+    pub(crate) fn answer(mut self, name: &str, value: &str) -> String {
+        self.location
+            .query_pairs_mut()
+            .append_pair(name, value)
+            .append_pair("state", &self.state);
+        self.location.into()
+    }
 }
 
 /// The tokens descending from one authorization code.
@@ -524,7 +608,7 @@ struct RefreshToken {
 }
 
 /// A refusal in OAuth's error format (RFC 6749 5.2).
-struct OAuthError {
+pub(crate) struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
@@ -532,7 +616,7 @@ struct OAuthError {
 
 impl OAuthError {
     /// A 400 answer with `error`.
-    fn bad_request(error: &'static str, description: impl Into<String>) -> OAuthError {
+    pub(crate) fn bad_request(error: &'static str, description: impl Into<String>) -> OAuthError {
         OAuthError {
             status: StatusCode::BAD_REQUEST,
             error,
@@ -541,17 +625,17 @@ impl OAuthError {
     }
 
     /// A 400 `invalid_request`.
-    fn invalid_request(description: impl Into<String>) -> OAuthError {
+    pub(crate) fn invalid_request(description: impl Into<String>) -> OAuthError {
         OAuthError::bad_request("invalid_request", description)
     }
 
     /// A 400 `invalid_grant`.
-    fn invalid_grant(description: impl Into<String>) -> OAuthError {
+    pub(crate) fn invalid_grant(description: impl Into<String>) -> OAuthError {
         OAuthError::bad_request("invalid_grant", description)
     }
 
     /// A 401 `invalid_client`.
-    fn invalid_client(description: impl Into<String>) -> OAuthError {
+    pub(crate) fn invalid_client(description: impl Into<String>) -> OAuthError {
         OAuthError {
             status: StatusCode::UNAUTHORIZED,
             error: "invalid_client",
@@ -560,7 +644,7 @@ impl OAuthError {
     }
 
     /// The JSON response; a 401 challenges for HTTP Basic (RFC 6749 5.2).
-    fn into_response(self) -> Response<ResponseBody> {
+    pub(crate) fn into_response(self) -> Response<ResponseBody> {
         let mut response = json_response(
             self.status,
             &json!({ "error": self.error, "error_description": self.description }),
@@ -573,43 +657,6 @@ impl OAuthError {
         }
         response
     }
-}
-
-/// Accepts connections until the task is aborted.
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(
-                        stream,
-                        acceptor.clone(),
-                        Arc::clone(&shared),
-                    ));
-                }
-                // Accept errors such as running out of file descriptors are
-                // transient; back off briefly rather than spin.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
-
-/// Serves one accepted connection: TLS, then HTTP/1.1 with keep-alive.
-async fn serve_connection(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    // A failed handshake (such as a client that does not trust the CA)
-    // simply ends the connection; the test sees it on the client side.
-    let Ok(tls) = acceptor.accept(stream).await else {
-        return;
-    };
-    crate::mock::serve_http1(tls, move |request| {
-        let shared = Arc::clone(&shared);
-        async move { handle(&shared, request).await }
-    })
-    .await;
 }
 
 /// Answers a request from the route table.
@@ -627,14 +674,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Respons
         shared.token_requests_started.fetch_add(1, Ordering::SeqCst);
     }
     if parts.method != allowed.0 {
-        let mut response = json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &json!({ "error": "method_not_allowed" }),
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(allowed.1));
-        return response;
+        return method_not_allowed(allowed.1);
     }
     match path {
         "/authorize" => authorize(shared, parts.uri.query()),
@@ -653,21 +693,37 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Respons
     }
 }
 
+/// A 405 answer naming the `allow`ed method.
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({ "error": "method_not_allowed" }),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 /// `GET /authorize`: checks the request and redirects with a fresh code.
 fn authorize(shared: &Shared, query: Option<&str>) -> Response<ResponseBody> {
-    match authorize_location(shared, query) {
-        Ok(location) => match HeaderValue::try_from(location.as_str()) {
-            Ok(location) => {
-                let mut response = with_body(StatusCode::FOUND, "text/plain", "redirecting");
-                response.headers_mut().insert(LOCATION, location);
-                response
-                    .headers_mut()
-                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                response
-            }
-            Err(_) => OAuthError::invalid_request("redirect_uri is not a valid header value")
-                .into_response(),
-        },
+    redirect_response(authorize_location(shared, query))
+}
+
+/// A 302 to `location` (not to be stored), or the refusal.
+pub(crate) fn redirect_response(location: Result<String, OAuthError>) -> Response<ResponseBody> {
+    match location.map(HeaderValue::try_from) {
+        Ok(Ok(location)) => {
+            let mut response = with_body(StatusCode::FOUND, "text/plain", "redirecting");
+            response.headers_mut().insert(LOCATION, location);
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Ok(Err(_)) => {
+            OAuthError::invalid_request("redirect_uri is not a valid header value").into_response()
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -676,6 +732,22 @@ fn authorize(shared: &Shared, query: Option<&str>) -> Response<ResponseBody> {
 /// stored for it; the refusal otherwise.
 fn authorize_location(shared: &Shared, query: Option<&str>) -> Result<String, OAuthError> {
     let params = parse_params(query.unwrap_or_default().as_bytes())?;
+    let request = check_authorize(&params, &shared.client_id)?;
+    let code = random_token("ac_");
+    shared
+        .state()
+        .codes
+        .insert(code.clone(), PendingCode::new(&shared.client_id, &request));
+    Ok(request.answer("code", &code))
+}
+
+/// Checks what every authorization request of `client_id` needs: the
+/// client, the redirect target, `response_type=code`, a `state` and an S256
+/// PKCE challenge.
+pub(crate) fn check_authorize(
+    params: &HashMap<String, String>,
+    client_id: &str,
+) -> Result<AuthorizeRequest, OAuthError> {
     let required = |name: &str| {
         params
             .get(name)
@@ -683,14 +755,14 @@ fn authorize_location(shared: &Shared, query: Option<&str>) -> Result<String, OA
     };
     // The client and the redirect target first: a provider never redirects
     // to an unverified target (RFC 6749 4.1.2.1).
-    if *required("client_id")? != shared.client_id {
+    if *required("client_id")? != client_id {
         return Err(OAuthError::bad_request(
             "invalid_client",
             "unknown client_id",
         ));
     }
     let redirect_uri = required("redirect_uri")?;
-    let mut location = checked_redirect_uri(redirect_uri)?;
+    let location = checked_redirect_uri(redirect_uri)?;
     match required("response_type")?.as_str() {
         "code" => {}
         _ => {
@@ -717,23 +789,13 @@ fn authorize_location(shared: &Shared, query: Option<&str>) -> Result<String, OA
             "code_challenge must be 43 base64url characters",
         ));
     }
-
-    let code = random_token("ac_");
-    shared.state().codes.insert(
-        code.clone(),
-        PendingCode {
-            client_id: shared.client_id.clone(),
-            redirect_uri: redirect_uri.clone(),
-            code_challenge: code_challenge.clone(),
-            scope: params.get("scope").cloned(),
-            expires_at: Instant::now() + CODE_TTL,
-        },
-    );
-    location
-        .query_pairs_mut()
-        .append_pair("code", &code)
-        .append_pair("state", state);
-    Ok(location.into())
+    Ok(AuthorizeRequest {
+        location,
+        redirect_uri: redirect_uri.clone(),
+        state: state.clone(),
+        code_challenge: code_challenge.clone(),
+        scope: params.get("scope").cloned(),
+    })
 }
 
 /// Parses `redirect_uri`, accepting `https://` anywhere and `http://` on a
@@ -785,21 +847,7 @@ fn token_grant(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<serde_json::Map<String, Value>, OAuthError> {
-    let form_encoded = headers
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| {
-            mime.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !form_encoded {
-        return Err(OAuthError::invalid_request(
-            "Content-Type must be application/x-www-form-urlencoded",
-        ));
-    }
-    let params = parse_params(body)?;
-    authenticate(shared, headers, &params)?;
+    let params = authenticated_form(&shared.client_id, &shared.client_secret, headers, body)?;
     let client_id = shared.client_id.as_str();
     let required = |name: &str| {
         params
@@ -841,10 +889,38 @@ fn token_grant(
     }
 }
 
+/// The parameters of a token request of `client_id` with `client_secret`:
+/// checks that the body is form-encoded, parses it and authenticates the
+/// client.
+pub(crate) fn authenticated_form(
+    client_id: &str,
+    client_secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<HashMap<String, String>, OAuthError> {
+    let form_encoded = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form_encoded {
+        return Err(OAuthError::invalid_request(
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let params = parse_params(body)?;
+    authenticate(client_id, client_secret, headers, &params)?;
+    Ok(params)
+}
+
 /// Checks the client's credentials: HTTP Basic (each part form-urlencoded,
 /// RFC 6749 2.3.1) or `client_id` and `client_secret` in the body, not both.
 fn authenticate(
-    shared: &Shared,
+    client_id: &str,
+    client_secret: &str,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<(), OAuthError> {
@@ -872,7 +948,7 @@ fn authenticate(
             _ => return Err(OAuthError::invalid_client("client authentication required")),
         },
     };
-    if id == shared.client_id && secret == shared.client_secret {
+    if id == client_id && secret == client_secret {
         Ok(())
     } else {
         Err(OAuthError::invalid_client("unknown client or wrong secret"))
@@ -917,26 +993,7 @@ fn redeem_code(
         return Err(OAuthError::invalid_grant("unknown authorization code"));
     };
     state.spent_codes.insert(code.to_owned(), None);
-    if Instant::now() >= pending.expires_at {
-        return Err(OAuthError::invalid_grant("authorization code expired"));
-    }
-    if pending.client_id != client_id {
-        return Err(OAuthError::invalid_grant(
-            "authorization code was issued to another client",
-        ));
-    }
-    if pending.redirect_uri != redirect_uri {
-        return Err(OAuthError::invalid_grant(
-            "redirect_uri differs from the authorization request",
-        ));
-    }
-    let verifier_ok = (43..=128).contains(&code_verifier.len())
-        && code_verifier
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-    if !verifier_ok || s256_challenge(code_verifier) != pending.code_challenge {
-        return Err(OAuthError::invalid_grant("code_verifier does not match"));
-    }
+    pending.check(client_id, redirect_uri, code_verifier)?;
 
     let family = state.families.len();
     state.families.push(Family {
@@ -1046,7 +1103,7 @@ fn api_me(shared: &Shared, headers: &HeaderMap, query: Option<&str>) -> Response
 
 /// Parses form-urlencoded parameters, refusing a name given twice; a
 /// parameter with an empty value counts as absent (RFC 6749 3.1).
-fn parse_params(input: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+pub(crate) fn parse_params(input: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let mut params = HashMap::new();
     for (name, value) in url::form_urlencoded::parse(input) {
         if value.is_empty() {
@@ -1068,7 +1125,7 @@ fn parse_params(input: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
 }
 
 /// `prefix` followed by random alphanumeric characters.
-fn random_token(prefix: &str) -> String {
+pub(crate) fn random_token(prefix: &str) -> String {
     let suffix: String = rand::rng()
         .sample_iter(Alphanumeric)
         .take(TOKEN_CHARS)
@@ -1078,12 +1135,16 @@ fn random_token(prefix: &str) -> String {
 }
 
 /// A response with a JSON body.
-fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
     with_body(status, "application/json", &body.to_string())
 }
 
 /// A response with the given status, content type and body.
-fn with_body(status: StatusCode, content_type: &'static str, body: &str) -> Response<ResponseBody> {
+pub(crate) fn with_body(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &str,
+) -> Response<ResponseBody> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
     *response.status_mut() = status;
     response
@@ -1092,56 +1153,58 @@ fn with_body(status: StatusCode, content_type: &'static str, body: &str) -> Resp
     response
 }
 
+/// Helpers for the tests of this provider and of the OpenID Connect one.
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    const CLIENT_ID: &str = "app";
     /// A secret with characters that form-urlencoding changes.
-    const SECRET: &str = "s3cr+t/é:x%";
-    const REDIRECT: &str = "http://127.0.0.1:8765/callback";
+    pub(crate) const SECRET: &str = "s3cr+t/é:x%";
+    /// The PKCE verifier of the standard authorization requests.
+    pub(crate) const VERIFIER: &str = "verifier-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEF";
     /// Changes to the standard authorize parameters: `(name, None)` drops
     /// a parameter, `(name, Some(value))` sets it.
-    type Changes<'a> = &'a [(&'a str, Option<&'a str>)];
+    pub(crate) type Changes<'a> = &'a [(&'a str, Option<&'a str>)];
 
-    const VERIFIER: &str = "verifier-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEF";
-
-    /// A server and a client connected to it.
-    async fn setup() -> (OAuthServer, DirectClient) {
-        let pki = TestPki::new(&["oauth.example.test"]);
-        let server = OAuthServer::start(&pki, CLIENT_ID, SECRET).await;
-        let client = DirectClient::connect(server.addr(), "127.0.0.1", &pki.ca_pem())
-            .await
-            .unwrap();
-        (server, client)
+    /// The standard authorize parameters of `client_id`: `response_type`
+    /// `code`, `redirect_uri`, `scope`, `state` `st-1` and the S256
+    /// challenge of [`VERIFIER`].
+    pub(crate) fn standard_params(
+        client_id: &str,
+        redirect_uri: &str,
+        scope: &str,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", client_id.to_owned()),
+            ("redirect_uri", redirect_uri.to_owned()),
+            ("scope", scope.to_owned()),
+            ("state", "st-1".to_owned()),
+            ("code_challenge", s256_challenge(VERIFIER)),
+            ("code_challenge_method", "S256".to_owned()),
+        ]
     }
 
-    /// An authorize URL for `server` with the standard parameters, changed.
-    fn authorize_url(server: &OAuthServer, changes: Changes<'_>) -> String {
-        let challenge = s256_challenge(VERIFIER);
-        let mut params = vec![
-            ("response_type", "code".to_owned()),
-            ("client_id", CLIENT_ID.to_owned()),
-            ("redirect_uri", REDIRECT.to_owned()),
-            ("scope", "read write".to_owned()),
-            ("state", "st-1".to_owned()),
-            ("code_challenge", challenge),
-            ("code_challenge_method", "S256".to_owned()),
-        ];
+    /// `endpoint` with `params`, changed, as its query.
+    pub(crate) fn changed_url<'a>(
+        endpoint: &str,
+        mut params: Vec<(&'a str, String)>,
+        changes: Changes<'a>,
+    ) -> String {
         for (name, value) in changes {
             params.retain(|(key, _)| key != name);
             if let Some(value) = value {
                 params.push((name, (*value).to_owned()));
             }
         }
-        let mut url = Url::parse(&server.url("/authorize")).unwrap();
+        let mut url = Url::parse(endpoint).unwrap();
         url.query_pairs_mut().extend_pairs(params);
         url.into()
     }
 
     /// The query parameters of a redirect `location`.
-    fn redirect_params(location: &str) -> HashMap<String, String> {
+    pub(crate) fn redirect_params(location: &str) -> HashMap<String, String> {
         Url::parse(location)
             .unwrap()
             .query_pairs()
@@ -1149,14 +1212,18 @@ mod tests {
             .collect()
     }
 
-    /// Authorizes with the standard parameters and returns the code.
-    async fn code(server: &OAuthServer) -> String {
-        let location = server.authorize(&authorize_url(server, &[])).await.unwrap();
-        redirect_params(&location)["code"].clone()
+    /// Checks that `refusal`, the error of an authorize request that was
+    /// not redirected, is a 400 with `error`.
+    pub(crate) fn assert_refused(refusal: &str, error: &str, case: &dyn fmt::Debug) {
+        assert!(refusal.contains("400 Bad Request"), "{case:?}: {refusal}");
+        assert!(
+            refusal.contains(&format!(r#""error":"{error}""#)),
+            "{case:?}: {refusal}"
+        );
     }
 
     /// `Basic` credentials encoded as RFC 6749 2.3.1 says.
-    fn basic(id: &str, secret: &str) -> String {
+    pub(crate) fn basic(id: &str, secret: &str) -> String {
         let encode =
             |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
         format!(
@@ -1165,8 +1232,24 @@ mod tests {
         )
     }
 
+    /// The form redeeming `code` with `redirect_uri` and [`VERIFIER`], plus
+    /// `extra` pairs.
+    pub(crate) fn redemption_form(
+        code: &str,
+        redirect_uri: &str,
+        extra: &[(&str, &str)],
+    ) -> String {
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "authorization_code")
+            .append_pair("code", code)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("code_verifier", VERIFIER)
+            .extend_pairs(extra)
+            .finish()
+    }
+
     /// POSTs `form` to `/token` with `authorization`, if any.
-    async fn token_request(
+    pub(crate) async fn token_request(
         client: &mut DirectClient,
         authorization: Option<&str>,
         form: &str,
@@ -1183,6 +1266,38 @@ mod tests {
         let (status, headers, body) = client.send(request).await.unwrap();
         (status, headers, serde_json::from_slice(&body).unwrap())
     }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    const CLIENT_ID: &str = "app";
+    const REDIRECT: &str = "http://127.0.0.1:8765/callback";
+
+    /// A server and a client connected to it.
+    async fn setup() -> (OAuthServer, DirectClient) {
+        let pki = TestPki::new(&["oauth.example.test"]);
+        let server = OAuthServer::start(&pki, CLIENT_ID, SECRET).await;
+        let client = DirectClient::connect(server.addr(), "127.0.0.1", &pki.ca_pem())
+            .await
+            .unwrap();
+        (server, client)
+    }
+
+    /// An authorize URL for `server` with the standard parameters, changed.
+    fn authorize_url(server: &OAuthServer, changes: Changes<'_>) -> String {
+        let params = standard_params(CLIENT_ID, REDIRECT, "read write");
+        changed_url(&server.url("/authorize"), params, changes)
+    }
+
+    /// Authorizes with the standard parameters and returns the code.
+    async fn code(server: &OAuthServer) -> String {
+        let location = server.authorize(&authorize_url(server, &[])).await.unwrap();
+        redirect_params(&location)["code"].clone()
+    }
 
     /// POSTs `form` to `/token` with correct Basic credentials.
     async fn token(client: &mut DirectClient, form: &str) -> (StatusCode, Value) {
@@ -1192,12 +1307,7 @@ mod tests {
 
     /// The form redeeming `code` with the standard redirect and verifier.
     fn code_form(code: &str) -> String {
-        url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "authorization_code")
-            .append_pair("code", code)
-            .append_pair("redirect_uri", REDIRECT)
-            .append_pair("code_verifier", VERIFIER)
-            .finish()
+        redemption_form(code, REDIRECT, &[])
     }
 
     /// The form refreshing with `refresh_token`.
@@ -1311,14 +1421,7 @@ mod tests {
         for (changes, error) in cases {
             let url = authorize_url(&server, changes);
             let refusal = server.authorize(&url).await.unwrap_err().to_string();
-            assert!(
-                refusal.contains("400 Bad Request"),
-                "{changes:?}: {refusal}"
-            );
-            assert!(
-                refusal.contains(&format!(r#""error":"{error}""#)),
-                "{changes:?}: {refusal}"
-            );
+            assert_refused(&refusal, error, changes);
         }
         // A parameter given twice.
         let twice = format!("{}&state=again", authorize_url(&server, &[]));

@@ -211,6 +211,18 @@ async fn console_sessions_are_strict_and_every_form_is_the_apis_decision() {
     assert_eq!(detail["state"], "succeeded", "{detail}");
     let r = alice.get(&job_page).await;
     assert!(text(&r).contains("succeeded"), "{}", text(&r));
+    // The chart counts it.
+    let stats = api
+        .get(
+            "/v1/workspaces/team-a/jobs/stats?since=0&bucket_ms=3600000",
+            &admin,
+        )
+        .await;
+    assert_eq!(stats.status, StatusCode::OK, "{}", stats.json);
+    assert_eq!(stats.json["buckets"][0]["total"], 1, "{}", stats.json);
+    let chart = alice.get("/ui/jobs/chart.svg").await;
+    assert_eq!(chart.headers["content-type"], "image/svg+xml");
+    assert!(text(&chart).contains("1 runs"), "{}", text(&chart));
 
     // Forms without the session's CSRF token, or sent from another site,
     // change nothing.
@@ -481,4 +493,493 @@ async fn a_million_jobs_and_ten_thousand_log_lines_stay_fast() {
     );
     assert!(p99 < 100.0, "p99 {p99} ms");
     assert!(job_times[job_times.len() - 1] < 1000.0, "{job_times:?}");
+}
+
+/// A site whose console signs in through `idp`, and the daemon's
+/// environment that reaches it.
+fn oidc_site(
+    idp: &wrun_tests::oidc::OidcProvider,
+    pki: &wrun_tests::TestPki,
+) -> (Site, Vec<(String, String)>) {
+    let site = Site::new(&format!(
+        "[console.oidc]\nissuer = \"{}\"\nclient_id = \"wrun-console\"\nclient_secret_env = \"WRUN_TEST_OIDC_SECRET\"\n",
+        idp.issuer()
+    ));
+    let ca = site.dir.join("idp-ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let env = vec![
+        ("WRUN_CA_FILE".to_string(), ca.display().to_string()),
+        ("WRUN_ALLOW_RANGES".to_string(), "127.0.0.0/8".to_string()),
+        ("WRUN_TEST_OIDC_SECRET".to_string(), OIDC_SECRET.to_string()),
+    ];
+    (site, env)
+}
+
+const OIDC_SECRET: &str = "oidc-client-secret-Vq7Lx2Pd9Kr4Tz";
+
+/// Starts a sign-in at the daemon, lets the provider answer, and returns
+/// the browser and the callback path the provider sent it to.
+async fn start_oidc(
+    daemon: &crate::support::Daemon,
+    idp: &wrun_tests::oidc::OidcProvider,
+) -> (Browserless, String) {
+    let mut b = Browserless {
+        api: daemon.client().await,
+        cookies: vec![],
+    };
+    let r = b.get("/ui/login/oidc").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let to = r.headers["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with(&idp.issuer()), "{to}");
+    let binding = set_cookie(&r, "__Host-wrun_oidc").expect("a flow cookie");
+    assert!(binding.contains("SameSite=Lax") && binding.contains("HttpOnly"));
+    b.cookies = vec![cookie_pair(binding)];
+    let back = idp.authorize(&to).await.unwrap();
+    let path = back.strip_prefix("https://127.0.0.1").unwrap().to_string();
+    assert!(path.starts_with("/ui/login/oidc/callback?"), "{path}");
+    (b, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_connect_sign_in_checks_every_part_of_the_id_token() {
+    use wrun_tests::oidc::{IdTokenTamper, OidcProvider};
+    let pki = wrun_tests::TestPki::new(&["localhost"]);
+    let idp = OidcProvider::start(&pki, "wrun-console", OIDC_SECRET).await;
+    let (site, env) = oidc_site(&idp, &pki);
+    site.member("team-a", "alice", "admin");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let daemon = site.start_with(&env);
+
+    // A sound sign-in: the callback sets the session and continues with a
+    // page of its own (a Strict cookie is not sent on the provider's
+    // redirect).
+    idp.set_user(serde_json::json!({
+        "sub": "carol", "email": "carol@example.test",
+        "wrun_workspace": "team-a", "wrun_role": "operator"
+    }));
+    let (mut carol, callback) = start_oidc(&daemon, &idp).await;
+    let params = idp.authorize_params();
+    let asked: std::collections::HashMap<_, _> = params.last().unwrap().iter().cloned().collect();
+    assert_eq!(asked["code_challenge_method"], "S256");
+    assert!(asked["scope"].split(' ').any(|s| s == "openid"));
+    assert!(asked["nonce"].len() >= 43 && asked["state"].len() >= 43);
+    let r = carol.get(&callback).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    assert!(text(&r).contains("url=/ui/jobs"));
+    let session = set_cookie(&r, "__Host-wrun_session")
+        .expect("a session")
+        .to_string();
+    assert!(session.contains("SameSite=Strict"));
+    carol.cookies = vec![cookie_pair(&session)];
+    let r = carol.get("/ui/jobs").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(text(&r).contains("oidc:carol"));
+    // The operator may not read the audit log: the API refuses the page.
+    assert_eq!(carol.get("/ui/audit").await.status, StatusCode::FORBIDDEN);
+
+    // The same callback again: the flow was used.
+    let mut replay = Browserless {
+        api: daemon.client().await,
+        cookies: carol.cookies.clone(),
+    };
+    let r = replay.get(&callback).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(set_cookie(&r, "__Host-wrun_session").is_none());
+
+    // A flow finished in another browser (without the flow cookie) is
+    // refused, and spent.
+    let (_, stolen) = start_oidc(&daemon, &idp).await;
+    let mut other = Browserless {
+        api: daemon.client().await,
+        cookies: vec![],
+    };
+    let r = other.get(&stolen).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(
+        r.headers["location"]
+            .to_str()
+            .unwrap()
+            .contains("another+browser")
+            || r.headers["location"]
+                .to_str()
+                .unwrap()
+                .contains("another%20browser"),
+        "{:?}",
+        r.headers["location"]
+    );
+    assert!(set_cookie(&r, "__Host-wrun_session").is_none());
+
+    // Every spoiled ID token is refused, and no session starts.
+    for tamper in [
+        IdTokenTamper::WrongNonce,
+        IdTokenTamper::WrongAudience,
+        IdTokenTamper::WrongIssuer,
+        IdTokenTamper::Expired,
+        IdTokenTamper::ForeignKey,
+        IdTokenTamper::AlgNone,
+    ] {
+        idp.set_tamper(tamper);
+        let (mut b, callback) = start_oidc(&daemon, &idp).await;
+        let r = b.get(&callback).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{tamper:?}");
+        let to = r.headers["location"].to_str().unwrap();
+        assert!(to.starts_with("/ui/login?error="), "{tamper:?}: {to}");
+        assert!(
+            set_cookie(&r, "__Host-wrun_session").is_none(),
+            "{tamper:?}"
+        );
+    }
+    idp.set_tamper(IdTokenTamper::None);
+
+    // A role the workspace does not have is refused.
+    idp.set_user(
+        serde_json::json!({ "sub": "mallory", "wrun_workspace": "team-a", "wrun_role": "root" }),
+    );
+    let (mut b, callback) = start_oidc(&daemon, &idp).await;
+    let r = b.get(&callback).await;
+    assert!(set_cookie(&r, "__Host-wrun_session").is_none());
+
+    // No client secret, code or token in the audit log or the logs.
+    drop(daemon);
+    let audit = site.audit_entries();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "console.sign_in" && e["actor"] == "oidc:carol")
+    );
+    assert!(
+        audit
+            .iter()
+            .filter(|e| e["action"] == "auth.failure" && e["target"] == "console")
+            .count()
+            >= 8
+    );
+    let mut everything = serde_json::to_vec(&audit).unwrap();
+    everything.extend(site.logs());
+    everything.extend(site.db_bytes());
+    let hay = String::from_utf8_lossy(&everything);
+    assert!(!hay.contains(OIDC_SECRET));
+    for token in idp
+        .issued_id_tokens()
+        .iter()
+        .chain(idp.issued_access_tokens().iter())
+    {
+        assert!(!hay.contains(token.as_str()));
+    }
+}
+
+/// A free loopback port (for a daemon whose public URL must name it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The browser's page: its source and what it shows as text.
+async fn seen(c: &fantoccini::Client) -> (String, String) {
+    let source = c.source().await.unwrap();
+    let text = c
+        .execute(
+            "return document.body ? document.body.innerText : ''",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (source, text)
+}
+
+/// Waits until the browser is at a URL ending with `suffix`.
+async fn wait_at(c: &fantoccini::Client, suffix: &str) -> String {
+    for _ in 0..100 {
+        let url = c.current_url().await.unwrap().to_string();
+        if url.ends_with(suffix) || url.contains(&format!("{suffix}?")) {
+            return url;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the browser is at {}, not {suffix}",
+        c.current_url().await.unwrap()
+    );
+}
+
+/// Waits until the job page the browser shows says `state`.
+async fn wait_state(c: &fantoccini::Client, state: &str) {
+    use fantoccini::Locator;
+    for _ in 0..100 {
+        if let Ok(e) = c.find(Locator::Css("#job-state")).await
+            && e.text().await.unwrap_or_default() == state
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        c.refresh().await.unwrap();
+    }
+    panic!(
+        "the job did not reach {state}: {}",
+        c.source().await.unwrap()
+    );
+}
+
+/// Fills the field `css` with `value`.
+async fn fill(c: &fantoccini::Client, css: &str, value: &str) {
+    let e = c.find(fantoccini::Locator::Css(css)).await.unwrap();
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn click(c: &fantoccini::Client, css: &str) {
+    c.find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|_| panic!("no {css}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Saves a screenshot under `WRUN_SCREENSHOTS` (when set).
+async fn screenshot(browser: &wrun_tests::browser::Browser, name: &str) {
+    if let Ok(dir) = std::env::var("WRUN_SCREENSHOTS") {
+        let png = browser.screenshot_png().await.unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_headless_chromium() {
+    use wrun_tests::browser::Browser;
+    use wrun_tests::oidc::OidcProvider;
+    let pki = wrun_tests::TestPki::new(&["localhost"]);
+    let idp = OidcProvider::start(&pki, "wrun-console", OIDC_SECRET).await;
+    let (site, mut env) = oidc_site(&idp, &pki);
+    site.member("team-a", "alice", "admin");
+    site.member("team-a", "bob", "analyst");
+    let admin = site.token("team-a", "alice", "*:write");
+    let analyst = site.token("team-a", "bob", "*:read");
+    let port = free_port();
+    let base = format!("https://127.0.0.1:{port}");
+    env.push(("WRUN_LISTEN".into(), format!("127.0.0.1:{port}")));
+    env.push(("WRUN_PUBLIC_URL".into(), base.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let daemon = site.start_with(&env);
+    let bundle = noop_bundle(&site, "greet", 3);
+    let canaries = [
+        "cnry-first-Hq8Vd3Lm2Zx7Rt5Wk",
+        "cnry-rotated-Pj4Ns9Bc6Gy1Fe3",
+        OIDC_SECRET,
+    ];
+    let mut api = daemon.client().await;
+    // A webhook's signing secret is a trigger value nobody may see again.
+    let r = api.deploy("team-a", "greet", &admin, &bundle).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let hook = api
+        .post(
+            "/v1/workspaces/team-a/recipes/greet/webhooks",
+            &admin,
+            &serde_json::json!({ "environment": "prod", "signed": true }),
+        )
+        .await;
+    assert_eq!(hook.status, StatusCode::CREATED, "{}", hook.json);
+    let hook_secret = hook.json["secret"].as_str().unwrap().to_string();
+
+    let browser = Browser::start().await.unwrap();
+    let c = browser.client();
+    let mut pages: Vec<(String, String)> = Vec::new();
+    let mut visited: Vec<String> = Vec::new();
+
+    // Sign in through the identity provider as an admin.
+    idp.set_user(serde_json::json!({
+        "sub": "carol", "wrun_workspace": "team-a", "wrun_role": "admin"
+    }));
+    c.goto(&format!("{base}/ui/login")).await.unwrap();
+    screenshot(&browser, "console-sign-in").await;
+    click(c, "a.button").await;
+    wait_at(c, "/ui/jobs").await;
+    pages.push(seen(c).await);
+
+    // Create a connection with the write-only form.
+    c.goto(&format!("{base}/ui/connections")).await.unwrap();
+    fill(c, "#c-name", "crm").await;
+    fill(c, "#c-hosts", "api.example.com").await;
+    fill(c, "#c-value", canaries[0]).await;
+    click(c, "form[action='/ui/connections'] button").await;
+    wait_at(c, "/ui/connections").await;
+    let (source, _) = seen(c).await;
+    assert!(
+        source.contains("crm") && source.contains("api.example.com"),
+        "{source}"
+    );
+    pages.push(seen(c).await);
+
+    // Deploy a bundle from the recipes page.
+    c.goto(&format!("{base}/ui/recipes")).await.unwrap();
+    fill(c, "#d-name", "greet").await;
+    c.find(fantoccini::Locator::Css("#d-bundle"))
+        .await
+        .unwrap()
+        .send_keys(&bundle.display().to_string())
+        .await
+        .unwrap();
+    click(c, "form[action='/ui/recipes'] button").await;
+    wait_at(c, "/ui/recipes/greet").await;
+    let (source, _) = seen(c).await;
+    assert!(
+        source.contains("What each step may do") && source.contains("<svg"),
+        "{source}"
+    );
+    screenshot(&browser, "console-recipe").await;
+    pages.push(seen(c).await);
+
+    // Run it, watch the job finish, open its steps, rerun it.
+    fill(c, "#r-input", "{\"value\":\"from the console\"}").await;
+    click(c, "#run").await;
+    wait_at(c, "").await;
+    wait_state(c, "succeeded").await;
+    let first_job = c.current_url().await.unwrap().to_string();
+    let (source, _) = seen(c).await;
+    assert!(
+        source.contains("s2") && source.contains("from the console"),
+        "{source}"
+    );
+    screenshot(&browser, "console-job").await;
+    pages.push(seen(c).await);
+    click(c, "#rerun").await;
+    for _ in 0..50 {
+        if c.current_url().await.unwrap().to_string() != first_job {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    wait_state(c, "succeeded").await;
+    let (source, _) = seen(c).await;
+    assert!(source.contains("Rerun of"), "{source}");
+    visited.push(c.current_url().await.unwrap().to_string());
+
+    // Rotate the connection.
+    c.goto(&format!("{base}/ui/connections")).await.unwrap();
+    fill(c, "#c-name", "crm").await;
+    fill(c, "#c-hosts", "api.example.com").await;
+    fill(c, "#c-value", canaries[1]).await;
+    click(c, "form[action='/ui/connections'] button").await;
+    wait_at(c, "/ui/connections").await;
+    pages.push(seen(c).await);
+
+    // The jobs list and its chart.
+    c.goto(&format!("{base}/ui/jobs")).await.unwrap();
+    screenshot(&browser, "console-jobs").await;
+    pages.push(seen(c).await);
+
+    // The audit page has all of it, and the chain verifies.
+    c.goto(&format!("{base}/ui/audit")).await.unwrap();
+    click(c, "#verify").await;
+    wait_at(c, "/ui/audit").await;
+    let (source, shown) = seen(c).await;
+    for action in ["console.sign_in", "connection.put", "job.run", "job.rerun"] {
+        assert!(
+            source.contains(action),
+            "{action} missing from the audit page"
+        );
+    }
+    assert!(shown.contains("The chain is intact"), "{shown}");
+    screenshot(&browser, "console-audit").await;
+    pages.push((source, shown));
+    for path in [
+        "/ui/environments",
+        "/ui/tokens",
+        "/ui/members",
+        "/ui/recipes",
+    ] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        pages.push(seen(c).await);
+        visited.push(format!("{base}{path}"));
+    }
+
+    // On a phone: nothing wider than the screen.
+    browser.set_window_size(390, 844).await.unwrap();
+    c.goto(&format!("{base}/ui/jobs")).await.unwrap();
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits, serde_json::json!(true));
+    screenshot(&browser, "console-phone").await;
+    browser.set_window_size(1280, 900).await.unwrap();
+
+    // Keyboard: the first Tab reaches the skip link, which is visible.
+    c.goto(&format!("{base}/ui/jobs")).await.unwrap();
+    c.find(fantoccini::Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("\u{E004}")
+        .await
+        .unwrap();
+    let focused = c
+        .execute("return document.activeElement.className", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, serde_json::json!("skip"));
+
+    // The same pages fetched with the browser's cookie: no canary in any
+    // answer the browser got.
+    let cookie = c
+        .get_all_cookies()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.name() == "__Host-wrun_session")
+        .expect("the session cookie");
+    let mut raw = Browserless {
+        api: daemon.client().await,
+        cookies: vec![format!("__Host-wrun_session={}", cookie.value())],
+    };
+    for url in visited.iter().chain([first_job.clone()].iter()) {
+        let path = url.strip_prefix(&base).unwrap();
+        let r = raw.get(path).await;
+        pages.push((text(&r), String::new()));
+    }
+
+    // Sign out; sign in with the analyst's token: no write forms.
+    click(c, "form.signout button").await;
+    wait_at(c, "/ui/login").await;
+    fill(c, "#token", &analyst).await;
+    click(c, "form[action='/ui/login'] button").await;
+    wait_at(c, "/ui/jobs").await;
+    let (source, _) = seen(c).await;
+    assert!(!source.contains("href=\"/ui/audit\"") && !source.contains("href=\"/ui/tokens\""));
+    c.goto(&first_job).await.unwrap();
+    let (source, _) = seen(c).await;
+    assert!(source.contains("succeeded") && !source.contains("id=\"rerun\""));
+    pages.push(seen(c).await);
+
+    // No canary, signing secret or token anywhere the browser was.
+    for (source, text) in &pages {
+        for secret in canaries
+            .iter()
+            .chain([hook_secret.as_str(), admin.as_str(), analyst.as_str()].iter())
+        {
+            assert!(
+                !source.contains(secret) && !text.contains(secret),
+                "a secret reached a page"
+            );
+        }
+    }
+    // Nor a CSP violation or a script error in the whole run.
+    let errors = browser.errors().await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let everything = browser.console_messages().await.unwrap();
+    assert!(
+        everything
+            .iter()
+            .all(|m| !m.message.contains("Content Security Policy")),
+        "{everything:?}"
+    );
+    browser.close().await.unwrap();
 }

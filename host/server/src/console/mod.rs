@@ -115,6 +115,7 @@ pub(crate) fn router(api: Router, state: AppState) -> anyhow::Result<Router> {
         .route("/ui", get(|| async { redirect("/ui/jobs") }))
         .route("/ui/", get(|| async { redirect("/ui/jobs") }))
         .route("/ui/static/console.css", get(stylesheet))
+        .route("/ui/static/icon.svg", get(icon))
         .route("/ui/login", get(login_page).post(login_token))
         .route("/ui/login/oidc", get(oidc::start))
         .route("/ui/login/oidc/callback", get(oidc::callback))
@@ -159,7 +160,7 @@ async fn secure_headers(request: Request<Body>, next: axum::middleware::Next) ->
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers
         .entry(header::CACHE_CONTROL)
@@ -182,6 +183,17 @@ async fn stylesheet() -> Response {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         include_str!("console.css"),
+    )
+        .into_response()
+}
+
+async fn icon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("icon.svg"),
     )
         .into_response()
 }

@@ -63,6 +63,7 @@ fn page(ctx: &Ctx, title: &str, current: &str, body: Markup) -> Response {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · wrun" }
                 link rel="stylesheet" href="/ui/static/console.css";
+                link rel="icon" href="/ui/static/icon.svg" type="image/svg+xml";
             }
             body {
                 a.skip href="#main" { "Skip to content" }
@@ -100,6 +101,7 @@ pub(crate) fn bare_page(title: &str, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · wrun" }
                 link rel="stylesheet" href="/ui/static/console.css";
+                link rel="icon" href="/ui/static/icon.svg" type="image/svg+xml";
             }
             body { main #main.narrow { h1 { (title) } (body) } }
         }
@@ -122,6 +124,7 @@ pub(crate) fn continue_page(to: &str) -> Response {
                 meta http-equiv="refresh" content={ "0;url=" (to) };
                 title { "Signed in · wrun" }
                 link rel="stylesheet" href="/ui/static/console.css";
+                link rel="icon" href="/ui/static/icon.svg" type="image/svg+xml";
             }
             body { main #main.narrow { h1 { "Signed in" } p { a href=(to) { "Continue to the console" } } } }
         }
@@ -338,7 +341,7 @@ pub(crate) async fn jobs_chart(
     let svg = html! {
         svg xmlns="http://www.w3.org/2000/svg" width="720" height="120" viewBox="0 0 720 120" role="img" {
             title { "Runs and failures per hour" }
-            rect x="0" y="0" width="720" height="120" fill="#f6f7f9";
+            rect x="0" y="0" width="720" height="120" fill="#f6f7f9" {}
             @for (i, (total, failed)) in buckets.iter().enumerate() {
                 @let h = (*total as f64 / max as f64 * 100.0).round();
                 @let fh = (*failed as f64 / max as f64 * 100.0).round();
@@ -354,7 +357,7 @@ pub(crate) async fn jobs_chart(
     (
         [
             (header::CONTENT_TYPE, "image/svg+xml"),
-            (header::CACHE_CONTROL, "private, max-age=30"),
+            (header::CACHE_CONTROL, "no-store"),
         ],
         svg.into_string(),
     )
@@ -543,13 +546,13 @@ fn graph(trigger: &str, steps: &[String]) -> Markup {
     let height = 50 + steps.len() * 60;
     html! {
         svg.graph xmlns="http://www.w3.org/2000/svg" width="260" height=(height) viewBox={ "0 0 260 " (height) } role="img" aria-label="The recipe's steps in order" {
-            rect x="30" y="5" width="200" height="34" rx="17" fill="#e8eefb" stroke="#4a7bd0";
+            rect x="30" y="5" width="200" height="34" rx="17" fill="#e8eefb" stroke="#4a7bd0" {}
             text x="130" y="27" text-anchor="middle" font-size="13" { (trigger) }
             @for (i, step) in steps.iter().enumerate() {
                 @let y = 65 + i * 60;
-                line x1="130" y1=(y - 26) x2="130" y2=(y) stroke="#555" stroke-width="2";
-                polygon points={ "124," (y - 7) " 136," (y - 7) " 130," (y) } fill="#555";
-                rect x="30" y=(y) width="200" height="34" rx="4" fill="#fff" stroke="#333";
+                line x1="130" y1=(y - 26) x2="130" y2=(y) stroke="#555" stroke-width="2" {}
+                polygon points={ "124," (y - 7) " 136," (y - 7) " 130," (y) } fill="#555" {}
+                rect x="30" y=(y) width="200" height="34" rx="4" fill="#fff" stroke="#333" {}
                 text x="130" y=(y + 22) text-anchor="middle" font-size="13" { (step) }
             }
         }
@@ -578,11 +581,13 @@ pub(crate) async fn recipe(
         serde_json::from_value(r["components"].clone()).unwrap_or_default();
     let (trigger, order, grants) = match &manifest {
         Some(m) => (
-            format!("{:?}", m.trigger)
-                .split(['(', ' ', '{'])
-                .next()
-                .unwrap_or("trigger")
-                .to_lowercase(),
+            match &m.trigger {
+                wrun_runtime::manifest::Trigger::Webhook { .. } => "webhook".to_string(),
+                wrun_runtime::manifest::Trigger::Schedule { cron, .. } => {
+                    format!("schedule {cron}")
+                }
+                _ => "manual".to_string(),
+            },
             m.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
             crate::review::grants(m, &components),
         ),
@@ -602,7 +607,7 @@ pub(crate) async fn recipe(
         html! {
             dl.facts {
                 dt { "Updated" } dd { (time(&r["updated_at"])) }
-                dt { "Signed version" } dd { (r.get("signed_version").map(Value::to_string).unwrap_or_default()) }
+                dt { "Signed version" } dd { (r.get("signed_version").and_then(Value::as_u64).map_or_else(|| "unsigned".to_string(), |v| v.to_string())) }
                 dt { "Signer" } dd { (text(&r, "signer")) }
                 @if !text(&r, "pending").is_empty() { dt { "Waiting for approval" } dd { (text(&r, "pending")) } }
             }
