@@ -156,7 +156,6 @@ impl ApiError {
     }
 
     /// The HTTP status.
-    #[cfg(test)]
     pub fn status(&self) -> StatusCode {
         self.status
     }

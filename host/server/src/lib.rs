@@ -289,7 +289,8 @@ async fn wait_for_signal() {
     }
 }
 
-/// Deletes expired history at start and every hour.
+/// Deletes expired history and ended console sessions at start and every
+/// hour.
 fn start_retention(storage: Arc<dyn Storage>, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -302,6 +303,11 @@ fn start_retention(storage: Arc<dyn Storage>, mut stop: watch::Receiver<bool>) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "deleted job history past its retention"),
                 Err(e) => tracing::error!(error = %e, "the retention sweep failed"),
+            }
+            match storage.sweep_sessions(wrun_store::UnixMillis::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "deleted ended console sessions"),
+                Err(e) => tracing::error!(error = %e, "the console session sweep failed"),
             }
         }
     });

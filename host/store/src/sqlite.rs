@@ -3548,3 +3548,5 @@ impl Storage for Arc<SqliteStorage> {
 
 #[cfg(test)]
 mod erase_tests;
+#[cfg(test)]
+mod session_tests;

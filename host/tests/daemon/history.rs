@@ -414,7 +414,10 @@ async fn retention_deletes_history_older_than_the_setting() {
     }
     let settings = "/v1/workspaces/team-a/settings";
     let r = api.get(settings, &alice).await;
-    assert_eq!(r.json, json!({ "retention_days": null }));
+    assert_eq!(
+        r.json,
+        json!({ "retention_days": null, "session_idle_secs": 1800 })
+    );
     let r = api
         .put(settings, &alice, &json!({ "retention_days": 0 }))
         .await;
@@ -424,7 +427,22 @@ async fn retention_deletes_history_older_than_the_setting() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     let r = api.get(settings, &alice).await;
-    assert_eq!(r.json, json!({ "retention_days": 1 }));
+    assert_eq!(
+        r.json,
+        json!({ "retention_days": 1, "session_idle_secs": 1800 })
+    );
+    // A change of one setting leaves the others as they are.
+    let r = api
+        .put(settings, &alice, &json!({ "session_idle_secs": 600 }))
+        .await;
+    assert_eq!(
+        r.json,
+        json!({ "retention_days": 1, "session_idle_secs": 600 })
+    );
+    let r = api
+        .put(settings, &alice, &json!({ "session_idle_secs": 5 }))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.json);
 
     let old = run(&mut api, &alice, "team-a", "three", "old").await;
     let recent = run(&mut api, &alice, "team-a", "three", "recent").await;

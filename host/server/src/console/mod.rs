@@ -570,7 +570,20 @@ async fn login_page(State(c): State<Arc<Console>>, Query(q): Query<LoginQuery>) 
         (Some("idle"), _) => Some("Your session timed out: sign in again.".to_string()),
         (Some("expired"), _) => Some("Your session reached its end: sign in again.".to_string()),
         (Some(_), _) => Some("Your session has ended: sign in again.".to_string()),
-        (None, Some(e)) => Some(format!("Sign-in failed: {}", views::plain(e))),
+        (None, Some(code)) => Some(
+            match code {
+                "token" => "The token was not accepted: it is unknown, revoked, expired, or not allowed from this address.",
+                "not_token" => "That is not a wrun API token (they start with wrun_pat_).",
+                "not_member" => "The token's owner is not a member of its workspace.",
+                "busy" => "Too many attempts: wait a little and try again.",
+                "sso_flow" => "This sign-in is unknown, already used or too old: start again.",
+                "sso_browser" => "This sign-in was started in another browser: start again here.",
+                "sso_role" => "Your identity provider gave you a role this workspace does not have.",
+                "sso_down" => "The identity provider could not be reached: try again later.",
+                _ => "Single sign-on did not succeed; the audit log has the reason.",
+            }
+            .to_string(),
+        ),
         (None, None) => None,
     };
     let oidc_label = c.oidc.as_ref().map(|o| o.label().to_string());
@@ -605,20 +618,17 @@ async fn login_token(
     let ip = client_ip(addr);
     let presented = form.token.trim();
     if !presented.starts_with("wrun_pat_") {
-        return redirect("/ui/login?error=not+a+wrun+API+token");
+        return redirect("/ui/login?error=not_token");
     }
     let principal = match c.state.authenticate_token(presented, ip).await {
         Ok(p) => p,
-        Err(e) => {
-            let to = format!(
-                "/ui/login?error={}",
-                utf8_percent_encode(e.message(), SEGMENT)
-            );
-            return redirect(&to);
+        Err(e) if e.status() == StatusCode::TOO_MANY_REQUESTS => {
+            return redirect("/ui/login?error=busy");
         }
+        Err(_) => return redirect("/ui/login?error=token"),
     };
     let Ok(parsed) = crate::auth::parse_token(presented) else {
-        return redirect("/ui/login?error=malformed");
+        return redirect("/ui/login?error=token");
     };
     match c
         .state
@@ -627,7 +637,7 @@ async fn login_token(
         .await
     {
         Ok(Some(_)) => {}
-        _ => return redirect("/ui/login?error=the+token%27s+owner+is+not+a+member"),
+        _ => return redirect("/ui/login?error=not_member"),
     }
     c.start_session(
         &principal,

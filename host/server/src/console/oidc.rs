@@ -234,7 +234,7 @@ pub(crate) async fn start(State(c): State<Arc<Console>>) -> Response {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(error = %e, "OpenID Connect discovery failed");
-            return failed(&e);
+            return failed("sso_down");
         }
     };
     let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
@@ -300,12 +300,10 @@ pub(crate) struct Callback {
     error: Option<String>,
 }
 
-/// Back to the sign-in page with `why`.
-fn failed(why: &str) -> Response {
-    redirect(&format!(
-        "/ui/login?error={}",
-        utf8_percent_encode(why, SEGMENT)
-    ))
+/// Back to the sign-in page with one of the error codes it knows (never
+/// text from the request: a link cannot make the page say anything else).
+fn failed(code: &'static str) -> Response {
+    redirect(&format!("/ui/login?error={code}"))
 }
 
 /// `GET /ui/login/oidc/callback`: finishes a flow and starts a session.
@@ -319,7 +317,7 @@ pub(crate) async fn callback(
         return super::error_page(StatusCode::NOT_FOUND, "single sign-on is not configured");
     };
     let ip = client_ip(addr);
-    let refuse = async |reason: &str| {
+    let refuse = async |code: &'static str, reason: &str| {
         let entry = Entry {
             workspace: None,
             actor: "oidc".into(),
@@ -333,7 +331,7 @@ pub(crate) async fn callback(
             let _ = c.state.storage.audit(vec![entry]).await;
         }
         c.state.metrics.auth_failure("oidc");
-        failed(reason)
+        failed(code)
     };
     if let Some(error) = &q.error {
         let shown: String = error
@@ -341,10 +339,10 @@ pub(crate) async fn callback(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(40)
             .collect();
-        return refuse(&format!("the identity provider answered {shown}")).await;
+        return refuse("sso", &format!("the identity provider answered {shown}")).await;
     }
     let (Some(code), Some(state)) = (&q.code, &q.state) else {
-        return refuse("the identity provider's answer has no code or state").await;
+        return refuse("sso", "the identity provider's answer has no code or state").await;
     };
     let flow = oidc
         .pending
@@ -352,16 +350,16 @@ pub(crate) async fn callback(
         .unwrap_or_else(PoisonError::into_inner)
         .remove(state);
     let Some(flow) = flow.filter(|f| f.started.elapsed() < FLOW_TTL) else {
-        return refuse("this sign-in is unknown, used or too old: start again").await;
+        return refuse("sso_flow", "this sign-in is unknown, used or too old").await;
     };
     let bound = cookie(&headers, FLOW_COOKIE)
         .is_some_and(|b| bool::from(sha256_hex(b).as_bytes().ct_eq(flow.binding.as_bytes())));
     if !bound {
-        return refuse("this sign-in was started in another browser").await;
+        return refuse("sso_browser", "this sign-in was started in another browser").await;
     }
     let metadata = match oidc.metadata(&c, false).await {
         Ok(m) => m,
-        Err(e) => return refuse(&e).await,
+        Err(e) => return refuse("sso_down", &e).await,
     };
     let form = url_form(&[
         ("grant_type", "authorization_code"),
@@ -380,25 +378,29 @@ pub(crate) async fn callback(
         .header(header::AUTHORIZATION, format!("Basic {basic}"))
         .body(form.into_bytes());
     let Ok(request) = request else {
-        return refuse("the token endpoint is not a URL").await;
+        return refuse("sso", "the token endpoint is not a URL").await;
     };
     let answer = match oidc.fetch(&c, request).await {
         Ok(v) => v,
-        Err(e) => return refuse(&e).await,
+        Err(e) => return refuse("sso_down", &e).await,
     };
     let Some(id_token) = answer.get("id_token").and_then(Value::as_str) else {
-        return refuse("the identity provider sent no ID token").await;
+        return refuse("sso", "the identity provider sent no ID token").await;
     };
     let (identity, claims) = match oidc.verify(&c, id_token).await {
         Ok(v) => v,
-        Err(e) => return refuse(&format!("the ID token was refused: {e}")).await,
+        Err(e) => return refuse("sso", &format!("the ID token was refused: {e}")).await,
     };
     let nonce_ok = claims
         .get("nonce")
         .and_then(Value::as_str)
         .is_some_and(|n| bool::from(n.as_bytes().ct_eq(flow.nonce.as_bytes())));
     if !nonce_ok {
-        return refuse("the ID token was refused: its nonce is not this sign-in's").await;
+        return refuse(
+            "sso",
+            "the ID token was refused: its nonce is not this sign-in's",
+        )
+        .await;
     }
     let permissions = match c
         .state
@@ -408,8 +410,11 @@ pub(crate) async fn callback(
     {
         Ok(Some(p)) => p,
         _ => {
-            return refuse("the role the identity provider gave is not a role of the workspace")
-                .await;
+            return refuse(
+                "sso_role",
+                "the role the identity provider gave is not a role of the workspace",
+            )
+            .await;
         }
     };
     let principal = Principal {

@@ -32,11 +32,6 @@ fn time(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// Keeps only the characters a notice from a query may show.
-pub(crate) fn plain(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(300).collect()
-}
-
 /// A JSON value pretty-printed for a `<pre>`.
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
