@@ -234,9 +234,7 @@ impl AppState {
         addr: SocketAddr,
     ) -> Result<Principal, ApiError> {
         let ip = client_ip(addr);
-        self.address_limits
-            .check(&client_key(ip))
-            .map_err(|wait| ApiError::too_many_requests(retry_after_secs(wait)))?;
+        self.limit_address(ip)?;
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(self
                 .auth_failure(
@@ -273,9 +271,17 @@ impl AppState {
         Ok(principal)
     }
 
+    /// The per-client-network request limit, counted before any credential
+    /// is verified.
+    pub(crate) fn limit_address(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.address_limits
+            .check(&client_key(ip))
+            .map_err(|wait| ApiError::too_many_requests(retry_after_secs(wait)))
+    }
+
     /// The per-credential rate limit, checked once the credential is
     /// verified (so nobody spends another's budget by naming it).
-    fn limit(&self, key: &str) -> Result<(), ApiError> {
+    pub(crate) fn limit(&self, key: &str) -> Result<(), ApiError> {
         self.token_limits
             .check(key)
             .map_err(|wait| ApiError::too_many_requests(retry_after_secs(wait)))

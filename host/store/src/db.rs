@@ -2225,7 +2225,8 @@ mod tests {
             .unwrap();
         // A version 3 file has no `respond` column (version 5 added it), no
         // OAuth2 tables (version 6), no `erased_at` (version 7), nothing of
-        // signed bundles (version 8) or of connection limits (version 9).
+        // signed bundles (version 8), of connection limits (version 9) or of
+        // console sessions (version 10).
         env.store
             .conn
             .execute_batch(
@@ -2239,7 +2240,10 @@ mod tests {
                  DROP TABLE connection_limits; DROP TABLE connection_suspensions;
                  DROP TABLE connection_usage;
                  ALTER TABLE settings DROP COLUMN session_idle_secs;
-                 DROP TABLE console_sessions;",
+                 DROP TABLE console_sessions;
+                 DROP INDEX jobs_workspace_state_created;
+                 DROP INDEX jobs_workspace_recipe_created;
+                 DROP INDEX jobs_workspace_recipe_state_created;",
             )
             .unwrap();
         let db = env.db();

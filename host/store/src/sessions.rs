@@ -62,8 +62,8 @@ pub struct ConsoleSession {
 }
 
 /// Schema version 10: console sessions, the idle timeout setting, and the
-/// indexes that keep a filtered job listing (by state, by recipe) a range
-/// read however many jobs a workspace has.
+/// indexes that keep a filtered job listing (by state, by recipe, by both)
+/// a range read however many jobs a workspace has.
 pub(crate) const MIGRATE_V10_SESSIONS: &str = "
 ALTER TABLE settings ADD COLUMN session_idle_secs INTEGER;
 CREATE TABLE console_sessions (
@@ -82,6 +82,7 @@ CREATE INDEX console_sessions_subject ON console_sessions (workspace, subject);
 CREATE INDEX console_sessions_token ON console_sessions (token_id);
 CREATE INDEX jobs_workspace_state_created ON jobs (workspace, state, created_at);
 CREATE INDEX jobs_workspace_recipe_created ON jobs (workspace, recipe, created_at);
+CREATE INDEX jobs_workspace_recipe_state_created ON jobs (workspace, recipe, state, created_at);
 ";
 
 const COLUMNS: &str =

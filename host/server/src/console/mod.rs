@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Form, Multipart, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -110,6 +110,13 @@ pub(crate) fn router(api: Router, state: AppState) -> anyhow::Result<Router> {
         Some(config) => Some(oidc::Oidc::new(config, &state.config.public_url)?),
         None => None,
     };
+    let limits = state.config.limits.clone();
+    let deadline = |secs: u64| {
+        axum::middleware::from_fn_with_state(
+            Duration::from_secs(secs),
+            crate::http_error::body_deadline,
+        )
+    };
     let console = Arc::new(Console { api, state, oidc });
     Ok(Router::new()
         .route("/ui", get(|| async { redirect("/ui/jobs") }))
@@ -124,7 +131,6 @@ pub(crate) fn router(api: Router, state: AppState) -> anyhow::Result<Router> {
         .route("/ui/jobs/chart.svg", get(views::jobs_chart))
         .route("/ui/jobs/{id}", get(views::job))
         .route("/ui/jobs/{id}/{action}", post(job_action))
-        .route("/ui/recipes", get(views::recipes).post(deploy))
         .route("/ui/recipes/{name}", get(views::recipe))
         .route("/ui/recipes/{name}/run", post(run_recipe))
         .route(
@@ -139,6 +145,17 @@ pub(crate) fn router(api: Router, state: AppState) -> anyhow::Result<Router> {
         .route("/ui/members", get(views::members).post(set_member))
         .route("/ui/members/{subject}/remove", post(remove_member))
         .route("/ui/settings", post(put_settings))
+        // Forms are as large and as slow as an API body may be...
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(deadline(limits.body_read_timeout_secs))
+        // ...and a bundle upload as a bundle deployment through the API.
+        .route(
+            "/ui/recipes",
+            get(views::recipes).post(deploy).layer((
+                DefaultBodyLimit::max(limits.max_bundle_bytes.saturating_add(64 << 10)),
+                deadline(limits.bundle_read_timeout_secs),
+            )),
+        )
         .layer(axum::middleware::from_fn(secure_headers))
         .with_state(console))
 }
@@ -302,6 +319,8 @@ impl Console {
     /// browser to the sign-in page (the session ended, timed out, or its
     /// credential is no longer valid).
     async fn caller(&self, headers: &HeaderMap, addr: SocketAddr) -> Result<Ctx, Response> {
+        let ip = client_ip(addr);
+        self.state.limit_address(ip).map_err(too_many)?;
         let Some(secret) = cookie(headers, SESSION_COOKIE) else {
             return Err(redirect("/ui/login"));
         };
@@ -318,7 +337,6 @@ impl Console {
         };
         let now = UnixMillis::now();
         let idle = Duration::from_secs(u64::from(idle_secs));
-        let ip = client_ip(addr);
         let end = |reason: &'static str| self.end(&session, &id_hash, ip, reason);
         if now >= session.expires_at {
             return Err(end("expired").await);
@@ -357,6 +375,15 @@ impl Console {
                 }
             }
         };
+        // The session spends its credential's request budget, as a bearer
+        // of the same token or identity would.
+        let budget = match &session.kind {
+            SessionKind::Token { token_id } => format!("token:{token_id}"),
+            SessionKind::Oidc { .. } => {
+                format!("jwt:{}\0{}", session.workspace, session.subject)
+            }
+        };
+        self.state.limit(&budget).map_err(too_many)?;
         if now.since(session.last_seen) >= TOUCH_EVERY {
             let _ = storage.touch_session(&id_hash, now).await;
         }
@@ -539,6 +566,23 @@ impl Console {
     }
 }
 
+/// The answer to a request past a rate limit.
+fn too_many(e: crate::http_error::ApiError) -> Response {
+    let mut r = error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many requests: wait a little and try again",
+    );
+    if let Some(v) = e
+        .into_response()
+        .headers()
+        .get(header::RETRY_AFTER)
+        .cloned()
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// A page that says what went wrong.
 pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
     let mut r = html(views::bare_page("Refused", views::message_markup(message)));
@@ -616,6 +660,9 @@ async fn login_token(
         );
     }
     let ip = client_ip(addr);
+    if let Err(e) = c.state.limit_address(ip) {
+        return too_many(e);
+    }
     let presented = form.token.trim();
     if !presented.starts_with("wrun_pat_") {
         return redirect("/ui/login?error=not_token");

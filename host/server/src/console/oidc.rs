@@ -226,10 +226,18 @@ impl Oidc {
 
 /// `GET /ui/login/oidc`: starts a flow and sends the browser to the
 /// provider.
-pub(crate) async fn start(State(c): State<Arc<Console>>) -> Response {
+pub(crate) async fn start(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> Response {
     let Some(oidc) = &c.oidc else {
         return super::error_page(StatusCode::NOT_FOUND, "single sign-on is not configured");
     };
+    // Each flow holds memory for ten minutes: starting them is limited per
+    // client network like any request before authentication.
+    if let Err(e) = c.state.limit_address(client_ip(addr)) {
+        return super::too_many(e);
+    }
     let metadata = match oidc.metadata(&c, false).await {
         Ok(m) => m,
         Err(e) => {
