@@ -793,22 +793,11 @@ impl JwtVerifier {
         check_config(&config)?;
         let key = load_key(algorithm, &config.algorithm, key_material)?;
 
-        // `jsonwebtoken` is used for signature verification only: every claim
-        // check happens in `verify` against the caller's `now`, so that the
-        // crate's own clock and defaults (60 s leeway, optional `aud`) can
-        // neither reject nor admit a token on their own.
-        let mut validation = Validation::new(algorithm);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.leeway = 0;
-
         Ok(JwtVerifier {
             config,
             algorithm,
             key,
-            validation,
+            validation: signature_only(algorithm),
         })
     }
 
@@ -861,17 +850,11 @@ impl JwtVerifier {
         }
         let key =
             DecodingKey::from_jwk(jwk).map_err(|_| invalid("the JSON Web Key does not load"))?;
-        let mut validation = Validation::new(algorithm);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.leeway = 0;
         Ok(JwtVerifier {
             config,
             algorithm,
             key,
-            validation,
+            validation: signature_only(algorithm),
         })
     }
 
@@ -1042,6 +1025,20 @@ impl JwtVerifier {
             role,
         })
     }
+}
+
+/// A `jsonwebtoken` validation reduced to signature checking: every claim
+/// check happens in [`JwtVerifier::verify`] against the caller's `now`, so
+/// that the crate's own clock and defaults (60 s leeway, optional `aud`) can
+/// neither reject nor admit a token on their own.
+fn signature_only(algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation
 }
 
 /// Validates the parts of a [`JwtConfig`] that do not depend on the key.

@@ -221,6 +221,23 @@ impl SqliteStorage {
         }))
     }
 
+    /// Records a use (a token's, a session's) with the next group, not
+    /// awaited by the request that made it; a failure is only logged.
+    fn note_use<F>(self: &Arc<Self>, f: F)
+    where
+        F: FnOnce(&Connection) -> Result<usize, StoreError> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this
+                .write_with(Durability::Process, move |ctx| Ok(f(ctx.conn)?))
+                .await
+            {
+                tracing::warn!(error = %e, "a use was not recorded");
+            }
+        });
+    }
+
     /// Runs `f` on the writer thread in the next group; returns once the
     /// group is committed.
     pub async fn write<T, F>(&self, f: F) -> StorageResult<T>
@@ -1304,20 +1321,12 @@ impl Storage for Arc<SqliteStorage> {
 
     async fn touch_token(&self, id: &str, at: UnixMillis, ip: &str) -> StorageResult<()> {
         let (id, ip) = (id.to_string(), ip.to_string());
-        // Not awaited by the request: queued for the next group.
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let _ = this
-                .write_with(Durability::Process, move |ctx| {
-                    ctx.conn
-                        .execute(
-                            "UPDATE tokens SET last_used_at = ?2, last_used_ip = ?3 WHERE id = ?1",
-                            params![id, at, ip],
-                        )
-                        .doing(|| "recording a token's use".to_string())?;
-                    Ok(())
-                })
-                .await;
+        self.note_use(move |conn| {
+            conn.execute(
+                "UPDATE tokens SET last_used_at = ?2, last_used_ip = ?3 WHERE id = ?1",
+                params![id, at, ip],
+            )
+            .doing(|| "recording a token's use".to_string())
         });
         Ok(())
     }
@@ -3361,19 +3370,12 @@ impl Storage for Arc<SqliteStorage> {
 
     async fn touch_session(&self, id_hash: &str, at: UnixMillis) -> StorageResult<()> {
         let id_hash = id_hash.to_string();
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let _ = this
-                .write_with(Durability::Process, move |ctx| {
-                    ctx.conn
-                        .execute(
-                            "UPDATE console_sessions SET last_seen = MAX(last_seen, ?2) WHERE id_hash = ?1",
-                            params![id_hash, at],
-                        )
-                        .doing(|| "recording a console session's use".to_string())?;
-                    Ok(())
-                })
-                .await;
+        self.note_use(move |conn| {
+            conn.execute(
+                "UPDATE console_sessions SET last_seen = MAX(last_seen, ?2) WHERE id_hash = ?1",
+                params![id_hash, at],
+            )
+            .doing(|| "recording a console session's use".to_string())
         });
         Ok(())
     }

@@ -92,6 +92,61 @@ impl Ctx {
     }
 }
 
+/// What every console handler starts from: the console, the request's
+/// headers and its client.
+pub(crate) struct Visit {
+    /// The console.
+    pub(crate) c: Arc<Console>,
+    /// The request's headers (cookies, `Sec-Fetch-Site`, `Origin`).
+    pub(crate) headers: HeaderMap,
+    /// The client.
+    pub(crate) addr: SocketAddr,
+}
+
+impl axum::extract::FromRequestParts<Arc<Console>> for Visit {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<Console>,
+    ) -> Result<Visit, Response> {
+        let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied()
+        else {
+            return Err(error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request has no client address",
+            ));
+        };
+        Ok(Visit {
+            c: Arc::clone(state),
+            headers: parts.headers.clone(),
+            addr,
+        })
+    }
+}
+
+/// A page's signed-in caller: a request without a valid session is sent
+/// to the sign-in page before the handler runs.
+pub(crate) struct Signed {
+    /// The console.
+    pub(crate) c: Arc<Console>,
+    /// The caller.
+    pub(crate) ctx: Ctx,
+}
+
+impl axum::extract::FromRequestParts<Arc<Console>> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<Console>,
+    ) -> Result<Signed, Response> {
+        let Visit { c, headers, addr } = Visit::from_request_parts(parts, state).await?;
+        let ctx = c.caller(&headers, addr).await?;
+        Ok(Signed { c, ctx })
+    }
+}
+
 /// A refused or failed API call, as the page shows it.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -645,12 +700,7 @@ struct LoginForm {
     csrf: String,
 }
 
-async fn login_token(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<LoginForm>,
-) -> Response {
+async fn login_token(Visit { c, headers, addr }: Visit, Form(form): Form<LoginForm>) -> Response {
     let bound = cookie(&headers, LOGIN_COOKIE)
         .is_some_and(|nonce| bool::from(csrf_of(nonce).as_bytes().ct_eq(form.csrf.as_bytes())));
     if !same_origin(&headers) || !bound {
@@ -702,12 +752,7 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn logout(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
+async fn logout(Visit { c, headers, addr }: Visit, Form(form): Form<CsrfForm>) -> Response {
     let ctx = match c.poster(&headers, addr, &form.csrf).await {
         Ok(ctx) => ctx,
         Err(r) => return r,
@@ -760,9 +805,7 @@ async fn act(
 }
 
 async fn job_action(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Visit { c, headers, addr }: Visit,
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
@@ -794,12 +837,7 @@ async fn job_action(
     .await
 }
 
-async fn deploy(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    mut multipart: Multipart,
-) -> Response {
+async fn deploy(Visit { c, headers, addr }: Visit, mut multipart: Multipart) -> Response {
     let mut csrf = String::new();
     let mut name = String::new();
     let mut bundle = Vec::new();
@@ -861,9 +899,7 @@ struct RunForm {
 }
 
 async fn run_recipe(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Visit { c, headers, addr }: Visit,
     Path(name): Path<String>,
     Form(form): Form<RunForm>,
 ) -> Response {
@@ -910,9 +946,7 @@ struct ConnectionForm {
 }
 
 async fn put_connection(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Visit { c, headers, addr }: Visit,
     Form(form): Form<ConnectionForm>,
 ) -> Response {
     // The value is wiped from memory once sent on (the API seals it).
@@ -961,9 +995,7 @@ struct EnvForm {
 }
 
 async fn change_environment(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Visit { c, headers, addr }: Visit,
     Path(env): Path<String>,
     Form(form): Form<EnvForm>,
 ) -> Response {
@@ -1021,12 +1053,7 @@ struct TokenForm {
     expires_in: String,
 }
 
-async fn create_token(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
+async fn create_token(Visit { c, headers, addr }: Visit, Form(form): Form<TokenForm>) -> Response {
     let ctx = match c.poster(&headers, addr, &form.csrf).await {
         Ok(ctx) => ctx,
         Err(r) => return r,
@@ -1068,9 +1095,7 @@ async fn create_token(
 }
 
 async fn revoke_token(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Visit { c, headers, addr }: Visit,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
@@ -1101,12 +1126,7 @@ struct MemberForm {
     role: String,
 }
 
-async fn set_member(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<MemberForm>,
-) -> Response {
+async fn set_member(Visit { c, headers, addr }: Visit, Form(form): Form<MemberForm>) -> Response {
     act(
         &c,
         &headers,
@@ -1128,9 +1148,7 @@ async fn set_member(
 }
 
 async fn remove_member(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Visit { c, headers, addr }: Visit,
     Path(subject): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
@@ -1161,9 +1179,7 @@ struct SettingsForm {
 }
 
 async fn put_settings(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Visit { c, headers, addr }: Visit,
     Form(form): Form<SettingsForm>,
 ) -> Response {
     act(

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -32,7 +32,9 @@ use wrun_store::UnixMillis;
 use wrun_store::audit::{Entry, Outcome};
 use wrun_store::sessions::SessionKind;
 
-use super::{Console, SEGMENT, client_ip, cookie, random_secret, redirect, set_cookie, sha256_hex};
+use super::{
+    Console, SEGMENT, Visit, client_ip, cookie, random_secret, redirect, set_cookie, sha256_hex,
+};
 use crate::api::Principal;
 use crate::auth::{JwtConfig, JwtVerifier};
 use crate::config::OidcConfig;
@@ -316,9 +318,7 @@ fn failed(code: &'static str) -> Response {
 
 /// `GET /ui/login/oidc/callback`: finishes a flow and starts a session.
 pub(crate) async fn callback(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Visit { c, headers, addr }: Visit,
     Query(q): Query<Callback>,
 ) -> Response {
     let Some(oidc) = &c.oidc else {

@@ -2,19 +2,16 @@
 //! checked at compile time, every interpolated value escaped), from the
 //! JSON the API answers the caller.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Query};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use wrun_store::UnixMillis;
 
-use super::{Console, Ctx, Failure, html, seg};
+use super::{Ctx, Failure, Signed, html, seg};
 use crate::auth::{Access, Resource};
 
 /// Log lines shown per page of a job.
@@ -190,16 +187,6 @@ fn csrf(ctx: &Ctx) -> Markup {
     html! { input type="hidden" name="csrf" value=(ctx.csrf); }
 }
 
-/// The signed-in caller, or the answer that sends them to sign in.
-macro_rules! signed_in {
-    ($c:expr, $headers:expr, $addr:expr) => {
-        match $c.caller(&$headers, $addr).await {
-            Ok(ctx) => ctx,
-            Err(r) => return r,
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------
 // Jobs
 
@@ -217,13 +204,7 @@ pub(crate) struct JobsQuery {
     before: String,
 }
 
-pub(crate) async fn jobs(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<JobsQuery>,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn jobs(Signed { c, ctx }: Signed, Query(q): Query<JobsQuery>) -> Response {
     let mut query = vec!["limit=50".to_string()];
     for (k, v) in [
         ("recipe", &q.recipe),
@@ -302,12 +283,7 @@ pub(crate) async fn jobs(
     )
 }
 
-pub(crate) async fn jobs_chart(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn jobs_chart(Signed { c, ctx }: Signed) -> Response {
     let hour = 3_600_000_i64;
     let now = UnixMillis::now().0;
     let since = (now / hour - 23) * hour;
@@ -367,13 +343,10 @@ pub(crate) struct JobQuery {
 }
 
 pub(crate) async fn job(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Signed { c, ctx }: Signed,
     Path(id): Path<String>,
     Query(q): Query<JobQuery>,
 ) -> Response {
-    let ctx = signed_in!(c, headers, addr);
     let job = match c.get(&ctx, &format!("jobs/{}", seg(&id))).await {
         Ok(v) => v,
         Err(f) => return failed(&ctx, "Job", &f),
@@ -492,12 +465,7 @@ pub(crate) async fn job(
 // ---------------------------------------------------------------------------
 // Recipes
 
-pub(crate) async fn recipes(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn recipes(Signed { c, ctx }: Signed) -> Response {
     let list = match c.get(&ctx, "recipes").await {
         Ok(v) => v,
         Err(f) => return failed(&ctx, "Recipes", &f),
@@ -554,13 +522,7 @@ fn graph(trigger: &str, steps: &[String]) -> Markup {
     }
 }
 
-pub(crate) async fn recipe(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn recipe(Signed { c, ctx }: Signed, Path(name): Path<String>) -> Response {
     let r = match c.get(&ctx, &format!("recipes/{}", seg(&name))).await {
         Ok(v) => v,
         Err(f) => return failed(&ctx, "Recipe", &f),
@@ -654,12 +616,7 @@ pub(crate) async fn recipe(
 // ---------------------------------------------------------------------------
 // Connections, environments
 
-pub(crate) async fn connections(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn connections(Signed { c, ctx }: Signed) -> Response {
     let list = match c.get(&ctx, "connections").await {
         Ok(v) => v,
         Err(f) => return failed(&ctx, "Connections", &f),
@@ -720,13 +677,7 @@ pub(crate) struct EnvQuery {
     env: String,
 }
 
-pub(crate) async fn environments(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<EnvQuery>,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn environments(Signed { c, ctx }: Signed, Query(q): Query<EnvQuery>) -> Response {
     let env = if q.env.is_empty() {
         "prod".to_string()
     } else {
@@ -818,13 +769,7 @@ pub(crate) struct AuditQuery {
     verify: String,
 }
 
-pub(crate) async fn audit(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn audit(Signed { c, ctx }: Signed, Query(q): Query<AuditQuery>) -> Response {
     let read = match c
         .get(&ctx, &format!("audit?after={}&limit=200", q.after))
         .await
@@ -895,12 +840,7 @@ pub(crate) async fn audit(
     )
 }
 
-pub(crate) async fn tokens(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn tokens(Signed { c, ctx }: Signed) -> Response {
     let list = match c.get(&ctx, "tokens").await {
         Ok(v) => v,
         Err(f) => return failed(&ctx, "Tokens", &f),
@@ -950,12 +890,7 @@ pub(crate) async fn tokens(
     )
 }
 
-pub(crate) async fn members(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let ctx = signed_in!(c, headers, addr);
+pub(crate) async fn members(Signed { c, ctx }: Signed) -> Response {
     let list = match c.get(&ctx, "members").await {
         Ok(v) => v,
         Err(f) => return failed(&ctx, "Members", &f),
