@@ -804,6 +804,29 @@ async fn act(
     }
 }
 
+/// A form that is one API call and then back to the page `to`.
+async fn forward(
+    Visit { c, headers, addr }: Visit,
+    csrf: &str,
+    method: Method,
+    path: &str,
+    body: ApiBody,
+    to: &str,
+) -> Response {
+    act(
+        &c,
+        &headers,
+        addr,
+        csrf,
+        async |c, ctx| {
+            c.call(ctx, method, path, body).await?;
+            Ok(to.to_string())
+        },
+        to,
+    )
+    .await
+}
+
 async fn job_action(
     Visit { c, headers, addr }: Visit,
     Path((id, action)): Path<(String, String)>,
@@ -1094,26 +1117,14 @@ async fn create_token(Visit { c, headers, addr }: Visit, Form(form): Form<TokenF
     }
 }
 
-async fn revoke_token(
-    Visit { c, headers, addr }: Visit,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    act(
-        &c,
-        &headers,
-        addr,
+async fn revoke_token(v: Visit, Path(id): Path<String>, Form(form): Form<CsrfForm>) -> Response {
+    let path = format!("tokens/{}", seg(&id));
+    forward(
+        v,
         &form.csrf,
-        async |c, ctx| {
-            c.call(
-                ctx,
-                Method::DELETE,
-                &format!("tokens/{}", seg(&id)),
-                ApiBody::None,
-            )
-            .await?;
-            Ok("/ui/tokens".into())
-        },
+        Method::DELETE,
+        &path,
+        ApiBody::None,
         "/ui/tokens",
     )
     .await
@@ -1126,47 +1137,24 @@ struct MemberForm {
     role: String,
 }
 
-async fn set_member(Visit { c, headers, addr }: Visit, Form(form): Form<MemberForm>) -> Response {
-    act(
-        &c,
-        &headers,
-        addr,
-        &form.csrf,
-        async |c, ctx| {
-            c.call(
-                ctx,
-                Method::PUT,
-                &format!("members/{}", seg(form.subject.trim())),
-                ApiBody::Json(json!({ "role": form.role.trim() })),
-            )
-            .await?;
-            Ok("/ui/members".into())
-        },
-        "/ui/members",
-    )
-    .await
+async fn set_member(v: Visit, Form(form): Form<MemberForm>) -> Response {
+    let path = format!("members/{}", seg(form.subject.trim()));
+    let body = ApiBody::Json(json!({ "role": form.role.trim() }));
+    forward(v, &form.csrf, Method::PUT, &path, body, "/ui/members").await
 }
 
 async fn remove_member(
-    Visit { c, headers, addr }: Visit,
+    v: Visit,
     Path(subject): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    act(
-        &c,
-        &headers,
-        addr,
+    let path = format!("members/{}", seg(&subject));
+    forward(
+        v,
         &form.csrf,
-        async |c, ctx| {
-            c.call(
-                ctx,
-                Method::DELETE,
-                &format!("members/{}", seg(&subject)),
-                ApiBody::None,
-            )
-            .await?;
-            Ok("/ui/members".into())
-        },
+        Method::DELETE,
+        &path,
+        ApiBody::None,
         "/ui/members",
     )
     .await
