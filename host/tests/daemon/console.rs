@@ -411,6 +411,72 @@ async fn console_sessions_are_strict_and_every_form_is_the_apis_decision() {
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.headers["location"], "/ui/login?ended=1");
 
+    // Tokens and members through their forms: a token is shown once, then
+    // only its id; revoking and role changes are the API's.
+    let mut frank = Browserless {
+        api: daemon.client().await,
+        cookies: vec![],
+    };
+    site.member("team-a", "frank", "admin");
+    frank
+        .sign_in(&site.token("team-a", "frank", "*:write"))
+        .await;
+    let fcsrf = frank.csrf().await;
+    let r = frank
+        .post(
+            "/ui/tokens",
+            &[
+                ("csrf", &fcsrf),
+                ("name", "ci"),
+                ("scopes", "jobs:read"),
+                ("expires_in", "7"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    let shown = text(&r);
+    let at = shown.find("wrun_pat_").expect("the new token, once");
+    let new_token: String = shown[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let r = api.get("/v1/workspaces/team-a/jobs", &new_token).await;
+    assert_eq!(r.status, StatusCode::OK, "the token works");
+    let list = frank.get("/ui/tokens").await;
+    assert!(
+        !text(&list).contains(&new_token),
+        "a token is never shown again"
+    );
+    let listed = api.get("/v1/workspaces/team-a/tokens", &admin).await;
+    let id = listed.json["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = frank
+        .post(&format!("/ui/tokens/{id}/revoke"), &[("csrf", &fcsrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let r = api.get("/v1/workspaces/team-a/jobs", &new_token).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = frank
+        .post(
+            "/ui/members",
+            &[("csrf", &fcsrf), ("subject", "grace"), ("role", "analyst")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    assert!(text(&frank.get("/ui/members").await).contains("grace"));
+    let r = frank
+        .post("/ui/members/grace/remove", &[("csrf", &fcsrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    assert!(!text(&frank.get("/ui/members").await).contains("grace"));
+
     // A session spends its token's request budget: a flood is answered 429.
     let mut eve = Browserless {
         api: daemon.client().await,
