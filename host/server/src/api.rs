@@ -214,6 +214,23 @@ impl AppState {
         Ok(principal)
     }
 
+    /// Refuses new work while the runner holds `[workers] max_backlog`
+    /// jobs: 503 with `Retry-After`, before anything is committed.
+    fn admit(&self) -> Result<(), ApiError> {
+        match self.config.workers.max_backlog {
+            Some(max) if self.runner.backlog() >= max => {
+                self.metrics.backlog_refused();
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backlog_full",
+                    format!("{max} jobs are waiting or running: retry later"),
+                )
+                .with_retry_after(5))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Counts one failure from `ip`'s network.
     ///
     /// # Errors
@@ -737,6 +754,7 @@ async fn webhook(
         Some(verified) => Some(delivery_key(&trigger.id, &verified)),
         None => idempotency_header(&headers)?,
     };
+    s.admit()?;
     let job = NewJob {
         id: new_job_id(),
         workspace: trigger.workspace.clone(),
@@ -1429,6 +1447,7 @@ async fn run_recipe(
     require_recipe(&s, &ws, &name).await?;
     crate::store_sqlite::check_name("environment", &body.environment)
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    s.admit()?;
     let job = NewJob {
         id: new_job_id(),
         workspace: ws.clone(),
@@ -1542,6 +1561,7 @@ async fn rerun_job(
             "the job's content was erased for a data subject; there is no input to run again",
         ));
     }
+    s.admit()?;
     let job = NewJob {
         id: new_job_id(),
         workspace: ws.clone(),

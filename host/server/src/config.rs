@@ -283,6 +283,11 @@ pub struct Workers {
     /// Shortest interval between two slots of a schedule.
     #[serde(default = "default_min_schedule_interval")]
     pub min_schedule_interval_secs: i64,
+    /// Jobs queued or running at most: past it, webhooks and runs are
+    /// answered 503 with `Retry-After` and nothing is accepted (default: no
+    /// limit). Schedules still fire.
+    #[serde(default)]
+    pub max_backlog: Option<usize>,
 }
 
 impl Default for Workers {
@@ -293,6 +298,7 @@ impl Default for Workers {
             shutdown_grace_secs: default_grace(),
             schedule_tick_ms: default_schedule_tick(),
             min_schedule_interval_secs: default_min_schedule_interval(),
+            max_backlog: None,
         }
     }
 }

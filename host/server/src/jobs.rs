@@ -63,6 +63,9 @@ pub struct Runner {
     /// it again (a burst of webhooks after a deploy or a restart).
     loading: Mutex<HashMap<(String, String), LoadLock>>,
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Jobs handed to the runner and not yet finished with (queued or
+    /// running): what `[workers] max_backlog` bounds.
+    backlog: std::sync::atomic::AtomicUsize,
     /// Requests waiting for a job's end (webhooks in response mode).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     stopping: watch::Sender<bool>,
@@ -267,6 +270,7 @@ impl Runner {
             recipes: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            backlog: std::sync::atomic::AtomicUsize::new(0),
             waiting: Mutex::new(HashMap::new()),
             stopping,
         });
@@ -310,8 +314,15 @@ impl Runner {
 
     /// Hands a committed job to the dispatcher.
     pub fn submit(&self, id: &str, workspace: &str) {
+        self.backlog.fetch_add(1, Ordering::SeqCst);
         self.metrics.job_queued();
         let _ = self.queue.send((id.to_string(), workspace.to_string()));
+    }
+
+    /// Jobs handed to this runner and not yet finished with (queued or
+    /// running).
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::SeqCst)
     }
 
     /// Resolves when this runner has finished with job `id` (ended it, or
@@ -509,6 +520,7 @@ impl Runner {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id.clone(), Arc::clone(&cancel));
         let result = self.run_job_inner(&id, &workspace, &cancel).await;
+        self.backlog.fetch_sub(1, Ordering::SeqCst);
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -21,6 +21,7 @@
 //! | `wrun_recipe_loads_total` | counter | |
 //! | `wrun_oauth_refreshes_total` | counter | `outcome`: refreshed, failed (may pass), needs_reauth |
 //! | `wrun_connection_alerts_total` | counter | `kind`: spike, new_caller |
+//! | `wrun_backlog_refusals_total` | counter | (webhooks and runs answered 503: `[workers] max_backlog` reached) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,6 +199,8 @@ struct Inner {
     oauth: std::sync::OnceLock<Arc<wrun_store::oauth::Refresher>>,
     /// `wrun_connection_alerts_total{kind}`.
     connection_alerts: Family<Label, Counter>,
+    /// `wrun_backlog_refusals_total`.
+    backlog_refusals: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -291,8 +294,15 @@ impl Metrics {
             "Alerts on connection use (spike, new_caller)",
             connection_alerts.clone(),
         );
+        let backlog_refusals = Counter::default();
+        registry.register(
+            "wrun_backlog_refusals",
+            "Webhooks and runs refused because [workers] max_backlog jobs were queued or running",
+            backlog_refusals.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                backlog_refusals,
                 connection_alerts,
                 oauth_refreshes,
                 oauth: std::sync::OnceLock::new(),
@@ -511,6 +521,11 @@ impl Metrics {
     /// A webhook delivery's outcome.
     pub fn webhook(&self, outcome: WebhookOutcome) {
         self.record_webhook(outcome);
+    }
+
+    /// New work was refused: the backlog is full.
+    pub fn backlog_refused(&self) {
+        self.inner.backlog_refusals.inc();
     }
 
     /// An alert on a connection's use (`spike` or `new_caller`).

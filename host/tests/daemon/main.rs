@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod backlog;
 mod claims;
 mod console;
 mod crash;
