@@ -435,11 +435,11 @@ async fn console_sessions_are_strict_and_every_form_is_the_apis_decision() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
     let shown = text(&r);
-    let at = shown.find("wrun_pat_").expect("the new token, once");
-    let new_token: String = shown[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
+    let at = shown
+        .find("value=\"wrun_pat_")
+        .expect("the new token, once")
+        + 7;
+    let new_token: String = shown[at..].chars().take_while(|c| *c != '"').collect();
     let r = api.get("/v1/workspaces/team-a/jobs", &new_token).await;
     assert_eq!(r.status, StatusCode::OK, "the token works");
     let list = frank.get("/ui/tokens").await;
@@ -605,6 +605,8 @@ async fn a_million_jobs_and_ten_thousand_log_lines_stay_fast() {
     .unwrap();
     eprintln!("seeded a million jobs in {:?}", started.elapsed());
     drop(conn);
+    // A new connection: the daemon may have closed the idle one meanwhile.
+    alice.api = daemon.client().await;
 
     let variants = [
         "/ui/jobs",
