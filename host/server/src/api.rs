@@ -116,7 +116,7 @@ impl Principal {
 }
 
 /// The client address, without the IPv4-mapped IPv6 form.
-fn client_ip(addr: SocketAddr) -> IpAddr {
+pub(crate) fn client_ip(addr: SocketAddr) -> IpAddr {
     match addr.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         ip => ip,

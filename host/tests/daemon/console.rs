@@ -477,6 +477,70 @@ async fn console_sessions_are_strict_and_every_form_is_the_apis_decision() {
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
     assert!(!text(&frank.get("/ui/members").await).contains("grace"));
 
+    // Environments and settings through their forms; what the API refuses
+    // (an invalid name, a timeout out of bounds, cancelling no job)
+    // shows the API's refusal.
+    let r = frank
+        .post(
+            "/ui/environments/prod",
+            &[
+                ("csrf", &fcsrf),
+                ("op", "property"),
+                ("name", "region"),
+                ("value", "eu-west"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let r = frank
+        .post(
+            "/ui/environments/prod",
+            &[
+                ("csrf", &fcsrf),
+                ("op", "bind"),
+                ("name", "crm"),
+                ("value", "crm-prod"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let r = frank
+        .post(
+            "/ui/environments/prod",
+            &[
+                ("csrf", &fcsrf),
+                ("op", "bind"),
+                ("name", "crm"),
+                ("value", "not a name!"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", text(&r));
+    let env = api
+        .get("/v1/workspaces/team-a/environments/prod", &admin)
+        .await;
+    assert_eq!(env.json["properties"]["region"], "eu-west", "{}", env.json);
+    assert_eq!(env.json["bindings"]["crm"], "crm-prod", "{}", env.json);
+    assert!(text(&frank.get("/ui/environments?env=prod").await).contains("eu-west"));
+    let r = frank
+        .post("/ui/settings", &[("csrf", &fcsrf), ("idle_minutes", "45")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let settings = api.get("/v1/workspaces/team-a/settings", &admin).await;
+    assert_eq!(settings.json["session_idle_secs"], 2700);
+    let r = frank
+        .post("/ui/settings", &[("csrf", &fcsrf), ("idle_minutes", "0")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", text(&r));
+    let r = frank
+        .post(
+            "/ui/jobs/job_00000000000000000000000000000000/cancel",
+            &[("csrf", &fcsrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(text(&r).contains("role=\"alert\""));
+
     // A session spends its token's request budget: a flood is answered 429.
     let mut eve = Browserless {
         api: daemon.client().await,

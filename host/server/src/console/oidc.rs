@@ -369,12 +369,12 @@ pub(crate) async fn callback(
         Ok(m) => m,
         Err(e) => return refuse("sso_down", &e).await,
     };
-    let form = url_form(&[
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("redirect_uri", &oidc.redirect_uri),
-        ("code_verifier", &flow.verifier),
-    ]);
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "authorization_code")
+        .append_pair("code", code)
+        .append_pair("redirect_uri", &oidc.redirect_uri)
+        .append_pair("code_verifier", &flow.verifier)
+        .finish();
     let basic = STANDARD.encode(format!(
         "{}:{}",
         utf8_percent_encode(&oidc.config.client_id, SEGMENT),
@@ -447,19 +447,4 @@ pub(crate) async fn callback(
         set_cookie(FLOW_COOKIE, "", "Lax", Some(0)),
     );
     r
-}
-
-/// An `application/x-www-form-urlencoded` body.
-fn url_form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                utf8_percent_encode(k, SEGMENT),
-                utf8_percent_encode(v, SEGMENT)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
