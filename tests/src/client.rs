@@ -94,6 +94,13 @@ impl DirectClient {
         })
     }
 
+    /// Waits until the connection can take a request; `false` if it has
+    /// closed (the server closed it while idle, or it broke), so the next
+    /// [`send`](DirectClient::send) would fail.
+    pub async fn ready(&mut self) -> bool {
+        self.sender.ready().await.is_ok()
+    }
+
     /// Sends `request` on the connection and reads the whole response.
     ///
     /// An absolute URI is rewritten to origin form (path and query), and a

@@ -209,6 +209,8 @@ impl Daemon {
             client: DirectClient::connect(self.addr, "127.0.0.1", &self.ca_pem)
                 .await
                 .unwrap(),
+            addr: self.addr,
+            ca_pem: self.ca_pem.clone(),
         }
     }
 
@@ -243,9 +245,12 @@ impl Drop for Daemon {
     }
 }
 
-/// An HTTPS client of the daemon on one connection.
+/// An HTTPS client of the daemon on one kept-alive connection, opened again
+/// when the daemon has closed it (it closes idle connections).
 pub(crate) struct Api {
     client: DirectClient,
+    addr: std::net::SocketAddr,
+    ca_pem: String,
 }
 
 /// A response: status, headers and the body as JSON (`Null` if empty or
@@ -286,6 +291,14 @@ impl Api {
 
     /// Sends a prepared request.
     pub(crate) async fn raw(&mut self, req: Request<Full<Bytes>>) -> Reply {
+        // A connection the daemon closed while a test was busy elsewhere (its
+        // idle timeout) is opened again; the daemon's idle handling has tests
+        // of its own.
+        if !self.client.ready().await {
+            self.client = DirectClient::connect(self.addr, "127.0.0.1", &self.ca_pem)
+                .await
+                .unwrap();
+        }
         let (status, headers, raw) = self.client.send(req).await.unwrap();
         let json = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         Reply {
