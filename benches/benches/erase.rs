@@ -13,12 +13,15 @@ use criterion::{Criterion, criterion_main};
 use serde_json::json;
 use wrun_store::UnixMillis;
 use wrun_store::audit::{Entry, Outcome};
+use wrun_store::claims::ClaimRequest;
 use wrun_store::erase::Subject;
 use wrun_store::keys::MasterKey;
 use wrun_store::sqlite::SqliteStorage;
 use wrun_store::storage::{JobState, NewJob, RecipeVersion, StepCommit, Storage};
 
 const WS: &str = "bench";
+/// The node the jobs are claimed under.
+const NODE: &str = "bench";
 const JOBS: usize = 100_000;
 const EVERY: usize = 100;
 const SUBJECT: &str = "alice.liddell@wonder.test";
@@ -55,7 +58,15 @@ async fn one_job(storage: Arc<dyn Storage>, i: usize) {
         created_at: UnixMillis::now(),
     };
     storage.enqueue(job, None).await.expect("enqueue");
-    storage.start_job(&id).await.expect("start");
+    let request = ClaimRequest {
+        max: 1,
+        per_workspace: 1,
+        ..ClaimRequest::default()
+    };
+    let claims = storage.claim_jobs(NODE, request).await.expect("claim");
+    let claim = claims.first().expect("the job just queued is claimed");
+    assert_eq!(claim.id, id);
+    storage.start_job(NODE, claim).await.expect("start");
     for index in 0..2 {
         let history = json!({
             "step": format!("s{index}"), "status": "succeeded", "attempts": 1, "elapsed_ms": 3,
@@ -66,6 +77,7 @@ async fn one_job(storage: Arc<dyn Storage>, i: usize) {
             .commit_step(StepCommit {
                 job: id.clone(),
                 workspace: WS.into(),
+                claim: (NODE.into(), claim.epoch),
                 index,
                 step: format!("s{index}"),
                 status: "succeeded".into(),
@@ -76,7 +88,14 @@ async fn one_job(storage: Arc<dyn Storage>, i: usize) {
             .expect("commit");
     }
     storage
-        .finish_job(WS, &id, JobState::Succeeded, None, vec![])
+        .finish_job(
+            (NODE, claim.epoch),
+            WS,
+            &id,
+            JobState::Succeeded,
+            None,
+            vec![],
+        )
         .await
         .expect("finish");
 }

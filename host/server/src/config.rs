@@ -288,6 +288,40 @@ pub struct Workers {
     /// limit). Schedules still fire.
     #[serde(default)]
     pub max_backlog: Option<usize>,
+    /// This node's name in the store: its claims on jobs are held under it
+    /// (default: the host's name). Nodes sharing a store need distinct
+    /// names; a node restarted under the same name resumes its jobs at
+    /// once, one under a new name after the old claims' lease lapses.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How long a node's claims on jobs outlive its last renewal (renewed
+    /// every quarter of it): a node that dies has its jobs taken over by
+    /// another after at most this long. 3 to 300 seconds.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+}
+
+impl Workers {
+    /// This node's name: `node`, else the host's name, else `local`.
+    pub fn node_name(&self) -> String {
+        self.node
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| valid_node_name(h))
+            })
+            .unwrap_or_else(|| wrun_store::claims::DEFAULT_NODE.to_string())
+    }
+}
+
+/// A node name: 1 to 64 of `A-Z a-z 0-9 - _ .`.
+fn valid_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 impl Default for Workers {
@@ -299,6 +333,8 @@ impl Default for Workers {
             schedule_tick_ms: default_schedule_tick(),
             min_schedule_interval_secs: default_min_schedule_interval(),
             max_backlog: None,
+            node: None,
+            lease_secs: default_lease(),
         }
     }
 }
@@ -393,6 +429,9 @@ fn default_concurrency() -> usize {
 }
 fn default_per_workspace() -> usize {
     16
+}
+fn default_lease() -> u64 {
+    10
 }
 fn default_grace() -> u64 {
     30
@@ -492,6 +531,9 @@ impl DaemonConfig {
                 message: format!("`{v}` is not a number"),
             })?;
         }
+        if let Some(v) = get("WRUN_NODE") {
+            self.workers.node = Some(v);
+        }
         if let Some(v) = get("WRUN_AUDIT_STREAM_FILE") {
             self.audit.stream_file = Some(v.into());
         }
@@ -524,6 +566,18 @@ impl DaemonConfig {
         if self.workers.concurrency == 0 || self.workers.per_workspace == 0 {
             return Err(ConfigError::Inconsistent(
                 "[workers] concurrency and per_workspace must be at least 1".into(),
+            ));
+        }
+        if !(3..=300).contains(&self.workers.lease_secs) {
+            return Err(ConfigError::Inconsistent(
+                "[workers] lease_secs must be 3 to 300".into(),
+            ));
+        }
+        if let Some(node) = &self.workers.node
+            && !valid_node_name(node)
+        {
+            return Err(ConfigError::Inconsistent(
+                "[workers] node must be 1 to 64 of A-Z a-z 0-9 - _ .".into(),
             ));
         }
         if self.limits.body_read_timeout_secs == 0 || self.limits.bundle_read_timeout_secs == 0 {

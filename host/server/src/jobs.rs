@@ -14,6 +14,17 @@
 //! call non-idempotent APIs should pass an idempotency key upstream (the
 //! job id is available as a pill). The unmasked outputs are deleted when the
 //! job ends.
+//!
+//! # The backlog is in the store
+//!
+//! The runner holds no queue of its own: it claims jobs from the store (see
+//! [`wrun_store::claims`]), never more than it can run at once
+//! (`[workers] concurrency`, at most `per_workspace` of one workspace), so
+//! its memory does not grow with the backlog. A new job wakes the
+//! dispatcher; a poll every second finds jobs that other nodes queued or
+//! whose claim lapsed. Every start, step commit and end is fenced by the
+//! claim's epoch: a node whose claim lapsed and was taken over stops at its
+//! next write and writes nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,11 +32,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use wrun_runtime::events::{AuditEvent, AuditKind, Event, Observer};
 use wrun_runtime::manifest::Manifest;
 use wrun_runtime::recipe::{Recipe, StepRecord, StepStatus, Stop};
 use wrun_runtime::{Engine, JobOptions};
+use wrun_store::claims::{Claim, ClaimRequest};
 
 use super::audit::{Entry, Outcome};
 use super::metrics::Metrics;
@@ -33,14 +45,22 @@ use super::schedule::Schedule;
 use super::storage::{JobState, NewJob, StepCommit, Storage, StorageError};
 use wrun_store::UnixMillis;
 
-/// How the runner is sized.
-#[derive(Debug, Clone, Copy)]
+/// How the runner is sized, and under what name it claims jobs.
+#[derive(Debug, Clone)]
 pub struct RunnerLimits {
-    /// Jobs running at once in all.
+    /// Jobs running at once in all (and claimed at once: the window).
     pub concurrency: usize,
     /// Jobs running at once per workspace.
     pub per_workspace: usize,
+    /// This node's name in the store (`[workers] node`).
+    pub node: String,
+    /// How long its claims outlive its last renewal.
+    pub lease: Duration,
 }
+
+/// How often the dispatcher looks for work it was not woken for (jobs
+/// queued by another node, claims that lapsed), and recounts the backlog.
+const POLL: Duration = Duration::from_secs(1);
 
 /// A loaded recipe and the deployment (`updated_at`) it was loaded from.
 type LoadedRecipe = (UnixMillis, Arc<Recipe>);
@@ -54,18 +74,20 @@ pub struct Runner {
     engine: Engine,
     metrics: Metrics,
     limits: RunnerLimits,
-    queue: mpsc::UnboundedSender<(String, String)>,
-    global: Arc<Semaphore>,
-    per_workspace: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Wakes the dispatcher: a job was queued or ended.
+    wake: Notify,
+    /// Claims this node holds, per workspace.
+    held: Mutex<HashMap<String, usize>>,
     recipes: Mutex<HashMap<(String, String), LoadedRecipe>>,
     /// One lock per recipe held while it is loaded, so jobs that find it
     /// missing from `recipes` wait for one load instead of each compiling
     /// it again (a burst of webhooks after a deploy or a restart).
     loading: Mutex<HashMap<(String, String), LoadLock>>,
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
-    /// Jobs handed to the runner and not yet finished with (queued or
-    /// running): what `[workers] max_backlog` bounds.
-    backlog: std::sync::atomic::AtomicUsize,
+    /// Jobs queued or running in the store, as last counted (every
+    /// [`POLL`]) plus those queued through this node since: what
+    /// `[workers] max_backlog` bounds.
+    backlog: AtomicUsize,
     /// Requests waiting for a job's end (webhooks in response mode).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     stopping: watch::Sender<bool>,
@@ -228,7 +250,6 @@ impl Runner {
         metrics: Metrics,
         limits: RunnerLimits,
     ) -> Arc<Runner> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
         let (stopping, _) = watch::channel(false);
         let (limiter, alerts) = crate::limits::ConnectionLimiter::new(Arc::clone(&storage));
         let limiter = Arc::new(limiter);
@@ -257,34 +278,153 @@ impl Runner {
                 }
             }
         });
-        let runner = Arc::new(Runner {
+        Arc::new(Runner {
             limiter,
             alert_webhook,
             storage,
             engine,
             metrics,
             limits,
-            queue: tx,
-            global: Arc::new(Semaphore::new(limits.concurrency.max(1))),
-            per_workspace: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            held: Mutex::new(HashMap::new()),
             recipes: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
-            backlog: std::sync::atomic::AtomicUsize::new(0),
+            backlog: AtomicUsize::new(0),
             waiting: Mutex::new(HashMap::new()),
             stopping,
-        });
-        let dispatcher = Arc::clone(&runner);
+        })
+    }
+
+    /// Starts the lease renewal and the dispatcher, once the claims of this
+    /// node's previous run were released ([`Runner::recover`]).
+    fn dispatch(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let renew = (self.limits.lease / 4).max(Duration::from_millis(250));
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
-            while let Some((id, workspace)) = rx.recv().await {
-                if *dispatcher.stopping.borrow() {
-                    break;
+            let mut tick = tokio::time::interval(renew);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopping.changed() => return,
                 }
-                let r = Arc::clone(&dispatcher);
-                tokio::spawn(async move { r.run_job(id, workspace).await });
+                let Some(runner) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = runner.renew().await {
+                    tracing::error!(error = %e, "the lease on this node's jobs could not be renewed");
+                }
             }
         });
-        runner
+        let weak = Arc::downgrade(self);
+        let mut stopping = self.stopping.subscribe();
+        tokio::spawn(async move {
+            // `recover` has just counted.
+            let mut counted = tokio::time::Instant::now();
+            loop {
+                let Some(runner) = weak.upgrade() else {
+                    return;
+                };
+                if *runner.stopping.borrow() {
+                    return;
+                }
+                if counted.elapsed() >= POLL {
+                    counted = tokio::time::Instant::now();
+                    runner.count_backlog().await;
+                }
+                let failed = match runner.claim().await {
+                    Ok(()) => false,
+                    Err(e) => {
+                        tracing::error!(error = %e, "jobs could not be claimed");
+                        true
+                    }
+                };
+                let wait = if failed {
+                    POLL
+                } else {
+                    POLL.saturating_sub(counted.elapsed())
+                };
+                let woken = async {
+                    if failed {
+                        std::future::pending::<()>().await;
+                    }
+                    runner.wake.notified().await;
+                };
+                tokio::select! {
+                    () = woken => {}
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stopping.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// Renews this node's lease on its claims.
+    async fn renew(&self) -> Result<(), StorageError> {
+        let lease_ms = i64::try_from(self.limits.lease.as_millis()).unwrap_or(i64::MAX);
+        self.storage.heartbeat(&self.limits.node, lease_ms).await
+    }
+
+    /// Recounts the backlog in the store.
+    async fn count_backlog(&self) {
+        match self.storage.backlog().await {
+            Ok(n) => {
+                self.backlog
+                    .store(usize::try_from(n).unwrap_or(usize::MAX), Ordering::SeqCst);
+                let held = self.held_total();
+                self.metrics.queued_now(n.saturating_sub(held as u64));
+            }
+            Err(e) => tracing::error!(error = %e, "the backlog could not be counted"),
+        }
+    }
+
+    /// Claims in all held by this node.
+    fn held_total(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .sum()
+    }
+
+    /// Claims what this node has room for and starts it.
+    async fn claim(self: &Arc<Self>) -> Result<(), StorageError> {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let total: usize = held.values().sum();
+        let max = self.limits.concurrency.saturating_sub(total);
+        if max == 0 {
+            return Ok(());
+        }
+        let request = ClaimRequest {
+            max,
+            per_workspace: self.limits.per_workspace,
+            held,
+        };
+        let claims = self.storage.claim_jobs(&self.limits.node, request).await?;
+        if claims.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            for claim in &claims {
+                *held.entry(claim.workspace.clone()).or_default() += 1;
+            }
+            self.metrics.claims_held(held.values().sum());
+        }
+        for claim in claims {
+            if claim.takeover {
+                self.metrics.takeover();
+            }
+            let runner = Arc::clone(self);
+            tokio::spawn(async move { runner.run_job(claim).await });
+        }
+        Ok(())
     }
 
     /// Where alerts on connection use are posted (`[alerts] webhook_url`);
@@ -302,27 +442,45 @@ impl Runner {
         self.limiter.flush().await
     }
 
-    /// Queues every job that was queued or running when the daemon stopped.
-    pub async fn recover(&self) -> Result<usize, StorageError> {
-        let jobs = self.storage.unfinished_jobs().await?;
-        let n = jobs.len();
-        for (id, workspace) in jobs {
-            self.submit(&id, &workspace);
+    /// Takes this node's lease, releases the claims of its previous run
+    /// (jobs it was running when it stopped resume at once, after their
+    /// last committed step) and starts claiming jobs. Returns the backlog:
+    /// the jobs queued or running in the store.
+    pub async fn recover(self: &Arc<Self>) -> Result<u64, StorageError> {
+        self.renew().await?;
+        let released = self.storage.release_claims(&self.limits.node).await?;
+        if released > 0 {
+            tracing::info!(
+                jobs = released,
+                node = %self.limits.node,
+                "claims of this node's previous run released"
+            );
         }
-        Ok(n)
+        let backlog = self.storage.backlog().await?;
+        self.backlog.store(
+            usize::try_from(backlog).unwrap_or(usize::MAX),
+            Ordering::SeqCst,
+        );
+        self.dispatch();
+        Ok(backlog)
     }
 
-    /// Hands a committed job to the dispatcher.
-    pub fn submit(&self, id: &str, workspace: &str) {
+    /// Wakes the dispatcher for a job just committed to the store.
+    pub fn submit(&self, _id: &str, _workspace: &str) {
         self.backlog.fetch_add(1, Ordering::SeqCst);
         self.metrics.job_queued();
-        let _ = self.queue.send((id.to_string(), workspace.to_string()));
+        self.wake.notify_one();
     }
 
-    /// Jobs handed to this runner and not yet finished with (queued or
-    /// running).
+    /// Jobs queued or running in the store, as last counted plus those
+    /// queued through this node since.
     pub fn backlog(&self) -> usize {
         self.backlog.load(Ordering::SeqCst)
+    }
+
+    /// This node's name in the store.
+    pub fn node(&self) -> &str {
+        &self.limits.node
     }
 
     /// Resolves when this runner has finished with job `id` (ended it, or
@@ -420,18 +578,6 @@ impl Runner {
         }
     }
 
-    /// The semaphore of a workspace.
-    fn workspace_slots(&self, workspace: &str) -> Arc<Semaphore> {
-        let mut map = self
-            .per_workspace
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            map.entry(workspace.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_workspace.max(1)))),
-        )
-    }
-
     /// The loaded recipe, from the cache while its deployment is unchanged.
     async fn recipe(&self, workspace: &str, name: &str) -> Result<Arc<Recipe>, String> {
         let not_deployed = || format!("recipe `{name}` is not deployed");
@@ -512,19 +658,34 @@ impl Runner {
         Ok(recipe)
     }
 
-    /// Runs (or resumes) one job to its end.
-    async fn run_job(self: Arc<Self>, id: String, workspace: String) {
+    /// Runs (or resumes) one claimed job to its end, or until its claim is
+    /// lost.
+    async fn run_job(self: Arc<Self>, claim: Claim) {
+        let id = claim.id.clone();
         let cancel = Arc::new(AtomicBool::new(false));
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id.clone(), Arc::clone(&cancel));
-        let result = self.run_job_inner(&id, &workspace, &cancel).await;
-        self.backlog.fetch_sub(1, Ordering::SeqCst);
+        let result = self.run_job_inner(&claim, &cancel).await;
+        let _ = self
+            .backlog
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = held.get_mut(&claim.workspace) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&claim.workspace);
+                }
+            }
+            self.metrics.claims_held(held.values().sum());
+        }
+        self.wake.notify_one();
         let waiting = self
             .waiting
             .lock()
@@ -533,28 +694,27 @@ impl Runner {
         for tx in waiting.into_iter().flatten() {
             let _ = tx.send(());
         }
-        if let Err(e) = result {
-            tracing::error!(job = %id, error = %e, "a job could not be run");
+        match result {
+            Ok(()) => {}
+            Err(StorageError::LeaseLost { .. }) => {
+                self.metrics.lease_lost();
+                tracing::warn!(
+                    job = %id,
+                    node = %self.limits.node,
+                    "another node claimed this job after this node's claim lapsed: stopped here"
+                );
+            }
+            Err(e) => tracing::error!(job = %id, error = %e, "a job could not be run"),
         }
     }
 
-    async fn run_job_inner(
-        &self,
-        id: &str,
-        workspace: &str,
-        cancel: &AtomicBool,
-    ) -> Result<(), StorageError> {
-        let ws_slots = self.workspace_slots(workspace);
-        let Ok(_ws_permit) = ws_slots.acquire_owned().await else {
-            return Ok(());
-        };
-        let Ok(_permit) = Arc::clone(&self.global).acquire_owned().await else {
-            return Ok(());
-        };
+    async fn run_job_inner(&self, claim: &Claim, cancel: &AtomicBool) -> Result<(), StorageError> {
         if *self.stopping.borrow() {
             return Ok(());
         }
-        let Some(started) = self.storage.start_job(id).await? else {
+        let (id, workspace) = (claim.id.as_str(), claim.workspace.as_str());
+        let fence = (self.limits.node.as_str(), claim.epoch);
+        let Some(started) = self.storage.start_job(&self.limits.node, claim).await? else {
             return Ok(());
         };
         self.metrics.job_started();
@@ -564,7 +724,14 @@ impl Runner {
             Err(reason) => {
                 let end = self
                     .storage
-                    .finish_job(workspace, id, JobState::Failed, Some(reason), Vec::new())
+                    .finish_job(
+                        fence,
+                        workspace,
+                        id,
+                        JobState::Failed,
+                        Some(reason),
+                        Vec::new(),
+                    )
                     .await?;
                 self.metrics.job_finished(end);
                 return Ok(());
@@ -596,10 +763,15 @@ impl Runner {
         let metrics = self.metrics.clone();
         let (job_id, workspace) = (summary.id.clone(), summary.workspace.clone());
         let job_ref = &job;
+        // Set when a commit was refused because another node holds the job.
+        let lost = AtomicBool::new(false);
+        let lost_ref = &lost;
+        let node = self.limits.node.clone();
         let mut checkpoint = |index: usize, record: &StepRecord, output: Option<&Value>| {
             let commit = StepCommit {
                 job: job_id.clone(),
                 workspace: workspace.clone(),
+                claim: (node.clone(), claim.epoch),
                 index,
                 step: record.step.clone(),
                 status: match record.status {
@@ -617,16 +789,36 @@ impl Runner {
             async move {
                 // A failed commit stops the job: it stays `running` and
                 // resumes after its last committed step at the next start.
-                storage.commit_step(commit).await.map_err(|e| {
-                    tracing::error!(error = %e, "a step could not be committed");
+                // A refused one (another node holds the job) stops it
+                // here for good.
+                let go_on = storage.commit_step(commit).await.map_err(|e| {
+                    if matches!(e, StorageError::LeaseLost { .. }) {
+                        lost_ref.store(true, Ordering::SeqCst);
+                    } else {
+                        tracing::error!(error = %e, "a step could not be committed");
+                    }
                     Stop
                 })?;
-                if cancelled { Err(Stop) } else { Ok(()) }
+                // Cancelled through this node, or through another (the
+                // store says so).
+                if !go_on {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+                if cancelled || !go_on {
+                    Err(Stop)
+                } else {
+                    Ok(())
+                }
             }
         };
         let report = recipe
             .run_from(&job, &started.payload, started.resume, &mut checkpoint)
             .await;
+        if lost.load(Ordering::SeqCst) {
+            return Err(StorageError::LeaseLost {
+                job: id.to_string(),
+            });
+        }
         let (state, error) = if report.ok {
             (JobState::Succeeded, None)
         } else if cancel.load(Ordering::SeqCst) {
@@ -653,7 +845,7 @@ impl Runner {
         };
         let end = self
             .storage
-            .finish_job(&workspace, id, state, error, observer.overflow())
+            .finish_job(fence, &workspace, id, state, error, observer.overflow())
             .await?;
         self.metrics.job_finished(end);
         Ok(())

@@ -190,6 +190,8 @@ pub async fn serve(
         RunnerLimits {
             concurrency: config.workers.concurrency,
             per_workspace: config.workers.per_workspace,
+            node: config.workers.node_name(),
+            lease: Duration::from_secs(config.workers.lease_secs),
         },
     );
     if let Some(url) = &config.alerts.webhook_url {
@@ -398,6 +400,8 @@ mod tests {
             RunnerLimits {
                 concurrency: 1,
                 per_workspace: 1,
+                node: "test".into(),
+                lease: Duration::from_secs(10),
             },
         );
         let app = App::new(&Arc::new(config), storage, runner, metrics).unwrap();

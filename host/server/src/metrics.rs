@@ -22,6 +22,9 @@
 //! | `wrun_oauth_refreshes_total` | counter | `outcome`: refreshed, failed (may pass), needs_reauth |
 //! | `wrun_connection_alerts_total` | counter | `kind`: spike, new_caller |
 //! | `wrun_backlog_refusals_total` | counter | (webhooks and runs answered 503: `[workers] max_backlog` reached) |
+//! | `wrun_job_claims_current` | gauge | (jobs this node holds a claim on: its leases) |
+//! | `wrun_job_takeovers_total` | counter | (running jobs this node claimed after another claim lapsed) |
+//! | `wrun_lease_losses_total` | counter | (jobs this node stopped because another node claimed them: fenced writes) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,6 +204,12 @@ struct Inner {
     connection_alerts: Family<Label, Counter>,
     /// `wrun_backlog_refusals_total`.
     backlog_refusals: Counter,
+    /// `wrun_job_claims_current`.
+    claims: Gauge,
+    /// `wrun_job_takeovers_total`.
+    takeovers: Counter,
+    /// `wrun_lease_losses_total`.
+    lease_losses: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -300,8 +309,29 @@ impl Metrics {
             "Webhooks and runs refused because [workers] max_backlog jobs were queued or running",
             backlog_refusals.clone(),
         );
+        let claims = Gauge::default();
+        registry.register(
+            "wrun_job_claims_current",
+            "Jobs this node holds a claim on (queued for it or running on it)",
+            claims.clone(),
+        );
+        let takeovers = Counter::default();
+        registry.register(
+            "wrun_job_takeovers",
+            "Running jobs this node claimed after their claim lapsed (a node died, stalled or restarted)",
+            takeovers.clone(),
+        );
+        let lease_losses = Counter::default();
+        registry.register(
+            "wrun_lease_losses",
+            "Jobs this node stopped because another node had claimed them (its writes were fenced)",
+            lease_losses.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                claims,
+                takeovers,
+                lease_losses,
                 backlog_refusals,
                 connection_alerts,
                 oauth_refreshes,
@@ -526,6 +556,30 @@ impl Metrics {
     /// New work was refused: the backlog is full.
     pub fn backlog_refused(&self) {
         self.inner.backlog_refusals.inc();
+    }
+
+    /// This node holds `n` claims now.
+    pub fn claims_held(&self, n: usize) {
+        self.inner.claims.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// This node claimed a running job whose claim had lapsed.
+    pub fn takeover(&self) {
+        self.inner.takeovers.inc();
+    }
+
+    /// This node lost a job to another node's claim.
+    pub fn lease_lost(&self) {
+        self.inner.lease_losses.inc();
+    }
+
+    /// The jobs queued in the store and not claimed by this node, as last
+    /// counted.
+    pub fn queued_now(&self, n: u64) {
+        self.inner
+            .jobs_current
+            .get_or_create(&[("state", LiveJobState::Queued.as_str())])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// An alert on a connection's use (`spike` or `new_caller`).

@@ -103,7 +103,7 @@ use wrun_runtime::Placement;
 use wrun_runtime::policy::{HostPattern, NetGrant};
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// `PRAGMA application_id` of a wrun database: "wrun" in ASCII.
 const APPLICATION_ID: i64 = 0x7772_756e;
@@ -1196,6 +1196,10 @@ impl Store {
             tx.execute_batch(crate::sessions::MIGRATE_V10_SESSIONS)
                 .doing(doing)?;
         }
+        if version < 11 {
+            tx.execute_batch(crate::claims::MIGRATE_V11_CLAIMS)
+                .doing(doing)?;
+        }
         // Later versions add their steps here, each guarded by `version < N`.
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('schema', ?1)
@@ -2225,8 +2229,8 @@ mod tests {
             .unwrap();
         // A version 3 file has no `respond` column (version 5 added it), no
         // OAuth2 tables (version 6), no `erased_at` (version 7), nothing of
-        // signed bundles (version 8), of connection limits (version 9) or of
-        // console sessions (version 10).
+        // signed bundles (version 8), of connection limits (version 9), of
+        // console sessions (version 10) or of job claims (version 11).
         env.store
             .conn
             .execute_batch(
@@ -2243,7 +2247,9 @@ mod tests {
                  DROP TABLE console_sessions;
                  DROP INDEX jobs_workspace_state_created;
                  DROP INDEX jobs_workspace_recipe_created;
-                 DROP INDEX jobs_workspace_recipe_state_created;",
+                 DROP INDEX jobs_workspace_recipe_state_created;
+                 DROP INDEX jobs_queue; DROP TABLE nodes;
+                 ALTER TABLE jobs DROP COLUMN owner; ALTER TABLE jobs DROP COLUMN epoch;",
             )
             .unwrap();
         let db = env.db();

@@ -12,7 +12,8 @@
 //! (the operations, backend-neutral, with their error type), [`sqlite`]
 //! (their embedded implementation with group commit), [`audit`] (the
 //! chain: append, read, verify, stream) and [`access`] (the permission
-//! model that roles and token scopes are stored as); [`sessions`] has the
+//! model that roles and token scopes are stored as); [`claims`] has which
+//! node runs which job (leases and fencing epochs); [`sessions`] has the
 //! web console's sessions; [`time`] has the one
 //! time unit of stored data, [`UnixMillis`].
 
@@ -20,6 +21,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod claims;
 pub mod db;
 pub mod erase;
 pub mod keys;

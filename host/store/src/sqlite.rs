@@ -2808,29 +2808,47 @@ impl Storage for Arc<SqliteStorage> {
         .await
     }
 
-    async fn unfinished_jobs(&self) -> StorageResult<Vec<(String, String)>> {
-        self.read(move |conn| {
-            let doing = || "listing unfinished jobs".to_string();
-            let rows = query_rows(
-                conn,
-                "SELECT id, workspace
-                     FROM jobs
-                     WHERE state IN ('queued', 'running')
-                     ORDER BY created_at, id",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-                doing,
-            )?;
-            Ok(rows)
+    async fn heartbeat(&self, node: &str, lease_ms: i64) -> StorageResult<()> {
+        let node = node.to_string();
+        self.write_with(Durability::Process, move |ctx| {
+            crate::claims::heartbeat(ctx.conn, &node, UnixMillis::now(), lease_ms)
         })
         .await
     }
 
-    async fn start_job(&self, id: &str) -> StorageResult<Option<StartedJob>> {
-        let id_owned = id.to_string();
+    async fn release_claims(&self, node: &str) -> StorageResult<usize> {
+        let node = node.to_string();
+        self.write(move |ctx| crate::claims::release(ctx.conn, &node))
+            .await
+    }
+
+    async fn claim_jobs(
+        &self,
+        node: &str,
+        request: crate::claims::ClaimRequest,
+    ) -> StorageResult<Vec<crate::claims::Claim>> {
+        let node = node.to_string();
+        self.write_with(Durability::Process, move |ctx| {
+            crate::claims::claim(ctx.conn, &node, UnixMillis::now(), &request)
+        })
+        .await
+    }
+
+    async fn backlog(&self) -> StorageResult<u64> {
+        self.read(crate::claims::backlog).await
+    }
+
+    async fn start_job(
+        &self,
+        node: &str,
+        claim: &crate::claims::Claim,
+    ) -> StorageResult<Option<StartedJob>> {
+        let id_owned = claim.id.clone();
+        let (node, epoch) = (node.to_string(), claim.epoch);
         let started = self
             .write_with(Durability::Process, move |ctx| {
                 let doing = || format!("starting job {id_owned}");
+                crate::claims::fence(ctx.conn, &id_owned, &node, epoch)?;
                 let row = ctx
                     .conn
                     .query_row(
@@ -2916,7 +2934,7 @@ impl Storage for Arc<SqliteStorage> {
         }))
     }
 
-    async fn commit_step(&self, step: StepCommit) -> StorageResult<()> {
+    async fn commit_step(&self, step: StepCommit) -> StorageResult<bool> {
         let history = self
             .seal_json(
                 &step.workspace,
@@ -2944,6 +2962,8 @@ impl Storage for Arc<SqliteStorage> {
             None => None,
         };
         self.write_with(Durability::Process, move |ctx| {
+            let (node, epoch) = &step.claim;
+            let state = crate::claims::fence(ctx.conn, &step.job, node, *epoch)?;
             ctx.conn
                 .execute(
                     "INSERT INTO job_steps (job, idx, step, status, history, checkpoint) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -2951,13 +2971,14 @@ impl Storage for Arc<SqliteStorage> {
                     params![step.job, step.index as i64, step.step, step.status, history, checkpoint],
                 )
                 .doing(|| format!("committing step {} of job {}", step.index, step.job))?;
-            Ok(())
+            Ok(state != JobState::Cancelled.as_str())
         })
         .await
     }
 
     async fn finish_job(
         &self,
+        (node, epoch): (&str, i64),
         workspace: &str,
         id: &str,
         state: JobState,
@@ -2976,23 +2997,13 @@ impl Storage for Arc<SqliteStorage> {
             None => None,
         };
         let id = id.to_string();
+        let node = node.to_string();
         self.write(move |ctx| {
             let doing = || format!("finishing job {id}");
-            let current: Option<String> = ctx
-                .conn
-                .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| r.get(0))
-                .optional()
-                .doing(doing)?;
-            let current = current.as_deref().and_then(JobState::parse);
-            let end = match current {
+            let current = crate::claims::fence(ctx.conn, &id, &node, epoch)?;
+            let end = match JobState::parse(&current) {
                 Some(JobState::Cancelled) => JobState::Cancelled,
-                Some(_) => state,
-                None => {
-                    return Err(StorageError::NotFound {
-                        what: "job",
-                        name: id,
-                    });
-                }
+                _ => state,
             };
             ctx.conn
                 .execute(
@@ -3548,6 +3559,8 @@ impl Storage for Arc<SqliteStorage> {
     }
 }
 
+#[cfg(test)]
+mod claim_tests;
 #[cfg(test)]
 mod erase_tests;
 #[cfg(test)]

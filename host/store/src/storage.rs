@@ -72,6 +72,14 @@ pub enum StorageError {
     /// The writer thread has stopped (the daemon is shutting down).
     #[error("the storage writer has stopped")]
     Closed,
+    /// This node no longer holds the job: its claim lapsed and another
+    /// node claimed it (or it was released). The write was refused
+    /// (fencing); the node must stop working on the job.
+    #[error("job {job} is no longer held by this node: its claim lapsed and it was claimed again")]
+    LeaseLost {
+        /// The job.
+        job: String,
+    },
 }
 
 impl From<AuditError> for StorageError {
@@ -493,6 +501,9 @@ pub struct StepCommit {
     pub job: String,
     /// Workspace (for the seal).
     pub workspace: String,
+    /// The node committing it and its claim's epoch (see
+    /// [`crate::claims`]): any other is refused.
+    pub claim: (String, i64),
     /// Step index in the recipe.
     pub index: usize,
     /// Step name.
@@ -1101,18 +1112,51 @@ pub trait Storage: Send + Sync + 'static {
     /// Commits a job (and its audit entry) durably; returns once it is on
     /// disk.
     async fn enqueue(&self, job: NewJob, audit: Option<Entry>) -> StorageResult<Enqueued>;
-    /// Ids of jobs that are queued or were running, oldest first (at
-    /// start-up).
-    async fn unfinished_jobs(&self) -> StorageResult<Vec<(String, String)>>;
-    /// Marks a job running and returns what it needs; `None` if it has
-    /// ended (cancelled meanwhile) or does not exist.
-    async fn start_job(&self, id: &str) -> StorageResult<Option<StartedJob>>;
-    /// Commits a completed step.
-    async fn commit_step(&self, step: StepCommit) -> StorageResult<()>;
-    /// Ends a job and deletes its checkpoints; returns the state it ended
-    /// in (a cancellation that raced the end wins).
+    /// Renews the lease of `node` on its claims until `lease_ms` from now
+    /// (once per node, not per job: see [`crate::claims`]).
+    async fn heartbeat(&self, node: &str, lease_ms: i64) -> StorageResult<()>;
+    /// Gives up every claim of `node` (at its start: what it held is from
+    /// its previous run), so they can be claimed at once; returns how many.
+    async fn release_claims(&self, node: &str) -> StorageResult<usize>;
+    /// Claims jobs for `node` (see [`crate::claims::claim`] for the order
+    /// and the fairness between workspaces).
+    async fn claim_jobs(
+        &self,
+        node: &str,
+        request: crate::claims::ClaimRequest,
+    ) -> StorageResult<Vec<crate::claims::Claim>>;
+    /// Jobs queued or running, in all workspaces (the backlog).
+    async fn backlog(&self) -> StorageResult<u64>;
+    /// Marks a claimed job running and returns what it needs; `None` if it
+    /// has ended (cancelled meanwhile) or does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::LeaseLost`] if `node` no longer holds the claim.
+    async fn start_job(
+        &self,
+        node: &str,
+        claim: &crate::claims::Claim,
+    ) -> StorageResult<Option<StartedJob>>;
+    /// Commits a completed step; returns `false` if the job was cancelled
+    /// meanwhile (the step is recorded; the job should stop).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::LeaseLost`] if the committing node no longer holds
+    /// the claim: nothing is written.
+    async fn commit_step(&self, step: StepCommit) -> StorageResult<bool>;
+    /// Ends a job held by `node` at `epoch` and deletes its checkpoints;
+    /// returns the state it ended in (a cancellation that raced the end
+    /// wins).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::LeaseLost`] if `node` no longer holds the claim:
+    /// nothing is written.
     async fn finish_job(
         &self,
+        claim: (&str, i64),
         workspace: &str,
         id: &str,
         state: JobState,
