@@ -15,6 +15,8 @@
 //!   spoil its id tokens.
 //! - [`browser`]: [`Browser`](browser::Browser), headless Chromium driven
 //!   through chromedriver, reading the browser's console log.
+//! - [`postgres`]: [`PgServer`], a throwaway PostgreSQL server in a temporary
+//!   directory, with a fresh database per test.
 //!
 //! Everything listens on and connects to `127.0.0.1` only.
 //!
@@ -43,12 +45,14 @@ pub mod mock;
 pub mod oauth;
 pub mod oidc;
 pub mod pki;
+pub mod postgres;
 
 pub use canary::{assert_absent, canary, find_encoded};
 pub use client::DirectClient;
 pub use greet::{GREET_STEPS, greet_project};
 pub use mock::{MockServer, REFLECT_FORMS, Recorded, reflected};
 pub use pki::TestPki;
+pub use postgres::PgServer;
 
 /// Directory of the Rust guest components built for these tests (release,
 /// wasm32-wasip2), e.g. `github_issue.wasm`, by `cargo xtask guests`.
