@@ -10,7 +10,8 @@
 //! The parts: [`keys`] (master and data keys), [`db`] (opening, schema,
 //! migrations, sealing helpers, reads used by local runs), [`storage`]
 //! (the operations, backend-neutral, with their error type), [`sqlite`]
-//! (their embedded implementation with group commit), [`audit`] (the
+//! (their embedded implementation with group commit), [`postgres`] (the
+//! backend for several nodes, in progress: pool, schema, claims), [`audit`] (the
 //! chain: append, read, verify, stream) and [`access`] (the permission
 //! model that roles and token scopes are stored as); [`claims`] has which
 //! node runs which job (leases and fencing epochs); [`sessions`] has the
@@ -26,6 +27,7 @@ pub mod db;
 pub mod erase;
 pub mod keys;
 pub mod oauth;
+pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
 pub mod storage;

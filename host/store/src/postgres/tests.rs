@@ -1,0 +1,269 @@
+//! The PostgreSQL store against a real server (started by the test in a
+//! temporary directory): the schema created once by nodes starting
+//! together, a newer or foreign schema refused, two nodes sharing one queue
+//! without a job claimed twice, and fencing of a node whose claim lapsed.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use wrun_tests::PgServer;
+
+use super::*;
+use crate::claims::{Claim, ClaimRequest};
+
+const LONG: i64 = 60_000;
+
+/// A server and a fresh database on it.
+async fn database(name: &str) -> (PgServer, String) {
+    let server = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = server.create_database(name).unwrap();
+    (server, url)
+}
+
+async fn queue(store: &PgStore, prefix: &str, jobs: i64, workspaces: i64) {
+    store
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO jobs (id, workspace, recipe, environment, state, trigger_kind, payload, created_at)
+             SELECT $3 || lpad(i::text, 6, '0'), 'ws' || (i % $2), 'r', 'prod', 'queued', 'api', '\\x00'::bytea, i
+             FROM generate_series(1::bigint, $1::bigint) AS i",
+            &[&jobs, &workspaces, &prefix],
+        )
+        .await
+        .unwrap();
+}
+
+/// Ends a claimed job through the fence, as a node does.
+async fn finish(store: &PgStore, node: &str, claim: &Claim) -> StorageResult<()> {
+    let mut client = store.client().await?;
+    let tx = client.transaction().await.unwrap();
+    claims::fence(&tx, &claim.id, node, claim.epoch).await?;
+    tx.execute(
+        "UPDATE jobs SET state = 'succeeded' WHERE id = $1",
+        &[&claim.id],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    Ok(())
+}
+
+fn request(max: usize, per_workspace: usize) -> ClaimRequest {
+    ClaimRequest {
+        max,
+        per_workspace,
+        held: HashMap::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_create_the_schema_once_and_a_foreign_or_newer_one_is_refused() {
+    let (server, url) = database("schema").await;
+    // Three nodes start at once: one creates the schema, the others find it.
+    let (a, b, c) = tokio::join!(
+        PgStore::connect(&url, PgOptions::default()),
+        PgStore::connect(&url, PgOptions::default()),
+        PgStore::connect(&url, PgOptions::default()),
+    );
+    let (a, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(a.schema_version().await.unwrap(), PG_SCHEMA_VERSION);
+    a.ready().await.unwrap();
+
+    // The audit log is append-only in the database itself.
+    let client = a.client().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO audit (chain, seq, at, actor, action, target, outcome, detail, prev, mac)
+             VALUES ('', 1, 0, 'x', 'y', 'z', 'success', '{}', repeat('0', 64), repeat('0', 64))",
+            &[],
+        )
+        .await
+        .unwrap();
+    let refused = client
+        .execute("UPDATE audit SET actor = 'mallory'", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .as_db_error()
+            .unwrap()
+            .message()
+            .contains("append-only"),
+        "{refused}"
+    );
+    assert!(client.execute("DELETE FROM audit", &[]).await.is_err());
+
+    // A database of a newer wrun is refused, saying so.
+    client
+        .execute("UPDATE meta SET value = '99' WHERE key = 'schema'", &[])
+        .await
+        .unwrap();
+    let e = PgStore::connect(&url, PgOptions::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("schema version 99"), "{e}");
+
+    // A `wrun` schema that some other application filled is not taken over.
+    let other = server.create_database("foreign").unwrap();
+    let (raw, conn) = tokio_postgres::connect(&other, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    raw.batch_execute("CREATE SCHEMA wrun; CREATE TABLE wrun.accounts (id int)")
+        .await
+        .unwrap();
+    let e = PgStore::connect(&other, PgOptions::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not wrun's"), "{e}");
+
+    // A URL that is not one, and a CA file that holds no certificate, are
+    // refused before anything is attempted, without echoing a password.
+    let e = PgStore::connect("postgres://u:hunter2@[::1", PgOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StorageError::Invalid {
+                code: "invalid_store_url",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    let e = PgStore::connect(
+        &url,
+        PgOptions {
+            ca_pem: Some("not a certificate".into()),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StorageError::Invalid {
+                code: "invalid_store_ca",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_drain_one_queue_and_no_job_is_claimed_twice() {
+    let (_server, url) = database("queue").await;
+    let a = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let b = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    queue(&a, "job_", 600, 3).await;
+    assert_eq!(a.backlog().await.unwrap(), 600);
+    a.heartbeat("a", LONG).await.unwrap();
+    b.heartbeat("b", LONG).await.unwrap();
+
+    // Both nodes claim and end jobs as fast as they can, side by side.
+    let drain = async |store: &PgStore, node: &'static str| {
+        let mut mine = Vec::new();
+        loop {
+            let claims = store.claim_jobs(node, request(7, 7)).await.unwrap();
+            if claims.is_empty() {
+                if store.backlog().await.unwrap() == 0 {
+                    return mine;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            for claim in claims {
+                assert!(!claim.takeover);
+                finish(store, node, &claim).await.unwrap();
+                mine.push(claim.id);
+            }
+        }
+    };
+    let (from_a, from_b) = tokio::join!(drain(&a, "a"), drain(&b, "b"));
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "both nodes worked"
+    );
+    let all: HashSet<&String> = from_a.iter().chain(&from_b).collect();
+    assert_eq!(all.len(), 600, "every job once");
+    assert_eq!(from_a.len() + from_b.len(), 600, "no job twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_claim_lapsed_is_fenced_and_fairness_holds() {
+    let (_server, url) = database("fencing").await;
+    let a = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let b = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    queue(&a, "job_", 1, 1).await;
+
+    // `a` claims with a lease that lapses at once and starts the job.
+    a.heartbeat("a", 1).await.unwrap();
+    let claim = a.claim_jobs("a", request(1, 1)).await.unwrap().remove(0);
+    assert_eq!(claim.epoch, 1);
+    a.client()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE jobs SET state = 'running' WHERE id = $1",
+            &[&claim.id],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // `a` never takes over its own claim.
+    assert!(a.claim_jobs("a", request(1, 1)).await.unwrap().is_empty());
+    // `b` does, at the next epoch.
+    b.heartbeat("b", LONG).await.unwrap();
+    let taken = b.claim_jobs("b", request(1, 1)).await.unwrap().remove(0);
+    assert!(taken.takeover);
+    assert_eq!(taken.epoch, 2);
+    // `a`'s late end is refused; `b`'s goes through.
+    let late = finish(&a, "a", &claim).await.unwrap_err();
+    assert!(matches!(late, StorageError::LeaseLost { .. }), "{late}");
+    finish(&b, "b", &taken).await.unwrap();
+    assert_eq!(a.backlog().await.unwrap(), 0);
+
+    // Restarting under its name, `a` releases what it held.
+    a.client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO jobs (id, workspace, recipe, environment, state, trigger_kind, payload, created_at)
+             VALUES ('job_x', 'ws0', 'r', 'prod', 'queued', 'api', '\\x00'::bytea, 1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    a.heartbeat("a", LONG).await.unwrap();
+    let held = a.claim_jobs("a", request(1, 1)).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(b.claim_jobs("b", request(1, 1)).await.unwrap().is_empty());
+    assert_eq!(a.release_claims("a").await.unwrap(), 1);
+    assert_eq!(b.claim_jobs("b", request(1, 1)).await.unwrap().len(), 1);
+
+    // A flood in one workspace does not keep a quiet one waiting.
+    queue(&a, "flood_", 400, 1).await; // all in ws0
+    a.client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO jobs (id, workspace, recipe, environment, state, trigger_kind, payload, created_at)
+             VALUES ('job_quiet', 'quiet', 'r', 'prod', 'queued', 'api', '\\x00'::bytea, 100000)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let claims = a.claim_jobs("a", request(4, 3)).await.unwrap();
+    assert_eq!(claims.len(), 4, "{claims:?}");
+    assert!(claims.iter().any(|c| c.id == "job_quiet"), "{claims:?}");
+}
