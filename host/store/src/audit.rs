@@ -97,7 +97,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::time::UnixMillis;
 
 /// HMAC-SHA256, the MAC of the chain.
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Expands to the `prev` value of entry 1: 64 zeros, as a string literal.
 macro_rules! zero_mac {
@@ -268,7 +268,7 @@ impl AuditKey {
 
     /// Returns an HMAC-SHA256 instance keyed with this key, ready to clone
     /// once per entry.
-    fn hmac(&self) -> Result<HmacSha256, AuditError> {
+    pub(crate) fn hmac(&self) -> Result<HmacSha256, AuditError> {
         HmacSha256::new_from_slice(&self.bytes).map_err(|_| AuditError::KeyRejected)
     }
 }
@@ -372,27 +372,27 @@ pub struct Stored {
 }
 
 /// The fields that the MAC covers, borrowed from an entry or a row.
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     /// Sequence number.
-    seq: u64,
+    pub(crate) seq: u64,
     /// Unix milliseconds.
-    at: i64,
+    pub(crate) at: i64,
     /// Workspace, if any.
-    workspace: Option<&'a str>,
+    pub(crate) workspace: Option<&'a str>,
     /// Actor.
-    actor: &'a str,
+    pub(crate) actor: &'a str,
     /// Action.
-    action: &'a str,
+    pub(crate) action: &'a str,
     /// Target.
-    target: &'a str,
+    pub(crate) target: &'a str,
     /// Client IP, if any.
-    source: Option<&'a str>,
+    pub(crate) source: Option<&'a str>,
     /// Outcome as stored.
-    outcome: &'a str,
+    pub(crate) outcome: &'a str,
     /// Detail JSON text as stored.
-    detail: &'a str,
+    pub(crate) detail: &'a str,
     /// Hex MAC of the previous entry.
-    prev: &'a str,
+    pub(crate) prev: &'a str,
 }
 
 /// Feeds a length-prefixed string into the MAC.
@@ -414,7 +414,7 @@ fn feed_opt(mac: &mut HmacSha256, text: Option<&str>) {
 
 /// Feeds the canonical encoding of `fields` (see the module docs) into a
 /// clone of `keyed` and returns it, ready to finalise or verify.
-fn canonical_mac(keyed: &HmacSha256, fields: &Fields<'_>) -> HmacSha256 {
+pub(crate) fn canonical_mac(keyed: &HmacSha256, fields: &Fields<'_>) -> HmacSha256 {
     let mut mac = keyed.clone();
     mac.update(DOMAIN);
     mac.update(&fields.seq.to_be_bytes());
@@ -431,7 +431,7 @@ fn canonical_mac(keyed: &HmacSha256, fields: &Fields<'_>) -> HmacSha256 {
 }
 
 /// Lowercase hex of `bytes`.
-fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
@@ -442,7 +442,7 @@ fn to_hex(bytes: &[u8]) -> String {
 }
 
 /// Decodes 64 lowercase hex digits into 32 bytes; `None` for anything else.
-fn from_hex32(text: &str) -> Option<[u8; 32]> {
+pub(crate) fn from_hex32(text: &str) -> Option<[u8; 32]> {
     fn nibble(digit: u8) -> Option<u8> {
         match digit {
             b'0'..=b'9' => Some(digit - b'0'),
@@ -565,29 +565,29 @@ pub fn append(
 }
 
 /// A row of `audit` borrowed from SQLite, with the stored text unchanged.
-struct RowView<'r> {
+pub(crate) struct RowView<'r> {
     /// Sequence number.
-    seq: u64,
+    pub(crate) seq: u64,
     /// Unix milliseconds.
-    at: i64,
+    pub(crate) at: i64,
     /// Workspace, if any.
-    workspace: Option<&'r str>,
+    pub(crate) workspace: Option<&'r str>,
     /// Actor.
-    actor: &'r str,
+    pub(crate) actor: &'r str,
     /// Action.
-    action: &'r str,
+    pub(crate) action: &'r str,
     /// Target.
-    target: &'r str,
+    pub(crate) target: &'r str,
     /// Client IP, if any.
-    source: Option<&'r str>,
+    pub(crate) source: Option<&'r str>,
     /// Outcome text.
-    outcome: &'r str,
+    pub(crate) outcome: &'r str,
     /// Detail JSON text.
-    detail: &'r str,
+    pub(crate) detail: &'r str,
     /// Hex MAC of the previous entry.
-    prev: &'r str,
+    pub(crate) prev: &'r str,
     /// Hex MAC of this entry.
-    mac: &'r str,
+    pub(crate) mac: &'r str,
 }
 
 impl RowView<'_> {
@@ -1009,20 +1009,7 @@ pub fn verify(conn: &Connection, key: &AuditKey) -> Result<VerifyReport, AuditEr
     } else {
         None
     };
-    let keyed = key.hmac()?;
-    let mut found = Collector {
-        problems: Vec::new(),
-        omitted: 0,
-    };
-    let mut candidates: Vec<Candidate> = Vec::new();
-    let mut entries = 0u64;
-    let mut verified = 0u64;
-    // The state of the previous row: its MAC text, whether it verified, and
-    // its position. The virtual entry 0 has the zero MAC and verifies.
-    let mut pred_mac = String::from(ZERO_MAC);
-    let mut pred_ok = true;
-    let mut last_seq = 0u64;
-
+    let mut check = ChainCheck::new(key)?;
     let mut statement = conn
         .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))
         .map_err(db("preparing the audit verification"))?;
@@ -1033,127 +1020,13 @@ pub fn verify(conn: &Connection, key: &AuditKey) -> Result<VerifyReport, AuditEr
         .next()
         .map_err(db("reading the audit log for verification"))?
     {
-        entries = entries.saturating_add(1);
-        let (raw, seq) = row_seq(row);
-        let Some(seq) = seq else {
-            found.push(
-                0,
-                ProblemKind::Malformed {
-                    reason: format!("sequence number {raw} is not positive"),
-                },
-            );
-            pred_ok = false;
-            pred_mac.clear();
-            continue;
-        };
-        let expected = last_seq.saturating_add(1);
-        let gap = seq > expected;
-        if gap {
-            found.push(expected, ProblemKind::Removed { last: seq - 1 });
-        }
-        last_seq = seq;
-        let view = match view(row, seq) {
-            Ok(view) => view,
-            Err(reason) => {
-                found.push(seq, ProblemKind::Malformed { reason });
-                pred_ok = false;
-                pred_mac.clear();
-                continue;
-            }
-        };
-        let row_ok = from_hex32(view.mac).is_some_and(|stored| {
-            canonical_mac(&keyed, &view.fields())
-                .verify_slice(&stored)
-                .is_ok()
-        });
-        if row_ok {
-            verified = verified.saturating_add(1);
-        }
-        let link_ok = view.prev == pred_mac;
-        if !row_ok || (!link_ok && !gap && pred_ok) {
-            let kind = if row_ok {
-                ProblemKind::Unlinked
-            } else {
-                ProblemKind::Edited
-            };
-            if let Some(problem) = found.push(seq, kind)
-                && !link_ok
-            {
-                candidates.push(Candidate {
-                    problem,
-                    seq,
-                    prev: view.prev.to_owned(),
-                });
-            }
-        }
-        pred_ok = row_ok;
-        pred_mac.clear();
-        pred_mac.push_str(view.mac);
+        let (raw, _) = row_seq(row);
+        check.next(raw, |seq| view(row, seq));
     }
     drop(rows);
     drop(statement);
 
-    if !candidates.is_empty() {
-        resolve_candidates(conn, &candidates, &mut found.problems)?;
-    }
-
-    match read_head(conn)? {
-        None => {
-            found.push(last_seq, ProblemKind::HeadMissing);
-        }
-        Some((head_seq, head_mac)) => match u64::try_from(head_seq) {
-            Err(_) => {
-                found.push(
-                    last_seq,
-                    ProblemKind::Malformed {
-                        reason: format!("the audit head's sequence number {head_seq} is negative"),
-                    },
-                );
-            }
-            Ok(head_seq) if head_seq > last_seq => {
-                found.push(
-                    last_seq.saturating_add(1),
-                    ProblemKind::TailRemoved { last: head_seq },
-                );
-            }
-            Ok(head_seq) if head_seq < last_seq || head_mac != pred_mac => {
-                found.push(last_seq, ProblemKind::HeadMismatch { head_seq });
-            }
-            Ok(_) => {}
-        },
-    }
-
-    Ok(VerifyReport {
-        entries,
-        verified,
-        problems: found.problems,
-        omitted: found.omitted,
-    })
-}
-
-/// Second pass of [`verify`]: finds the row whose MAC each candidate's
-/// `prev` names, and marks the candidate [`ProblemKind::Reordered`] if there
-/// is one. Memory is bounded by the number of candidates.
-fn resolve_candidates(
-    conn: &Connection,
-    candidates: &[Candidate],
-    problems: &mut [Problem],
-) -> Result<(), AuditError> {
-    let mut chained_to: Vec<Option<u64>> = vec![None; candidates.len()];
-    let mut wanted: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (index, candidate) in candidates.iter().enumerate() {
-        if candidate.prev == ZERO_MAC {
-            // Written as entry 1, but found elsewhere (entry 1 itself never
-            // becomes a candidate through a zero `prev`).
-            chained_to[index] = Some(0);
-        } else {
-            wanted
-                .entry(candidate.prev.as_str())
-                .or_default()
-                .push(index);
-        }
-    }
-    if !wanted.is_empty() {
+    check.resolve(|visit| {
         let mut statement = conn
             .prepare("SELECT seq, mac FROM audit ORDER BY seq")
             .map_err(db("preparing the audit MAC lookup"))?;
@@ -1170,21 +1043,218 @@ fn resolve_candidates(
             let Ok(Some(mac)) = opt_text(row, 1, "mac") else {
                 continue;
             };
-            if let Some(indices) = wanted.get(mac) {
-                for &index in indices {
-                    if chained_to[index].is_none() && candidates[index].seq != seq {
-                        chained_to[index] = Some(seq);
-                    }
-                }
+            visit(seq, mac);
+        }
+        Ok(())
+    })?;
+    check.head(read_head(conn)?);
+    Ok(check.finish())
+}
+
+/// The checks of one chain, fed its rows in `seq` order, whatever database
+/// they come from: the SQLite log's one chain ([`verify`]) and each
+/// workspace's chain in the PostgreSQL backend go through the same
+/// classification (see [`verify`]).
+pub(crate) struct ChainCheck {
+    /// The keyed MAC, cloned per row.
+    keyed: HmacSha256,
+    /// Problems so far.
+    found: Collector,
+    /// Rows whose `prev` is to be looked up among all MACs.
+    candidates: Vec<Candidate>,
+    /// Rows seen.
+    entries: u64,
+    /// Rows that match their MAC.
+    verified: u64,
+    /// The previous row's MAC (the virtual entry 0 has the zero MAC).
+    pred_mac: String,
+    /// Whether the previous row verified.
+    pred_ok: bool,
+    /// The previous row's position.
+    last_seq: u64,
+}
+
+impl ChainCheck {
+    /// A check of a chain, with `key`.
+    ///
+    /// # Errors
+    ///
+    /// The key is not accepted by HMAC.
+    pub(crate) fn new(key: &AuditKey) -> Result<ChainCheck, AuditError> {
+        Ok(ChainCheck {
+            keyed: key.hmac()?,
+            found: Collector {
+                problems: Vec::new(),
+                omitted: 0,
+            },
+            candidates: Vec::new(),
+            entries: 0,
+            verified: 0,
+            pred_mac: String::from(ZERO_MAC),
+            pred_ok: true,
+            last_seq: 0,
+        })
+    }
+
+    /// Checks the next row: its stored sequence number `raw`, and its
+    /// columns, read by `view` once the number is known to be positive.
+    pub(crate) fn next<'r>(
+        &mut self,
+        raw: i64,
+        view: impl FnOnce(u64) -> Result<RowView<'r>, String>,
+    ) {
+        self.entries = self.entries.saturating_add(1);
+        let Some(seq) = u64::try_from(raw).ok().filter(|seq| *seq > 0) else {
+            self.found.push(
+                0,
+                ProblemKind::Malformed {
+                    reason: format!("sequence number {raw} is not positive"),
+                },
+            );
+            self.pred_ok = false;
+            self.pred_mac.clear();
+            return;
+        };
+        let expected = self.last_seq.saturating_add(1);
+        let gap = seq > expected;
+        if gap {
+            self.found
+                .push(expected, ProblemKind::Removed { last: seq - 1 });
+        }
+        self.last_seq = seq;
+        let view = match view(seq) {
+            Ok(view) => view,
+            Err(reason) => {
+                self.found.push(seq, ProblemKind::Malformed { reason });
+                self.pred_ok = false;
+                self.pred_mac.clear();
+                return;
+            }
+        };
+        let row_ok = from_hex32(view.mac).is_some_and(|stored| {
+            canonical_mac(&self.keyed, &view.fields())
+                .verify_slice(&stored)
+                .is_ok()
+        });
+        if row_ok {
+            self.verified = self.verified.saturating_add(1);
+        }
+        let link_ok = view.prev == self.pred_mac;
+        if !row_ok || (!link_ok && !gap && self.pred_ok) {
+            let kind = if row_ok {
+                ProblemKind::Unlinked
+            } else {
+                ProblemKind::Edited
+            };
+            if let Some(problem) = self.found.push(seq, kind)
+                && !link_ok
+            {
+                self.candidates.push(Candidate {
+                    problem,
+                    seq,
+                    prev: view.prev.to_owned(),
+                });
             }
         }
+        self.pred_ok = row_ok;
+        self.pred_mac.clear();
+        self.pred_mac.push_str(view.mac);
     }
-    for (candidate, target) in candidates.iter().zip(chained_to) {
-        if let (Some(chained_to), Some(problem)) = (target, problems.get_mut(candidate.problem)) {
-            problem.kind = ProblemKind::Reordered { chained_to };
+
+    /// Second pass, only when some row's `prev` did not match its
+    /// predecessor: `scan` calls its visitor with every row's `(seq, mac)`,
+    /// and each such row is marked [`ProblemKind::Reordered`] if its `prev`
+    /// names another row. Memory is bounded by the number of such rows.
+    ///
+    /// # Errors
+    ///
+    /// What `scan` fails with.
+    pub(crate) fn resolve<E>(
+        &mut self,
+        scan: impl FnOnce(&mut dyn FnMut(u64, &str)) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.candidates.is_empty() {
+            return Ok(());
+        }
+        let candidates = &self.candidates;
+        let mut chained_to: Vec<Option<u64>> = vec![None; candidates.len()];
+        let mut wanted: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, candidate) in candidates.iter().enumerate() {
+            if candidate.prev == ZERO_MAC {
+                // Written as entry 1, but found elsewhere (entry 1 itself
+                // never becomes a candidate through a zero `prev`).
+                chained_to[index] = Some(0);
+            } else {
+                wanted
+                    .entry(candidate.prev.as_str())
+                    .or_default()
+                    .push(index);
+            }
+        }
+        if !wanted.is_empty() {
+            scan(&mut |seq, mac| {
+                if let Some(indices) = wanted.get(mac) {
+                    for &index in indices {
+                        if chained_to[index].is_none() && candidates[index].seq != seq {
+                            chained_to[index] = Some(seq);
+                        }
+                    }
+                }
+            })?;
+        }
+        for (candidate, target) in candidates.iter().zip(chained_to) {
+            if let (Some(chained_to), Some(problem)) =
+                (target, self.found.problems.get_mut(candidate.problem))
+            {
+                problem.kind = ProblemKind::Reordered { chained_to };
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the head against the last row: `(seq, mac)` as stored, or
+    /// `None` if the head is missing.
+    pub(crate) fn head(&mut self, head: Option<(i64, String)>) {
+        let last_seq = self.last_seq;
+        match head {
+            None => {
+                self.found.push(last_seq, ProblemKind::HeadMissing);
+            }
+            Some((head_seq, head_mac)) => match u64::try_from(head_seq) {
+                Err(_) => {
+                    self.found.push(
+                        last_seq,
+                        ProblemKind::Malformed {
+                            reason: format!(
+                                "the audit head's sequence number {head_seq} is negative"
+                            ),
+                        },
+                    );
+                }
+                Ok(head_seq) if head_seq > last_seq => {
+                    self.found.push(
+                        last_seq.saturating_add(1),
+                        ProblemKind::TailRemoved { last: head_seq },
+                    );
+                }
+                Ok(head_seq) if head_seq < last_seq || head_mac != self.pred_mac => {
+                    self.found
+                        .push(last_seq, ProblemKind::HeadMismatch { head_seq });
+                }
+                Ok(_) => {}
+            },
         }
     }
-    Ok(())
+
+    /// The report.
+    pub(crate) fn finish(self) -> VerifyReport {
+        VerifyReport {
+            entries: self.entries,
+            verified: self.verified,
+            problems: self.found.problems,
+            omitted: self.found.omitted,
+        }
+    }
 }
 
 #[cfg(test)]
