@@ -943,6 +943,46 @@ impl fmt::Display for VerifyReport {
     }
 }
 
+/// The second pass of a [`ChainCheck`] (see [`ChainCheck::links`]).
+pub(crate) struct Links<'c> {
+    /// The check whose problems it refines.
+    check: &'c mut ChainCheck,
+    /// Per candidate, the row its `prev` names, once found.
+    chained_to: Vec<Option<u64>>,
+    /// Candidates by the MAC their `prev` names.
+    wanted: HashMap<String, Vec<usize>>,
+}
+
+impl Links<'_> {
+    /// Whether rows must be fed at all.
+    pub(crate) fn needs_scan(&self) -> bool {
+        !self.wanted.is_empty()
+    }
+
+    /// One row of the chain, in any order.
+    pub(crate) fn visit(&mut self, seq: u64, mac: &str) {
+        if let Some(indices) = self.wanted.get(mac) {
+            for &index in indices {
+                if self.chained_to[index].is_none() && self.check.candidates[index].seq != seq {
+                    self.chained_to[index] = Some(seq);
+                }
+            }
+        }
+    }
+
+    /// Marks what was found.
+    pub(crate) fn apply(self) {
+        let check = self.check;
+        for (candidate, target) in check.candidates.iter().zip(self.chained_to) {
+            if let (Some(chained_to), Some(problem)) =
+                (target, check.found.problems.get_mut(candidate.problem))
+            {
+                problem.kind = ProblemKind::Reordered { chained_to };
+            }
+        }
+    }
+}
+
 /// A row whose `prev` does not match its predecessor's MAC, to be looked up
 /// among all MACs in the second pass of [`verify`].
 struct Candidate {
@@ -1026,7 +1066,8 @@ pub fn verify(conn: &Connection, key: &AuditKey) -> Result<VerifyReport, AuditEr
     drop(rows);
     drop(statement);
 
-    check.resolve(|visit| {
+    let mut links = check.links();
+    if links.needs_scan() {
         let mut statement = conn
             .prepare("SELECT seq, mac FROM audit ORDER BY seq")
             .map_err(db("preparing the audit MAC lookup"))?;
@@ -1043,10 +1084,10 @@ pub fn verify(conn: &Connection, key: &AuditKey) -> Result<VerifyReport, AuditEr
             let Ok(Some(mac)) = opt_text(row, 1, "mac") else {
                 continue;
             };
-            visit(seq, mac);
+            links.visit(seq, mac);
         }
-        Ok(())
-    })?;
+    }
+    links.apply();
     check.head(read_head(conn)?);
     Ok(check.finish())
 }
@@ -1162,54 +1203,31 @@ impl ChainCheck {
     }
 
     /// Second pass, only when some row's `prev` did not match its
-    /// predecessor: `scan` calls its visitor with every row's `(seq, mac)`,
-    /// and each such row is marked [`ProblemKind::Reordered`] if its `prev`
-    /// names another row. Memory is bounded by the number of such rows.
-    ///
-    /// # Errors
-    ///
-    /// What `scan` fails with.
-    pub(crate) fn resolve<E>(
-        &mut self,
-        scan: impl FnOnce(&mut dyn FnMut(u64, &str)) -> Result<(), E>,
-    ) -> Result<(), E> {
-        if self.candidates.is_empty() {
-            return Ok(());
-        }
-        let candidates = &self.candidates;
-        let mut chained_to: Vec<Option<u64>> = vec![None; candidates.len()];
-        let mut wanted: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (index, candidate) in candidates.iter().enumerate() {
+    /// predecessor: the caller feeds every row's `(seq, mac)` to the
+    /// returned [`Links`] if it [`needs a scan`](Links::needs_scan), then
+    /// [`applies`](Links::apply) it, which marks each such row
+    /// [`ProblemKind::Reordered`] if its `prev` names another row. Memory is
+    /// bounded by the number of such rows, not by the log.
+    pub(crate) fn links(&mut self) -> Links<'_> {
+        let mut chained_to: Vec<Option<u64>> = vec![None; self.candidates.len()];
+        let mut wanted: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, candidate) in self.candidates.iter().enumerate() {
             if candidate.prev == ZERO_MAC {
                 // Written as entry 1, but found elsewhere (entry 1 itself
                 // never becomes a candidate through a zero `prev`).
                 chained_to[index] = Some(0);
             } else {
                 wanted
-                    .entry(candidate.prev.as_str())
+                    .entry(candidate.prev.clone())
                     .or_default()
                     .push(index);
             }
         }
-        if !wanted.is_empty() {
-            scan(&mut |seq, mac| {
-                if let Some(indices) = wanted.get(mac) {
-                    for &index in indices {
-                        if chained_to[index].is_none() && candidates[index].seq != seq {
-                            chained_to[index] = Some(seq);
-                        }
-                    }
-                }
-            })?;
+        Links {
+            check: self,
+            chained_to,
+            wanted,
         }
-        for (candidate, target) in candidates.iter().zip(chained_to) {
-            if let (Some(chained_to), Some(problem)) =
-                (target, self.found.problems.get_mut(candidate.problem))
-            {
-                problem.kind = ProblemKind::Reordered { chained_to };
-            }
-        }
-        Ok(())
     }
 
     /// Checks the head against the last row: `(seq, mac)` as stored, or

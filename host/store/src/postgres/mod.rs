@@ -3,8 +3,9 @@
 //!
 //! This part holds the connection pool (tokio-postgres under
 //! deadpool-postgres, TLS through rustls), the schema and its migration,
-//! and the job claims that let several nodes share one queue
-//! ([`PgStore::claim_jobs`] with `FOR UPDATE SKIP LOCKED`, fenced writes).
+//! the job claims that let several nodes share one queue
+//! ([`PgStore::claim_jobs`] with `FOR UPDATE SKIP LOCKED`, fenced writes)
+//! and the audit log as one chain per workspace ([`audit`]).
 //! The rest of the [`crate::storage::Storage`] operations follow on the
 //! same pool; until they do, the daemon runs on the SQLite backend only.
 //!
@@ -24,6 +25,7 @@
 //! URL; with none given, only an unencrypted connection can succeed, so
 //! `sslmode=require` without a CA fails rather than trusting anyone.
 
+pub mod audit;
 pub mod claims;
 mod schema;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use wrun_tests::PgServer;
 
 use super::*;
+use crate::UnixMillis;
 use crate::claims::{Claim, ClaimRequest};
 
 const LONG: i64 = 60_000;
@@ -266,4 +267,157 @@ async fn a_node_whose_claim_lapsed_is_fenced_and_fairness_holds() {
     let claims = a.claim_jobs("a", request(4, 3)).await.unwrap();
     assert_eq!(claims.len(), 4, "{claims:?}");
     assert!(claims.iter().any(|c| c.id == "job_quiet"), "{claims:?}");
+}
+
+fn audit_entry(workspace: Option<&str>, n: usize) -> crate::audit::Entry {
+    crate::audit::Entry {
+        workspace: workspace.map(str::to_string),
+        actor: "alice".into(),
+        action: "job.run".into(),
+        target: format!("job_{n}"),
+        source: Some("127.0.0.1".into()),
+        outcome: crate::audit::Outcome::Success,
+        detail: serde_json::json!({ "n": n }),
+    }
+}
+
+/// Appends `per_writer` transactions of one entry from each of `writers`
+/// writers at once, writer `i` to `workspace(i)`; returns the time taken.
+async fn append_concurrently(
+    store: &PgStore,
+    key: &crate::audit::AuditKey,
+    writers: usize,
+    per_writer: usize,
+    workspace: impl Fn(usize) -> Option<String>,
+) -> Duration {
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..writers {
+        let (store, key, ws) = (store.clone(), key.clone(), workspace(i));
+        tasks.spawn(async move {
+            for n in 0..per_writer {
+                let mut client = store.client().await.unwrap();
+                let tx = client.transaction().await.unwrap();
+                audit::append(
+                    &tx,
+                    &key,
+                    UnixMillis::now(),
+                    &[audit_entry(ws.as_deref(), n)],
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    started.elapsed()
+}
+
+async fn verify_all(
+    store: &PgStore,
+    key: &crate::audit::AuditKey,
+) -> std::collections::BTreeMap<String, crate::audit::VerifyReport> {
+    let mut client = store.client().await.unwrap();
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .unwrap();
+    let reports = audit::verify(&tx, key).await.unwrap();
+    tx.commit().await.unwrap();
+    reports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_chains_per_workspace_take_concurrent_writers_and_find_tampering() {
+    let (_server, url) = database("audit").await;
+    let store = PgStore::connect(
+        &url,
+        PgOptions {
+            max_connections: 16,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = crate::audit::AuditKey::from_bytes([9; 32]);
+    let (writers, each) = (8, 40);
+    // Eight writers on eight workspaces: eight chains, no shared head row.
+    let spread = append_concurrently(&store, &key, writers, each, |i| Some(format!("ws{i}"))).await;
+    // Eight writers on one workspace: one chain, every append waits its turn.
+    let one = append_concurrently(&store, &key, writers, each, |_| Some("busy".into())).await;
+    // And entries of no workspace, in their own chain.
+    append_concurrently(&store, &key, 1, 5, |_| None).await;
+    eprintln!(
+        "audit appends, {writers} writers x {each} commits: per-workspace chains {spread:?}, one chain {one:?} ({:.2}x)",
+        one.as_secs_f64() / spread.as_secs_f64()
+    );
+
+    let reports = verify_all(&store, &key).await;
+    assert_eq!(reports.len(), writers + 2, "{reports:?}");
+    for (chain, report) in &reports {
+        assert!(report.is_intact(), "{chain}: {report}");
+    }
+    assert_eq!(reports["busy"].entries, (writers * each) as u64);
+    assert_eq!(reports["ws3"].entries, each as u64);
+    assert_eq!(reports[""].entries, 5);
+
+    // A wrong key verifies nothing.
+    let wrong = verify_all(&store, &crate::audit::AuditKey::from_bytes([8; 32])).await;
+    assert_eq!(wrong["ws0"].verified, 0);
+
+    // Tampering, by someone who can write the database (and drops the
+    // append-only trigger first): each change is found in its chain only.
+    let client = store.client().await.unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE audit DISABLE TRIGGER audit_no_change;
+             UPDATE audit SET actor = 'mallory' WHERE chain = 'ws1' AND seq = 7;
+             DELETE FROM audit WHERE chain = 'ws2' AND seq = 3;
+             UPDATE audit SET chain = 'ws5', seq = 1000 WHERE chain = 'ws4' AND seq = 2;
+             ALTER TABLE audit ENABLE TRIGGER audit_no_change;",
+        )
+        .await
+        .unwrap();
+    let reports = verify_all(&store, &key).await;
+    let problems = |chain: &str| -> Vec<String> {
+        reports[chain]
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        problems("ws1"),
+        vec!["entry 7 was edited: its MAC does not match its content"]
+    );
+    assert!(
+        problems("ws2")[0].contains("entry 3 was removed"),
+        "{:?}",
+        problems("ws2")
+    );
+    assert!(
+        problems("ws4")[0].contains("entry 2 was removed"),
+        "{:?}",
+        problems("ws4")
+    );
+    assert!(
+        problems("ws5")
+            .iter()
+            .any(|p| p.contains("written for workspace `ws4`")),
+        "{:?}",
+        problems("ws5")
+    );
+    for untouched in ["ws0", "ws3", "ws6", "ws7", "busy", ""] {
+        assert!(
+            reports[untouched].is_intact(),
+            "{untouched}: {}",
+            reports[untouched]
+        );
+    }
 }
