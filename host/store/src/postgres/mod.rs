@@ -27,6 +27,7 @@
 
 pub mod audit;
 pub mod claims;
+mod keys;
 mod schema;
 
 use std::str::FromStr as _;

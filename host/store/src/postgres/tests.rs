@@ -421,3 +421,78 @@ async fn audit_chains_per_workspace_take_concurrent_writers_and_find_tampering()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_racing_for_a_new_key_share_one_and_a_rotation_reaches_every_node() {
+    use crate::keys::{self, MasterKey};
+    let (_server, url) = database("keys").await;
+    let a = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let b = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let old = MasterKey::generate();
+    let old_b = MasterKey::from_base64(&old.to_base64()).unwrap();
+    // Both nodes start at once with the same key: one fingerprint recorded.
+    let (ra, rb) = tokio::join!(a.check_key(&old), b.check_key(&old_b));
+    ra.unwrap();
+    rb.unwrap();
+    let stranger = MasterKey::generate();
+    let e = b.check_key(&stranger).await.unwrap_err();
+    assert!(matches!(e, StorageError::WrongKey(_)), "{e}");
+    assert!(e.to_string().contains(&old.fingerprint()), "{e}");
+
+    // A new workspace's key, asked for by both nodes at once: one key.
+    let (ka, kb) = tokio::join!(a.data_key("ws", &old, true), b.data_key("ws", &old_b, true));
+    let (ka, kb) = (ka.unwrap().unwrap(), kb.unwrap().unwrap());
+    let sealed = keys::seal(&ka, b"order 42", b"aad").unwrap();
+    assert_eq!(&keys::open(&kb, &sealed, b"aad").unwrap()[..], b"order 42");
+    assert!(a.data_key("nobody", &old, false).await.unwrap().is_none());
+    // The audit key too: what one node chains, the other verifies.
+    let (aa, ab) = tokio::join!(a.audit_key(&old), b.audit_key(&old_b));
+    let (aa, ab) = (aa.unwrap(), ab.unwrap());
+    append_concurrently(&a, &aa, 1, 3, |_| Some("ws".into())).await;
+    assert!(verify_all(&b, &ab).await["ws"].is_intact());
+
+    // A rotation on node a, with its audit entry in the same transaction.
+    let new = MasterKey::generate();
+    let wrong = a
+        .rotate_master_key(&stranger, &new, &aa, &audit_entry(None, 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, StorageError::WrongKey(_)), "{wrong}");
+    assert_eq!(
+        a.master_fingerprint().await.unwrap(),
+        Some(old.fingerprint())
+    );
+    let n = a
+        .rotate_master_key(&old, &new, &aa, &audit_entry(None, 1))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // Node b sees the new fingerprint, and its old key is refused now.
+    assert_eq!(
+        b.master_fingerprint().await.unwrap(),
+        Some(new.fingerprint())
+    );
+    assert!(matches!(
+        b.check_key(&old_b).await.unwrap_err(),
+        StorageError::WrongKey(_)
+    ));
+    assert!(matches!(
+        b.data_key("ws", &old_b, false).await.unwrap_err(),
+        StorageError::Damaged { .. }
+    ));
+    // With the new key it reads the same data key and the same audit key.
+    let again = b.data_key("ws", &new, false).await.unwrap().unwrap();
+    assert_eq!(
+        &keys::open(&again, &sealed, b"aad").unwrap()[..],
+        b"order 42"
+    );
+    let audit_new = b.audit_key(&new).await.unwrap();
+    let reports = verify_all(&b, &audit_new).await;
+    assert!(reports["ws"].is_intact(), "{}", reports["ws"]);
+    assert!(
+        reports[""].is_intact(),
+        "the rotation's entry: {}",
+        reports[""]
+    );
+    assert_eq!(reports[""].entries, 1);
+}
