@@ -214,6 +214,11 @@ impl Daemon {
         }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon was stopped").id()
+    }
+
     /// Kills the process with SIGKILL (no chance to clean up).
     pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -230,6 +235,18 @@ impl Daemon {
             .status();
         child.wait().unwrap()
     }
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS` in
+/// `/proc/<pid>/status`).
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"))
 }
 
 impl Drop for Site {
