@@ -28,6 +28,7 @@ pub mod erase;
 pub mod keys;
 pub mod oauth;
 pub mod postgres;
+mod sealed;
 pub mod sessions;
 pub mod sqlite;
 pub mod storage;

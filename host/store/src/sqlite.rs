@@ -43,7 +43,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use wrun_runtime::recipe::Resume;
 use wrun_runtime::{ConnectionSource, SecretValue};
 use zeroize::Zeroizing;
 
@@ -56,6 +55,7 @@ use crate::db::{
 use crate::erase::{self, EraseReport, Subject};
 use crate::keys::{self, DataKey, KeySource, MasterKey};
 use crate::oauth::{self, Lease, LeaseEnd, OAuthStatus, PendingAuthorization, Refresher};
+use crate::sealed::job_aad;
 use crate::storage::*;
 use crate::time::UnixMillis;
 
@@ -167,11 +167,6 @@ fn damaged(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Storage
         what,
         reason: e.to_string(),
     }
-}
-
-/// The associated data of a sealed job part.
-fn job_aad(workspace: &str, job: &str, part: &str) -> Vec<u8> {
-    format!("wrun:job:v1:{workspace}\0{job}\0{part}").into_bytes()
 }
 
 /// The associated data of a schedule's sealed trigger input.
@@ -405,20 +400,7 @@ impl SqliteStorage {
         value: &Value,
     ) -> StorageResult<Vec<u8>> {
         let dk = self.data_key(workspace, true).await?;
-        let plain = Zeroizing::new(serde_json::to_vec(value).map_err(damaged("a job record"))?);
-        keys::seal(&dk, &plain, aad).map_err(|e| StorageError::Damaged {
-            what: "a job record".into(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// Opens a sealed JSON value.
-    fn open_json(dk: &DataKey, sealed: &[u8], aad: &[u8], what: &str) -> StorageResult<Value> {
-        let plain = keys::open(dk, sealed, aad).map_err(|e| StorageError::Damaged {
-            what: what.into(),
-            reason: e.to_string(),
-        })?;
-        serde_json::from_slice(&plain).map_err(damaged(what))
+        crate::sealed::seal_json(&dk, aad, value)
     }
 
     /// A connection source over this storage for one job.
@@ -698,7 +680,7 @@ fn finish_job_row((mut s, state, error): JobRow) -> StorageResult<(JobSummary, O
 /// Opens a job's sealed error into its summary.
 fn open_error(dk: &DataKey, s: &mut JobSummary, sealed: Option<Vec<u8>>) -> StorageResult<()> {
     if let Some(sealed) = sealed {
-        let v = SqliteStorage::open_json(
+        let v = crate::sealed::open_json(
             dk,
             &sealed,
             &job_aad(&s.workspace, &s.id, "error"),
@@ -907,7 +889,7 @@ impl ScannedJob {
             .iter()
             .map(|(idx, history, _)| {
                 let part = format!("history:{idx}");
-                let record = SqliteStorage::open_json(
+                let record = crate::sealed::open_json(
                     dk,
                     history,
                     &job_aad(ws, &id, &part),
@@ -1076,7 +1058,7 @@ impl SqliteStorage {
         }
         if let Some(input) = input {
             let dk = self.data_key(&t.workspace, false).await?;
-            t.input = Some(SqliteStorage::open_json(
+            t.input = Some(crate::sealed::open_json(
                 &dk,
                 &input,
                 &trigger_input_aad(&t.workspace, &t.id),
@@ -2892,41 +2874,13 @@ impl Storage for Arc<SqliteStorage> {
             return Ok(None);
         };
         let dk = self.data_key(&summary.workspace, false).await?;
-        let payload = SqliteStorage::open_json(
+        let payload = crate::sealed::open_json(
             &dk,
             &payload,
             &job_aad(&summary.workspace, &summary.id, "payload"),
             &format!("the payload of job {}", summary.id),
         )?;
-        let mut resume = Resume::default();
-        for (idx, step, checkpoint) in steps {
-            let idx = usize::try_from(idx).unwrap_or(usize::MAX);
-            // Steps are committed in order; a gap would mean a lost commit.
-            if idx != resume.next {
-                break;
-            }
-            if let Some(sealed) = checkpoint {
-                let v = SqliteStorage::open_json(
-                    &dk,
-                    &sealed,
-                    &job_aad(
-                        &summary.workspace,
-                        &summary.id,
-                        &format!("checkpoint:{idx}"),
-                    ),
-                    &format!("the checkpoint of job {} step {idx}", summary.id),
-                )?;
-                if let Some(output) = v.get("output") {
-                    resume.outputs.insert(step, output.clone());
-                }
-                if let Some(marked) = v.get("marked").and_then(Value::as_array) {
-                    resume
-                        .marked
-                        .extend(marked.iter().filter_map(|m| m.as_str().map(String::from)));
-                }
-            }
-            resume.next = idx + 1;
-        }
+        let resume = crate::sealed::resume(&dk, &summary.workspace, &summary.id, steps)?;
         Ok(Some(StartedJob {
             summary,
             payload,
@@ -3055,7 +3009,7 @@ impl Storage for Arc<SqliteStorage> {
         };
         let dk = self.data_key(&summary.workspace, false).await?;
         open_error(&dk, &mut summary, error)?;
-        let input = SqliteStorage::open_json(
+        let input = crate::sealed::open_json(
             &dk,
             &payload,
             &job_aad(&summary.workspace, &summary.id, "payload"),
@@ -3064,7 +3018,7 @@ impl Storage for Arc<SqliteStorage> {
         let steps = steps
             .into_iter()
             .map(|(idx, sealed)| {
-                SqliteStorage::open_json(
+                crate::sealed::open_json(
                     &dk,
                     &sealed,
                     &job_aad(&summary.workspace, &summary.id, &format!("history:{idx}")),
@@ -3247,7 +3201,7 @@ impl Storage for Arc<SqliteStorage> {
         if let Some(field) = &criteria.field {
             let dk = self.data_key(workspace, false).await?;
             for (id, sealed) in candidates {
-                let payload = SqliteStorage::open_json(
+                let payload = crate::sealed::open_json(
                     &dk,
                     &sealed,
                     &job_aad(workspace, &id, "payload"),
