@@ -5,8 +5,9 @@
 //! claiming at the same moment never wait on each other and never get the
 //! same job (a row one of them locked is skipped by the other; once
 //! committed, its owner's live lease makes it unclaimable). A fenced write
-//! locks its job row `FOR SHARE` while it checks owner and epoch, so no
-//! claim can raise the epoch between the check and the write.
+//! locks its job row `FOR UPDATE` while it checks owner and epoch, so no
+//! claim can raise the epoch between the check and the write (a claimer
+//! skips the locked row), and a cancellation waits for the write.
 
 use std::collections::HashMap;
 
@@ -215,7 +216,7 @@ pub async fn fence<C: GenericClient>(
 ) -> StorageResult<String> {
     let row = client
         .query_opt(
-            "SELECT state, owner, epoch FROM jobs WHERE id = $1 FOR SHARE",
+            "SELECT state, owner, epoch FROM jobs WHERE id = $1 FOR UPDATE",
             &[&job],
         )
         .await

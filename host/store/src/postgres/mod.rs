@@ -27,6 +27,7 @@
 
 pub mod audit;
 pub mod claims;
+mod jobs;
 mod keys;
 mod schema;
 

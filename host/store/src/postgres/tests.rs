@@ -496,3 +496,205 @@ async fn nodes_racing_for_a_new_key_share_one_and_a_rotation_reaches_every_node(
     );
     assert_eq!(reports[""].entries, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_moves_between_nodes_sealed_fenced_and_audited() {
+    use crate::keys::MasterKey;
+    use crate::storage::{Enqueued, JobState, NewJob, StepCommit};
+    let (_server, url) = database("jobs").await;
+    let a = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let b = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let master = MasterKey::generate();
+    a.check_key(&master).await.unwrap();
+    let dk = a.data_key("ws", &master, true).await.unwrap().unwrap();
+    let audit_key = a.audit_key(&master).await.unwrap();
+    let new_job = |id: &str, key: Option<&str>| NewJob {
+        id: id.into(),
+        workspace: "ws".into(),
+        recipe: "sync".into(),
+        environment: "prod".into(),
+        trigger_kind: "webhook".into(),
+        payload: serde_json::json!({ "order": 42, "email": "ada@example.test" }),
+        idempotency_key: key.map(String::from),
+        rerun_of: None,
+        created_at: UnixMillis::now(),
+    };
+    // No recipe deployed: refused, nothing written.
+    let e = a
+        .enqueue(
+            &dk,
+            &audit_key,
+            &new_job("job_0", None),
+            Some(&audit_entry(Some("ws"), 0)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StorageError::NotFound { what: "recipe", .. }),
+        "{e}"
+    );
+    a.client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO recipes (workspace, name, manifest, lock, imported_at) VALUES ('ws', 'sync', '', '{}', 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let first = a
+        .enqueue(
+            &dk,
+            &audit_key,
+            &new_job("job_1", Some("delivery-7")),
+            Some(&audit_entry(Some("ws"), 1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first, Enqueued::New("job_1".into()));
+    // The same delivery through the other node: the first job stands.
+    let again = b
+        .enqueue(
+            &dk,
+            &audit_key,
+            &new_job("job_2", Some("delivery-7")),
+            Some(&audit_entry(Some("ws"), 2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Enqueued::Duplicate("job_1".into()));
+    assert_eq!(a.backlog().await.unwrap(), 1);
+    // The payload is sealed at rest.
+    let raw: Vec<u8> = a
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT payload FROM jobs WHERE id = 'job_1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!String::from_utf8_lossy(&raw).contains("ada@example.test"));
+
+    // Node a claims (its lease lapses at once), starts, commits step 0.
+    a.heartbeat("a", 1).await.unwrap();
+    let claim = a.claim_jobs("a", request(1, 1)).await.unwrap().remove(0);
+    let started = a.start_job(&dk, "a", &claim).await.unwrap().unwrap();
+    assert_eq!(started.payload["email"], "ada@example.test");
+    assert_eq!(started.resume.next, 0);
+    let step = |node: &str, epoch: i64, index: usize| StepCommit {
+        job: "job_1".into(),
+        workspace: "ws".into(),
+        claim: (node.into(), epoch),
+        index,
+        step: format!("s{index}"),
+        status: "succeeded".into(),
+        history: serde_json::json!({ "step": format!("s{index}") }),
+        checkpoint: Some((
+            serde_json::json!({ "id": index }),
+            vec!["tok-secret".into()],
+        )),
+    };
+    assert!(
+        a.commit_step(&dk, &step("a", claim.epoch, 0))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Node b takes it over and resumes after step 0, with its marks.
+    b.heartbeat("b", LONG).await.unwrap();
+    let taken = b.claim_jobs("b", request(1, 1)).await.unwrap().remove(0);
+    assert!(taken.takeover);
+    let resumed = b.start_job(&dk, "b", &taken).await.unwrap().unwrap();
+    assert_eq!(resumed.resume.next, 1);
+    assert_eq!(resumed.resume.outputs["s0"], serde_json::json!({ "id": 0 }));
+    assert_eq!(resumed.resume.marked, vec!["tok-secret".to_string()]);
+
+    // Node a wakes up: its step and its end are refused and write nothing.
+    let late = a
+        .commit_step(&dk, &step("a", claim.epoch, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(late, StorageError::LeaseLost { .. }), "{late}");
+    let late = a
+        .finish_job(
+            &dk,
+            &audit_key,
+            ("a", claim.epoch),
+            "ws",
+            "job_1",
+            JobState::Failed,
+            Some("late".into()),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(late, StorageError::LeaseLost { .. }), "{late}");
+    let steps: i64 = a
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM job_steps WHERE job = 'job_1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(steps, 1);
+
+    // Cancelled through node a while b runs it: b sees it at its next commit.
+    assert_eq!(
+        a.cancel_job(&audit_key, "ws", "job_1", &audit_entry(Some("ws"), 3))
+            .await
+            .unwrap(),
+        Some(JobState::Cancelled)
+    );
+    assert!(
+        !b.commit_step(&dk, &step("b", taken.epoch, 1))
+            .await
+            .unwrap()
+    );
+    let end = b
+        .finish_job(
+            &dk,
+            &audit_key,
+            ("b", taken.epoch),
+            "ws",
+            "job_1",
+            JobState::Succeeded,
+            None,
+            &[audit_entry(Some("ws"), 4)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(end, JobState::Cancelled, "the cancellation wins");
+    let checkpoints: i64 = b
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM job_steps WHERE job = 'job_1' AND checkpoint IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checkpoints, 0, "unmasked outputs are deleted at the end");
+    assert_eq!(b.backlog().await.unwrap(), 0);
+    assert_eq!(
+        a.cancel_job(&audit_key, "ws", "job_1", &audit_entry(Some("ws"), 5))
+            .await
+            .unwrap(),
+        Some(JobState::Cancelled)
+    );
+    assert_eq!(
+        a.cancel_job(&audit_key, "other", "job_1", &audit_entry(Some("ws"), 6))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Queued, cancelled and ended: three entries (a duplicate delivery and
+    // a second cancellation record nothing), one chain, intact.
+    let reports = verify_all(&a, &audit_key).await;
+    assert_eq!(reports["ws"].entries, 3, "{}", reports["ws"]);
+    assert!(reports["ws"].is_intact(), "{}", reports["ws"]);
+}
