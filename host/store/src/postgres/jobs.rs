@@ -42,51 +42,10 @@ impl PgStore {
         let doing = format!("queueing job {}", job.id);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error(&doing))?;
-        let deployed = tx
-            .query_opt(
-                "SELECT 1 FROM recipes WHERE workspace = $1 AND name = $2 FOR SHARE",
-                &[&job.workspace, &job.recipe],
-            )
-            .await
-            .map_err(pg_error(&doing))?
-            .is_some();
-        if !deployed {
-            return Err(StorageError::NotFound {
-                what: "recipe",
-                name: job.recipe.clone(),
-            });
-        }
-        let inserted = tx
-            .query_opt(
-                "INSERT INTO jobs (id, workspace, recipe, environment, state, trigger_kind, payload, idempotency_key, rerun_of, created_at)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9)
-                 ON CONFLICT (workspace, recipe, idempotency_key) DO NOTHING
-                 RETURNING id",
-                &[
-                    &job.id,
-                    &job.workspace,
-                    &job.recipe,
-                    &job.environment,
-                    &job.trigger_kind,
-                    &sealed,
-                    &job.idempotency_key,
-                    &job.rerun_of,
-                    &job.created_at.0,
-                ],
-            )
-            .await
-            .map_err(pg_error(&doing))?;
-        if inserted.is_none() {
+        let queued = insert_job(&tx, job, &sealed, None).await?;
+        if let Enqueued::Duplicate(_) = queued {
             // The key was seen: the first job stands, nothing is audited.
-            let existing: String = tx
-                .query_one(
-                    "SELECT id FROM jobs WHERE workspace = $1 AND recipe = $2 AND idempotency_key = $3",
-                    &[&job.workspace, &job.recipe, &job.idempotency_key],
-                )
-                .await
-                .map_err(pg_error(&doing))?
-                .get(0);
-            return Ok(Enqueued::Duplicate(existing));
+            return Ok(queued);
         }
         if let Some(entry) = entry {
             audit::append(
@@ -268,6 +227,49 @@ impl PgStore {
         Ok(end)
     }
 
+    /// Fires slot `slot` of schedule `trigger` with `job`, once across all
+    /// nodes: the trigger's last slot moves forward only if it is older
+    /// (a compare-and-set under the row lock, so nodes racing for one slot
+    /// serialise and all but the first find it taken), and the job carries
+    /// the slot's unique key. Returns whether this call fired it.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::NotFound`] if the recipe is no longer deployed; the
+    /// database refusing it.
+    pub async fn fire_schedule(
+        &self,
+        dk: &DataKey,
+        trigger: &str,
+        slot: UnixMillis,
+        job: &NewJob,
+    ) -> StorageResult<bool> {
+        let sealed = seal_json(
+            dk,
+            &job_aad(&job.workspace, &job.id, "payload"),
+            &job.payload,
+        )?;
+        let doing = format!("firing schedule {trigger}");
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error(&doing))?;
+        let moved = tx
+            .execute(
+                "UPDATE triggers SET last_slot = $2 WHERE id = $1 AND (last_slot IS NULL OR last_slot < $2)",
+                &[&trigger, &slot.0],
+            )
+            .await
+            .map_err(pg_error(&doing))?;
+        if moved == 0 {
+            return Ok(false);
+        }
+        let key = format!("{trigger}@{}", slot.0);
+        if let Enqueued::Duplicate(_) = insert_job(&tx, job, &sealed, Some(&key)).await? {
+            return Ok(false);
+        }
+        tx.commit().await.map_err(pg_error(&doing))?;
+        Ok(true)
+    }
+
     /// Cancels a queued or running job, through any node (the node running
     /// it sees it at its next step commit); returns its state after, or
     /// `None` if there is no such job in `workspace`.
@@ -318,4 +320,66 @@ impl PgStore {
         tx.commit().await.map_err(pg_error(&doing))?;
         Ok(Some(JobState::Cancelled))
     }
+}
+
+/// Inserts a job in the caller's transaction: the recipe must be deployed
+/// (checked here, so a recipe deleted after a webhook was looked up gets no
+/// job); a repeated idempotency key, or a slot key already fired, returns
+/// the existing job.
+async fn insert_job<C: deadpool_postgres::GenericClient>(
+    tx: &C,
+    job: &NewJob,
+    sealed: &[u8],
+    slot_key: Option<&str>,
+) -> StorageResult<Enqueued> {
+    let doing = format!("queueing job {}", job.id);
+    let deployed = tx
+        .query_opt(
+            "SELECT 1 FROM recipes WHERE workspace = $1 AND name = $2 FOR SHARE",
+            &[&job.workspace, &job.recipe],
+        )
+        .await
+        .map_err(pg_error(&doing))?
+        .is_some();
+    if !deployed {
+        return Err(StorageError::NotFound {
+            what: "recipe",
+            name: job.recipe.clone(),
+        });
+    }
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO jobs (id, workspace, recipe, environment, state, trigger_kind, payload, idempotency_key, rerun_of, created_at, slot_key)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+            &[
+                &job.id,
+                &job.workspace,
+                &job.recipe,
+                &job.environment,
+                &job.trigger_kind,
+                &sealed,
+                &job.idempotency_key,
+                &job.rerun_of,
+                &job.created_at.0,
+                &slot_key,
+            ],
+        )
+        .await
+        .map_err(pg_error(&doing))?;
+    if inserted.is_some() {
+        return Ok(Enqueued::New(job.id.clone()));
+    }
+    let existing = tx
+        .query_opt(
+            "SELECT id FROM jobs
+             WHERE (workspace = $1 AND recipe = $2 AND idempotency_key = $3) OR slot_key = $4
+             LIMIT 1",
+            &[&job.workspace, &job.recipe, &job.idempotency_key, &slot_key],
+        )
+        .await
+        .map_err(pg_error(&doing))?
+        .ok_or_else(|| StorageError::Conflict(format!("job {} already exists", job.id)))?;
+    Ok(Enqueued::Duplicate(existing.get(0)))
 }

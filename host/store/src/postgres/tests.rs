@@ -698,3 +698,89 @@ async fn a_job_moves_between_nodes_sealed_fenced_and_audited() {
     assert_eq!(reports["ws"].entries, 3, "{}", reports["ws"]);
     assert!(reports["ws"].is_intact(), "{}", reports["ws"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_fire_each_schedule_slot_once() {
+    use crate::keys::MasterKey;
+    use crate::storage::NewJob;
+    let (_server, url) = database("schedules").await;
+    let master = MasterKey::generate();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(PgStore::connect(&url, PgOptions::default()).await.unwrap());
+    }
+    let dk = std::sync::Arc::new(
+        nodes[0]
+            .data_key("ws", &master, true)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    nodes[0]
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO recipes (workspace, name, manifest, lock, imported_at) VALUES ('ws', 'nightly', '', '{}', 0);
+             INSERT INTO triggers (id, workspace, recipe, kind, environment, cron, timezone, created_at)
+             VALUES ('sch_1', 'ws', 'nightly', 'schedule', 'prod', '0 * * * *', 'UTC', 0);",
+        )
+        .await
+        .unwrap();
+    let job = |n: usize, slot: i64| NewJob {
+        id: format!("job_{slot}_{n}"),
+        workspace: "ws".into(),
+        recipe: "nightly".into(),
+        environment: "prod".into(),
+        trigger_kind: "schedule".into(),
+        payload: serde_json::json!({ "schedule": "sch_1", "slot": slot }),
+        idempotency_key: None,
+        rerun_of: None,
+        created_at: UnixMillis::now(),
+    };
+    // Every node's scheduler ticks at once, several times, for each slot;
+    // a stale tick for an older slot comes late.
+    let mut fired_per_slot = Vec::new();
+    for slot in [3_600_000_i64, 7_200_000, 3_600_000, 10_800_000] {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (n, node) in nodes.iter().enumerate() {
+            for tick in 0..4 {
+                let (node, dk, job) = (
+                    node.clone(),
+                    std::sync::Arc::clone(&dk),
+                    job(n * 10 + tick, slot),
+                );
+                tasks.spawn(async move {
+                    node.fire_schedule(&dk, "sch_1", UnixMillis(slot), &job)
+                        .await
+                        .unwrap()
+                });
+            }
+        }
+        let mut fired = 0;
+        while let Some(done) = tasks.join_next().await {
+            fired += usize::from(done.unwrap());
+        }
+        fired_per_slot.push(fired);
+    }
+    assert_eq!(
+        fired_per_slot,
+        vec![1, 1, 0, 1],
+        "each new slot once, the late tick never"
+    );
+    let keys: Vec<String> = nodes[0]
+        .client()
+        .await
+        .unwrap()
+        .query("SELECT slot_key FROM jobs ORDER BY slot_key", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["sch_1@10800000", "sch_1@3600000", "sch_1@7200000"],
+        "one job per slot, none for the late tick of an older slot"
+    );
+}
