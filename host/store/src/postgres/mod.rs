@@ -5,7 +5,9 @@
 //! deadpool-postgres, TLS through rustls), the schema and its migration,
 //! the job claims that let several nodes share one queue
 //! ([`PgStore::claim_jobs`] with `FOR UPDATE SKIP LOCKED`, fenced writes)
-//! and the audit log as one chain per workspace ([`audit`]).
+//! the audit log as one chain per workspace ([`audit`]), keys, a job's
+//! life, schedules fired once per slot, and wake-ups between nodes
+//! (`LISTEN`/`NOTIFY`, [`PgStore::listen`]).
 //! The rest of the [`crate::storage::Storage`] operations follow on the
 //! same pool; until they do, the daemon runs on the SQLite backend only.
 //!
@@ -30,6 +32,7 @@ pub mod claims;
 mod jobs;
 mod keys;
 mod schema;
+mod wake;
 
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -71,6 +74,14 @@ impl Default for PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// How to open a connection of its own (the listener's), outside the
+    /// pool.
+    direct: Arc<(
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    )>,
+    /// Set while a wake-up is being sent, so a burst sends one.
+    notifying: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -115,6 +126,7 @@ impl PgStore {
         }
         config.connect_timeout(std::time::Duration::from_secs(10));
         let tls = tls_connector(options.ca_pem.as_deref())?;
+        let direct = Arc::new((config.clone(), tls.clone()));
         let manager = Manager::from_config(
             config,
             tls,
@@ -126,7 +138,11 @@ impl PgStore {
             .max_size(options.max_connections.max(2))
             .build()
             .map_err(|e| StorageError::Internal(format!("the PostgreSQL pool: {e}")))?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            direct,
+            notifying: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }

@@ -784,3 +784,39 @@ async fn three_nodes_fire_each_schedule_slot_once() {
         "one job per slot, none for the late tick of an older slot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_woken_by_work_queued_through_another_and_its_listener_comes_back() {
+    let (_server, url) = database("wake").await;
+    let a = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let b = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    b.listen(std::sync::Arc::clone(&wake));
+    let woken = async |what: &str| {
+        tokio::time::timeout(Duration::from_secs(10), wake.notified())
+            .await
+            .unwrap_or_else(|_| panic!("no wake-up: {what}"));
+    };
+    // The first wake-up says the listener is (re)connected.
+    woken("listening").await;
+    a.notify_jobs().await.unwrap();
+    woken("work queued through node a").await;
+
+    // The listener's connection is cut (a failover, a restart of the
+    // server's backend): it comes back, says so, and hears the next one.
+    let cut: i64 = a
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 1);
+    woken("reconnected").await;
+    a.notify_jobs().await.unwrap();
+    woken("work queued after the reconnection").await;
+}
