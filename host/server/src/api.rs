@@ -677,16 +677,38 @@ async fn healthz() -> ApiResult {
     reply(StatusCode::OK, json!({ "status": "ok" }))
 }
 
+/// How long `/readyz` waits for the store.
+const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(s): State<AppState>) -> ApiResult {
-    if s.ready.load(Ordering::SeqCst) {
-        reply(StatusCode::OK, json!({ "status": "ready" }))
-    } else {
+    let unavailable = |code, message| {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the daemon is starting or stopping",
+            code,
+            message,
         ))
+    };
+    if !s.ready.load(Ordering::SeqCst) {
+        return unavailable("not_ready", "the daemon is starting or stopping");
     }
+    match tokio::time::timeout(READY_STORE_TIMEOUT, s.storage.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "the store does not answer a readiness check");
+            return unavailable("store_unavailable", "the store does not answer");
+        }
+        Err(_) => return unavailable("store_unavailable", "the store did not answer in time"),
+    }
+    if !s.runner.lease_live() {
+        return unavailable(
+            "lease_lapsed",
+            "this node could not renew its lease on its jobs: another node may take them over",
+        );
+    }
+    reply(
+        StatusCode::OK,
+        json!({ "status": "ready", "store": "ok", "node": s.runner.node() }),
+    )
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

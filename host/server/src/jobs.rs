@@ -78,6 +78,8 @@ pub struct Runner {
     wake: Notify,
     /// Claims this node holds, per workspace.
     held: Mutex<HashMap<String, usize>>,
+    /// When this node's lease was last renewed.
+    renewed: Mutex<Option<tokio::time::Instant>>,
     recipes: Mutex<HashMap<(String, String), LoadedRecipe>>,
     /// One lock per recipe held while it is loaded, so jobs that find it
     /// missing from `recipes` wait for one load instead of each compiling
@@ -287,6 +289,7 @@ impl Runner {
             limits,
             wake: Notify::new(),
             held: Mutex::new(HashMap::new()),
+            renewed: Mutex::new(None),
             recipes: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -364,7 +367,19 @@ impl Runner {
     /// Renews this node's lease on its claims.
     async fn renew(&self) -> Result<(), StorageError> {
         let lease_ms = i64::try_from(self.limits.lease.as_millis()).unwrap_or(i64::MAX);
-        self.storage.heartbeat(&self.limits.node, lease_ms).await
+        self.storage.heartbeat(&self.limits.node, lease_ms).await?;
+        *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Whether this node's lease is live: renewed within the lease time
+    /// (a node that cannot renew may see its jobs taken over).
+    pub fn lease_live(&self) -> bool {
+        self.renewed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < self.limits.lease)
     }
 
     /// Recounts the backlog in the store.

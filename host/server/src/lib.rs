@@ -404,6 +404,7 @@ mod tests {
                 lease: Duration::from_secs(10),
             },
         );
+        runner.recover().await.unwrap();
         let app = App::new(&Arc::new(config), storage, runner, metrics).unwrap();
         let analyst = tokens.pop().unwrap();
         let admin = tokens.pop().unwrap();

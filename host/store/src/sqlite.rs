@@ -2820,6 +2820,15 @@ impl Storage for Arc<SqliteStorage> {
         self.read(crate::claims::backlog).await
     }
 
+    async fn ping(&self) -> StorageResult<()> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .doing(|| "checking the database".to_string())?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn start_job(
         &self,
         node: &str,

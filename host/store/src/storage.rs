@@ -1127,6 +1127,8 @@ pub trait Storage: Send + Sync + 'static {
     ) -> StorageResult<Vec<crate::claims::Claim>>;
     /// Jobs queued or running, in all workspaces (the backlog).
     async fn backlog(&self) -> StorageResult<u64>;
+    /// Checks that the store answers a read (for readiness probes).
+    async fn ping(&self) -> StorageResult<()>;
     /// Marks a claimed job running and returns what it needs; `None` if it
     /// has ended (cancelled meanwhile) or does not exist.
     ///
