@@ -18,9 +18,11 @@
 //! # The backlog is in the store
 //!
 //! The runner holds no queue of its own: it claims jobs from the store (see
-//! [`wrun_store::claims`]), never more than it can run at once
-//! (`[workers] concurrency`, at most `per_workspace` of one workspace), so
-//! its memory does not grow with the backlog. A new job wakes the
+//! [`wrun_store::claims`]), never more than [`WINDOW`] times what it can run
+//! at once (`[workers] concurrency`, and `per_workspace` of one workspace),
+//! so its memory does not grow with the backlog. The few claimed ahead wait
+//! for a running slot in memory, so a slot that frees starts the next job
+//! at once instead of after a claim's round trip to the store. A new job wakes the
 //! dispatcher; a poll every second finds jobs that other nodes queued or
 //! whose claim lapsed. Every start, step commit and end is fenced by the
 //! claim's epoch: a node whose claim lapsed and was taken over stops at its
@@ -32,7 +34,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use wrun_runtime::events::{AuditEvent, AuditKind, Event, Observer};
 use wrun_runtime::manifest::Manifest;
 use wrun_runtime::recipe::{Recipe, StepRecord, StepStatus, Stop};
@@ -58,6 +60,10 @@ pub struct RunnerLimits {
     pub lease: Duration,
 }
 
+/// How many times its running slots a node claims at most (in all and per
+/// workspace): the jobs past its slots wait in memory for one to free.
+const WINDOW: usize = 2;
+
 /// How often the dispatcher looks for work it was not woken for (jobs
 /// queued by another node, claims that lapsed), and recounts the backlog.
 const POLL: Duration = Duration::from_secs(1);
@@ -78,6 +84,10 @@ pub struct Runner {
     wake: Notify,
     /// Claims this node holds, per workspace.
     held: Mutex<HashMap<String, usize>>,
+    /// Running slots in all.
+    global: Arc<Semaphore>,
+    /// Running slots per workspace.
+    per_workspace: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// When this node's lease was last renewed.
     renewed: Mutex<Option<tokio::time::Instant>>,
     recipes: Mutex<HashMap<(String, String), LoadedRecipe>>,
@@ -280,6 +290,7 @@ impl Runner {
                 }
             }
         });
+        let global = Arc::new(Semaphore::new(limits.concurrency.max(1)));
         Arc::new(Runner {
             limiter,
             alert_webhook,
@@ -289,6 +300,8 @@ impl Runner {
             limits,
             wake: Notify::new(),
             held: Mutex::new(HashMap::new()),
+            global,
+            per_workspace: Mutex::new(HashMap::new()),
             renewed: Mutex::new(None),
             recipes: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
@@ -412,13 +425,15 @@ impl Runner {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let total: usize = held.values().sum();
-        let max = self.limits.concurrency.saturating_sub(total);
-        if max == 0 {
+        let max = (self.limits.concurrency * WINDOW).saturating_sub(total);
+        // With every running slot busy or spoken for, claim in batches of
+        // half the slots: one claim's transaction then serves many jobs.
+        if max == 0 || (total >= self.limits.concurrency && max < self.limits.concurrency / 2) {
             return Ok(());
         }
         let request = ClaimRequest {
             max,
-            per_workspace: self.limits.per_workspace,
+            per_workspace: self.limits.per_workspace * WINDOW,
             held,
         };
         let claims = self.storage.claim_jobs(&self.limits.node, request).await?;
@@ -723,7 +738,26 @@ impl Runner {
         }
     }
 
+    /// The running slots of a workspace.
+    fn workspace_slots(&self, workspace: &str) -> Arc<Semaphore> {
+        let mut map = self
+            .per_workspace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(workspace.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_workspace.max(1)))),
+        )
+    }
+
     async fn run_job_inner(&self, claim: &Claim, cancel: &AtomicBool) -> Result<(), StorageError> {
+        let ws_slots = self.workspace_slots(&claim.workspace);
+        let Ok(_ws_permit) = ws_slots.acquire_owned().await else {
+            return Ok(());
+        };
+        let Ok(_permit) = Arc::clone(&self.global).acquire_owned().await else {
+            return Ok(());
+        };
         if *self.stopping.borrow() {
             return Ok(());
         }
