@@ -430,8 +430,34 @@ pub(crate) fn canonical_mac(keyed: &HmacSha256, fields: &Fields<'_>) -> HmacSha2
     mac
 }
 
+/// The hex MAC of `entry` as entry `seq` written at `at`, with its detail
+/// serialised as `detail` and chained to `prev` (the one encoding of every
+/// backend).
+pub(crate) fn entry_mac(
+    keyed: &HmacSha256,
+    seq: u64,
+    at: UnixMillis,
+    entry: &Entry,
+    detail: &str,
+    prev: &str,
+) -> String {
+    let fields = Fields {
+        seq,
+        at: at.as_millis(),
+        workspace: entry.workspace.as_deref(),
+        actor: &entry.actor,
+        action: &entry.action,
+        target: &entry.target,
+        source: entry.source.as_deref(),
+        outcome: entry.outcome.as_str(),
+        detail,
+        prev,
+    };
+    to_hex(&canonical_mac(keyed, &fields).finalize().into_bytes())
+}
+
 /// Lowercase hex of `bytes`.
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
+fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
@@ -526,19 +552,7 @@ pub fn append(
         let detail = serde_json::to_string(&entry.detail)
             .map_err(|source| AuditError::Encode { seq, source })?;
         let outcome = entry.outcome.as_str();
-        let fields = Fields {
-            seq,
-            at: at.as_millis(),
-            workspace: entry.workspace.as_deref(),
-            actor: &entry.actor,
-            action: &entry.action,
-            target: &entry.target,
-            source: entry.source.as_deref(),
-            outcome,
-            detail: &detail,
-            prev: &prev,
-        };
-        let mac = to_hex(&canonical_mac(&keyed, &fields).finalize().into_bytes());
+        let mac = entry_mac(&keyed, seq, at, entry, &detail, &prev);
         insert
             .execute(params![
                 seq_sql,

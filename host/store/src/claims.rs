@@ -101,6 +101,17 @@ pub(crate) fn release(conn: &Connection, node: &str) -> StorageResult<usize> {
     Ok(n)
 }
 
+/// The workspaces with queued jobs: one index seek each (a loose index
+/// scan over `jobs_queue`), however many jobs each has queued. The same
+/// SQL on both backends.
+pub(crate) const QUEUED_WORKSPACES: &str = "WITH RECURSIVE ws(name) AS (
+         SELECT (SELECT min(workspace) FROM jobs WHERE state = 'queued')
+         UNION ALL
+         SELECT (SELECT min(workspace) FROM jobs WHERE state = 'queued' AND workspace > ws.name)
+         FROM ws WHERE ws.name IS NOT NULL
+     )
+     SELECT name FROM ws WHERE name IS NOT NULL";
+
 /// The condition on a job row (`jobs` unaliased) that node `?2` may claim
 /// it at time `?1`: unowned, or owned by another node whose lease lapsed.
 /// A node never takes over its own claims: it is running them, even when
@@ -176,17 +187,7 @@ pub(crate) fn claim(
 
     // Workspaces with queued jobs: one index seek each (a loose index scan
     // over `jobs_queue`), however many jobs each has queued.
-    let mut stmt = conn
-        .prepare_cached(
-            "WITH RECURSIVE ws(name) AS (
-                 SELECT (SELECT min(workspace) FROM jobs WHERE state = 'queued')
-                 UNION ALL
-                 SELECT (SELECT min(workspace) FROM jobs WHERE state = 'queued' AND workspace > ws.name)
-                 FROM ws WHERE ws.name IS NOT NULL
-             )
-             SELECT name FROM ws WHERE name IS NOT NULL",
-        )
-        .doing(doing)?;
+    let mut stmt = conn.prepare_cached(QUEUED_WORKSPACES).doing(doing)?;
     let mut workspaces = stmt
         .query_map([], |r| r.get::<_, String>(0))
         .doing(doing)?

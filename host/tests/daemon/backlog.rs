@@ -242,7 +242,7 @@ async fn a_flood_waits_in_the_store_and_a_quiet_workspace_still_runs() {
 
     // The backlog is counted in the store (recounted every second): all but
     // the few jobs run so far (two every two seconds) are queued there, and
-    // this node holds no more claims than it runs jobs.
+    // this node holds no more claims than twice the jobs it runs at once.
     let most = (FLOOD * 9 / 10) as f64;
     let mut metrics = String::new();
     for _ in 0..50 {
@@ -274,7 +274,8 @@ async fn a_flood_waits_in_the_store_and_a_quiet_workspace_still_runs() {
         quiet_latency < Duration::from_secs(10),
         "team-b waited {quiet_latency:?} behind team-a's backlog"
     );
-    assert!(claims <= 2.0, "{claims} claims held with concurrency 2");
+    // The runner claims ahead up to twice its running slots (two here).
+    assert!(claims <= 4.0, "{claims} claims held with concurrency 2");
     assert!(queued >= most, "{queued} queued of {FLOOD}: {metrics}");
     assert!(
         growth < MAX_GROWTH_KIB,

@@ -12,13 +12,11 @@
 use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
-use hmac::Mac as _;
 
 use super::pg_error;
 use crate::UnixMillis;
 use crate::audit::{
-    AuditKey, ChainCheck, Entry, Fields, RowView, VerifyReport, ZERO_MAC, canonical_mac,
-    from_hex32, to_hex,
+    AuditKey, ChainCheck, Entry, RowView, VerifyReport, ZERO_MAC, entry_mac, from_hex32,
 };
 use crate::storage::{StorageError, StorageResult};
 
@@ -94,19 +92,7 @@ pub async fn append<C: GenericClient>(
             let detail = serde_json::to_string(&entry.detail)
                 .map_err(|e| StorageError::Internal(format!("an audit detail: {e}")))?;
             let outcome = entry.outcome.as_str();
-            let fields = Fields {
-                seq: seq.unsigned_abs(),
-                at: at.as_millis(),
-                workspace: entry.workspace.as_deref(),
-                actor: &entry.actor,
-                action: &entry.action,
-                target: &entry.target,
-                source: entry.source.as_deref(),
-                outcome,
-                detail: &detail,
-                prev: &prev,
-            };
-            let mac = to_hex(&canonical_mac(&keyed, &fields).finalize().into_bytes());
+            let mac = entry_mac(&keyed, seq.unsigned_abs(), at, entry, &detail, &prev);
             tx.execute(
                 &insert,
                 &[
@@ -136,6 +122,19 @@ pub async fn append<C: GenericClient>(
         .map_err(pg_error(doing))?;
     }
     Ok(())
+}
+
+/// Appends one entry (see [`append`]).
+///
+/// # Errors
+///
+/// As [`append`].
+pub async fn append_one<C: GenericClient>(
+    tx: &C,
+    key: &AuditKey,
+    entry: &Entry,
+) -> StorageResult<()> {
+    append(tx, key, UnixMillis::now(), std::slice::from_ref(entry)).await
 }
 
 /// Verifies every chain with `key`, from one snapshot (the caller should

@@ -120,16 +120,7 @@ impl PgStore {
         }
 
         let mut workspaces: Vec<String> = tx
-            .query(
-                "WITH RECURSIVE ws(name) AS (
-                     SELECT (SELECT min(workspace) FROM jobs WHERE state = 'queued')
-                     UNION ALL
-                     SELECT (SELECT min(workspace) FROM jobs WHERE state = 'queued' AND workspace > ws.name)
-                     FROM ws WHERE ws.name IS NOT NULL
-                 )
-                 SELECT name FROM ws WHERE name IS NOT NULL",
-                &[],
-            )
+            .query(crate::claims::QUEUED_WORKSPACES, &[])
             .await
             .map_err(pg_error(&doing))?
             .iter()

@@ -48,13 +48,7 @@ impl PgStore {
             return Ok(queued);
         }
         if let Some(entry) = entry {
-            audit::append(
-                &tx,
-                audit_key,
-                UnixMillis::now(),
-                std::slice::from_ref(entry),
-            )
-            .await?;
+            audit::append_one(&tx, audit_key, entry).await?;
         }
         tx.commit().await.map_err(pg_error(&doing))?;
         Ok(Enqueued::New(job.id.clone()))
@@ -310,13 +304,7 @@ impl PgStore {
         )
         .await
         .map_err(pg_error(&doing))?;
-        audit::append(
-            &tx,
-            audit_key,
-            UnixMillis::now(),
-            std::slice::from_ref(entry),
-        )
-        .await?;
+        audit::append_one(&tx, audit_key, entry).await?;
         tx.commit().await.map_err(pg_error(&doing))?;
         Ok(Some(JobState::Cancelled))
     }

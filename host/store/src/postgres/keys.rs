@@ -29,6 +29,18 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// The audit log's key as `meta` stores it (base64 of its wrapping),
+/// unwrapped with `master`; `None` if it does not open.
+fn open_audit_key(stored: &str, master: &MasterKey) -> StorageResult<Option<DataKey>> {
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(stored)
+        .map_err(|_| StorageError::Damaged {
+            what: "the audit log's key".into(),
+            reason: "not base64".into(),
+        })?;
+    Ok(keys::unwrap_data_key(master, &wrapped, AUDIT_KEY_NAME).ok())
+}
+
 /// The refusal of a key that is not the database's.
 fn mismatch(expected: String, got: String) -> StorageError {
     StorageError::WrongKey(format!(
@@ -104,13 +116,7 @@ impl PgStore {
             .await
             .map_err(pg_error(doing))?
             .get(0);
-        let wrapped = base64::engine::general_purpose::STANDARD
-            .decode(stored)
-            .map_err(|_| StorageError::Damaged {
-                what: "the audit log's key".into(),
-                reason: "not base64".into(),
-            })?;
-        let key = keys::unwrap_data_key(master, &wrapped, AUDIT_KEY_NAME).map_err(|_| {
+        let key = open_audit_key(&stored, master)?.ok_or_else(|| {
             StorageError::WrongKey("the master key does not open the audit log's key".into())
         })?;
         Ok(crate::audit::AuditKey::from_bytes(*key.bytes()))
@@ -234,17 +240,9 @@ impl PgStore {
             .map_err(pg_error(doing))?
             .map(|r| r.get(0));
         if let Some(stored) = stored {
-            let wrapped = base64::engine::general_purpose::STANDARD
-                .decode(stored)
-                .map_err(|_| StorageError::Damaged {
-                    what: "the audit log's key".into(),
-                    reason: "not base64".into(),
-                })?;
-            let key = keys::unwrap_data_key(old, &wrapped, AUDIT_KEY_NAME).map_err(|_| {
-                StorageError::Damaged {
-                    what: "the audit log's key".into(),
-                    reason: "it does not open under the old master key".into(),
-                }
+            let key = open_audit_key(&stored, old)?.ok_or_else(|| StorageError::Damaged {
+                what: "the audit log's key".into(),
+                reason: "it does not open under the old master key".into(),
             })?;
             let rewrapped = keys::wrap_data_key(new, &key, AUDIT_KEY_NAME)
                 .map_err(|e| StorageError::Internal(format!("{doing}: {e}")))?;
@@ -262,13 +260,7 @@ impl PgStore {
         )
         .await
         .map_err(pg_error(doing))?;
-        audit::append(
-            &tx,
-            audit_key,
-            UnixMillis::now(),
-            std::slice::from_ref(entry),
-        )
-        .await?;
+        audit::append_one(&tx, audit_key, entry).await?;
         tx.commit().await.map_err(pg_error(doing))?;
         Ok(count)
     }
