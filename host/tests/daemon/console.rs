@@ -963,6 +963,31 @@ async fn click(c: &fantoccini::Client, css: &str) {
         .unwrap();
 }
 
+/// Clicks a form's button and waits for the page the form leads to, even
+/// when it is at the same address as the form's (a redirect back to it).
+async fn submit(c: &fantoccini::Client, css: &str) {
+    c.execute("document.documentElement.dataset.before = 'submit'", vec![])
+        .await
+        .unwrap();
+    click(c, css).await;
+    for _ in 0..100 {
+        let stale = c
+            .execute(
+                "return document.documentElement.dataset.before === 'submit'",
+                vec![],
+            )
+            .await
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        if !stale {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("submitting {css} led to no new page");
+}
+
 /// Saves a screenshot under `WRUN_SCREENSHOTS` (when set).
 async fn screenshot(browser: &wrun_tests::browser::Browser, name: &str) {
     if let Ok(dir) = std::env::var("WRUN_SCREENSHOTS") {
@@ -1028,7 +1053,7 @@ async fn the_console_in_headless_chromium() {
     fill(c, "#c-name", "crm").await;
     fill(c, "#c-hosts", "api.example.com").await;
     fill(c, "#c-value", canaries[0]).await;
-    click(c, "form[action='/ui/connections'] button").await;
+    submit(c, "form[action='/ui/connections'] button").await;
     wait_at(c, "/ui/connections").await;
     let (source, _) = seen(c).await;
     assert!(
@@ -1058,8 +1083,7 @@ async fn the_console_in_headless_chromium() {
 
     // Run it, watch the job finish, open its steps, rerun it.
     fill(c, "#r-input", "{\"value\":\"from the console\"}").await;
-    click(c, "#run").await;
-    wait_at(c, "").await;
+    submit(c, "#run").await;
     wait_state(c, "succeeded").await;
     let first_job = c.current_url().await.unwrap().to_string();
     let (source, _) = seen(c).await;
@@ -1069,13 +1093,8 @@ async fn the_console_in_headless_chromium() {
     );
     screenshot(&browser, "console-job").await;
     pages.push(seen(c).await);
-    click(c, "#rerun").await;
-    for _ in 0..50 {
-        if c.current_url().await.unwrap().to_string() != first_job {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    submit(c, "#rerun").await;
+    assert_ne!(c.current_url().await.unwrap().to_string(), first_job);
     wait_state(c, "succeeded").await;
     let (source, _) = seen(c).await;
     assert!(source.contains("Rerun of"), "{source}");
@@ -1086,7 +1105,7 @@ async fn the_console_in_headless_chromium() {
     fill(c, "#c-name", "crm").await;
     fill(c, "#c-hosts", "api.example.com").await;
     fill(c, "#c-value", canaries[1]).await;
-    click(c, "form[action='/ui/connections'] button").await;
+    submit(c, "form[action='/ui/connections'] button").await;
     wait_at(c, "/ui/connections").await;
     pages.push(seen(c).await);
 
@@ -1097,7 +1116,7 @@ async fn the_console_in_headless_chromium() {
 
     // The audit page has all of it, and the chain verifies.
     c.goto(&format!("{base}/ui/audit")).await.unwrap();
-    click(c, "#verify").await;
+    submit(c, "#verify").await;
     wait_at(c, "/ui/audit").await;
     let (source, shown) = seen(c).await;
     for action in ["console.sign_in", "connection.put", "job.run", "job.rerun"] {
