@@ -705,10 +705,9 @@ async fn readyz(State(s): State<AppState>) -> ApiResult {
             "this node could not renew its lease on its jobs: another node may take them over",
         );
     }
-    reply(
-        StatusCode::OK,
-        json!({ "status": "ready", "store": "ok", "node": s.runner.node() }),
-    )
+    // Nothing about the node (its name is often the host's) to an
+    // anonymous caller.
+    reply(StatusCode::OK, json!({ "status": "ready", "store": "ok" }))
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -798,7 +797,7 @@ async fn webhook(
     let watch = trigger.respond.map(|mode| (mode, s.runner.watch(&id)));
     if new {
         s.metrics.webhook(WebhookOutcome::Accepted);
-        s.runner.submit(&id, &trigger.workspace);
+        s.runner.submit();
     }
     match watch {
         Some((mode, rx)) => Ok(crate::endpoint::answer(
@@ -1491,7 +1490,7 @@ async fn run_recipe(
         .enqueue(job, Some(audit))
         .await
         .map_err(storage_error)?;
-    s.runner.submit(&id, &ws);
+    s.runner.submit();
     reply(StatusCode::ACCEPTED, json!({ "job": id }))
 }
 
@@ -1605,7 +1604,7 @@ async fn rerun_job(
         .enqueue(job, Some(audit))
         .await
         .map_err(storage_error)?;
-    s.runner.submit(&new_id, &ws);
+    s.runner.submit();
     reply(
         StatusCode::ACCEPTED,
         json!({ "job": new_id, "rerun_of": id }),

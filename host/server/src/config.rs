@@ -627,4 +627,28 @@ mod tests {
             .to_string();
         assert!(e.contains("WRUN_LISTEN") && e.contains("nope"), "{e}");
     }
+
+    #[test]
+    fn a_node_name_and_a_lease_are_checked() {
+        let tls = "[tls]\ndev_self_signed = true\n";
+        let c: DaemonConfig = toml::from_str(&format!("{tls}[workers]\nlease_secs = 2\n")).unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("lease_secs must be 3 to 300"), "{e}");
+        let c: DaemonConfig = toml::from_str(&format!("{tls}[workers]\nnode = \"a b\"\n")).unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("[workers] node"), "{e}");
+        // The environment's name is checked like the file's.
+        let mut c: DaemonConfig = toml::from_str(tls).unwrap();
+        c.apply_env(|n| (n == "WRUN_NODE").then(|| "node/1".to_string()))
+            .unwrap();
+        assert!(c.check().is_err());
+        let mut c: DaemonConfig = toml::from_str(tls).unwrap();
+        c.apply_env(|n| (n == "WRUN_NODE").then(|| "node-1.eu".to_string()))
+            .unwrap();
+        c.check().unwrap();
+        assert_eq!(c.workers.node_name(), "node-1.eu");
+        // Unnamed, a node takes the host's name (or `local`), always valid.
+        let c: DaemonConfig = toml::from_str(tls).unwrap();
+        assert!(valid_node_name(&c.workers.node_name()));
+    }
 }

@@ -496,7 +496,7 @@ impl Runner {
     }
 
     /// Wakes the dispatcher for a job just committed to the store.
-    pub fn submit(&self, _id: &str, _workspace: &str) {
+    pub fn submit(&self) {
         self.backlog.fetch_add(1, Ordering::SeqCst);
         self.metrics.job_queued();
         self.wake.notify_one();
@@ -506,11 +506,6 @@ impl Runner {
     /// queued through this node since.
     pub fn backlog(&self) -> usize {
         self.backlog.load(Ordering::SeqCst)
-    }
-
-    /// This node's name in the store.
-    pub fn node(&self) -> &str {
-        &self.limits.node
     }
 
     /// Resolves when this runner has finished with job `id` (ended it, or
@@ -952,9 +947,8 @@ pub fn start_scheduler(
                     rerun_of: None,
                     created_at: UnixMillis::now(),
                 };
-                let id = job.id.clone();
                 match storage.fire_schedule(&trigger.id, slot, job).await {
-                    Ok(true) => runner.submit(&id, &trigger.workspace),
+                    Ok(true) => runner.submit(),
                     Ok(false) => {}
                     Err(e) => tracing::error!(error = %e, "a schedule could not fire"),
                 }

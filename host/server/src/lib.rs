@@ -365,6 +365,11 @@ mod tests {
     /// The application over a fresh database, with an admin token and an
     /// analyst token of workspace `team-a`.
     async fn app() -> (tempfile::TempDir, App, String, String) {
+        app_with(true).await
+    }
+
+    /// [`app`], its runner started (`recover`: its lease taken) or not.
+    async fn app_with(recover: bool) -> (tempfile::TempDir, App, String, String) {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(
             SqliteStorage::open(&dir.path().join("wrun.db"), MasterKey::generate(), None).unwrap(),
@@ -404,7 +409,9 @@ mod tests {
                 lease: Duration::from_secs(10),
             },
         );
-        runner.recover().await.unwrap();
+        if recover {
+            runner.recover().await.unwrap();
+        }
         let app = App::new(&Arc::new(config), storage, runner, metrics).unwrap();
         let analyst = tokens.pop().unwrap();
         let admin = tokens.pop().unwrap();
@@ -433,6 +440,21 @@ mod tests {
             .extensions_mut()
             .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
         app.router.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_without_a_live_lease_is_not_ready() {
+        // The listener is up, the store answers, but the runner never took
+        // its lease (it would renew it): another node may take its jobs.
+        let (_dir, app, _, _) = app_with(false).await;
+        app.ready.store(true, Ordering::SeqCst);
+        assert_eq!(
+            send(&app, "GET", "/readyz", None, "").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (_dir, app, _, _) = app_with(true).await;
+        app.ready.store(true, Ordering::SeqCst);
+        assert_eq!(send(&app, "GET", "/readyz", None, "").await, StatusCode::OK);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

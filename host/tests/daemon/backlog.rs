@@ -13,36 +13,39 @@ use serde_json::json;
 
 use crate::support::{Api, Site, bundle, noop_bundle, rss_kib};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_backlog_answers_503_and_commits_nothing() {
-    let site = Site::new("[workers]\nconcurrency = 1\nper_workspace = 1\nmax_backlog = 3\n");
-    site.member("team-a", "alice", "admin");
-    let token = site.token("team-a", "alice", "*:write");
-    let manifest = "[recipe]\nname = \"slow\"\n\n[trigger]\nkind = \"webhook\"\n\n\
-        [[steps]]\nname = \"wait\"\ncomponent = \"components/hostile.wasm\"\naction = \"sleep\"\n\
-        input = { ms = 1500 }\n\n[steps.grants]\nnet = [\"api.example.com\"]\n\
-        secrets = { api = \"api\" }\nenv = [\"unused\"]\ntimeout = \"30s\"\n";
-    let slow = bundle(&site, "slow", "hostile.wasm", manifest);
-    let daemon = site.start();
-    let mut api = daemon.client().await;
-    let r = api.deploy("team-a", "slow", &token, &slow).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+/// Deploys to `workspace` the recipe `slow`, whose one step sleeps `ms`,
+/// with the connection its grant names, and an unsigned webhook for it;
+/// returns the webhook's id.
+async fn slow_recipe(site: &Site, api: &mut Api, workspace: &str, token: &str, ms: u64) -> String {
+    let manifest = format!(
+        "[recipe]\nname = \"slow\"\n\n[trigger]\nkind = \"webhook\"\n\n\
+         [[steps]]\nname = \"wait\"\ncomponent = \"components/hostile.wasm\"\naction = \"sleep\"\n\
+         input = {{ ms = {ms} }}\n\n[steps.grants]\nnet = [\"api.example.com\"]\n\
+         secrets = {{ api = \"api\" }}\nenv = [\"unused\"]\ntimeout = \"30s\"\n"
+    );
+    let slow = bundle(site, "slow", "hostile.wasm", &manifest);
     let r = api
         .put(
-            "/v1/workspaces/team-a/connections/api",
-            &token,
+            &format!("/v1/workspaces/{workspace}/connections/api"),
+            token,
             &json!({ "value": "tok-Jb5Tc8Ny2Gf7Qm4Zr9Lw1", "hosts": ["api.example.com"] }),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     let hook = api
-        .post(
-            "/v1/workspaces/team-a/recipes/slow/webhooks",
-            &token,
-            &json!({ "environment": "prod", "signed": false }),
-        )
+        .deploy_with_webhook(workspace, "slow", token, &slow, false)
         .await;
-    let hook = hook.json["id"].as_str().unwrap().to_string();
+    hook["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_answers_503_and_commits_nothing() {
+    let site = Site::new("[workers]\nconcurrency = 1\nper_workspace = 1\nmax_backlog = 3\n");
+    site.member("team-a", "alice", "admin");
+    let token = site.token("team-a", "alice", "*:write");
+    let daemon = site.start();
+    let mut api = daemon.client().await;
+    let hook = slow_recipe(&site, &mut api, "team-a", &token, 1500).await;
     let deliver = async |api: &mut crate::support::Api| {
         api.send(
             Method::POST,
@@ -164,36 +167,15 @@ async fn a_flood_waits_in_the_store_and_a_quiet_workspace_still_runs() {
     site.member("team-b", "bob", "admin");
     let alice = site.token("team-a", "alice", "*:write");
     let bob = site.token("team-b", "bob", "*:write");
-    let manifest = "[recipe]\nname = \"slow\"\n\n[trigger]\nkind = \"webhook\"\n\n\
-        [[steps]]\nname = \"wait\"\ncomponent = \"components/hostile.wasm\"\naction = \"sleep\"\n\
-        input = { ms = 2000 }\n\n[steps.grants]\nnet = [\"api.example.com\"]\n\
-        secrets = { api = \"api\" }\nenv = [\"unused\"]\ntimeout = \"30s\"\n";
-    let slow = bundle(&site, "slow", "hostile.wasm", manifest);
     let quick = noop_bundle(&site, "quick", 1);
     let daemon = site.start();
     let pid = daemon.pid();
     let mut api = daemon.client().await;
-    let r = api.deploy("team-a", "slow", &alice, &slow).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     let r = api.deploy("team-b", "quick", &bob, &quick).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-    let r = api
-        .put(
-            "/v1/workspaces/team-a/connections/api",
-            &alice,
-            &json!({ "value": "tok-Jb5Tc8Ny2Gf7Qm4Zr9Lw1", "hosts": ["api.example.com"] }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-    let r = api
-        .post(
-            "/v1/workspaces/team-a/recipes/slow/webhooks",
-            &alice,
-            &json!({ "environment": "prod", "signed": false }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
-    let hook: Arc<str> = r.json["id"].as_str().unwrap().into();
+    let hook: Arc<str> = slow_recipe(&site, &mut api, "team-a", &alice, 2000)
+        .await
+        .into();
 
     // Warm up (the senders' connections, the runner's workers, the store's
     // connections and caches), then take the baseline.
